@@ -1,0 +1,1 @@
+//! The chat of PROTOCOL.md without sockets or frames.

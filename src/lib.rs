@@ -1,0 +1,12 @@
+//! loopchat: a single-core WebSocket chat server.
+//!
+//! Layers (a lower layer never imports a higher one):
+//! - [`ws`]: RFC 6455 without I/O — handshake, frame decoder and encoder,
+//!   message assembly, close handshake.
+//! - [`chat`]: nicks, rooms and the text commands of the chat protocol,
+//!   without sockets or frames.
+//! - [`server`]: the mio event loop that drives both.
+
+pub mod chat;
+pub mod server;
+pub mod ws;
