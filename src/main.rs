@@ -1,1 +1,222 @@
-fn main() {}
+//! `loopchat`: parse flags, set up logging, run the server.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use log::{error, info, LevelFilter};
+
+use loopchat::chat::ChatConfig;
+use loopchat::server::{raise_nofile_limit, Config, Server};
+
+/// A single-core WebSocket chat server.
+///
+/// Serves HTTP and WebSocket on one port: `/` (web chat page), `/ws?nick=NAME&room=ROOM`
+/// (the chat), `/echo` (RFC 6455 echo), `/metrics` (Prometheus), `/healthz`.
+/// Durations take a unit: `500ms`, `30s`, `5m` (a bare number means seconds); 0 turns
+/// a timer off where noted.
+#[derive(Parser, Debug)]
+#[command(name = "loopchat", version, about, long_about = None, max_term_width = 100)]
+struct Cli {
+    /// Address for HTTP and WebSocket clients.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+
+    /// Also accept plain-TCP chat clients (one command per line, e.g. `nc`) on ADDR.
+    #[arg(long, value_name = "ADDR")]
+    line_listen: Option<SocketAddr>,
+
+    /// Set SO_REUSEPORT so several processes share the port (one per core).
+    #[arg(long)]
+    reuse_port: bool,
+
+    /// Browser origin accepted besides same-origin (repeatable, or comma-separated); `*` accepts all.
+    #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
+    allow_origin: Vec<String>,
+
+    /// Most connections held at once; more are answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_connections: usize,
+
+    /// Most connections from one IP address (0 = no limit); more are answered 429.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_per_ip: usize,
+
+    /// Largest HTTP request head in bytes (431 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = 8192)]
+    max_header_bytes: usize,
+
+    /// Largest WebSocket message on /echo, in bytes (close 1009 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_message: usize,
+
+    /// Largest WebSocket message on /ws, in bytes (close 1009 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    max_chat_message: usize,
+
+    /// Longest chat command line in bytes (`ERR too-long` beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    max_line: usize,
+
+    /// Outbox bytes beyond which chat lines to a slow reader are dropped (and counted).
+    #[arg(long, value_name = "BYTES", default_value_t = 512 * 1024)]
+    outbox_soft: usize,
+
+    /// Queued plus dropped bytes at which a slow reader is disconnected.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    outbox_hard: usize,
+
+    /// Bytes read from one connection per loop turn (fairness against flooders).
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024)]
+    read_budget: usize,
+
+    /// Chat commands per second per connection (0 = no limit); bursts of the same size pass.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    rate_limit: u32,
+
+    /// Rooms with more members than this send JOINED/LEFT only to the subject.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    presence_limit: usize,
+
+    /// Interval between WebSocket pings (0 = no pings).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    ping_interval: Duration,
+
+    /// Close connections that sent nothing for this long (0 = never).
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// Time allowed from accept to a complete request head.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+
+    /// Time allowed for a peer to answer our close frame.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    close_timeout: Duration,
+
+    /// Longest wait for clients at shutdown (SIGINT/SIGTERM; a second signal exits at once).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: LevelFilter,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 500ms, 30s, 5m)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = simplelog::TermLogger::init(
+        cli.log_level,
+        simplelog::ConfigBuilder::new()
+            .set_target_level(LevelFilter::Off)
+            .set_thread_level(LevelFilter::Off)
+            .build(),
+        simplelog::TerminalMode::Stderr,
+        simplelog::ColorChoice::Auto,
+    );
+    match raise_nofile_limit() {
+        Ok((old, new)) if old != new => info!("open-file limit raised from {old} to {new}"),
+        Ok((_, n)) => info!("open-file limit {n}"),
+        Err(e) => error!("could not read the open-file limit: {e}"),
+    }
+    let cfg = Config {
+        listen: cli.listen,
+        line_listen: cli.line_listen,
+        reuse_port: cli.reuse_port,
+        allow_origin: cli.allow_origin,
+        max_connections: cli.max_connections,
+        max_per_ip: cli.max_per_ip,
+        max_header_bytes: cli.max_header_bytes,
+        max_message: cli.max_message,
+        max_chat_message: cli.max_chat_message,
+        outbox_soft: cli.outbox_soft,
+        outbox_hard: cli.outbox_hard.max(cli.outbox_soft),
+        read_budget: cli.read_budget.max(1),
+        ping_interval: cli.ping_interval,
+        idle_timeout: cli.idle_timeout,
+        handshake_timeout: cli.handshake_timeout,
+        close_timeout: cli.close_timeout,
+        shutdown_timeout: cli.shutdown_timeout,
+        handle_signals: true,
+        chat: ChatConfig {
+            presence_limit: cli.presence_limit,
+            rate_limit: cli.rate_limit,
+            max_line: cli.max_line,
+            ..ChatConfig::default()
+        },
+    };
+    let server = match Server::bind(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot listen on {}: {e}", cli.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    // Tests and scripts read this line (stdout) to learn the bound port.
+    println!("listening on {}", server.local_addr());
+    if let Some(a) = server.line_addr() {
+        println!("line protocol on {a}");
+    }
+    info!(
+        "loopchat {} serving http://{}/ (chat at /ws, echo at /echo)",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr()
+    );
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("event loop failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,130 @@
+//! One connection's entry in the slab: its socket, where it is in its life, its
+//! frame receiver and its outbox. Kept small: an idle connection holds no heap
+//! buffer (reads go through the loop's shared scratch buffer).
+
+use std::net::IpAddr;
+
+use mio::net::TcpStream;
+
+use crate::ws::frame::Role;
+use crate::ws::message::Receiver;
+
+/// What the connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Waiting for (or answering) an HTTP request.
+    Http,
+    /// WebSocket on `/ws`: the chat.
+    Chat,
+    /// WebSocket on `/echo`.
+    Echo,
+    /// Plain TCP, one chat command per line.
+    Line,
+}
+
+/// Where the connection is in its life. Transitions:
+/// `Handshake → Open` (upgrade or line accept), `Handshake → Flushing` (HTTP answer
+/// or refused upgrade), `Open → Closing` (we sent a close frame), `Open → Flushing`
+/// (we answered the peer's close, or a line client quit), `Closing → Flushing`
+/// (the peer answered). `Flushing` ends in the socket being closed once the outbox
+/// is written, or when the close timeout passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP request head.
+    Handshake,
+    /// Exchanging messages.
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    Closing,
+    /// Nothing more is read; close once the outbox is written.
+    Flushing,
+}
+
+/// In the dirty list: flush at the end of the turn.
+pub const DIRTY: u8 = 1;
+/// The socket accepted all we wrote last time (no `WouldBlock` since the last writable event).
+pub const WRITABLE: u8 = 2;
+/// Not read from while its own outbox is over the soft cap.
+pub const PAUSED: u8 = 4;
+/// Queued for removal at the end of the turn.
+pub const DEAD: u8 = 8;
+/// Registered with the chat hub (must be disconnected from it on close).
+pub const IN_CHAT: u8 = 16;
+/// A line client whose current line overflowed the limit; skip to the next newline.
+pub const LINE_OVERFLOW: u8 = 32;
+
+/// A connection entry in the slab.
+pub struct Conn {
+    pub sock: TcpStream,
+    pub rx: Receiver,
+    /// Bytes queued for the socket; `out_pos` of them are already written.
+    pub outbox: Vec<u8>,
+    /// Partial HTTP request head or partial line; empty (no heap) otherwise.
+    pub inbuf: Vec<u8>,
+    pub ip: IpAddr,
+    pub out_pos: u32,
+    /// Chat bytes dropped since the outbox last drained (slow-consumer accounting).
+    pub dropped: u32,
+    /// Tick of the last inbound byte.
+    pub last_rx: u32,
+    /// Tick of the last ping we sent.
+    pub last_ping: u32,
+    /// Tick the current phase started (accept time for `Handshake`).
+    pub since: u32,
+    /// Tick of this connection's live timer-wheel entry.
+    pub timer_at: u32,
+    pub kind: Kind,
+    pub phase: Phase,
+    pub flags: u8,
+}
+
+impl Conn {
+    /// A freshly accepted connection.
+    pub fn new(sock: TcpStream, ip: IpAddr, kind: Kind, now: u32) -> Self {
+        Conn {
+            sock,
+            rx: Receiver::new(Role::Server),
+            outbox: Vec::new(),
+            inbuf: Vec::new(),
+            ip,
+            out_pos: 0,
+            dropped: 0,
+            last_rx: now,
+            last_ping: now,
+            since: now,
+            timer_at: u32::MAX,
+            kind,
+            phase: if kind == Kind::Line {
+                Phase::Open
+            } else {
+                Phase::Handshake
+            },
+            flags: WRITABLE,
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.outbox.len() - self.out_pos as usize
+    }
+
+    /// True for a WebSocket connection past its handshake.
+    pub fn is_ws(&self) -> bool {
+        matches!(self.kind, Kind::Chat | Kind::Echo)
+    }
+
+    /// Set a flag.
+    pub fn set(&mut self, f: u8) {
+        self.flags |= f;
+    }
+
+    /// Clear a flag.
+    pub fn clear(&mut self, f: u8) {
+        self.flags &= !f;
+    }
+
+    /// Test a flag.
+    pub fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+}

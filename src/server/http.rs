@@ -1,0 +1,196 @@
+//! The HTTP side of a new connection: read the request head, then either answer a
+//! plain request (`/`, `/healthz`, `/metrics`, errors) or upgrade to WebSocket.
+
+use log::debug;
+
+use super::conn::{Kind, Phase, IN_CHAT};
+use super::{mark_dirty, Out, Server};
+use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
+
+/// The built-in web chat page.
+const PAGE: &str = include_str!("page.html");
+
+/// What a complete request head turned into.
+enum Route {
+    /// Upgraded; the rest of the input is the first frames.
+    Upgraded {
+        kind: Kind,
+        nick: Option<String>,
+        room: Option<String>,
+    },
+    /// Answered (or refused); close after the flush.
+    Answered,
+}
+
+impl Server {
+    /// Request-head bytes in `self.scratch[..n]` for connection `id`.
+    pub(super) fn on_request_bytes(&mut self, id: usize, n: usize) {
+        // Taken out so the request may borrow it while the server is mutated.
+        let mut data = std::mem::take(&mut self.scratch);
+        self.on_request(id, &mut data[..n]);
+        self.scratch = data;
+    }
+
+    fn on_request(&mut self, id: usize, data: &mut [u8]) {
+        let n = data.len();
+        let max = self.ctx.cfg.max_header_bytes;
+        let c = &mut self.conns[id];
+        // Parse straight from the scratch buffer when the head arrives in one read
+        // (the common case); only a partial head is copied into the connection.
+        let mut buf = std::mem::take(&mut c.inbuf);
+        let from_scratch = buf.is_empty();
+        if !from_scratch {
+            // Bounded: `buf` is below the head limit (else parsing failed) and
+            // `data` is one read; the tail may hold pipelined frames.
+            buf.extend_from_slice(data);
+        }
+        let (route, head_len) = {
+            let input: &[u8] = if from_scratch { data } else { &buf };
+            match parse_request(input, max) {
+                Ok(Status::Partial) => {
+                    if from_scratch {
+                        buf.extend_from_slice(data);
+                    }
+                    self.conns[id].inbuf = buf;
+                    return;
+                }
+                Err(e) => {
+                    self.refuse_request(id, &e);
+                    return;
+                }
+                Ok(Status::Complete(req)) => {
+                    let len = req.len;
+                    (self.route(id, &req), len)
+                }
+            }
+        };
+        let Route::Upgraded { kind, nick, room } = route else {
+            return;
+        };
+        // Frames pipelined behind the request head.
+        let rest = if from_scratch {
+            n - head_len
+        } else {
+            buf.len().saturating_sub(head_len)
+        };
+        if kind == Kind::Chat {
+            self.conns[id].flags |= IN_CHAT;
+            let now = self.ctx.start.elapsed().as_millis() as u64;
+            let mut out = Out {
+                conns: &mut self.conns,
+                ctx: &mut self.ctx,
+            };
+            self.hub
+                .connect(id, nick.as_deref(), room.as_deref(), now, &mut out);
+        }
+        if rest > 0 {
+            if from_scratch {
+                self.on_frames(id, &mut data[head_len..n]);
+            } else {
+                let end = buf.len();
+                self.on_frames(id, &mut buf[head_len..end]);
+            }
+        }
+    }
+
+    fn refuse_request(&mut self, id: usize, e: &HttpError) {
+        let c = &mut self.conns[id];
+        debug!("{}: bad request: {e:?} (id {id})", c.ip);
+        self.ctx.metrics.handshake_failed(e.reason());
+        e.write_response(&mut c.outbox);
+        c.phase = Phase::Flushing;
+        c.since = self.ctx.tick;
+        mark_dirty(&mut self.ctx.dirty, id, c);
+    }
+
+    fn route(&mut self, id: usize, req: &Request<'_>) -> Route {
+        let ws_kind = match req.path {
+            "/ws" => Some(Kind::Chat),
+            "/echo" => Some(Kind::Echo),
+            _ => None,
+        };
+        if let Some(kind) = ws_kind {
+            let up = match req.websocket() {
+                Ok(up) => up,
+                Err(e) => {
+                    self.refuse_request(id, &e);
+                    return Route::Answered;
+                }
+            };
+            if !handshake::origin_allowed(req.origin, req.host, &self.ctx.cfg.allow_origin) {
+                self.ctx.metrics.handshake_failed("origin");
+                self.answer(id, 403, "text/plain", b"origin not allowed\n");
+                return Route::Answered;
+            }
+            let c = &mut self.conns[id];
+            handshake::write_upgrade_response(&mut c.outbox, up.key, None);
+            c.kind = kind;
+            c.phase = Phase::Open;
+            c.last_rx = self.ctx.tick;
+            c.last_ping = self.ctx.tick;
+            mark_dirty(&mut self.ctx.dirty, id, c);
+            self.ctx.metrics.ws_upgrades_total += 1;
+            debug!("{}: upgraded to {kind:?} (id {id})", c.ip);
+            self.schedule(id);
+            let (nick, room) = if kind == Kind::Chat {
+                (
+                    req.query_param("nick").map(str::to_owned),
+                    req.query_param("room").map(str::to_owned),
+                )
+            } else {
+                (None, None)
+            };
+            return Route::Upgraded { kind, nick, room };
+        }
+        self.ctx.metrics.http_requests_total += 1;
+        let known = matches!(req.path, "/" | "/index.html" | "/healthz" | "/metrics");
+        if known && req.method != "GET" && req.method != "HEAD" {
+            self.answer_with(
+                id,
+                405,
+                "text/plain",
+                &[("Allow", "GET, HEAD")],
+                b"method not allowed\n",
+            );
+            return Route::Answered;
+        }
+        match req.path {
+            "/" | "/index.html" => self.answer_with(
+                id,
+                200,
+                "text/html; charset=utf-8",
+                &[(
+                    "Content-Security-Policy",
+                    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; img-src 'self' data:",
+                )],
+                PAGE.as_bytes(),
+            ),
+            "/healthz" => self.answer(id, 200, "text/plain", b"ok\n"),
+            "/metrics" => {
+                let body = self.render_metrics();
+                self.answer(id, 200, "text/plain; version=0.0.4", body.as_bytes());
+            }
+            _ => self.answer(id, 404, "text/plain", b"not found\n"),
+        }
+        Route::Answered
+    }
+
+    fn answer(&mut self, id: usize, status: u16, ctype: &str, body: &[u8]) {
+        self.answer_with(id, status, ctype, &[], body);
+    }
+
+    fn answer_with(
+        &mut self,
+        id: usize,
+        status: u16,
+        ctype: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        let c = &mut self.conns[id];
+        write_response(&mut c.outbox, status, ctype, headers, body);
+        c.phase = Phase::Flushing;
+        c.since = self.ctx.tick;
+        mark_dirty(&mut self.ctx.dirty, id, c);
+    }
+}

@@ -1,0 +1,156 @@
+//! Every HTTP answer of PROTOCOL.md, through real sockets.
+
+mod common;
+use common::*;
+use std::io::Write;
+
+#[test]
+fn plain_endpoints() {
+    let s = TestServer::start(config());
+    let (st, resp) = http(s.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(st, 200);
+    assert!(resp.ends_with("ok\n"), "{resp}");
+
+    let (st, resp) = http(s.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(st, 200);
+    assert!(resp.contains("text/html"), "{resp}");
+    assert!(resp.contains("Content-Security-Policy"), "{resp}");
+    assert!(resp.contains("<html"), "{resp}");
+
+    let (st, resp) = http(s.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(st, 200);
+    assert!(resp.contains("# TYPE loopchat_connections gauge"), "{resp}");
+    assert!(
+        resp.contains("loopchat_connections_accepted_total"),
+        "{resp}"
+    );
+
+    assert_eq!(http(s.addr, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").0, 404);
+    let (st, resp) = http(
+        s.addr,
+        "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(st, 405);
+    assert!(resp.contains("Allow: GET"), "{resp}");
+}
+
+#[test]
+fn bad_upgrades_get_their_status() {
+    let s = TestServer::start(config());
+    let base =
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+    // Wrong version: 426 naming the one we speak.
+    let (st, resp) = http(
+        s.addr,
+        &format!(
+            "{base}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+        ),
+    );
+    assert_eq!(st, 426);
+    assert!(resp.contains("Sec-WebSocket-Version: 13"), "{resp}");
+    // Key that is not 16 bytes of base64.
+    let (st, _) = http(
+        s.addr,
+        &format!("{base}Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+    );
+    assert_eq!(st, 400);
+    // Missing key.
+    let (st, _) = http(s.addr, &format!("{base}Sec-WebSocket-Version: 13\r\n\r\n"));
+    assert_eq!(st, 400);
+    // Not an upgrade at all on /ws.
+    let (st, _) = http(s.addr, "GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(st, 400);
+    // Upgrade by POST.
+    let (st, _) = http(s.addr, &upgrade_request("/ws").replacen("GET", "POST", 1));
+    assert_eq!(st, 405);
+    // Garbage.
+    let (st, _) = http(s.addr, "\x16\x03\x01 hello\r\n\r\n");
+    assert_eq!(st, 400);
+    // Oversized head.
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let mut c = raw(s.addr);
+    let _ = c.write_all(big.as_bytes());
+    let resp = String::from_utf8_lossy(&read_to_close(&mut c)).to_string();
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+}
+
+#[test]
+fn origin_policy() {
+    let mut cfg = config();
+    cfg.allow_origin = vec!["https://chat.example.com".into()];
+    let s = TestServer::start(cfg);
+    let with_origin =
+        |o: &str| upgrade_request("/ws").replace("\r\n\r\n", &format!("\r\nOrigin: {o}\r\n\r\n"));
+    // Foreign origin: 403.
+    let (st, _) = http(s.addr, &with_origin("https://evil.example.net"));
+    assert_eq!(st, 403);
+    // Same origin (Origin host matches Host) and listed origin: upgraded.
+    for o in ["http://localhost", "https://chat.example.com"] {
+        let mut c = raw(s.addr);
+        c.write_all(with_origin(o).as_bytes()).unwrap();
+        let (head, _) = read_head(&mut c);
+        assert!(head.starts_with("HTTP/1.1 101"), "{o}: {head}");
+    }
+    // No Origin (non-browser): upgraded.
+    let mut c = raw(s.addr);
+    c.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    let (head, _) = read_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
+
+#[test]
+fn upgrade_answers_the_rfc_sample_accept_key() {
+    let s = TestServer::start(config());
+    let mut c = raw(s.addr);
+    c.write_all(upgrade_request("/echo").as_bytes()).unwrap();
+    let (head, _) = read_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+}
+
+#[test]
+fn frames_pipelined_behind_the_request_are_kept() {
+    let s = TestServer::start(config());
+    let mut c = raw(s.addr);
+    let mut bytes = upgrade_request("/echo").into_bytes();
+    bytes.extend(client_frame(1, true, b"first"));
+    bytes.extend(client_frame(2, true, b"second"));
+    bytes.extend(client_frame(8, true, &1000u16.to_be_bytes()));
+    c.write_all(&bytes).unwrap();
+    let (head, rest) = read_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let frames = read_frames_until_close(&mut c, rest);
+    assert_eq!(frames[0], (1, b"first".to_vec()));
+    assert_eq!(frames[1], (2, b"second".to_vec()));
+    assert_eq!(close_code(&frames), 1000);
+}
+
+#[test]
+fn request_head_split_over_many_writes() {
+    let s = TestServer::start(config());
+    let mut c = raw(s.addr);
+    c.set_nodelay(true).unwrap();
+    let mut bytes = upgrade_request("/echo").into_bytes();
+    bytes.extend(client_frame(1, true, b"hi"));
+    for b in &bytes {
+        c.write_all(std::slice::from_ref(b)).unwrap();
+    }
+    let (head, rest) = read_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut pending = rest;
+    let mut buf = [0u8; 64];
+    for _ in 0..100 {
+        let (frames, _) = server_frames(&pending);
+        if let Some(f) = frames.first() {
+            assert_eq!(f, &(1, b"hi".to_vec()));
+            return;
+        }
+        let n = std::io::Read::read(&mut c, &mut buf).unwrap();
+        assert!(n > 0);
+        pending.extend_from_slice(&buf[..n]);
+    }
+    panic!("no echo");
+}
