@@ -595,11 +595,12 @@ impl Server {
             match rx.feed(&mut data[off..], &limits) {
                 Ok((used, msg)) => {
                     off += used;
-                    match msg {
-                        Some(m) if !self.on_message(id, m) => break,
-                        Some(_) => {}
-                        None if used == 0 => break,
-                        None => {}
+                    let go_on = match msg {
+                        Some(m) => self.on_message(id, m),
+                        None => used > 0,
+                    };
+                    if !go_on {
+                        break;
                     }
                 }
                 Err(e) => {
