@@ -383,3 +383,264 @@ pub fn encode_close(out: &mut Vec<u8>, code: Option<u16>, reason: &str, mask: Op
         apply_mask(&mut out[start..], m);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// Decode `bytes` fed `step` bytes at a time; returns the frames
+    /// (header fields and reassembled payload) or the first error.
+    fn decode_all(
+        role: Role,
+        bytes: &[u8],
+        step: usize,
+        max_frame: u64,
+    ) -> Result<Vec<(bool, OpCode, Vec<u8>)>, ProtocolError> {
+        let mut dec = FrameDecoder::new(role);
+        let mut data = bytes.to_vec();
+        let mut frames = Vec::new();
+        let mut current = Vec::new();
+        for piece in data.chunks_mut(step.max(1)) {
+            let len = piece.len();
+            let mut pos = 0;
+            loop {
+                let (n, chunk) = dec.decode(&mut piece[pos..], max_frame)?;
+                pos += n;
+                let Some(c) = chunk else { break };
+                assert!(n > 0 || c.first);
+                current.extend_from_slice(c.payload);
+                if c.is_last() {
+                    frames.push((c.fin, c.opcode, std::mem::take(&mut current)));
+                }
+                if pos == len && !c.is_last() {
+                    break;
+                }
+            }
+            assert_eq!(pos, len);
+        }
+        assert!(dec.is_idle(), "trailing partial frame");
+        Ok(frames)
+    }
+
+    #[test]
+    fn rfc_5_7_examples_decode() {
+        let single = [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        let masked = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        let frag = [0x01, 0x03, 0x48, 0x65, 0x6c, 0x80, 0x02, 0x6c, 0x6f];
+        let ping = [0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        let pong = [
+            0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        for step in [1, 2, 3, 100] {
+            let hello = b"Hello".to_vec();
+            assert_eq!(
+                decode_all(Role::Client, &single, step, 1 << 20),
+                Ok(vec![(true, OpCode::Text, hello.clone())])
+            );
+            assert_eq!(
+                decode_all(Role::Server, &masked, step, 1 << 20),
+                Ok(vec![(true, OpCode::Text, hello.clone())])
+            );
+            assert_eq!(
+                decode_all(Role::Client, &frag, step, 1 << 20),
+                Ok(vec![
+                    (false, OpCode::Text, b"Hel".to_vec()),
+                    (true, OpCode::Continuation, b"lo".to_vec())
+                ])
+            );
+            assert_eq!(
+                decode_all(Role::Client, &ping, step, 1 << 20),
+                Ok(vec![(true, OpCode::Ping, hello.clone())])
+            );
+            assert_eq!(
+                decode_all(Role::Server, &pong, step, 1 << 20),
+                Ok(vec![(true, OpCode::Pong, hello)])
+            );
+        }
+    }
+
+    #[test]
+    fn rfc_5_7_examples_encode() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, OpCode::Text, true, b"Hello", None);
+        assert_eq!(out, [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
+        out.clear();
+        encode_frame(&mut out, OpCode::Text, true, b"Hello", Some(MASK));
+        assert_eq!(
+            out,
+            [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
+        );
+        out.clear();
+        encode_frame(&mut out, OpCode::Text, false, b"Hel", None);
+        encode_frame(&mut out, OpCode::Continuation, true, b"lo", None);
+        assert_eq!(out, [0x01, 0x03, 0x48, 0x65, 0x6c, 0x80, 0x02, 0x6c, 0x6f]);
+        out.clear();
+        encode_frame(&mut out, OpCode::Ping, true, b"Hello", None);
+        assert_eq!(out, [0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
+        out.clear();
+        encode_frame(&mut out, OpCode::Pong, true, b"Hello", Some(MASK));
+        assert_eq!(
+            out,
+            [0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
+        );
+    }
+
+    #[test]
+    fn rfc_5_7_long_lengths() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, OpCode::Binary, true, &[7; 256], None);
+        assert_eq!(out[..4], [0x82, 0x7E, 0x01, 0x00]);
+        assert_eq!(out.len(), 4 + 256);
+        let frames = decode_all(Role::Client, &out, 1, 1 << 20).unwrap();
+        assert_eq!(frames, vec![(true, OpCode::Binary, vec![7; 256])]);
+
+        let payload = vec![9u8; 65536];
+        out.clear();
+        encode_frame(&mut out, OpCode::Binary, true, &payload, None);
+        assert_eq!(out[..10], [0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(out.len(), 10 + 65536);
+        let frames = decode_all(Role::Client, &out, 1000, 1 << 20).unwrap();
+        assert_eq!(frames, vec![(true, OpCode::Binary, payload)]);
+    }
+
+    #[test]
+    fn length_boundaries_and_non_minimal_encodings() {
+        for len in [0usize, 1, 125, 126, 127, 128, 65535, 65536] {
+            let payload = vec![0xAB; len];
+            for role in [Role::Server, Role::Client] {
+                let mask = (role == Role::Server).then_some(MASK);
+                let mut out = Vec::new();
+                encode_frame(&mut out, OpCode::Binary, true, &payload, mask);
+                assert_eq!(out.len(), header_len(len, mask.is_some()) + len);
+                let got = decode_all(role, &out, 7, 1 << 20).unwrap();
+                assert_eq!(got, vec![(true, OpCode::Binary, payload.clone())]);
+            }
+        }
+        // 5 announced with a 16-bit and a 64-bit length: accepted.
+        let a = [0x82, 126, 0, 5, 1, 2, 3, 4, 5];
+        let b = [0x82, 127, 0, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4, 5];
+        for bytes in [&a[..], &b[..]] {
+            let got = decode_all(Role::Client, bytes, 1, 100).unwrap();
+            assert_eq!(got, vec![(true, OpCode::Binary, vec![1, 2, 3, 4, 5])]);
+        }
+    }
+
+    fn first_error(role: Role, bytes: &[u8], max_frame: u64) -> ProtocolError {
+        let whole = decode_all(role, bytes, usize::MAX, max_frame).unwrap_err();
+        let bytewise = decode_all(role, bytes, 1, max_frame).unwrap_err();
+        assert_eq!(whole, bytewise);
+        whole
+    }
+
+    #[test]
+    fn header_rules_with_close_codes() {
+        use ProtocolError::*;
+        let cases: &[(Role, &[u8], ProtocolError)] = &[
+            (Role::Server, &[0x81, 0x00], UnmaskedFrame),
+            (Role::Client, &[0x81, 0x80, 1, 2, 3, 4], MaskedFrame),
+            (Role::Client, &[0xC1, 0x00], ReservedBits),
+            (Role::Client, &[0xA1, 0x00], ReservedBits),
+            (Role::Client, &[0x91, 0x00], ReservedBits),
+            (Role::Client, &[0xF9, 0x00], ReservedBits),
+            (Role::Client, &[0x83, 0x00], ReservedOpcode(3)),
+            (Role::Client, &[0x87, 0x00], ReservedOpcode(7)),
+            (Role::Client, &[0x8B, 0x00], ReservedOpcode(11)),
+            (Role::Client, &[0x8F, 0x00], ReservedOpcode(15)),
+            (Role::Client, &[0x09, 0x00], FragmentedControl),
+            (Role::Client, &[0x08, 0x00], FragmentedControl),
+            (Role::Client, &[0x89, 126, 0, 126], ControlTooLong),
+            (
+                Role::Client,
+                &[0x88, 127, 0, 0, 0, 0, 0, 0, 0, 1],
+                ControlTooLong,
+            ),
+            (
+                Role::Client,
+                &[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0],
+                BadLength,
+            ),
+            (
+                Role::Client,
+                &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 1],
+                FrameTooLarge,
+            ),
+        ];
+        for (role, bytes, expected) in cases {
+            let err = first_error(*role, bytes, 65536);
+            assert_eq!(&err, expected, "{bytes:x?}");
+            let code = if matches!(err, FrameTooLarge) {
+                1009
+            } else {
+                1002
+            };
+            assert_eq!(err.close_code(), code);
+        }
+        // A 125-byte ping is fine; the error comes only with the header's own byte.
+        let mut ok = vec![0x89, 125];
+        ok.extend_from_slice(&[0; 125]);
+        assert!(decode_all(Role::Client, &ok, 1, 1 << 20).is_ok());
+    }
+
+    #[test]
+    fn fails_on_first_offending_byte() {
+        let mut dec = FrameDecoder::new(Role::Server);
+        // RSV bit visible in the first byte: no need to wait for the length.
+        assert_eq!(
+            dec.decode(&mut [0xC1], 100),
+            Err(ProtocolError::ReservedBits)
+        );
+        let mut dec = FrameDecoder::new(Role::Server);
+        assert_eq!(dec.decode(&mut [0x82, 0xFF, 0, 0], 100).map(|r| r.0), Ok(4));
+        assert_eq!(
+            dec.decode(&mut [0, 0, 0, 0, 1, 0], 100).err(),
+            Some(ProtocolError::FrameTooLarge)
+        );
+    }
+
+    #[test]
+    fn close_encoding_truncates_on_char_boundary() {
+        let mut out = Vec::new();
+        encode_close(&mut out, None, "ignored", None);
+        assert_eq!(out, [0x88, 0x00]);
+        out.clear();
+        encode_close(&mut out, Some(1000), "bye", Some(MASK));
+        let frames = decode_all(Role::Server, &out, 1, 1000).unwrap();
+        assert_eq!(frames, vec![(true, OpCode::Close, b"\x03\xe8bye".to_vec())]);
+        // 62 two-byte characters = 124 bytes: only 61 fit after the code.
+        let long = "é".repeat(62);
+        out.clear();
+        encode_close(&mut out, Some(1001), &long, None);
+        assert_eq!(out[1], 2 + 122);
+        assert!(std::str::from_utf8(&out[4..]).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(
+            frames in proptest::collection::vec(
+                (any::<bool>(), 0usize..6, proptest::collection::vec(any::<u8>(), 0..300), any::<[u8; 4]>()),
+                0..6),
+            step in 1usize..64,
+            server in any::<bool>(),
+        ) {
+            let role = if server { Role::Server } else { Role::Client };
+            let ops = [OpCode::Continuation, OpCode::Text, OpCode::Binary, OpCode::Close, OpCode::Ping, OpCode::Pong];
+            let mut bytes = Vec::new();
+            let mut expected = Vec::new();
+            for (fin, op, mut payload, mask) in frames {
+                let op = ops[op];
+                let fin = fin || op.is_control();
+                if op.is_control() { payload.truncate(125); }
+                let mask = server.then_some(mask);
+                encode_frame(&mut bytes, op, fin, &payload, mask);
+                expected.push((fin, op, payload));
+            }
+            prop_assert_eq!(decode_all(role, &bytes, step, 1 << 20), Ok(expected));
+        }
+    }
+}
