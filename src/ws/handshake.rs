@@ -651,13 +651,16 @@ fn valid_key(key: &str) -> bool {
 /// port. Anything else has no recognised scheme and is returned whole.
 fn split_origin(s: &str) -> (Option<&'static str>, &str) {
     for scheme in ["http", "https"] {
-        let sep = scheme.len() + 3;
-        if s.len() >= sep
-            && s.is_char_boundary(sep)
-            && s[..scheme.len()].eq_ignore_ascii_case(scheme)
-            && &s[scheme.len()..sep] == "://"
+        // Compare bytes: an Origin may hold any UTF-8, so string slicing at a
+        // fixed offset could split a character.
+        let b = s.as_bytes();
+        let n = scheme.len();
+        if b.len() >= n + 3
+            && b[..n].eq_ignore_ascii_case(scheme.as_bytes())
+            && &b[n..n + 3] == b"://"
         {
-            let authority = s[sep..].trim_end_matches('/');
+            // Bytes 0..n+3 are ASCII, so n + 3 is a char boundary.
+            let authority = s.get(n + 3..).unwrap_or("").trim_end_matches('/');
             return (Some(scheme), strip_default_port(authority, Some(scheme)));
         }
     }
@@ -714,5 +717,751 @@ fn push_clean(out: &mut Vec<u8>, s: &str, keep: impl Fn(u8) -> bool) {
         out.extend_from_slice(s.as_bytes());
     } else {
         out.extend(s.bytes().filter(|&b| ok(b)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    const LIMIT: usize = DEFAULT_MAX_HEADER_BYTES;
+
+    /// The RFC 6455 §1.3 sample request plus a few browser-like headers.
+    fn sample() -> Vec<u8> {
+        b"GET /chat?nick=ann&room=dev HTTP/1.1\r\n\
+          Host: server.example.com\r\n\
+          Upgrade: websocket\r\n\
+          Connection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Origin: http://example.com\r\n\
+          Sec-WebSocket-Protocol: chat, superchat\r\n\
+          Sec-WebSocket-Version: 13\r\n\
+          \r\n"
+            .to_vec()
+    }
+
+    /// A request built from `headers` (name, value) lines after a GET line.
+    fn request_with(first_line: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+        let mut s = format!("{first_line}\r\n");
+        for (n, v) in headers {
+            s.push_str(&format!("{n}: {v}\r\n"));
+        }
+        s.push_str("\r\n");
+        s.into_bytes()
+    }
+
+    fn valid_headers() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("Host", "server.example.com"),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", KEY),
+            ("Sec-WebSocket-Version", "13"),
+        ]
+    }
+
+    fn complete(buf: &[u8]) -> Request<'_> {
+        match parse_request(buf, LIMIT) {
+            Ok(Status::Complete(r)) => r,
+            other => panic!("expected Complete, got {other:?}"),
+        }
+    }
+
+    /// Validate the GET request built from `headers`; returns the status on error.
+    fn validate(headers: &[(&str, &str)]) -> Result<(), u16> {
+        let buf = request_with("GET /ws HTTP/1.1", headers);
+        let req = complete(&buf);
+        req.websocket().map(|_| ()).map_err(|e| e.status())
+    }
+
+    fn with(name: &str, value: Option<&'static str>) -> Vec<(&'static str, &'static str)> {
+        let mut h: Vec<_> = valid_headers()
+            .into_iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case(name))
+            .collect();
+        if let Some(v) = value {
+            let n = valid_headers()
+                .into_iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map_or("X-Unknown", |(n, _)| n);
+            h.push((n, v));
+        }
+        h
+    }
+
+    #[test]
+    fn rfc_sample_accept_key() {
+        assert_eq!(accept_key(KEY), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let mut buf = [0u8; ACCEPT_KEY_LEN];
+        assert_eq!(
+            accept_key_into(KEY, &mut buf),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn parses_rfc_sample_fields() {
+        let buf = sample();
+        let req = complete(&buf);
+        assert_eq!(req.len, buf.len());
+        assert_eq!(req.method, "GET");
+        assert_eq!(req.version, 1);
+        assert_eq!(req.path, "/chat");
+        assert_eq!(req.query, "nick=ann&room=dev");
+        assert_eq!(req.host, Some("server.example.com"));
+        assert_eq!(req.origin, Some("http://example.com"));
+        assert_eq!(req.forwarded_for, None);
+        assert!(req.wants_upgrade());
+        let up = req.websocket().unwrap();
+        assert_eq!(up.key, KEY);
+        assert_eq!(up.protocols, "chat, superchat");
+        assert_eq!(
+            choose_protocol(up.protocols, &["superchat"]),
+            Some("superchat")
+        );
+    }
+
+    #[test]
+    fn upgrade_response_matches_rfc() {
+        let mut out = Vec::new();
+        write_upgrade_response(&mut out, KEY, Some("chat"));
+        assert_eq!(
+            out,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+        );
+        out.clear();
+        write_upgrade_response(&mut out, KEY, None);
+        assert!(!String::from_utf8(out)
+            .unwrap()
+            .contains("Sec-WebSocket-Protocol"));
+    }
+
+    #[test]
+    fn valid_upgrade_passes() {
+        assert_eq!(validate(&valid_headers()), Ok(()));
+    }
+
+    #[test]
+    fn method_must_be_get() {
+        let buf = request_with("POST /ws HTTP/1.1", &valid_headers());
+        assert_eq!(complete(&buf).websocket(), Err(HttpError::MethodNotAllowed));
+        assert_eq!(HttpError::MethodNotAllowed.status(), 405);
+        // Methods are case-sensitive: "get" is not GET.
+        let buf = request_with("get /ws HTTP/1.1", &valid_headers());
+        assert_eq!(complete(&buf).websocket().unwrap_err().status(), 405);
+    }
+
+    #[test]
+    fn http_1_0_is_400() {
+        let buf = request_with("GET /ws HTTP/1.0", &valid_headers());
+        let req = complete(&buf);
+        assert_eq!(req.version, 0);
+        assert_eq!(req.websocket(), Err(HttpError::BadHttpVersion));
+        assert_eq!(HttpError::BadHttpVersion.status(), 400);
+    }
+
+    #[test]
+    fn host_required() {
+        assert_eq!(validate(&with("Host", None)), Err(400));
+        assert_eq!(validate(&with("Host", Some(""))), Err(400));
+        let buf = request_with("GET /ws HTTP/1.1", &with("Host", None));
+        assert_eq!(complete(&buf).websocket(), Err(HttpError::MissingHost));
+    }
+
+    #[test]
+    fn upgrade_token_required() {
+        assert_eq!(validate(&with("Upgrade", None)), Err(400));
+        assert_eq!(validate(&with("Upgrade", Some("h2c"))), Err(400));
+        assert_eq!(validate(&with("Upgrade", Some("WebSocket"))), Ok(()));
+        assert_eq!(validate(&with("Upgrade", Some("h2c, WEBSOCKET"))), Ok(()));
+        let buf = request_with("GET /ws HTTP/1.1", &with("Upgrade", Some("h2c")));
+        assert_eq!(complete(&buf).websocket(), Err(HttpError::BadUpgradeHeader));
+    }
+
+    #[test]
+    fn connection_token_required() {
+        assert_eq!(validate(&with("Connection", None)), Err(400));
+        assert_eq!(validate(&with("Connection", Some("keep-alive"))), Err(400));
+        // A substring is not a token.
+        assert_eq!(validate(&with("Connection", Some("upgrades"))), Err(400));
+        assert_eq!(
+            validate(&with("Connection", Some("keep-alive, Upgrade"))),
+            Ok(())
+        );
+        assert_eq!(
+            validate(&with("Connection", Some("keep-alive,upgrade"))),
+            Ok(())
+        );
+        assert_eq!(validate(&with("Connection", Some("UPGRADE"))), Ok(()));
+        assert_eq!(validate(&with("Connection", Some(" \tupgrade\t "))), Ok(()));
+        let buf = request_with("GET /ws HTTP/1.1", &with("Connection", Some("close")));
+        assert_eq!(
+            complete(&buf).websocket(),
+            Err(HttpError::BadConnectionHeader)
+        );
+    }
+
+    #[test]
+    fn connection_token_in_repeated_headers() {
+        let mut h = with("Connection", Some("keep-alive"));
+        h.push(("Connection", "Upgrade"));
+        assert_eq!(validate(&h), Ok(()));
+    }
+
+    #[test]
+    fn version_must_be_13_else_426() {
+        for v in [
+            None,
+            Some("8"),
+            Some("12"),
+            Some("14"),
+            Some("13, 8"),
+            Some(""),
+        ] {
+            assert_eq!(
+                validate(&with("Sec-WebSocket-Version", v)),
+                Err(426),
+                "{v:?}"
+            );
+        }
+        assert_eq!(
+            validate(&with("Sec-WebSocket-Version", Some(" 13 "))),
+            Ok(())
+        );
+        let mut out = Vec::new();
+        HttpError::UnsupportedVersion.write_response(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{text}");
+    }
+
+    #[test]
+    fn key_must_be_base64_of_16_bytes() {
+        for k in [
+            None,
+            Some(""),
+            Some("dGhlIHNhbXBsZSBub25jZQ"),   // no padding
+            Some("dGhlIHNhbXBsZSBub25jZXg="), // 17 bytes
+            Some("dGhlIHNhbXBsZSBub25j"),     // 15 bytes
+            Some("dGhlIHNhbXBsZSBub25jZR=="), // non-zero trailing bits
+            Some("dGhlIHNhbXBsZSBub25jZQ=!"),
+            Some("****************QQQQQQ=="),
+        ] {
+            assert_eq!(validate(&with("Sec-WebSocket-Key", k)), Err(400), "{k:?}");
+        }
+        let buf = request_with("GET /ws HTTP/1.1", &with("Sec-WebSocket-Key", Some("abc")));
+        assert_eq!(complete(&buf).websocket(), Err(HttpError::BadKey));
+        assert_eq!(
+            validate(&with("Sec-WebSocket-Key", Some("AAAAAAAAAAAAAAAAAAAAAA=="))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn duplicate_singleton_headers_are_malformed() {
+        for name in [
+            "Host",
+            "Sec-WebSocket-Key",
+            "Sec-WebSocket-Version",
+            "Origin",
+        ] {
+            let mut h = valid_headers();
+            h.push((name, "x"));
+            h.push((name, "y"));
+            let buf = request_with("GET /ws HTTP/1.1", &h);
+            let err = parse_request(&buf, LIMIT).unwrap_err();
+            assert!(matches!(err, HttpError::Malformed(_)), "{name}: {err:?}");
+            assert_eq!(err.status(), 400);
+        }
+    }
+
+    #[test]
+    fn header_names_case_insensitive() {
+        let buf = b"GET /ws HTTP/1.1\r\nhOsT: a\r\nUPGRADE: WebSocket\r\nconnection: KEEP-ALIVE, UPGRADE\r\n\
+                    sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nSEC-WEBSOCKET-VERSION: 13\r\n\
+                    x-forwarded-for: 10.0.0.1\r\nORIGIN: http://a\r\n\r\n";
+        let req = complete(buf);
+        assert_eq!(req.host, Some("a"));
+        assert_eq!(req.forwarded_for, Some("10.0.0.1"));
+        assert_eq!(req.origin, Some("http://a"));
+        assert!(req.websocket().is_ok());
+    }
+
+    #[test]
+    fn last_forwarded_for_wins() {
+        let buf = request_with(
+            "GET / HTTP/1.1",
+            &[
+                ("Host", "a"),
+                ("X-Forwarded-For", "1.1.1.1"),
+                ("X-Forwarded-For", "2.2.2.2"),
+            ],
+        );
+        assert_eq!(complete(&buf).forwarded_for, Some("2.2.2.2"));
+    }
+
+    #[test]
+    fn plain_get_is_not_an_upgrade() {
+        let buf = b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
+        let req = complete(buf);
+        assert!(!req.wants_upgrade());
+        assert_eq!(req.path, "/healthz");
+        assert_eq!(req.query, "");
+        assert_eq!(req.websocket(), Err(HttpError::BadUpgradeHeader));
+        let buf = b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n";
+        assert!(complete(buf).wants_upgrade());
+    }
+
+    #[test]
+    fn one_byte_at_a_time_equals_all_at_once() {
+        let mut buf = sample();
+        let head = buf.len();
+        buf.extend_from_slice(&[0x81, 0x85, 1, 2, 3, 4, b'x']);
+        let whole = complete(&buf);
+        for end in 0..=buf.len() {
+            let r = parse_request(&buf[..end], LIMIT).unwrap();
+            if end < head {
+                assert_eq!(r, Status::Partial, "at {end}");
+            } else {
+                assert_eq!(r, Status::Complete(whole), "at {end}");
+            }
+        }
+    }
+
+    #[test]
+    fn pipelined_frame_bytes_follow_len() {
+        let mut buf = sample();
+        let frame = [0x81u8, 0x82, 9, 9, 9, 9, b'h' ^ 9, b'i' ^ 9];
+        buf.extend_from_slice(&frame);
+        let req = complete(&buf);
+        assert_eq!(&buf[req.len..], &frame);
+    }
+
+    #[test]
+    fn size_limit() {
+        // Incomplete with the limit reached: 431 at once, not after more bytes.
+        let junk = b"GET / HTTP/1.1\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        assert_eq!(parse_request(junk, 64), Ok(Status::Partial));
+        assert_eq!(
+            parse_request(&junk[..40], 40),
+            Err(HttpError::HeaderTooLarge)
+        );
+        let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: ".to_vec();
+        big.resize(LIMIT + 10, b'a');
+        assert_eq!(parse_request(&big, LIMIT), Err(HttpError::HeaderTooLarge));
+        assert_eq!(HttpError::HeaderTooLarge.status(), 431);
+        // A complete head longer than the limit is refused too.
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(parse_request(&big, LIMIT), Err(HttpError::HeaderTooLarge));
+        // A head of exactly the limit fits; one byte less does not.
+        let buf = sample();
+        assert!(matches!(
+            parse_request(&buf, buf.len()),
+            Ok(Status::Complete(_))
+        ));
+        assert_eq!(
+            parse_request(&buf, buf.len() - 1),
+            Err(HttpError::HeaderTooLarge)
+        );
+        // Frame bytes after a head that fits do not count against the limit.
+        let mut piped = buf.clone();
+        piped.extend_from_slice(&[0u8; 100]);
+        assert!(matches!(
+            parse_request(&piped, buf.len()),
+            Ok(Status::Complete(_))
+        ));
+    }
+
+    #[test]
+    fn header_count_limit() {
+        let names: Vec<String> = (0..MAX_HEADERS + 1).map(|i| format!("X-H{i}")).collect();
+        let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        let buf = request_with("GET / HTTP/1.1", &many);
+        let err = parse_request(&buf, LIMIT).unwrap_err();
+        assert_eq!(err, HttpError::TooManyHeaders);
+        assert_eq!(err.status(), 431);
+        let buf = request_with("GET / HTTP/1.1", &many[..MAX_HEADERS]);
+        assert!(matches!(
+            parse_request(&buf, LIMIT),
+            Ok(Status::Complete(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_is_400() {
+        for bad in [
+            &b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n"[..],
+            b"GET / HTTP/2.0\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            b"GET / HTTP/1.1\r\nHost: \xff\r\n\r\n",
+            b"GET\x00/ HTTP/1.1\r\n\r\n",
+        ] {
+            let err = parse_request(bad, LIMIT).unwrap_err();
+            assert_eq!(err.status(), 400, "{bad:?}: {err:?}");
+            assert_eq!(err.reason(), "malformed");
+        }
+    }
+
+    #[test]
+    fn query_params() {
+        let buf = b"GET /ws?nick=ann&room=dev&nick=bob&flag&pct=a%20b&&=x HTTP/1.1\r\n\r\n";
+        let req = complete(buf);
+        assert_eq!(req.path, "/ws");
+        assert_eq!(req.query_param("nick"), Some("ann"));
+        assert_eq!(req.query_param("room"), Some("dev"));
+        assert_eq!(req.query_param("flag"), Some(""));
+        assert_eq!(req.query_param("pct"), Some("a%20b"));
+        assert_eq!(req.query_param("missing"), None);
+        assert_eq!(req.query_param(""), Some("x"));
+        let buf = b"GET /ws HTTP/1.1\r\n\r\n";
+        assert_eq!(complete(buf).query_param("nick"), None);
+    }
+
+    #[test]
+    fn choose_protocol_order_and_exactness() {
+        assert_eq!(choose_protocol("a, b", &["b", "a"]), Some("a"));
+        assert_eq!(choose_protocol("x,\tb ", &["b"]), Some("b"));
+        assert_eq!(choose_protocol("Chat", &["chat"]), None);
+        assert_eq!(choose_protocol("", &["chat"]), None);
+        assert_eq!(choose_protocol(" , ", &[""]), None);
+    }
+
+    #[test]
+    fn origin_policy() {
+        let none: Vec<String> = Vec::new();
+        let allow = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Non-browser clients send no Origin.
+        assert!(origin_allowed(None, Some("a.com"), &none));
+        assert!(origin_allowed(None, None, &none));
+        // Same host, any case, with or without default port.
+        assert!(origin_allowed(
+            Some("http://chat.example.com:9000"),
+            Some("chat.example.com:9000"),
+            &none
+        ));
+        assert!(origin_allowed(
+            Some("HTTPS://Chat.Example.com"),
+            Some("chat.example.COM"),
+            &none
+        ));
+        assert!(origin_allowed(
+            Some("https://chat.example.com"),
+            Some("chat.example.com:443"),
+            &none
+        ));
+        assert!(origin_allowed(
+            Some("http://chat.example.com:80/"),
+            Some("chat.example.com"),
+            &none
+        ));
+        // Different host or port.
+        assert!(!origin_allowed(
+            Some("http://evil.com"),
+            Some("chat.example.com"),
+            &none
+        ));
+        assert!(!origin_allowed(
+            Some("http://chat.example.com:9001"),
+            Some("chat.example.com:9000"),
+            &none
+        ));
+        assert!(!origin_allowed(
+            Some("http://chat.example.com"),
+            None,
+            &none
+        ));
+        assert!(!origin_allowed(Some("null"), Some("null"), &none));
+        assert!(!origin_allowed(Some("ftp://a.com"), Some("a.com"), &none));
+        // Allow list: full origins (scheme must match), bare hosts, literals, "*".
+        let list = allow(&["https://app.example.com", "other.example.com:8443", "null"]);
+        assert!(origin_allowed(
+            Some("https://APP.example.com"),
+            Some("x"),
+            &list
+        ));
+        assert!(origin_allowed(
+            Some("https://app.example.com:443"),
+            Some("x"),
+            &list
+        ));
+        assert!(!origin_allowed(
+            Some("http://app.example.com"),
+            Some("x"),
+            &list
+        ));
+        assert!(origin_allowed(
+            Some("http://other.example.com:8443"),
+            Some("x"),
+            &list
+        ));
+        assert!(origin_allowed(
+            Some("https://other.example.com:8443"),
+            Some("x"),
+            &list
+        ));
+        assert!(!origin_allowed(
+            Some("https://other.example.com"),
+            Some("x"),
+            &list
+        ));
+        assert!(origin_allowed(Some("null"), Some("x"), &list));
+        assert!(!origin_allowed(Some("https://evil.com"), Some("x"), &list));
+        assert!(origin_allowed(
+            Some("https://evil.com"),
+            Some("x"),
+            &allow(&["*"])
+        ));
+        assert!(origin_allowed(Some("\u{e9}://x"), None, &allow(&["*"])));
+        assert!(!origin_allowed(
+            Some("\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}"),
+            Some("x"),
+            &none
+        ));
+    }
+
+    #[test]
+    fn write_response_format() {
+        let mut out = Vec::new();
+        write_response(&mut out, 200, "text/plain", &[("X-A", "1")], b"ok\n");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\nContent-Length: 3\r\n\
+              Connection: close\r\n\r\nok\n"
+        );
+        for (status, phrase) in [
+            (101, "Switching Protocols"),
+            (200, "OK"),
+            (400, "Bad Request"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (426, "Upgrade Required"),
+            (429, "Too Many Requests"),
+            (431, "Request Header Fields Too Large"),
+            (500, "Internal Server Error"),
+            (503, "Service Unavailable"),
+        ] {
+            assert_eq!(reason_phrase(status), phrase);
+        }
+        // Header injection is impossible.
+        out.clear();
+        write_response(&mut out, 404, "", &[("X-B", "v\r\nSet-Cookie: x")], b"");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("X-B: vSet-Cookie: x\r\n"), "{text}");
+        assert!(!text.contains("Content-Type"));
+    }
+
+    #[test]
+    fn error_responses_are_complete_http() {
+        let all = [
+            HttpError::HeaderTooLarge,
+            HttpError::TooManyHeaders,
+            HttpError::Malformed("x"),
+            HttpError::MethodNotAllowed,
+            HttpError::BadHttpVersion,
+            HttpError::MissingHost,
+            HttpError::BadUpgradeHeader,
+            HttpError::BadConnectionHeader,
+            HttpError::UnsupportedVersion,
+            HttpError::BadKey,
+            HttpError::OriginForbidden,
+        ];
+        for e in all {
+            let mut out = Vec::new();
+            e.write_response(&mut out);
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            let head = match resp.parse(&out).unwrap() {
+                httparse::Status::Complete(n) => n,
+                httparse::Status::Partial => panic!("partial {e:?}"),
+            };
+            assert_eq!(resp.code, Some(e.status()));
+            assert_eq!(resp.reason, Some(reason_phrase(e.status())));
+            let cl = resp
+                .headers
+                .iter()
+                .find(|h| h.name == "Content-Length")
+                .unwrap();
+            let cl: usize = std::str::from_utf8(cl.value).unwrap().parse().unwrap();
+            assert_eq!(cl, out.len() - head);
+            assert!(!e.reason().is_empty());
+            assert!(e.to_string().starts_with(&e.status().to_string()));
+        }
+        assert_eq!(HttpError::OriginForbidden.status(), 403);
+        let mut out = Vec::new();
+        HttpError::MethodNotAllowed.write_response(&mut out);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("\r\nAllow: GET\r\n"));
+    }
+
+    #[test]
+    fn client_round_trip() {
+        let key = generate_key();
+        assert_eq!(key.len(), 24);
+        assert!(valid_key(&key));
+        assert_ne!(key, generate_key());
+
+        let mut req = Vec::new();
+        write_client_request(
+            &mut req,
+            "127.0.0.1:9000",
+            "/ws?nick=ann",
+            &key,
+            Some("http://127.0.0.1:9000"),
+        );
+        req.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
+        let parsed = complete(&req);
+        assert_eq!(parsed.path, "/ws");
+        assert_eq!(parsed.query_param("nick"), Some("ann"));
+        assert!(origin_allowed(parsed.origin, parsed.host, &[]));
+        let up = parsed.websocket().unwrap();
+        assert_eq!(up.key, key);
+
+        let mut resp = Vec::new();
+        write_upgrade_response(&mut resp, up.key, None);
+        let head = resp.len();
+        resp.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+        for end in 0..head {
+            assert_eq!(
+                parse_response(&resp[..end], &key, LIMIT),
+                Ok(Status::Partial)
+            );
+        }
+        assert_eq!(
+            parse_response(&resp, &key, LIMIT),
+            Ok(Status::Complete((101, head)))
+        );
+        // A different key's accept value is refused.
+        let other = generate_key();
+        assert_eq!(
+            parse_response(&resp, &other, LIMIT),
+            Err(HttpError::BadAccept)
+        );
+        // An empty path becomes "/".
+        let mut req = Vec::new();
+        write_client_request(&mut req, "h", "", &key, None);
+        assert_eq!(complete(&req).path, "/");
+        assert_eq!(complete(&req).origin, None);
+    }
+
+    #[test]
+    fn client_sees_refusals() {
+        let key = generate_key();
+        let mut resp = Vec::new();
+        HttpError::OriginForbidden.write_response(&mut resp);
+        let Ok(Status::Complete((403, head))) = parse_response(&resp, &key, LIMIT) else {
+            panic!("expected 403");
+        };
+        assert_eq!(&resp[head..], b"origin not allowed\n");
+
+        let accept = accept_key(&key);
+        let bad =
+            |extra: &str| format!("HTTP/1.1 101 Switching Protocols\r\n{extra}\r\n").into_bytes();
+        let ok_headers = format!(
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+        );
+        assert!(matches!(
+            parse_response(&bad(&ok_headers), &key, LIMIT),
+            Ok(Status::Complete((101, _)))
+        ));
+        for broken in [
+            format!("Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"),
+            format!("Upgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n"),
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n".to_string(),
+            format!("{ok_headers}Sec-WebSocket-Accept: {accept}\r\n"),
+            format!("{ok_headers}Sec-WebSocket-Extensions: permessage-deflate\r\n"),
+            format!("{ok_headers}Sec-WebSocket-Protocol: chat\r\n"),
+        ] {
+            assert!(
+                parse_response(&bad(&broken), &key, LIMIT).is_err(),
+                "{broken}"
+            );
+        }
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nX: ", &key, 16),
+            Err(HttpError::HeaderTooLarge)
+        );
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 2x0 OK\r\n\r\n", &key, LIMIT),
+            Err(HttpError::BadResponse(_))
+        ));
+    }
+
+    #[test]
+    fn client_request_strips_line_breaks() {
+        let mut out = Vec::new();
+        write_client_request(&mut out, "h\r\nX: 1", "/a b\r\n", KEY, Some("o\n"));
+        let req = complete(&out);
+        assert_eq!(req.host, Some("hX: 1"));
+        assert_eq!(req.path, "/ab");
+        assert_eq!(req.origin, Some("o"));
+        assert_eq!(req.len, out.len());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any split point gives the same parse: Partial before the head ends, the
+        /// same Complete (same len) from there on, whatever follows.
+        #[test]
+        fn any_split_same_parse(
+            tail in proptest::collection::vec(any::<u8>(), 0..64),
+            split in any::<proptest::sample::Index>(),
+        ) {
+            let mut buf = sample();
+            let head = buf.len();
+            buf.extend_from_slice(&tail);
+            let at = split.index(buf.len() + 1);
+            let whole = parse_request(&buf, LIMIT).unwrap();
+            prop_assert!(matches!(whole, Status::Complete(r) if r.len == head));
+            let part = parse_request(&buf[..at], LIMIT).unwrap();
+            if at < head {
+                prop_assert_eq!(part, Status::Partial);
+            } else {
+                prop_assert_eq!(part, whole);
+            }
+        }
+
+        /// Arbitrary bytes (with a bias towards HTTP-looking input) never panic,
+        /// never report len > buf.len(), and a Complete prefix stays Complete with
+        /// the same len when bytes are appended.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            prefix in prop_oneof![
+                Just(Vec::new()),
+                Just(b"GET / HTTP/1.1\r\n".to_vec()),
+                Just(sample()),
+            ],
+            noise in proptest::collection::vec(any::<u8>(), 0..256),
+            limit in 0usize..600,
+            split in any::<proptest::sample::Index>(),
+        ) {
+            let mut buf = prefix;
+            buf.extend_from_slice(&noise);
+            let at = split.index(buf.len() + 1);
+            let first = parse_request(&buf[..at], limit);
+            let full = parse_request(&buf, limit);
+            for r in [&first, &full] {
+                if let Ok(Status::Complete(req)) = r {
+                    prop_assert!(req.len <= buf.len());
+                    let _ = req.websocket();
+                    let _ = req.query_param("nick");
+                    let _ = origin_allowed(req.origin, req.host, &["*".to_string()]);
+                }
+            }
+            if let Ok(Status::Complete(req)) = first {
+                prop_assert_eq!(full, Ok(Status::Complete(req)));
+            }
+            if let Ok(Status::Complete((_, len))) = parse_response(&buf, KEY, limit) {
+                prop_assert!(len <= buf.len());
+            }
+        }
     }
 }
