@@ -837,3 +837,21 @@ impl Hub {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tens of thousands of users per process: keep the entry small.
+    #[test]
+    fn user_entry_stays_small() {
+        let size = std::mem::size_of::<User>();
+        assert!(size <= 64, "size_of::<User>() = {size}");
+        assert_eq!(
+            std::mem::size_of::<Option<User>>(),
+            size,
+            "niche keeps Option free"
+        );
+        assert_eq!(std::mem::size_of::<Membership>(), 8);
+    }
+}
