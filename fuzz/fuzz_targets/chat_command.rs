@@ -1,3 +1,82 @@
+//! Fuzz the chat command parser and a hub driven by several connections.
+//!
+//! Input: byte 0 picks the config, the rest is split on `\n`; in each line the
+//! first byte picks the connection, the operation and how much time passes, the
+//! remainder (lossy UTF-8) is the command line or the connect arguments.
+//! After every step the hub's indexes must agree (`check_invariants`), and every
+//! output line must be a single bounded line.
 #![no_main]
+
 use libfuzzer_sys::fuzz_target;
-fuzz_target!(|_data: &[u8]| {});
+use loopchat::chat::{command, ChatConfig, ConnId, Hub, Sink};
+
+const MAX_LINE: usize = 64;
+
+struct Checker {
+    calls: u64,
+}
+
+impl Sink for Checker {
+    fn deliver(&mut self, to: &[ConnId], line: &str) {
+        self.calls += 1;
+        assert!(!to.is_empty());
+        assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+        // Longest: a ROOMS or WHO line with a few names, or a MSG/PRIV line.
+        assert!(line.len() <= 2 * MAX_LINE + 4 * 80, "{} bytes", line.len());
+    }
+    fn close(&mut self, _id: ConnId, code: u16, reason: &str) {
+        assert!(code == 1000 || code == 1008);
+        assert!(reason.len() <= 123);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    for max in [0, 8, 4096] {
+        let _ = command::parse(&text, max);
+    }
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let config = ChatConfig {
+        presence_limit: usize::from(mode & 3),
+        rate_limit: u32::from((mode >> 2) & 3),
+        who_limit: 3,
+        rooms_limit: 3,
+        max_line: MAX_LINE,
+        ..ChatConfig::default()
+    };
+    let mut hub = Hub::new(config);
+    let mut sink = Checker { calls: 0 };
+    let mut now = 0u64;
+    for id in 0..3 {
+        hub.connect(id, None, None, now, &mut sink);
+    }
+    hub.check_invariants();
+    for raw in rest.split(|&b| b == b'\n').take(256) {
+        let Some((&op, body)) = raw.split_first() else {
+            continue;
+        };
+        let id = usize::from(op & 3);
+        now += u64::from(op >> 4) * 37;
+        let body = String::from_utf8_lossy(body);
+        match op & 0x0c {
+            0x0c if op & 0x80 != 0 => hub.disconnect(id, &mut sink),
+            0x0c => {
+                let (nick, room) = match body.split_once(' ') {
+                    Some((n, r)) => (Some(n), Some(r)),
+                    None => (Some(&*body), None),
+                };
+                hub.connect(id, nick, room, now, &mut sink);
+            }
+            _ => hub.handle(id, &body, now, &mut sink),
+        }
+        hub.check_invariants();
+    }
+    for id in 0..4 {
+        hub.disconnect(id, &mut sink);
+    }
+    hub.check_invariants();
+    assert_eq!(hub.connections(), 0);
+    assert_eq!(hub.rooms(), 0);
+});

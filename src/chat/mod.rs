@@ -1,1 +1,115 @@
 //! The chat of PROTOCOL.md without sockets or frames.
+//!
+//! The [`Hub`] turns one inbound command line into deliveries ("this line to
+//! these connection ids") through a [`Sink`]; the server encodes each line once
+//! and appends it to every recipient's outbox. Nothing here reads a clock: the
+//! caller passes `now_ms`, so tests drive time explicitly.
+//!
+//! Submodules:
+//! - [`command`]: the line parser (a line → a borrowed [`Command`]);
+//! - [`names`]: nick and room validation and case folding;
+//! - [`rate`]: the per-connection token bucket;
+//! - [`hub`]: users, rooms, membership and the output lines.
+
+pub mod command;
+pub mod hub;
+pub mod names;
+pub mod rate;
+
+pub use command::{Command, ParseError};
+pub use hub::Hub;
+pub use rate::{RateDecision, RateLimiter};
+
+/// The server's slab key of a connection. Dense and reused after a disconnect,
+/// so the hub indexes users by it directly and must forget an id on
+/// [`Hub::disconnect`] before the server hands it out again.
+pub type ConnId = usize;
+
+/// Tunables of the chat layer. Use [`ChatConfig::default`] and override fields.
+#[derive(Clone, Debug)]
+pub struct ChatConfig {
+    /// In a room with more than this many members, `JOINED`/`LEFT` go only to
+    /// the subject: presence notices would otherwise cost O(members) each.
+    pub presence_limit: usize,
+    /// `/who` lists at most this many nicks, then `+N`.
+    pub who_limit: usize,
+    /// Commands per second per connection, with a burst of the same size;
+    /// 0 turns rate limiting off.
+    pub rate_limit: u32,
+    /// Bytes of one command line; a longer line gets `ERR too-long`.
+    pub max_line: usize,
+    /// `/rooms` lists at most this many rooms, then `+N`, so the answer stays
+    /// bounded however many rooms exist.
+    pub rooms_limit: usize,
+    /// The room a connection joins when it asks for none (or a bad one).
+    pub default_room: String,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            presence_limit: 100,
+            who_limit: 500,
+            rate_limit: 50,
+            max_line: 4096,
+            rooms_limit: 500,
+            default_room: "lobby".to_string(),
+        }
+    }
+}
+
+/// Where the hub's output goes. The server encodes each line once per
+/// transport and appends it to every recipient's outbox.
+pub trait Sink {
+    /// Deliver one server→client line (no trailing newline) to each connection in `to`.
+    fn deliver(&mut self, to: &[ConnId], line: &str);
+    /// Close `id` once its queued output is flushed: 1000 for /quit, 1008 for
+    /// sustained rate abuse.
+    fn close(&mut self, id: ConnId, code: u16, reason: &str);
+}
+
+/// The `CODE` of an `ERR CODE TEXT` line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Unknown command or wrong arguments.
+    BadCommand,
+    /// A nick outside 1–32 of `[A-Za-z0-9_.-]`.
+    BadNick,
+    /// The nick belongs to another connection (compared case-insensitively).
+    NickTaken,
+    /// A room name outside 1–64 of `[A-Za-z0-9_.-]`.
+    BadRoom,
+    /// The command needs a room the connection is not in.
+    NotInRoom,
+    /// `/msg` to a nick nobody has.
+    NoSuchNick,
+    /// The line is longer than [`ChatConfig::max_line`].
+    TooLong,
+    /// Over the per-connection rate; the command was not executed.
+    RateLimited,
+}
+
+impl ErrorCode {
+    /// The wire spelling of the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadCommand => "bad-command",
+            ErrorCode::BadNick => "bad-nick",
+            ErrorCode::NickTaken => "nick-taken",
+            ErrorCode::BadRoom => "bad-room",
+            ErrorCode::NotInRoom => "not-in-room",
+            ErrorCode::NoSuchNick => "no-such-nick",
+            ErrorCode::TooLong => "too-long",
+            ErrorCode::RateLimited => "rate-limited",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,857 @@
+//! The hub: users, rooms, membership, and the lines of PROTOCOL.md.
+//!
+//! Layout, chosen so that the hot paths (say in a room, join, leave) are O(1)
+//! and allocation-free in steady state:
+//! - users live in a `Vec<Option<User>>` indexed by [`ConnId`] (the server's
+//!   dense slab key), grown on demand;
+//! - rooms are interned as `u32` ids in a slab-like `Vec<Option<Room>>` with a
+//!   free list, plus a map from the case-folded name to the id;
+//! - a room's members are a `Vec<ConnId>`, so a broadcast is one
+//!   [`Sink::deliver`] with that slice; each user keeps, per room, its position
+//!   in that vector, so leaving is a `swap_remove` plus fixing the moved
+//!   member's position;
+//! - a user's rooms are a small ordered `Vec` (join order): the last one is the
+//!   current room, and after leaving it the most recently joined remaining room
+//!   becomes current;
+//! - output lines are written into one reusable `String` owned by the hub.
+//!
+//! Semantics where PROTOCOL.md is silent:
+//! - `connect` sends `WELCOME`, then `ERR bad-nick`/`ERR nick-taken` if the
+//!   requested nick was refused, then `JOINED`, then `ERR bad-room` if the
+//!   requested room was refused. An empty `?nick=`/`?room=` counts as absent.
+//! - `/join` of a room the connection is already in makes it current and sends
+//!   nothing (no duplicate `JOINED`).
+//! - `JOINED`/`LEFT` count the subject: a room "has more than presence_limit
+//!   members" after the join / before the leave.
+//! - `/nick` to the connection's own nick with other letter case is a display
+//!   change and is propagated like any change; to exactly the same nick it is
+//!   confirmed to the subject only.
+//! - `/who ROOM` works for any room, member or not; a room that does not exist
+//!   is listed as empty (`WHO ROOM`).
+//! - `/rooms` lists rooms sorted case-insensitively, at most `rooms_limit`, then
+//!   `+N`; `/who` lists members in room order, at most `who_limit`, then `+N`.
+//! - `/help` answers with one `SYS` line per command.
+//! - `/quit [TEXT]` sends `LEFT` to its rooms at once and asks the sink to close
+//!   with 1000 and TEXT (default `bye`, cut to 123 bytes) as the reason; the
+//!   nick stays taken until [`Hub::disconnect`]. Lines that arrive after a
+//!   close was requested (quit or rate abuse) are ignored.
+//! - Every line, empty ones included, counts against the rate limit; a refused
+//!   line gets `ERR rate-limited`; on abuse (see [`super::rate`]) the hub sends
+//!   `ERR rate-limited` and closes with 1008; `LEFT` follows at disconnect.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use super::command::{parse, Command};
+use super::names::{cmp_folded, valid_nick, valid_room, Folded};
+use super::rate::{RateDecision, RateLimiter};
+use super::{ChatConfig, ConnId, ErrorCode, Sink};
+
+/// An interned room: an index into `Hub::rooms`.
+type RoomId = u32;
+
+/// One room a user is in, and where the user sits in that room's member list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Membership {
+    room: RoomId,
+    /// Index of the user in `Room::members`; kept exact across swap_removes.
+    pos: u32,
+}
+
+/// Per-connection state; small because there may be tens of thousands.
+#[derive(Debug)]
+struct User {
+    /// The nick as displayed; its folded form is the key in `Hub::nicks`.
+    nick: Box<str>,
+    /// Rooms in join order; the last one is the current room.
+    rooms: Vec<Membership>,
+    rate: RateLimiter,
+    /// Generation stamp for deduplicating `NICK` recipients without a set.
+    seen: u32,
+    /// A close was requested (quit or rate abuse): further lines are ignored.
+    closing: bool,
+}
+
+#[derive(Debug)]
+struct Room {
+    /// The name as first created; the folded form is the key in `Hub::room_index`.
+    name: Box<str>,
+    /// Never empty: a room is deleted when its last member leaves.
+    members: Vec<ConnId>,
+}
+
+/// The `/help` answer, one line per command.
+const HELP: &[&str] = &[
+    "SYS TEXT - say TEXT in the current room (//TEXT says /TEXT)",
+    "SYS /nick NICK - change nick",
+    "SYS /join ROOM - join ROOM and make it current",
+    "SYS /leave [ROOM] - leave ROOM (default: current)",
+    "SYS /say ROOM TEXT - say TEXT in ROOM",
+    "SYS /msg NICK TEXT - private message",
+    "SYS /rooms - list rooms",
+    "SYS /who [ROOM] - list members",
+    "SYS /ping [TOKEN] - answered with PONG [TOKEN]",
+    "SYS /quit [TEXT] - leave and close",
+    "SYS /help - this list",
+];
+
+/// Longest close reason: a close frame's payload is at most 125 bytes, two of
+/// which are the code.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// The chat state machine. Drive it with [`Hub::connect`], [`Hub::handle`] and
+/// [`Hub::disconnect`]; it writes its output through a [`Sink`].
+#[derive(Debug)]
+pub struct Hub {
+    config: ChatConfig,
+    users: Vec<Option<User>>,
+    live: usize,
+    /// Folded nick → owner.
+    nicks: HashMap<Box<str>, ConnId>,
+    rooms: Vec<Option<Room>>,
+    free_rooms: Vec<RoomId>,
+    /// Folded room name → id.
+    room_index: HashMap<Box<str>, RoomId>,
+    /// The line being built; reused so steady-state output allocates nothing.
+    out: String,
+    /// Reusable recipient list (NICK propagation, SYS broadcast).
+    scratch: Vec<ConnId>,
+    /// Reusable room list for `/rooms`.
+    room_scratch: Vec<RoomId>,
+    generation: u32,
+    next_guest: u64,
+    messages: u64,
+    deliveries: u64,
+}
+
+/// Deliver `line` to `to` (nothing when `to` is empty) and count the deliveries.
+fn send<S: Sink>(sink: &mut S, deliveries: &mut u64, to: &[ConnId], line: &str) {
+    if !to.is_empty() {
+        *deliveries += to.len() as u64;
+        sink.deliver(to, line);
+    }
+}
+
+/// Append TEXT with CR and LF replaced by spaces (one output line stays one line).
+fn push_text(out: &mut String, text: &str) {
+    for (i, part) in text.split(['\r', '\n']).enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(part);
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+fn truncate_str(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(config: ChatConfig) -> Self {
+        Hub {
+            config,
+            users: Vec::new(),
+            live: 0,
+            nicks: HashMap::new(),
+            rooms: Vec::new(),
+            free_rooms: Vec::new(),
+            room_index: HashMap::new(),
+            out: String::new(),
+            scratch: Vec::new(),
+            room_scratch: Vec::new(),
+            generation: 0,
+            next_guest: 0,
+            messages: 0,
+            deliveries: 0,
+        }
+    }
+
+    /// The configuration the hub runs with.
+    pub fn config(&self) -> &ChatConfig {
+        &self.config
+    }
+
+    /// A new connection: nick from `?nick=` or `guest-N`, joins `?room=` or the
+    /// default room; sends `WELCOME NICK` then `JOINED`. A bad or taken
+    /// requested nick, or a bad room, falls back to `guest-N` / the default room
+    /// and is followed by an `ERR` line. An id still known to the hub is first
+    /// disconnected (the server should have done that).
+    pub fn connect(
+        &mut self,
+        id: ConnId,
+        nick: Option<&str>,
+        room: Option<&str>,
+        now_ms: u64,
+        sink: &mut impl Sink,
+    ) {
+        if self.user(id).is_some() {
+            self.disconnect(id, sink);
+        }
+        if self.users.len() <= id {
+            self.users.resize_with(id + 1, || None);
+        }
+        let mut nick_err = None;
+        let chosen: Box<str> = match nick.filter(|n| !n.is_empty()) {
+            Some(n) if !valid_nick(n) => {
+                nick_err = Some(ErrorCode::BadNick);
+                self.guest_nick()
+            }
+            Some(n) if self.nick_owner(n).is_some() => {
+                nick_err = Some(ErrorCode::NickTaken);
+                self.guest_nick()
+            }
+            Some(n) => n.into(),
+            None => self.guest_nick(),
+        };
+        let key = Folded::new(&chosen).map_or_else(|| chosen.clone(), |f| f.as_str().into());
+        self.nicks.insert(key, id);
+        self.out.clear();
+        self.out.push_str("WELCOME ");
+        self.out.push_str(&chosen);
+        self.users[id] = Some(User {
+            nick: chosen,
+            rooms: Vec::new(),
+            rate: RateLimiter::new(self.config.rate_limit, now_ms),
+            seen: 0,
+            closing: false,
+        });
+        self.live += 1;
+        send(sink, &mut self.deliveries, &[id], &self.out);
+        match nick_err {
+            Some(ErrorCode::NickTaken) => self.err(
+                id,
+                ErrorCode::NickTaken,
+                "nick taken, using a guest nick",
+                sink,
+            ),
+            Some(code) => self.err(id, code, "bad nick, using a guest nick", sink),
+            None => {}
+        }
+        let requested = room.filter(|r| !r.is_empty());
+        if let Some(r) = requested.filter(|r| valid_room(r)) {
+            if self.join(id, r, sink) {
+                return;
+            }
+        }
+        // Taken out and put back so `join` can borrow the hub mutably; no copy.
+        let default = std::mem::take(&mut self.config.default_room);
+        let joined = valid_room(&default) && self.join(id, &default, sink);
+        if !joined {
+            self.join(id, "lobby", sink);
+        }
+        self.config.default_room = default;
+        if requested.is_some() {
+            self.err(
+                id,
+                ErrorCode::BadRoom,
+                "bad room, joined the default room",
+                sink,
+            );
+        }
+    }
+
+    /// One inbound command line (a WS text frame, a UTF-8 binary frame, or a TCP
+    /// line without its terminator). Unknown ids are ignored.
+    pub fn handle(&mut self, id: ConnId, line: &str, now_ms: u64, sink: &mut impl Sink) {
+        let rate = self.config.rate_limit;
+        let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        if user.closing {
+            return;
+        }
+        match user.rate.check(rate, now_ms) {
+            RateDecision::Allow => {}
+            RateDecision::Limited => {
+                self.err(
+                    id,
+                    ErrorCode::RateLimited,
+                    "too many commands, slow down",
+                    sink,
+                );
+                return;
+            }
+            RateDecision::Abuse => {
+                user.closing = true;
+                self.err(
+                    id,
+                    ErrorCode::RateLimited,
+                    "too many commands, closing",
+                    sink,
+                );
+                sink.close(id, 1008, "rate limit");
+                return;
+            }
+        }
+        let cmd = match parse(line, self.config.max_line) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                self.err(id, e.code(), e.text(), sink);
+                return;
+            }
+        };
+        match cmd {
+            Command::Empty => {}
+            Command::Say(text) => match self.current_room_id(id) {
+                Some(rid) => self.say(id, rid, text, sink),
+                None => self.err(id, ErrorCode::NotInRoom, "join a room first", sink),
+            },
+            Command::Nick(nick) => self.change_nick(id, nick, sink),
+            Command::Join(room) => {
+                if !self.join(id, room, sink) {
+                    self.err(id, ErrorCode::BadRoom, "too many rooms", sink);
+                }
+            }
+            Command::Leave(room) => {
+                let idx = match room {
+                    None => self.user(id).and_then(|u| u.rooms.len().checked_sub(1)),
+                    Some(name) => self
+                        .room_id(name)
+                        .and_then(|rid| self.membership_index(id, rid)),
+                };
+                match idx {
+                    Some(idx) => self.leave(id, idx, sink),
+                    None => self.err(id, ErrorCode::NotInRoom, "not in that room", sink),
+                }
+            }
+            Command::SayTo { room, text } => {
+                match self
+                    .room_id(room)
+                    .filter(|&rid| self.membership_index(id, rid).is_some())
+                {
+                    Some(rid) => self.say(id, rid, text, sink),
+                    None => self.err(id, ErrorCode::NotInRoom, "not in that room", sink),
+                }
+            }
+            Command::Msg { nick, text } => self.private(id, nick, text, sink),
+            Command::Rooms => self.list_rooms(id, sink),
+            Command::Who(room) => self.who(id, room, sink),
+            Command::Ping(token) => {
+                self.out.clear();
+                self.out.push_str("PONG");
+                if let Some(token) = token {
+                    self.out.push(' ');
+                    push_text(&mut self.out, token);
+                }
+                send(sink, &mut self.deliveries, &[id], &self.out);
+            }
+            Command::Quit(text) => self.quit(id, text, sink),
+            Command::Help => {
+                for line in HELP {
+                    send(sink, &mut self.deliveries, &[id], line);
+                }
+            }
+        }
+    }
+
+    /// The connection is gone: `LEFT` to its rooms' members (per presence
+    /// rules), and the hub forgets it so the id can be reused.
+    pub fn disconnect(&mut self, id: ConnId, sink: &mut impl Sink) {
+        while let Some(n) = self.user(id).map(|u| u.rooms.len()).filter(|&n| n > 0) {
+            self.leave(id, n - 1, sink);
+        }
+        let Some(user) = self.users.get_mut(id).and_then(Option::take) else {
+            return;
+        };
+        if let Some(key) = Folded::new(&user.nick) {
+            self.nicks.remove(key.as_str());
+        }
+        self.live -= 1;
+        // Trailing free slots are given back so a burst of connections does not
+        // pin the table at its peak forever.
+        while matches!(self.users.last(), Some(None)) {
+            self.users.pop();
+        }
+    }
+
+    /// `SYS TEXT` to every connection (shutdown notices).
+    pub fn broadcast_sys(&mut self, text: &str, sink: &mut impl Sink) {
+        let mut to = std::mem::take(&mut self.scratch);
+        to.clear();
+        to.extend(
+            self.users
+                .iter()
+                .enumerate()
+                .filter_map(|(i, u)| u.as_ref().map(|_| i)),
+        );
+        self.out.clear();
+        self.out.push_str("SYS ");
+        push_text(&mut self.out, text);
+        send(sink, &mut self.deliveries, &to, &self.out);
+        self.scratch = to;
+    }
+
+    /// Connections the hub knows.
+    pub fn connections(&self) -> usize {
+        self.live
+    }
+
+    /// Rooms that exist (a room exists while it has members).
+    pub fn rooms(&self) -> usize {
+        self.room_index.len()
+    }
+
+    /// `MSG` and `PRIV` lines sent so far.
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// Lines delivered so far, counted per recipient.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries
+    }
+
+    /// The displayed nick of `id`.
+    pub fn nick(&self, id: ConnId) -> Option<&str> {
+        self.user(id).map(|u| &*u.nick)
+    }
+
+    /// The displayed name of `id`'s current room.
+    pub fn current_room(&self, id: ConnId) -> Option<&str> {
+        self.current_room_id(id)
+            .and_then(|rid| self.room(rid))
+            .map(|r| &*r.name)
+    }
+
+    /// Members of the room `name` (case-insensitive); 0 when it does not exist.
+    pub fn room_len(&self, name: &str) -> usize {
+        self.room_id(name)
+            .and_then(|rid| self.room(rid))
+            .map_or(0, |r| r.members.len())
+    }
+
+    /// Panic when the internal indexes disagree. For tests and fuzzing.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        let live = self.users.iter().flatten().count();
+        assert_eq!(live, self.live, "live count");
+        assert_eq!(self.nicks.len(), live, "one nick per user");
+        for (key, &owner) in &self.nicks {
+            let user = self.user(owner).expect("nick owner exists");
+            let folded = Folded::new(&user.nick).expect("nick foldable");
+            assert_eq!(folded.as_str(), &**key, "nick key matches");
+            assert!(valid_nick(&user.nick), "valid nick");
+        }
+        let mut memberships = 0;
+        for (id, user) in self.users.iter().enumerate() {
+            let Some(user) = user else { continue };
+            for (i, m) in user.rooms.iter().enumerate() {
+                let room = self.room(m.room).expect("membership room exists");
+                assert_eq!(room.members.get(m.pos as usize), Some(&id), "position");
+                assert!(
+                    user.rooms[..i].iter().all(|o| o.room != m.room),
+                    "no duplicate membership"
+                );
+            }
+            memberships += user.rooms.len();
+        }
+        let mut members = 0;
+        let mut live_rooms = 0;
+        for (rid, room) in self.rooms.iter().enumerate() {
+            let Some(room) = room else {
+                assert!(
+                    self.free_rooms.contains(&(rid as RoomId)),
+                    "free slot listed"
+                );
+                continue;
+            };
+            live_rooms += 1;
+            assert!(!room.members.is_empty(), "empty room deleted");
+            assert!(valid_room(&room.name), "valid room name");
+            let key = Folded::new(&room.name).expect("room foldable");
+            assert_eq!(self.room_index.get(key.as_str()), Some(&(rid as RoomId)));
+            for &member in &room.members {
+                let user = self.user(member).expect("member exists");
+                assert!(user.rooms.iter().any(|m| m.room == rid as RoomId));
+            }
+            members += room.members.len();
+        }
+        assert_eq!(members, memberships, "member lists match user room lists");
+        assert_eq!(live_rooms, self.room_index.len(), "room index size");
+        assert_eq!(
+            live_rooms + self.free_rooms.len(),
+            self.rooms.len(),
+            "slots are live or free"
+        );
+    }
+
+    // ---- internals ----
+
+    fn user(&self, id: ConnId) -> Option<&User> {
+        self.users.get(id).and_then(Option::as_ref)
+    }
+
+    fn room(&self, rid: RoomId) -> Option<&Room> {
+        self.rooms.get(rid as usize).and_then(Option::as_ref)
+    }
+
+    fn room_id(&self, name: &str) -> Option<RoomId> {
+        let key = Folded::new(name)?;
+        self.room_index.get(key.as_str()).copied()
+    }
+
+    fn nick_owner(&self, nick: &str) -> Option<ConnId> {
+        let key = Folded::new(nick)?;
+        self.nicks.get(key.as_str()).copied()
+    }
+
+    fn current_room_id(&self, id: ConnId) -> Option<RoomId> {
+        self.user(id)?.rooms.last().map(|m| m.room)
+    }
+
+    /// Where `rid` is in `id`'s room list: O(rooms of the user), a handful.
+    fn membership_index(&self, id: ConnId, rid: RoomId) -> Option<usize> {
+        self.user(id)?.rooms.iter().position(|m| m.room == rid)
+    }
+
+    /// The next free `guest-N`. Bounded: each skipped candidate is a nick some
+    /// user holds.
+    fn guest_nick(&mut self) -> Box<str> {
+        loop {
+            self.next_guest = self.next_guest.wrapping_add(1);
+            let nick = format!("guest-{}", self.next_guest);
+            if self.nick_owner(&nick).is_none() {
+                return nick.into_boxed_str();
+            }
+        }
+    }
+
+    fn err<S: Sink>(&mut self, id: ConnId, code: ErrorCode, text: &str, sink: &mut S) {
+        self.out.clear();
+        self.out.push_str("ERR ");
+        self.out.push_str(code.as_str());
+        self.out.push(' ');
+        self.out.push_str(text);
+        send(sink, &mut self.deliveries, &[id], &self.out);
+    }
+
+    /// `MSG ROOM NICK TEXT` to every member, the sender included: one deliver
+    /// call with the room's member slice, so the server encodes it once.
+    fn say<S: Sink>(&mut self, id: ConnId, rid: RoomId, text: &str, sink: &mut S) {
+        let (Some(user), Some(room)) = (
+            self.users.get(id).and_then(Option::as_ref),
+            self.rooms.get(rid as usize).and_then(Option::as_ref),
+        ) else {
+            return;
+        };
+        self.out.clear();
+        self.out.push_str("MSG ");
+        self.out.push_str(&room.name);
+        self.out.push(' ');
+        self.out.push_str(&user.nick);
+        self.out.push(' ');
+        push_text(&mut self.out, text);
+        self.messages += 1;
+        send(sink, &mut self.deliveries, &room.members, &self.out);
+    }
+
+    /// Join (creating the room if needed) and make it current. False only when
+    /// no room id is left.
+    fn join<S: Sink>(&mut self, id: ConnId, name: &str, sink: &mut S) -> bool {
+        let Some(key) = Folded::new(name) else {
+            return false;
+        };
+        if self.user(id).is_none() {
+            return true;
+        }
+        let rid = match self.room_index.get(key.as_str()) {
+            Some(&rid) => rid,
+            None => {
+                let rid = match self.free_rooms.pop() {
+                    Some(rid) => rid,
+                    None => {
+                        let Ok(rid) = RoomId::try_from(self.rooms.len()) else {
+                            return false;
+                        };
+                        self.rooms.push(None);
+                        rid
+                    }
+                };
+                self.rooms[rid as usize] = Some(Room {
+                    name: name.into(),
+                    members: Vec::new(),
+                });
+                self.room_index.insert(key.as_str().into(), rid);
+                rid
+            }
+        };
+        let (Some(user), Some(room)) = (
+            self.users.get_mut(id).and_then(Option::as_mut),
+            self.rooms.get_mut(rid as usize).and_then(Option::as_mut),
+        ) else {
+            return true;
+        };
+        if let Some(i) = user.rooms.iter().position(|m| m.room == rid) {
+            let m = user.rooms.remove(i);
+            user.rooms.push(m);
+            return true;
+        }
+        let Ok(pos) = u32::try_from(room.members.len()) else {
+            return false;
+        };
+        room.members.push(id);
+        user.rooms.push(Membership { room: rid, pos });
+        self.out.clear();
+        self.out.push_str("JOINED ");
+        self.out.push_str(&room.name);
+        self.out.push(' ');
+        self.out.push_str(&user.nick);
+        let to = if room.members.len() > self.config.presence_limit {
+            std::slice::from_ref(&id)
+        } else {
+            &room.members[..]
+        };
+        send(sink, &mut self.deliveries, to, &self.out);
+        true
+    }
+
+    /// Leave the room at `idx` of `id`'s room list: `LEFT` (per presence rules)
+    /// while the subject is still a member, then O(1) removal.
+    fn leave<S: Sink>(&mut self, id: ConnId, idx: usize, sink: &mut S) {
+        let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        if idx >= user.rooms.len() {
+            return;
+        }
+        // Ordered removal keeps join order, so the new last is the most
+        // recently joined remaining room.
+        let m = user.rooms.remove(idx);
+        let Some(room) = self.rooms.get_mut(m.room as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        self.out.clear();
+        self.out.push_str("LEFT ");
+        self.out.push_str(&room.name);
+        self.out.push(' ');
+        self.out.push_str(&user.nick);
+        let to = if room.members.len() > self.config.presence_limit {
+            std::slice::from_ref(&id)
+        } else {
+            &room.members[..]
+        };
+        send(sink, &mut self.deliveries, to, &self.out);
+        let pos = m.pos as usize;
+        if pos < room.members.len() {
+            room.members.swap_remove(pos);
+        }
+        if let Some(&moved) = room.members.get(pos) {
+            if let Some(mu) = self.users.get_mut(moved).and_then(Option::as_mut) {
+                if let Some(entry) = mu.rooms.iter_mut().find(|e| e.room == m.room) {
+                    entry.pos = m.pos;
+                }
+            }
+        }
+        if room.members.is_empty() {
+            if let Some(key) = Folded::new(&room.name) {
+                self.room_index.remove(key.as_str());
+            }
+            self.rooms[m.room as usize] = None;
+            self.free_rooms.push(m.room);
+            // Trailing free slots are dropped so the table shrinks back.
+            while matches!(self.rooms.last(), Some(None)) {
+                self.rooms.pop();
+                let last = self.rooms.len() as RoomId;
+                self.free_rooms.retain(|&r| r != last);
+            }
+        }
+    }
+
+    fn change_nick<S: Sink>(&mut self, id: ConnId, new: &str, sink: &mut S) {
+        let Some(new_key) = Folded::new(new) else {
+            self.err(id, ErrorCode::BadNick, "bad nick", sink);
+            return;
+        };
+        if matches!(self.nicks.get(new_key.as_str()), Some(&owner) if owner != id) {
+            self.err(id, ErrorCode::NickTaken, "nick taken", sink);
+            return;
+        }
+        let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        self.out.clear();
+        self.out.push_str("NICK ");
+        self.out.push_str(&user.nick);
+        self.out.push(' ');
+        self.out.push_str(new);
+        if &*user.nick == new {
+            send(sink, &mut self.deliveries, &[id], &self.out);
+            return;
+        }
+        let old = std::mem::replace(&mut user.nick, new.into());
+        if let Some(old_key) = Folded::new(&old) {
+            if old_key.as_str() != new_key.as_str() {
+                self.nicks.remove(old_key.as_str());
+                self.nicks.insert(new_key.as_str().into(), id);
+            }
+        }
+        // Everyone sharing a room, each once: stamp users with a generation
+        // instead of building a set, so steady state allocates nothing.
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            for u in self.users.iter_mut().flatten() {
+                u.seen = 0;
+            }
+            self.generation = 1;
+        }
+        let gen = self.generation;
+        let mut to = std::mem::take(&mut self.scratch);
+        to.clear();
+        to.push(id);
+        let mut k = 0;
+        while let Some(rid) = self.user(id).and_then(|u| u.rooms.get(k)).map(|m| m.room) {
+            k += 1;
+            if let Some(u) = self.users.get_mut(id).and_then(Option::as_mut) {
+                u.seen = gen;
+            }
+            let Some(room) = self.rooms.get(rid as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            for &member in &room.members {
+                if let Some(u) = self.users.get_mut(member).and_then(Option::as_mut) {
+                    if u.seen != gen {
+                        u.seen = gen;
+                        to.push(member);
+                    }
+                }
+            }
+        }
+        send(sink, &mut self.deliveries, &to, &self.out);
+        self.scratch = to;
+    }
+
+    /// `PRIV FROM TO TEXT` to the recipient and the sender (once when they are
+    /// the same connection).
+    fn private<S: Sink>(&mut self, id: ConnId, nick: &str, text: &str, sink: &mut S) {
+        let Some(target) = self.nick_owner(nick) else {
+            self.err(id, ErrorCode::NoSuchNick, "no such nick", sink);
+            return;
+        };
+        let users = &self.users;
+        let (Some(from), Some(to)) = (
+            users.get(id).and_then(Option::as_ref),
+            users.get(target).and_then(Option::as_ref),
+        ) else {
+            return;
+        };
+        self.out.clear();
+        self.out.push_str("PRIV ");
+        self.out.push_str(&from.nick);
+        self.out.push(' ');
+        self.out.push_str(&to.nick);
+        self.out.push(' ');
+        push_text(&mut self.out, text);
+        self.messages += 1;
+        let pair = [target, id];
+        let recipients = if target == id { &pair[..1] } else { &pair[..] };
+        send(sink, &mut self.deliveries, recipients, &self.out);
+    }
+
+    /// `ROOMS ROOM=COUNT ...`, case-insensitively sorted, at most `rooms_limit`
+    /// then `+N`. Only the listed rooms are sorted (a partial selection first),
+    /// so the cost is O(rooms + limit log limit).
+    fn list_rooms<S: Sink>(&mut self, id: ConnId, sink: &mut S) {
+        let mut ids = std::mem::take(&mut self.room_scratch);
+        ids.clear();
+        ids.extend(
+            self.rooms
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.is_some())
+                .map(|(i, _)| i as RoomId),
+        );
+        let rooms = &self.rooms;
+        let name = |rid: &RoomId| rooms[*rid as usize].as_ref().map_or("", |r| &*r.name);
+        let limit = self.config.rooms_limit.min(ids.len());
+        if limit < ids.len() && limit > 0 {
+            ids.select_nth_unstable_by(limit - 1, |a, b| cmp_folded(name(a), name(b)));
+        }
+        ids[..limit].sort_unstable_by(|a, b| cmp_folded(name(a), name(b)));
+        self.out.clear();
+        self.out.push_str("ROOMS");
+        for rid in &ids[..limit] {
+            if let Some(room) = rooms[*rid as usize].as_ref() {
+                let _ = write!(self.out, " {}={}", room.name, room.members.len());
+            }
+        }
+        if ids.len() > limit {
+            let _ = write!(self.out, " +{}", ids.len() - limit);
+        }
+        send(sink, &mut self.deliveries, &[id], &self.out);
+        self.room_scratch = ids;
+    }
+
+    /// `WHO ROOM NICK ...`, at most `who_limit` nicks then `+N`.
+    fn who<S: Sink>(&mut self, id: ConnId, requested: Option<&str>, sink: &mut S) {
+        let rid = match requested {
+            Some(name) => self.room_id(name),
+            None => match self.current_room_id(id) {
+                Some(rid) => Some(rid),
+                None => {
+                    self.err(id, ErrorCode::NotInRoom, "join a room first", sink);
+                    return;
+                }
+            },
+        };
+        let room = rid.and_then(|rid| self.rooms.get(rid as usize)?.as_ref());
+        self.out.clear();
+        self.out.push_str("WHO ");
+        match room {
+            Some(room) => {
+                self.out.push_str(&room.name);
+                let shown = room.members.len().min(self.config.who_limit);
+                for &member in &room.members[..shown] {
+                    if let Some(u) = self.users.get(member).and_then(Option::as_ref) {
+                        self.out.push(' ');
+                        self.out.push_str(&u.nick);
+                    }
+                }
+                if room.members.len() > shown {
+                    let _ = write!(self.out, " +{}", room.members.len() - shown);
+                }
+            }
+            // A room that does not exist has no members; the parser validated
+            // the name, so echoing it is safe.
+            None => self.out.push_str(requested.unwrap_or("")),
+        }
+        send(sink, &mut self.deliveries, &[id], &self.out);
+    }
+
+    fn quit<S: Sink>(&mut self, id: ConnId, text: Option<&str>, sink: &mut S) {
+        while let Some(n) = self.user(id).map(|u| u.rooms.len()).filter(|&n| n > 0) {
+            self.leave(id, n - 1, sink);
+        }
+        if let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) {
+            user.closing = true;
+        }
+        sink.close(
+            id,
+            1000,
+            truncate_str(text.unwrap_or("bye"), MAX_CLOSE_REASON),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tens of thousands of users per process: keep the entry small.
+    #[test]
+    fn user_entry_stays_small() {
+        let size = std::mem::size_of::<User>();
+        assert!(size <= 64, "size_of::<User>() = {size}");
+        assert_eq!(
+            std::mem::size_of::<Option<User>>(),
+            size,
+            "niche keeps Option free"
+        );
+        assert_eq!(std::mem::size_of::<Membership>(), 8);
+    }
+}

@@ -1,0 +1,145 @@
+//! Per-connection rate limiting: a token bucket in integer milli-tokens.
+//!
+//! `rate` commands per second refill the bucket, which holds a burst of `rate`
+//! commands. A command over the rate is refused (`ERR rate-limited`) **and still
+//! drains the bucket**, into debt: a client that keeps sending while refused
+//! digs deeper instead of getting a fresh token every `1/rate` seconds. When the
+//! debt exceeds one full burst — more than `rate` refused commands that the
+//! refill did not cover — the connection is abusive and the hub closes it with
+//! 1008. A client that slows down to the rate pays the debt back and recovers.
+//!
+//! The rate lives in the config, not here, so each connection stores 16 bytes.
+
+/// Milli-tokens per command: the refill is `rate` milli-tokens per millisecond,
+/// which keeps the arithmetic exact in integers.
+const COST: i64 = 1000;
+
+/// The outcome of [`RateLimiter::check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateDecision {
+    /// Execute the command.
+    Allow,
+    /// Refuse the command with `ERR rate-limited`.
+    Limited,
+    /// Refuse it and close the connection (1008): sustained abuse.
+    Abuse,
+}
+
+/// A token bucket; see the module docs for the abuse rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimiter {
+    /// Milli-tokens; negative while in debt.
+    tokens: i64,
+    /// The time of the last refill.
+    last_ms: u64,
+}
+
+impl RateLimiter {
+    /// A full bucket at `now_ms`.
+    pub fn new(rate: u32, now_ms: u64) -> Self {
+        RateLimiter {
+            tokens: capacity(rate),
+            last_ms: now_ms,
+        }
+    }
+
+    /// Account for one command at `now_ms` under `rate` commands per second
+    /// (0 = unlimited). A clock that goes backwards refills nothing.
+    pub fn check(&mut self, rate: u32, now_ms: u64) -> RateDecision {
+        if rate == 0 {
+            return RateDecision::Allow;
+        }
+        let cap = capacity(rate);
+        // A second of refill already fills any bucket, so clamping the elapsed
+        // time first keeps the product far from overflow.
+        let elapsed = now_ms.saturating_sub(self.last_ms).min(1000) as i64;
+        self.last_ms = self.last_ms.max(now_ms);
+        self.tokens = (self.tokens + elapsed * i64::from(rate)).min(cap);
+        let allowed = self.tokens >= COST;
+        // The floor only bounds the value; the connection is closed long before.
+        self.tokens = (self.tokens - COST).max(-cap - COST);
+        if allowed {
+            RateDecision::Allow
+        } else if self.tokens < -cap {
+            RateDecision::Abuse
+        } else {
+            RateDecision::Limited
+        }
+    }
+}
+
+fn capacity(rate: u32) -> i64 {
+    i64::from(rate) * COST
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_when_zero() {
+        let mut r = RateLimiter::new(0, 0);
+        for _ in 0..10_000 {
+            assert_eq!(r.check(0, 0), RateDecision::Allow);
+        }
+    }
+
+    #[test]
+    fn burst_then_limited_then_abuse() {
+        let mut r = RateLimiter::new(5, 1000);
+        for _ in 0..5 {
+            assert_eq!(r.check(5, 1000), RateDecision::Allow);
+        }
+        for _ in 0..5 {
+            assert_eq!(r.check(5, 1000), RateDecision::Limited);
+        }
+        assert_eq!(r.check(5, 1000), RateDecision::Abuse);
+    }
+
+    #[test]
+    fn refill_is_exact_and_capped() {
+        let mut r = RateLimiter::new(5, 0);
+        for _ in 0..5 {
+            assert_eq!(r.check(5, 0), RateDecision::Allow);
+        }
+        // 5 per second = one token per 200 ms.
+        assert_eq!(r.check(5, 199), RateDecision::Limited);
+        // 995 milli-tokens were short and are now owed; 401 ms later 2005 came in.
+        assert_eq!(r.check(5, 600), RateDecision::Allow);
+        // A long pause refills exactly one burst, not more.
+        let mut r = RateLimiter::new(5, 0);
+        for t in 0..5 {
+            assert_eq!(r.check(5, 1_000_000 + t), RateDecision::Allow);
+        }
+        assert_eq!(r.check(5, 1_000_004), RateDecision::Limited);
+    }
+
+    #[test]
+    fn steady_at_rate_is_never_limited() {
+        let mut r = RateLimiter::new(10, 0);
+        for i in 0..10_000u64 {
+            assert_eq!(r.check(10, i * 100), RateDecision::Allow);
+        }
+    }
+
+    #[test]
+    fn sustained_excess_is_abuse_eventually() {
+        let mut r = RateLimiter::new(10, 0);
+        let mut closed_at = None;
+        // 20 per second against a limit of 10.
+        for i in 0..1000u64 {
+            if r.check(10, i * 50) == RateDecision::Abuse {
+                closed_at = Some(i);
+                break;
+            }
+        }
+        assert!(closed_at.is_some());
+    }
+
+    #[test]
+    fn clock_going_backwards_does_not_refill() {
+        let mut r = RateLimiter::new(1, 10_000);
+        assert_eq!(r.check(1, 10_000), RateDecision::Allow);
+        assert_eq!(r.check(1, 0), RateDecision::Limited);
+    }
+}
