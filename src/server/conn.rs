@@ -26,8 +26,11 @@ pub enum Kind {
 /// `Handshake → Open` (upgrade or line accept), `Handshake → Flushing` (HTTP answer
 /// or refused upgrade), `Open → Closing` (we sent a close frame), `Open → Flushing`
 /// (we answered the peer's close, or a line client quit), `Closing → Flushing`
-/// (the peer answered). `Flushing` ends in the socket being closed once the outbox
-/// is written, or when the close timeout passes.
+/// (the peer answered, or its input broke the protocol), `Flushing → Draining`
+/// (outbox written: we shut down our sending side). `Draining` reads and discards
+/// until the peer closes, so that closing with unread input (which makes the
+/// kernel send a reset) cannot destroy our last bytes in flight. `Closing`,
+/// `Flushing` and `Draining` all end at the close timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Reading the HTTP request head.
@@ -36,8 +39,10 @@ pub enum Phase {
     Open,
     /// We sent a close frame and wait for the peer's.
     Closing,
-    /// Nothing more is read; close once the outbox is written.
+    /// Input is discarded; shut down our side once the outbox is written.
     Flushing,
+    /// Our side is shut down; discard input until the peer closes.
+    Draining,
 }
 
 /// In the dirty list: flush at the end of the turn.

@@ -146,7 +146,7 @@ fn mark_dirty(dirty: &mut Vec<usize>, id: usize, c: &mut Conn) {
 /// Start closing `c`: a WebSocket gets a close frame and waits for the peer's;
 /// anything else is closed once its outbox is written.
 fn begin_close(ctx: &mut Ctx, id: usize, c: &mut Conn, code: u16, reason: &str) {
-    if c.phase == Phase::Closing || c.phase == Phase::Flushing {
+    if matches!(c.phase, Phase::Closing | Phase::Flushing | Phase::Draining) {
         return;
     }
     if c.is_ws() && c.phase == Phase::Open {
@@ -522,8 +522,7 @@ impl Server {
             let Some(c) = self.conns.get_mut(id) else {
                 return;
             };
-            if c.has(DEAD) || c.phase == Phase::Flushing {
-                // Nothing more is wanted from it; the close happens after the flush.
+            if c.has(DEAD) {
                 return;
             }
             if c.has(PAUSED) {
@@ -559,6 +558,10 @@ impl Server {
     /// Handle `self.scratch[..n]`, just read from connection `id`.
     fn on_bytes(&mut self, id: usize, n: usize) {
         let c = &mut self.conns[id];
+        if matches!(c.phase, Phase::Flushing | Phase::Draining) {
+            // Nothing more is wanted from it: read only to see its end.
+            return;
+        }
         match (c.kind, c.phase) {
             (Kind::Http, Phase::Handshake) => self.on_request_bytes(id, n),
             (Kind::Line, _) => self.on_line_bytes(id, n),
@@ -608,13 +611,16 @@ impl Server {
                         break;
                     };
                     debug!("{}: protocol error: {e} (id {id})", c.ip);
-                    let code = e.close_code();
                     if c.phase == Phase::Open {
-                        let reason = e.to_string();
-                        begin_close(&mut self.ctx, id, c, code, &reason);
-                    } else {
-                        kill(&mut self.ctx, id, c);
+                        let code = e.close_code();
+                        encode_close(&mut c.outbox, Some(code), &e.to_string(), None);
+                        self.ctx.metrics.close_sent(code);
                     }
+                    // Fail the connection (RFC 6455 7.1.7): no waiting for the
+                    // peer's close; its remaining input is discarded.
+                    c.phase = Phase::Flushing;
+                    c.since = self.ctx.tick;
+                    mark_dirty(&mut self.ctx.dirty, id, c);
                     break;
                 }
             }
@@ -685,7 +691,7 @@ impl Server {
         }
         self.conns
             .get(id)
-            .is_some_and(|c| !c.has(DEAD) && c.phase != Phase::Flushing)
+            .is_some_and(|c| !c.has(DEAD) && matches!(c.phase, Phase::Open | Phase::Closing))
     }
 
     fn chat_line(&mut self, id: usize, line: &str) {
@@ -780,7 +786,9 @@ impl Server {
         let ticks = |d: Duration| (d.as_millis() as u64).div_ceil(TICK_MS).max(1) as u32;
         let at = match c.phase {
             Phase::Handshake => c.since.saturating_add(ticks(cfg.handshake_timeout)),
-            Phase::Closing | Phase::Flushing => c.since.saturating_add(ticks(cfg.close_timeout)),
+            Phase::Closing | Phase::Flushing | Phase::Draining => {
+                c.since.saturating_add(ticks(cfg.close_timeout))
+            }
             Phase::Open => {
                 let mut at = u32::MAX;
                 if !cfg.idle_timeout.is_zero() {
@@ -849,7 +857,7 @@ impl Server {
                     kill(&mut self.ctx, id, c);
                 }
             }
-            Phase::Closing | Phase::Flushing => {
+            Phase::Closing | Phase::Flushing | Phase::Draining => {
                 if now >= c.since.saturating_add(ticks(cfg.close_timeout)) {
                     debug!("{}: close timeout (id {id})", c.ip);
                     self.ctx.metrics.timeout("close");
@@ -945,8 +953,13 @@ impl Server {
                 c.outbox.clear();
             }
             if c.phase == Phase::Flushing {
-                kill(&mut self.ctx, id, c);
-                return;
+                // Half-close and wait for the peer's end (see `Phase::Draining`).
+                if c.sock.shutdown(std::net::Shutdown::Write).is_err() {
+                    kill(&mut self.ctx, id, c);
+                    return;
+                }
+                c.phase = Phase::Draining;
+                c.since = self.ctx.tick;
             }
         } else if c.out_pos as usize > c.outbox.len() / 2 {
             // Compact so the written prefix does not pin memory.
@@ -957,7 +970,7 @@ impl Server {
             c.clear(PAUSED);
             self.ctx.read_again.push(id);
         }
-        if c.phase == Phase::Closing || c.phase == Phase::Flushing {
+        if c.phase != Phase::Open {
             self.schedule(id);
         }
     }
