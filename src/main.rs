@@ -139,7 +139,11 @@ fn main() -> ExitCode {
             .set_thread_level(LevelFilter::Off)
             .build(),
         simplelog::TerminalMode::Stderr,
-        simplelog::ColorChoice::Auto,
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            simplelog::ColorChoice::Auto
+        } else {
+            simplelog::ColorChoice::Never
+        },
     );
     match raise_nofile_limit() {
         Ok((old, new)) if old != new => info!("open-file limit raised from {old} to {new}"),

@@ -133,3 +133,25 @@ impl Conn {
         self.flags & f != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection pays for this entry (plus its socket in the kernel);
+    /// density depends on keeping it small. Raise the bound only on purpose.
+    #[test]
+    fn connection_entry_stays_small() {
+        // The shape of slab's private entry type.
+        #[allow(dead_code)]
+        enum SlabEntry {
+            Vacant(usize),
+            Occupied(Conn),
+        }
+        let entry = std::mem::size_of::<SlabEntry>();
+        let conn = std::mem::size_of::<Conn>();
+        let rx = std::mem::size_of::<Receiver>();
+        println!("slab entry {entry} B, Conn {conn} B, Receiver {rx} B");
+        assert!(entry <= 176, "slab entry grew to {entry} bytes");
+    }
+}
