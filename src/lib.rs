@@ -6,7 +6,10 @@
 //! - [`chat`]: nicks, rooms and the text commands of the chat protocol,
 //!   without sockets or frames.
 //! - [`server`]: the mio event loop that drives both.
+//! - [`client`]: the terminal client (`loopchat client URL`), `ws` in the client role.
 
 pub mod chat;
+pub mod cli;
+pub mod client;
 pub mod server;
 pub mod ws;

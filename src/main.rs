@@ -18,7 +18,26 @@ use loopchat::server::{raise_nofile_limit, Config, Server};
 /// a timer off where noted.
 #[derive(Parser, Debug)]
 #[command(name = "loopchat", version, about, long_about = None, max_term_width = 100)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Chat from a terminal or a script: stdin lines are sent, arriving lines printed.
+    ///
+    /// Example: printf '/join dev\nhello\n' | loopchat client 'ws://127.0.0.1:9000/ws?nick=bot'
+    Client(loopchat::client::ClientArgs),
+}
+
+/// Server flags (the default command).
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
     /// Address for HTTP and WebSocket clients.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
     listen: SocketAddr,
@@ -80,23 +99,23 @@ struct Cli {
     presence_limit: usize,
 
     /// Interval between WebSocket pings (0 = no pings).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = loopchat::cli::parse_duration)]
     ping_interval: Duration,
 
     /// Close connections that sent nothing for this long (0 = never).
-    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = loopchat::cli::parse_duration)]
     idle_timeout: Duration,
 
     /// Time allowed from accept to a complete request head.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = loopchat::cli::parse_duration)]
     handshake_timeout: Duration,
 
     /// Time allowed for a peer to answer our close frame.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = loopchat::cli::parse_duration)]
     close_timeout: Duration,
 
     /// Longest wait for clients at shutdown (SIGINT/SIGTERM; a second signal exits at once).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = loopchat::cli::parse_duration)]
     shutdown_timeout: Duration,
 
     /// Log level: error, warn, info, debug or trace.
@@ -104,34 +123,15 @@ struct Cli {
     log_level: LevelFilter,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (try 500ms, 30s, 5m)"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
-            ))
-        }
-    };
-    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
-        return Err(format!("`{s}` is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.command {
+        Some(Cmd::Client(args)) => loopchat::client::run(args),
+        None => serve(cli.serve),
+    }
+}
+
+fn serve(cli: ServeArgs) -> ExitCode {
     let _ = simplelog::TermLogger::init(
         cli.log_level,
         simplelog::ConfigBuilder::new()
@@ -205,18 +205,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
 
     #[test]
     fn the_cli_definition_is_consistent() {
