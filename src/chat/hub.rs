@@ -654,11 +654,11 @@ impl Hub {
             }
             self.rooms[m.room as usize] = None;
             self.free_rooms.push(m.room);
-            // Trailing free slots are dropped so the table shrinks back.
-            while matches!(self.rooms.last(), Some(None)) {
-                self.rooms.pop();
-                let last = self.rooms.len() as RoomId;
-                self.free_rooms.retain(|&r| r != last);
+            if self.room_index.is_empty() {
+                // The last room is gone: give the table back in O(1) amortised
+                // (a partial shrink would have to search the free list).
+                self.rooms.clear();
+                self.free_rooms.clear();
             }
         }
     }
@@ -704,12 +704,14 @@ impl Hub {
         let mut to = std::mem::take(&mut self.scratch);
         to.clear();
         to.push(id);
+        if let Some(u) = self.users.get_mut(id).and_then(Option::as_mut) {
+            u.seen = gen;
+        }
         let mut k = 0;
+        // Indexing by position: the user's room list cannot stay borrowed while
+        // room mates' stamps are written.
         while let Some(rid) = self.user(id).and_then(|u| u.rooms.get(k)).map(|m| m.room) {
             k += 1;
-            if let Some(u) = self.users.get_mut(id).and_then(Option::as_mut) {
-                u.seen = gen;
-            }
             let Some(room) = self.rooms.get(rid as usize).and_then(Option::as_ref) else {
                 continue;
             };
@@ -853,5 +855,54 @@ mod tests {
             "niche keeps Option free"
         );
         assert_eq!(std::mem::size_of::<Membership>(), 8);
+    }
+
+    struct Lines(Vec<(ConnId, String)>);
+    impl Sink for Lines {
+        fn deliver(&mut self, to: &[ConnId], line: &str) {
+            self.0.extend(to.iter().map(|&id| (id, line.to_string())));
+        }
+        fn close(&mut self, _: ConnId, _: u16, _: &str) {}
+    }
+
+    fn config() -> ChatConfig {
+        ChatConfig {
+            rate_limit: 0,
+            ..ChatConfig::default()
+        }
+    }
+
+    #[test]
+    fn room_slots_are_reused_and_released() {
+        let mut hub = Hub::new(config());
+        let mut sink = Lines(Vec::new());
+        hub.connect(0, Some("a"), Some("r0"), 0, &mut sink);
+        for line in ["/join r1", "/join r2", "/leave r1", "/join r3"] {
+            hub.handle(0, line, 0, &mut sink);
+            hub.check_invariants();
+        }
+        assert_eq!(hub.rooms.len(), 3, "r3 took the slot r1 left");
+        assert!(hub.free_rooms.is_empty());
+        hub.disconnect(0, &mut sink);
+        hub.check_invariants();
+        assert!(hub.rooms.is_empty() && hub.free_rooms.is_empty());
+        assert!(hub.users.is_empty());
+    }
+
+    #[test]
+    fn nick_dedup_survives_generation_wrap() {
+        let mut hub = Hub::new(config());
+        let mut sink = Lines(Vec::new());
+        hub.connect(0, Some("a"), None, 0, &mut sink);
+        hub.connect(1, Some("b"), None, 0, &mut sink);
+        hub.handle(0, "/join x", 0, &mut sink);
+        hub.handle(1, "/join x", 0, &mut sink);
+        hub.generation = u32::MAX - 1;
+        for nick in ["a1", "a2", "a3"] {
+            sink.0.clear();
+            hub.handle(0, &format!("/nick {nick}"), 0, &mut sink);
+            assert_eq!(sink.0.len(), 2, "each once: {:?}", sink.0);
+        }
+        assert_eq!(hub.generation, 2);
     }
 }
