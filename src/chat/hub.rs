@@ -31,6 +31,8 @@
 //! - `/rooms` lists rooms sorted case-insensitively, at most `rooms_limit`, then
 //!   `+N`; `/who` lists members in room order, at most `who_limit`, then `+N`.
 //! - `/help` answers with one `SYS` line per command.
+//! - A connection is in at most `max_rooms` rooms; one more `/join` gets
+//!   `ERR bad-room` and changes nothing.
 //! - `/quit [TEXT]` sends `LEFT` to its rooms at once and asks the sink to close
 //!   with 1000 and TEXT (default `bye`, cut to 123 bytes) as the reason; the
 //!   nick stays taken until [`Hub::disconnect`]. Lines that arrive after a
@@ -305,7 +307,12 @@ impl Hub {
             Command::Nick(nick) => self.change_nick(id, nick, sink),
             Command::Join(room) => {
                 if !self.join(id, room, sink) {
-                    self.err(id, ErrorCode::BadRoom, "too many rooms", sink);
+                    self.err(
+                        id,
+                        ErrorCode::BadRoom,
+                        "too many rooms, leave one first",
+                        sink,
+                    );
                 }
             }
             Command::Leave(room) => {
@@ -551,17 +558,29 @@ impl Hub {
         send(sink, &mut self.deliveries, &room.members, &self.out);
     }
 
-    /// Join (creating the room if needed) and make it current. False only when
+    /// Join (creating the room if needed) and make it current. False, with
+    /// nothing changed, when the connection is in `max_rooms` rooms already or
     /// no room id is left.
     fn join<S: Sink>(&mut self, id: ConnId, name: &str, sink: &mut S) -> bool {
         let Some(key) = Folded::new(name) else {
             return false;
         };
-        if self.user(id).is_none() {
+        let existing = self.room_index.get(key.as_str()).copied();
+        let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
+            return true;
+        };
+        if let Some(i) = existing.and_then(|rid| user.rooms.iter().position(|m| m.room == rid)) {
+            let m = user.rooms.remove(i);
+            user.rooms.push(m);
             return true;
         }
-        let rid = match self.room_index.get(key.as_str()) {
-            Some(&rid) => rid,
+        // Every check comes before the room is created, so a refused join
+        // never leaves an empty room behind.
+        if user.rooms.len() >= self.config.max_rooms {
+            return false;
+        }
+        let rid = match existing {
+            Some(rid) => rid,
             None => {
                 let rid = match self.free_rooms.pop() {
                     Some(rid) => rid,
@@ -587,14 +606,9 @@ impl Hub {
         ) else {
             return true;
         };
-        if let Some(i) = user.rooms.iter().position(|m| m.room == rid) {
-            let m = user.rooms.remove(i);
-            user.rooms.push(m);
-            return true;
-        }
-        let Ok(pos) = u32::try_from(room.members.len()) else {
-            return false;
-        };
+        // Positions are u32 to keep memberships at 8 bytes; a room cannot hold
+        // 4 billion connections, the process runs out of descriptors long before.
+        let pos = room.members.len() as u32;
         room.members.push(id);
         user.rooms.push(Membership { room: rid, pos });
         self.out.clear();
