@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         who_limit: 3,
         rooms_limit: 3,
         max_line: MAX_LINE,
+        max_rooms: 3,
         ..ChatConfig::default()
     };
     let mut hub = Hub::new(config);

@@ -31,6 +31,8 @@
 //! - `/rooms` lists rooms sorted case-insensitively, at most `rooms_limit`, then
 //!   `+N`; `/who` lists members in room order, at most `who_limit`, then `+N`.
 //! - `/help` answers with one `SYS` line per command.
+//! - A connection is in at most `max_rooms` rooms; one more `/join` gets
+//!   `ERR bad-room` and changes nothing.
 //! - `/quit [TEXT]` sends `LEFT` to its rooms at once and asks the sink to close
 //!   with 1000 and TEXT (default `bye`, cut to 123 bytes) as the reason; the
 //!   nick stays taken until [`Hub::disconnect`]. Lines that arrive after a
@@ -305,7 +307,12 @@ impl Hub {
             Command::Nick(nick) => self.change_nick(id, nick, sink),
             Command::Join(room) => {
                 if !self.join(id, room, sink) {
-                    self.err(id, ErrorCode::BadRoom, "too many rooms", sink);
+                    self.err(
+                        id,
+                        ErrorCode::BadRoom,
+                        "too many rooms, leave one first",
+                        sink,
+                    );
                 }
             }
             Command::Leave(room) => {
@@ -551,17 +558,29 @@ impl Hub {
         send(sink, &mut self.deliveries, &room.members, &self.out);
     }
 
-    /// Join (creating the room if needed) and make it current. False only when
+    /// Join (creating the room if needed) and make it current. False, with
+    /// nothing changed, when the connection is in `max_rooms` rooms already or
     /// no room id is left.
     fn join<S: Sink>(&mut self, id: ConnId, name: &str, sink: &mut S) -> bool {
         let Some(key) = Folded::new(name) else {
             return false;
         };
-        if self.user(id).is_none() {
+        let existing = self.room_index.get(key.as_str()).copied();
+        let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
+            return true;
+        };
+        if let Some(i) = existing.and_then(|rid| user.rooms.iter().position(|m| m.room == rid)) {
+            let m = user.rooms.remove(i);
+            user.rooms.push(m);
             return true;
         }
-        let rid = match self.room_index.get(key.as_str()) {
-            Some(&rid) => rid,
+        // Every check comes before the room is created, so a refused join
+        // never leaves an empty room behind.
+        if user.rooms.len() >= self.config.max_rooms {
+            return false;
+        }
+        let rid = match existing {
+            Some(rid) => rid,
             None => {
                 let rid = match self.free_rooms.pop() {
                     Some(rid) => rid,
@@ -587,14 +606,9 @@ impl Hub {
         ) else {
             return true;
         };
-        if let Some(i) = user.rooms.iter().position(|m| m.room == rid) {
-            let m = user.rooms.remove(i);
-            user.rooms.push(m);
-            return true;
-        }
-        let Ok(pos) = u32::try_from(room.members.len()) else {
-            return false;
-        };
+        // Positions are u32 to keep memberships at 8 bytes; a room cannot hold
+        // 4 billion connections, the process runs out of descriptors long before.
+        let pos = room.members.len() as u32;
         room.members.push(id);
         user.rooms.push(Membership { room: rid, pos });
         self.out.clear();
@@ -654,11 +668,11 @@ impl Hub {
             }
             self.rooms[m.room as usize] = None;
             self.free_rooms.push(m.room);
-            // Trailing free slots are dropped so the table shrinks back.
-            while matches!(self.rooms.last(), Some(None)) {
-                self.rooms.pop();
-                let last = self.rooms.len() as RoomId;
-                self.free_rooms.retain(|&r| r != last);
+            if self.room_index.is_empty() {
+                // The last room is gone: give the table back in O(1) amortised
+                // (a partial shrink would have to search the free list).
+                self.rooms.clear();
+                self.free_rooms.clear();
             }
         }
     }
@@ -704,12 +718,14 @@ impl Hub {
         let mut to = std::mem::take(&mut self.scratch);
         to.clear();
         to.push(id);
+        if let Some(u) = self.users.get_mut(id).and_then(Option::as_mut) {
+            u.seen = gen;
+        }
         let mut k = 0;
+        // Indexing by position: the user's room list cannot stay borrowed while
+        // room mates' stamps are written.
         while let Some(rid) = self.user(id).and_then(|u| u.rooms.get(k)).map(|m| m.room) {
             k += 1;
-            if let Some(u) = self.users.get_mut(id).and_then(Option::as_mut) {
-                u.seen = gen;
-            }
             let Some(room) = self.rooms.get(rid as usize).and_then(Option::as_ref) else {
                 continue;
             };
@@ -853,5 +869,54 @@ mod tests {
             "niche keeps Option free"
         );
         assert_eq!(std::mem::size_of::<Membership>(), 8);
+    }
+
+    struct Lines(Vec<(ConnId, String)>);
+    impl Sink for Lines {
+        fn deliver(&mut self, to: &[ConnId], line: &str) {
+            self.0.extend(to.iter().map(|&id| (id, line.to_string())));
+        }
+        fn close(&mut self, _: ConnId, _: u16, _: &str) {}
+    }
+
+    fn config() -> ChatConfig {
+        ChatConfig {
+            rate_limit: 0,
+            ..ChatConfig::default()
+        }
+    }
+
+    #[test]
+    fn room_slots_are_reused_and_released() {
+        let mut hub = Hub::new(config());
+        let mut sink = Lines(Vec::new());
+        hub.connect(0, Some("a"), Some("r0"), 0, &mut sink);
+        for line in ["/join r1", "/join r2", "/leave r1", "/join r3"] {
+            hub.handle(0, line, 0, &mut sink);
+            hub.check_invariants();
+        }
+        assert_eq!(hub.rooms.len(), 3, "r3 took the slot r1 left");
+        assert!(hub.free_rooms.is_empty());
+        hub.disconnect(0, &mut sink);
+        hub.check_invariants();
+        assert!(hub.rooms.is_empty() && hub.free_rooms.is_empty());
+        assert!(hub.users.is_empty());
+    }
+
+    #[test]
+    fn nick_dedup_survives_generation_wrap() {
+        let mut hub = Hub::new(config());
+        let mut sink = Lines(Vec::new());
+        hub.connect(0, Some("a"), None, 0, &mut sink);
+        hub.connect(1, Some("b"), None, 0, &mut sink);
+        hub.handle(0, "/join x", 0, &mut sink);
+        hub.handle(1, "/join x", 0, &mut sink);
+        hub.generation = u32::MAX - 1;
+        for nick in ["a1", "a2", "a3"] {
+            sink.0.clear();
+            hub.handle(0, &format!("/nick {nick}"), 0, &mut sink);
+            assert_eq!(sink.0.len(), 2, "each once: {:?}", sink.0);
+        }
+        assert_eq!(hub.generation, 2);
     }
 }

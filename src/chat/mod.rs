@@ -41,6 +41,9 @@ pub struct ChatConfig {
     /// `/rooms` lists at most this many rooms, then `+N`, so the answer stays
     /// bounded however many rooms exist.
     pub rooms_limit: usize,
+    /// Rooms one connection may be in at once; more gets `ERR bad-room`. Keeps
+    /// per-connection memory and membership lookups bounded.
+    pub max_rooms: usize,
     /// The room a connection joins when it asks for none (or a bad one).
     pub default_room: String,
 }
@@ -53,6 +56,7 @@ impl Default for ChatConfig {
             rate_limit: 50,
             max_line: 4096,
             rooms_limit: 500,
+            max_rooms: 32,
             default_room: "lobby".to_string(),
         }
     }

@@ -196,6 +196,28 @@ fn join_many_rooms_current_room_and_leave() {
 }
 
 #[test]
+fn rooms_per_connection_are_capped() {
+    let config = ChatConfig {
+        max_rooms: 2,
+        ..cfg()
+    };
+    let (mut hub, mut rec) = hub_with(config, &["a"]);
+    h(&mut hub, &mut rec, 0, "/join x");
+    h(&mut hub, &mut rec, 0, "/join y");
+    // Re-joining a room already joined is still fine at the cap.
+    h(&mut hub, &mut rec, 0, "/join lobby");
+    assert_eq!(hub.current_room(0), Some("lobby"));
+    assert_eq!(
+        rec.take(0),
+        ["JOINED x a", "ERR bad-room too many rooms, leave one first"]
+    );
+    assert_eq!(hub.rooms(), 2, "the refused room was not created");
+    h(&mut hub, &mut rec, 0, "/leave x");
+    h(&mut hub, &mut rec, 0, "/join y");
+    assert_eq!(rec.take(0), ["LEFT x a", "JOINED y a"]);
+}
+
+#[test]
 fn rooms_are_case_insensitive_and_keep_first_spelling() {
     let (mut hub, mut rec) = hub_with(cfg(), &["a", "b"]);
     h(&mut hub, &mut rec, 0, "/join Dev");
@@ -622,6 +644,7 @@ mod props {
                 rooms_limit: 2,
                 rate_limit: rate,
                 max_line: 16,
+                max_rooms: 2,
                 ..ChatConfig::default()
             };
             let mut hub = Hub::new(config);
