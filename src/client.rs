@@ -478,7 +478,7 @@ impl Client {
                         })
                     }
                     Ok(n) => {
-                        let mut data = &mut buf[..n];
+                        let data = &mut buf[..n];
                         if let Phase::Handshake { key, head } = &mut phase {
                             head.extend_from_slice(data);
                             match parse_response(head, key, MAX_HEAD) {
@@ -524,7 +524,7 @@ impl Client {
                             }
                         }
                         if let Some(end) =
-                            self.on_frames(&mut rx, &limits, &mut data, &mut wbuf, &mut phase)
+                            self.on_frames(&mut rx, &limits, data, &mut wbuf, &mut phase)
                         {
                             return Ok((end, opened));
                         }

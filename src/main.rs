@@ -62,6 +62,11 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_per_ip: usize,
 
+    /// Proxies (addresses or blocks like 10.0.0.0/8, repeatable or comma-separated) whose
+    /// X-Forwarded-For names the client for per-IP limits and logs.
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    trust_proxy: Vec<loopchat::server::IpNet>,
+
     /// Largest HTTP request head in bytes (431 beyond).
     #[arg(long, value_name = "BYTES", default_value_t = 8192)]
     max_header_bytes: usize,
@@ -157,6 +162,7 @@ fn serve(cli: ServeArgs) -> ExitCode {
         allow_origin: cli.allow_origin,
         max_connections: cli.max_connections,
         max_per_ip: cli.max_per_ip,
+        trust_proxy: cli.trust_proxy,
         max_header_bytes: cli.max_header_bytes,
         max_message: cli.max_message,
         max_chat_message: cli.max_chat_message,

@@ -16,6 +16,10 @@ fn plain_endpoints() {
     assert!(resp.contains("text/html"), "{resp}");
     assert!(resp.contains("Content-Security-Policy"), "{resp}");
     assert!(resp.contains("<html"), "{resp}");
+    assert!(resp.contains("script-src 'self'"), "{resp}");
+    let (st, resp) = http(s.addr, "GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(st, 200);
+    assert!(resp.contains("text/javascript"), "{resp}");
 
     let (st, resp) = http(s.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(st, 200);

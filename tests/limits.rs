@@ -242,3 +242,38 @@ fn an_echo_client_that_never_reads_cannot_grow_the_server() {
         "outbox grew to {outbox}"
     );
 }
+
+#[test]
+fn per_ip_limits_use_forwarded_for_only_from_trusted_proxies() {
+    let mut cfg = config();
+    cfg.max_per_ip = 1;
+    cfg.trust_proxy = vec!["127.0.0.1".parse().unwrap()];
+    let s = TestServer::start(cfg);
+    let via = |client: &str| {
+        upgrade_request("/echo").replace(
+            "\r\n\r\n",
+            &format!("\r\nX-Forwarded-For: 198.51.100.1, {client}\r\n\r\n"),
+        )
+    };
+    let mut first = raw(s.addr);
+    first.write_all(via("203.0.113.7").as_bytes()).unwrap();
+    let (head, _) = read_head(&mut first);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Same client behind the proxy: over its limit.
+    assert_eq!(http(s.addr, &via("203.0.113.7")).0, 429);
+    // Another client through the same proxy: its own count.
+    let mut other = raw(s.addr);
+    other.write_all(via("203.0.113.8").as_bytes()).unwrap();
+    let (head, _) = read_head(&mut other);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    // Without trust, the header is ignored: all of these are one address.
+    let mut cfg = config();
+    cfg.max_per_ip = 1;
+    let s = TestServer::start(cfg);
+    let mut a = raw(s.addr);
+    a.write_all(via("203.0.113.7").as_bytes()).unwrap();
+    let (head, _) = read_head(&mut a);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(http(s.addr, &via("203.0.113.9")).0, 429);
+}

@@ -57,6 +57,10 @@ pub const DEAD: u8 = 8;
 pub const IN_CHAT: u8 = 16;
 /// A line client whose current line overflowed the limit; skip to the next newline.
 pub const LINE_OVERFLOW: u8 = 32;
+/// Counted in the per-IP table under `ip` (must be uncounted on close).
+pub const COUNTED: u8 = 64;
+/// Came from a trusted proxy: `ip` is replaced by the `X-Forwarded-For` client.
+pub const PROXIED: u8 = 128;
 
 /// A connection entry in the slab.
 pub struct Conn {

@@ -3,12 +3,20 @@
 
 use log::debug;
 
-use super::conn::{Kind, Phase, IN_CHAT};
-use super::{mark_dirty, Out, Server};
+use super::conn::{Kind, Phase, COUNTED, IN_CHAT, PROXIED};
+use super::{client_ip, mark_dirty, Out, Server};
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
-/// The built-in web chat page.
-const PAGE: &str = include_str!("page.html");
+/// The built-in web chat page, its script and its style sheet.
+const PAGE: &str = include_str!("static/index.html");
+const SCRIPT: &str = include_str!("static/app.js");
+const STYLE: &str = include_str!("static/app.css");
+
+/// Scripts and styles only from this server, no inline code, no framing: user
+/// text that slipped into markup still could not run.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                   connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+                   form-action 'none'; frame-ancestors 'none'";
 
 /// What a complete request head turned into.
 enum Route {
@@ -104,6 +112,29 @@ impl Server {
     }
 
     fn route(&mut self, id: usize, req: &Request<'_>) -> Route {
+        if self.conns[id].has(PROXIED) {
+            // Behind a trusted proxy: the client is named by X-Forwarded-For, and
+            // that address is what per-IP limits and logs see.
+            let c = &mut self.conns[id];
+            c.clear(PROXIED);
+            if let Some(ip) = req
+                .forwarded_for
+                .and_then(|x| client_ip(x, &self.ctx.cfg.trust_proxy))
+            {
+                c.ip = ip;
+            }
+            let ip = c.ip;
+            if !self.count_ip(ip) {
+                self.answer(
+                    id,
+                    429,
+                    "text/plain",
+                    b"too many connections from your address\n",
+                );
+                return Route::Answered;
+            }
+            self.conns[id].set(COUNTED);
+        }
         let ws_kind = match req.path {
             "/ws" => Some(Kind::Chat),
             "/echo" => Some(Kind::Echo),
@@ -143,28 +174,42 @@ impl Server {
             return Route::Upgraded { kind, nick, room };
         }
         self.ctx.metrics.http_requests_total += 1;
-        let known = matches!(req.path, "/" | "/index.html" | "/healthz" | "/metrics");
-        if known && req.method != "GET" && req.method != "HEAD" {
+        let known = matches!(
+            req.path,
+            "/" | "/index.html" | "/app.js" | "/app.css" | "/healthz" | "/metrics"
+        );
+        if known && req.method != "GET" {
             self.answer_with(
                 id,
                 405,
                 "text/plain",
-                &[("Allow", "GET, HEAD")],
+                &[("Allow", "GET")],
                 b"method not allowed\n",
             );
             return Route::Answered;
         }
+        let page = |ctype| -> (&str, &[(&str, &str)]) {
+            (
+                ctype,
+                &[
+                    ("Content-Security-Policy", CSP),
+                    ("X-Content-Type-Options", "nosniff"),
+                ],
+            )
+        };
         match req.path {
-            "/" | "/index.html" => self.answer_with(
-                id,
-                200,
-                "text/html; charset=utf-8",
-                &[(
-                    "Content-Security-Policy",
-                    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; img-src 'self' data:",
-                )],
-                PAGE.as_bytes(),
-            ),
+            "/" | "/index.html" => {
+                let (t, h) = page("text/html; charset=utf-8");
+                self.answer_with(id, 200, t, h, PAGE.as_bytes());
+            }
+            "/app.js" => {
+                let (t, h) = page("text/javascript; charset=utf-8");
+                self.answer_with(id, 200, t, h, SCRIPT.as_bytes());
+            }
+            "/app.css" => {
+                let (t, h) = page("text/css; charset=utf-8");
+                self.answer_with(id, 200, t, h, STYLE.as_bytes());
+            }
             "/healthz" => self.answer(id, 200, "text/plain", b"ok\n"),
             "/metrics" => {
                 let body = self.render_metrics();

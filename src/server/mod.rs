@@ -10,7 +10,7 @@ mod metrics;
 mod sys;
 mod timer;
 
-pub use config::Config;
+pub use config::{client_ip, Config, IpNet};
 pub use conn::{Conn, Kind, Phase};
 pub use metrics::Metrics;
 pub use sys::raise_nofile_limit;
@@ -29,7 +29,7 @@ use slab::Slab;
 use crate::chat::{ConnId, Hub, Sink};
 use crate::ws::frame::{encode_close, encode_frame, OpCode};
 use crate::ws::message::{Limits, Message, Receiver};
-use conn::{DEAD, DIRTY, IN_CHAT, LINE_OVERFLOW, PAUSED, WRITABLE};
+use conn::{COUNTED, DEAD, DIRTY, IN_CHAT, LINE_OVERFLOW, PAUSED, PROXIED, WRITABLE};
 use timer::{Entry, Wheel, TICK_MS};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -454,26 +454,22 @@ impl Server {
     }
 
     fn admit(&mut self, mut sock: TcpStream, addr: SocketAddr, line: bool) {
-        let cfg = &self.ctx.cfg;
         let ip = addr.ip();
-        if self.conns.len() >= cfg.max_connections {
+        if self.conns.len() >= self.ctx.cfg.max_connections {
             self.ctx.metrics.refused("max_connections");
             refuse(&mut sock, line, 503, "server full");
             return;
         }
-        if cfg.max_per_ip > 0 {
-            let n = self.per_ip.entry(ip).or_insert(0);
-            if *n as usize >= cfg.max_per_ip {
-                self.ctx.metrics.refused("max_per_ip");
-                refuse(
-                    &mut sock,
-                    line,
-                    429,
-                    "too many connections from your address",
-                );
-                return;
-            }
-            *n += 1;
+        // A trusted proxy's connections are counted once its request names the client.
+        let proxied = !line && self.ctx.cfg.trust_proxy.iter().any(|n| n.contains(ip));
+        if !proxied && !self.count_ip(ip) {
+            refuse(
+                &mut sock,
+                line,
+                429,
+                "too many connections from your address",
+            );
+            return;
         }
         let _ = sock.set_nodelay(true);
         let entry = self.conns.vacant_entry();
@@ -484,11 +480,15 @@ impl Server {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("register: {e}");
-            self.forget_ip(ip);
+            if !proxied {
+                self.forget_ip(ip);
+            }
             return;
         }
         let kind = if line { Kind::Line } else { Kind::Http };
-        entry.insert(Conn::new(sock, ip, kind, self.ctx.tick));
+        let mut c = Conn::new(sock, ip, kind, self.ctx.tick);
+        c.set(if proxied { PROXIED } else { COUNTED });
+        entry.insert(c);
         self.ctx.metrics.connections_total += 1;
         debug!("{addr}: accepted ({kind:?}, id {id})");
         self.schedule(id);
@@ -502,6 +502,21 @@ impl Server {
             };
             self.hub.connect(id, None, None, now, &mut out);
         }
+    }
+
+    /// Count a connection from `ip`; false (and counted as refused) over `--max-per-ip`.
+    fn count_ip(&mut self, ip: IpAddr) -> bool {
+        let max = self.ctx.cfg.max_per_ip;
+        if max == 0 {
+            return true;
+        }
+        let n = self.per_ip.entry(ip).or_insert(0);
+        if *n as usize >= max {
+            self.ctx.metrics.refused("max_per_ip");
+            return false;
+        }
+        *n += 1;
+        true
     }
 
     fn forget_ip(&mut self, ip: IpAddr) {
@@ -982,7 +997,9 @@ impl Server {
         let mut c = self.conns.remove(id);
         let _ = self.poll.registry().deregister(&mut c.sock);
         debug!("{}: closed (id {id}, {:?})", c.ip, c.kind);
-        self.forget_ip(c.ip);
+        if c.has(COUNTED) {
+            self.forget_ip(c.ip);
+        }
         if c.has(IN_CHAT) {
             let mut out = Out {
                 conns: &mut self.conns,
