@@ -51,6 +51,12 @@ impl Server {
             // Bounded: `buf` is below the head limit (else parsing failed) and
             // `data` is one read; the tail may hold pipelined frames.
             buf.extend_from_slice(data);
+            // A head can only have ended if a line did: skip re-parsing the whole
+            // buffer for every byte of a trickled request (quadratic otherwise).
+            if !data.contains(&b'\n') && buf.len() <= max {
+                self.conns[id].inbuf = buf;
+                return;
+            }
         }
         let (route, head_len) = {
             let input: &[u8] = if from_scratch { data } else { &buf };
