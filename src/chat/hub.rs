@@ -259,8 +259,12 @@ impl Hub {
     }
 
     /// One inbound command line (a WS text frame, a UTF-8 binary frame, or a TCP
-    /// line without its terminator). Unknown ids are ignored.
+    /// line without its terminator). One trailing line ending is dropped: line-mode
+    /// tools such as websocat send it with each message. Unknown ids are ignored.
     pub fn handle(&mut self, id: ConnId, line: &str, now_ms: u64, sink: &mut impl Sink) {
+        let line = line
+            .strip_suffix('\n')
+            .map_or(line, |l| l.strip_suffix('\r').unwrap_or(l));
         let rate = self.config.rate_limit;
         let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
             return;

@@ -157,6 +157,19 @@ fn slash_escape_and_newlines_in_text() {
 }
 
 #[test]
+fn one_trailing_line_ending_is_dropped() {
+    // websocat and other line-mode tools send "/rooms\n" as the message.
+    let (mut hub, mut rec) = hub_with(cfg(), &["a"]);
+    h(&mut hub, &mut rec, 0, "/rooms\n");
+    h(&mut hub, &mut rec, 0, "/ping x\r\n");
+    h(&mut hub, &mut rec, 0, "hello\n\n");
+    assert_eq!(
+        rec.take(0),
+        ["ROOMS lobby=1", "PONG x", "MSG lobby a hello "]
+    );
+}
+
+#[test]
 fn join_many_rooms_current_room_and_leave() {
     let (mut hub, mut rec) = hub_with(cfg(), &["a"]);
     h(&mut hub, &mut rec, 0, "/join Dev");
