@@ -104,6 +104,11 @@ impl Server {
                 let end = buf.len();
                 self.on_frames(id, &mut buf[head_len..end]);
             }
+        } else {
+            // Nothing else to say yet: send the 101 (and WELCOME) now and give the
+            // buffer back, so a connection storm does not hold one buffer per new
+            // connection until the timer frees it (and leave the heap fragmented).
+            self.flush_and_release(id);
         }
     }
 

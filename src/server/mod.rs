@@ -901,8 +901,12 @@ impl Server {
                     && now >= c.last_ping.saturating_add(ticks(cfg.ping_interval))
                 {
                     c.last_ping = now;
+                    let idle = c.pending() == 0;
                     encode_frame(&mut c.outbox, OpCode::Ping, true, b"", None);
                     mark_dirty(&mut self.ctx.dirty, id, c);
+                    if idle {
+                        self.flush_and_release(id);
+                    }
                 } else if c.pending() == 0 && c.outbox.capacity() > 0 {
                     c.outbox = Vec::new();
                     c.out_pos = 0;
@@ -987,6 +991,19 @@ impl Server {
         }
         if c.phase != Phase::Open {
             self.schedule(id);
+        }
+    }
+
+    /// Flush now and, when everything was written, free the outbox: for output
+    /// that is not part of a stream (a handshake answer, a ping to an idle
+    /// connection), whose buffer would otherwise sit idle until the timer.
+    fn flush_and_release(&mut self, id: usize) {
+        self.flush(id);
+        if let Some(c) = self.conns.get_mut(id) {
+            if c.pending() == 0 && !c.has(DEAD) {
+                c.outbox = Vec::new();
+                c.out_pos = 0;
+            }
         }
     }
 
