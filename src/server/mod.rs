@@ -149,6 +149,7 @@ fn begin_close(ctx: &mut Ctx, id: usize, c: &mut Conn, code: u16, reason: &str) 
     if matches!(c.phase, Phase::Closing | Phase::Flushing | Phase::Draining) {
         return;
     }
+    debug!("{}: closing with {code} {reason:?} (id {id})", c.ip);
     if c.is_ws() && c.phase == Phase::Open {
         encode_close(&mut c.outbox, Some(code), reason, None);
         ctx.metrics.close_sent(code);
@@ -625,7 +626,11 @@ impl Server {
                     let Some(c) = self.conns.get_mut(id) else {
                         break;
                     };
-                    debug!("{}: protocol error: {e} (id {id})", c.ip);
+                    debug!(
+                        "{}: protocol error, closing with {}: {e} (id {id})",
+                        c.ip,
+                        e.close_code()
+                    );
                     if c.phase == Phase::Open {
                         let code = e.close_code();
                         encode_close(&mut c.outbox, Some(code), &e.to_string(), None);
@@ -657,7 +662,8 @@ impl Server {
                 mark_dirty(&mut ctx.dirty, id, c);
             }
             Message::Pong(_) => {}
-            Message::Close { code, .. } => {
+            Message::Close { code, reason } => {
+                debug!("{}: peer closed with {code:?} {reason:?} (id {id})", c.ip);
                 ctx.metrics.close_received(code.unwrap_or(1005));
                 if c.phase == Phase::Open {
                     let echo = code.unwrap_or(1000);
