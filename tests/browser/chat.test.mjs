@@ -181,13 +181,16 @@ async function waitConnected(p, nick) {
   );
 }
 
-// Wait until the view `key` holds a line whose text (after the time stamp)
-// contains `text`; returns that line's text content.
+// Wait until the view `key` holds a line whose text (its parts after the time
+// stamp, joined by spaces: "bob hey there") contains `text`; returns that text.
 async function waitLineIn(p, key, text) {
   const h = await p.page.waitForFunction(
     ([sel, t]) => {
       for (const l of document.querySelectorAll(sel + " .line")) {
-        if (l.textContent.includes(t)) return l.textContent;
+        // The line's parts after the time stamp, joined by spaces.
+        const words = [...l.children].filter((c) => !c.classList.contains("ts")).map((c) => c.textContent);
+        const text = words.join(" ");
+        if (text.includes(t)) return text;
       }
       return false;
     },
@@ -350,7 +353,7 @@ async function main() {
     const body = await p.page.evaluate(() => document.body.innerText);
     if (!body.includes(XSS)) fail(p.name + ": the page text lacks the literal markup");
   }
-  ok("the message " + XSS + " is shown literally (" + JSON.stringify(shown.slice(5)) + "), no <img>, no dialog");
+  ok("the message " + XSS + " is shown literally (" + JSON.stringify(shown) + "), no <img>, no dialog");
 
   step = "nick notice";
   const mark = carol.lines.length;

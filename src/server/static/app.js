@@ -404,7 +404,7 @@
       send("/who " + room);
     }
     memberSet(key).set(lower(nick), nick);
-    const line = addLine("#" + key, room, "join", [nickSpan(nick), node("span", "text", " joined #" + room)]);
+    const line = addLine("#" + key, room, "join", [nickSpan(nick), node("span", "text", "joined #" + room)]);
     line.dataset.nick = nick;
     if (self && (S.pendingActivate === "#" + key || S.active === null)) {
       S.pendingActivate = null;
@@ -419,7 +419,7 @@
     const key = lower(room);
     const self = S.me && lower(nick) === lower(S.me);
     if (S.views.has("#" + key)) {
-      const line = addLine("#" + key, room, "leave", [nickSpan(nick), node("span", "text", " left #" + room)]);
+      const line = addLine("#" + key, room, "leave", [nickSpan(nick), node("span", "text", "left #" + room)]);
       line.dataset.nick = nick;
     }
     const set = S.members.get(key);
@@ -469,7 +469,7 @@
       set.delete(oldKey);
       set.set(lower(to), to);
       if (S.views.has("#" + room)) {
-        addLine("#" + room, roomName(room), "rename", [nickSpan(from), node("span", "text", " is now "), nickSpan(to)]);
+        addLine("#" + room, roomName(room), "rename", [nickSpan(from), node("span", "text", "is now"), nickSpan(to)]);
         shown = true;
       }
     }
@@ -484,7 +484,7 @@
       pv.tab.dataset.view = pv.key;
       S.views.set(pv.key, pv);
       if (S.active === viewKeyForPeer(from)) S.active = pv.key;
-      addLine(pv.key, to, "rename", [nickSpan(from), node("span", "text", " is now "), nickSpan(to)]);
+      addLine(pv.key, to, "rename", [nickSpan(from), node("span", "text", "is now"), nickSpan(to)]);
       shown = true;
     }
     if (!shown) notice("rename", from + " is now " + to);
