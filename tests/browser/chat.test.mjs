@@ -375,6 +375,13 @@ async function main() {
     });
     ok(p.name + " shows: " + (await t.jsonValue()));
   }
+  // While the port is closed, each attempt fails at once and the next waits longer.
+  const t2 = await alice.page.waitForFunction(() => {
+    const s = document.getElementById("status");
+    const m = /\(attempt (\d+)\)$/.exec(s.textContent);
+    return m && Number(m[1]) >= 2 && s.textContent;
+  });
+  ok("alice backs off: " + (await t2.jsonValue()) + "; " + (await alice.page.textContent("#backoff")));
   const s2 = await startServer("127.0.0.1:" + port);
   if (s2.port !== port) fail("restarted on " + s2.addr + ", not port " + port);
   ok("server restarted on the same port " + port);
