@@ -128,7 +128,7 @@ function startClient(url) {
 }
 
 // ---- pages -----------------------------------------------------------------------
-async function openPage(name, baseUrl, viewport) {
+async function openPage(name, baseUrl, viewport, { fakeClock = false } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), "loopchat-chromium-" + name + "-"));
   const context = await chromium.launchPersistentContext(dataDir, {
     executablePath: CHROMIUM,
@@ -154,7 +154,7 @@ async function openPage(name, baseUrl, viewport) {
   const p = { name, page, dialogs: [], problems: [], sent: [], recv: [], ev: new EventEmitter() };
   // The WebSocket frames the page sends and receives, for protocol-level checks.
   page.on("websocket", (ws) => {
-    ws.on("framesent", (f) => p.sent.push(String(f.payload)));
+    ws.on("framesent", (f) => { p.sent.push(String(f.payload)); p.ev.emit("line"); });
     ws.on("framereceived", (f) => { p.recv.push(String(f.payload)); p.ev.emit("line"); });
   });
   page.on("dialog", (d) => { p.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
@@ -163,6 +163,9 @@ async function openPage(name, baseUrl, viewport) {
     // A CSP violation means the page breaks its own policy.
     if (/Content Security Policy|Refused to/i.test(m.text())) p.problems.push("console: " + m.text());
   });
+  // A controllable clock (time still flows): the test jumps over the 20 s
+  // heartbeat interval instead of waiting for it.
+  if (fakeClock) await page.clock.install();
   await page.goto(baseUrl + "/?nick=" + name + "&room=lobby");
   return p;
 }
@@ -253,7 +256,7 @@ async function main() {
   ok("carol (terminal client) is in dev");
 
   step = "pages";
-  const alice = await openPage("alice", base, { width: 1280, height: 800 });
+  const alice = await openPage("alice", base, { width: 1280, height: 800 }, { fakeClock: true });
   const bob = await openPage("bob", base, { width: 390, height: 844 });
   await waitConnected(alice, "alice");
   await waitConnected(bob, "bob");
@@ -364,11 +367,29 @@ async function main() {
   await waitLineIn(alice, "#dev", "carol_t is now carol");
   ok("NICK notices appear in the room view");
 
+  step = "heartbeat";
+  // Every 20 s the page sends /ping N and expects PONG N.
+  const seenRecv = alice.recv.length;
+  await alice.page.clock.fastForward(20_000);
+  await waitOn(alice.ev, () => alice.recv.slice(seenRecv).includes("PONG 1"), WAIT, "PONG 1 on alice's page");
+  if (!alice.sent.includes("/ping 1")) fail("alice sent no /ping 1: " + q(alice.sent.slice(-5)));
+  ok("heartbeat: /ping 1 answered by PONG 1");
+  // A server that stops answering (SIGSTOP: the TCP connection stays open):
+  // no PONG within 10 s closes the connection and reconnects.
+  s1.proc.kill("SIGSTOP");
+  const sentBefore = alice.sent.length;
+  await alice.page.clock.fastForward(20_000);
+  await waitOn(alice.ev, () => alice.sent.slice(sentBefore).includes("/ping 2"), WAIT, "/ping 2 from alice's page");
+  await alice.page.clock.fastForward(10_000);
+  await waitLineIn(alice, "#dev", "no answer to /ping within 10 s; reconnecting");
+  await alice.page.waitForFunction(() => document.getElementById("status").dataset.state !== "connected");
+  ok("heartbeat: no PONG within 10 s -> the page drops the connection and reconnects");
+
   step = "server restart";
   const port = s1.port;
   const welcomes = carol.count("WELCOME carol");
   await s1.kill();
-  for (const p of [alice, bob]) {
+  for (const p of [bob]) {
     const t = await p.page.waitForFunction(() => {
       const s = document.getElementById("status");
       return s.dataset.state === "reconnecting" && /^reconnecting in \d+\.\d s \(attempt \d+\)$/.test(s.textContent) && s.textContent;
