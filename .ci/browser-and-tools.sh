@@ -24,10 +24,19 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-if ! command -v promtool >/dev/null 2>&1 && ! python3 -c 'import prometheus_client.parser' 2>/dev/null; then
+have_parser() {
+  command -v promtool >/dev/null 2>&1 || python3 -c 'import prometheus_client.parser' 2>/dev/null
+}
+if ! have_parser; then
   echo "pip install prometheus_client"
-  python3 -m pip install --quiet prometheus_client ||
-    python3 -m pip install --quiet --break-system-packages prometheus_client
+  python3 -m pip install --quiet prometheus_client 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages prometheus_client 2>/dev/null ||
+    true
+fi
+if ! have_parser; then
+  echo "apt-get install prometheus (for promtool)"
+  [ "${#need_apt[@]}" -gt 0 ] || apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 /usr/bin/chromium --version
 tsung -v
