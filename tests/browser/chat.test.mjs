@@ -1,0 +1,462 @@
+// Browser test of the loopchat web page: headless Chromium (Debian's package)
+// driven by playwright-core against the real release binary.
+//
+//   alice (laptop-size page) and bob (phone-size page) chat with each other and
+//   with carol, the crate's terminal client fed through a stdin pipe, across the
+//   rooms lobby and dev; alice sends bob a private message; a message holding
+//   markup stays text and runs nothing; the server is killed and restarted on
+//   the same port, and the pages reconnect by themselves, rejoin and send again.
+//
+// Every wait is on a condition with a deadline; nothing sleeps.
+//
+// Environment: LOOPCHAT_BIN (default ../../target/release/loopchat),
+// CHROMIUM (default /usr/bin/chromium), TEST_TIMEOUT_MS (default 120000).
+
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createInterface } from "node:readline";
+import { EventEmitter } from "node:events";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "..", "..");
+const BIN = process.env.LOOPCHAT_BIN || join(root, "target", "release", "loopchat");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const WAIT = 15_000; // longest single wait
+const TOTAL = Number(process.env.TEST_TIMEOUT_MS || 120_000);
+const XSS = "<img src=x onerror=alert(1)>";
+
+const cleanups = [];
+let step = "start";
+let checks = 0;
+
+function log(msg) {
+  process.stdout.write(msg + "\n");
+}
+function ok(what) {
+  checks += 1;
+  log("ok " + checks + " - " + what);
+}
+function fail(msg) {
+  throw new Error(msg);
+}
+
+// Resolve with the first value of `get()` that is truthy, or reject after `ms`.
+// Used for things outside the browser (child process output); `get` is called
+// whenever new output arrives.
+function waitOn(emitterish, get, ms, what) {
+  return new Promise((res, rej) => {
+    const check = () => {
+      const v = get();
+      if (v) {
+        clearTimeout(t);
+        emitterish.off("line", check);
+        res(v);
+      }
+    };
+    const t = setTimeout(() => {
+      emitterish.off("line", check);
+      rej(new Error("timed out after " + ms + " ms waiting for " + what));
+    }, ms);
+    emitterish.on("line", check);
+    check();
+  });
+}
+
+// ---- the server -----------------------------------------------------------------
+
+async function startServer(listen) {
+  const proc = spawn(BIN, ["--listen", listen, "--log-level", "warn"], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const ev = new EventEmitter();
+  const out = [];
+  let stderr = "";
+  let exited = null;
+  proc.stderr.on("data", (d) => { stderr += d; });
+  createInterface({ input: proc.stdout }).on("line", (l) => { out.push(l); ev.emit("line"); });
+  proc.on("exit", (code, sig) => { exited = code === null ? sig : code; ev.emit("line"); });
+  const first = await waitOn(ev, () => {
+    if (exited !== null) fail("server exited (" + exited + ") before listening: " + stderr);
+    return out.find((l) => l.startsWith("listening on "));
+  }, WAIT, "`listening on ADDR` from the server");
+  const addr = first.slice("listening on ".length).trim();
+  const server = {
+    proc,
+    addr,
+    port: Number(addr.slice(addr.lastIndexOf(":") + 1)),
+    stderr: () => stderr,
+    kill() {
+      if (exited === null) proc.kill("SIGKILL");
+      return new Promise((res) => (exited !== null ? res() : proc.once("exit", () => res())));
+    },
+  };
+  cleanups.push(() => server.kill());
+  return server;
+}
+
+// ---- the terminal client ----------------------------------------------------------
+function startClient(url) {
+  const proc = spawn(BIN, ["client", "--max-attempts", "0", url], { stdio: ["pipe", "pipe", "pipe"] });
+  const ev = new EventEmitter();
+  const lines = [];
+  let stderr = "";
+  proc.stderr.on("data", (d) => { stderr += d; });
+  createInterface({ input: proc.stdout }).on("line", (l) => { lines.push(l); ev.emit("line"); });
+  const c = {
+    lines,
+    stderr: () => stderr,
+    send(line) { proc.stdin.write(line + "\n"); },
+    // Wait for a line equal to `want` (or matching a predicate) at index >= from.
+    waitLine(want, from = 0, what) {
+      const pred = typeof want === "function" ? want : (l) => l === want;
+      return waitOn(ev, () => lines.slice(from).find(pred), WAIT, what || JSON.stringify(want) + " on the terminal client");
+    },
+    count(want) { return lines.filter((l) => l === want).length; },
+    end() {
+      if (proc.exitCode !== null) return Promise.resolve();
+      proc.stdin.end();
+      const t = setTimeout(() => proc.kill("SIGKILL"), 5000);
+      return new Promise((res) => proc.once("exit", () => { clearTimeout(t); res(); }));
+    },
+  };
+  cleanups.push(() => c.end());
+  return c;
+}
+
+// ---- pages -----------------------------------------------------------------------
+async function openPage(name, baseUrl, viewport, { fakeClock = false } = {}) {
+  const dataDir = mkdtempSync(join(tmpdir(), "loopchat-chromium-" + name + "-"));
+  const context = await chromium.launchPersistentContext(dataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    viewport,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+      "--disable-quic",
+    ],
+  });
+  cleanups.push(async () => {
+    await context.close().catch(() => {});
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+  const page = context.pages()[0] || (await context.newPage());
+  page.setDefaultTimeout(WAIT);
+  const p = { name, page, dialogs: [], problems: [], sent: [], recv: [], ev: new EventEmitter() };
+  // The WebSocket frames the page sends and receives, for protocol-level checks.
+  page.on("websocket", (ws) => {
+    ws.on("framesent", (f) => { p.sent.push(String(f.payload)); p.ev.emit("line"); });
+    ws.on("framereceived", (f) => { p.recv.push(String(f.payload)); p.ev.emit("line"); });
+  });
+  page.on("dialog", (d) => { p.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
+  page.on("pageerror", (e) => p.problems.push("page error: " + e.message));
+  page.on("console", (m) => {
+    // A CSP violation means the page breaks its own policy.
+    if (/Content Security Policy|Refused to/i.test(m.text())) p.problems.push("console: " + m.text());
+  });
+  // A controllable clock (time still flows): the test jumps over the 20 s
+  // heartbeat interval instead of waiting for it.
+  if (fakeClock) await page.clock.install();
+  await page.goto(baseUrl + "/?nick=" + name + "&room=lobby");
+  return p;
+}
+
+const q = (s) => JSON.stringify(s);
+const view = (key) => ".view[data-view=" + q(key) + "]";
+
+async function waitConnected(p, nick) {
+  await p.page.waitForFunction(
+    (n) => {
+      const s = document.getElementById("status");
+      return s.dataset.state === "connected" && s.textContent === "connected as " + n;
+    },
+    nick,
+    { timeout: WAIT },
+  );
+}
+
+// Wait until the view `key` holds a line whose text (its parts after the time
+// stamp, joined by spaces: "bob hey there") contains `text`; returns that text.
+async function waitLineIn(p, key, text) {
+  const h = await p.page.waitForFunction(
+    ([sel, t]) => {
+      for (const l of document.querySelectorAll(sel + " .line")) {
+        // The line's parts after the time stamp, joined by spaces.
+        const words = [...l.children].filter((c) => !c.classList.contains("ts")).map((c) => c.textContent);
+        const text = words.join(" ");
+        if (text.includes(t)) return text;
+      }
+      return false;
+    },
+    [view(key), text],
+    { timeout: WAIT },
+  );
+  return h.jsonValue();
+}
+
+async function say(p, text) {
+  await p.page.fill("#input", text);
+  await p.page.click("#send");
+  await p.page.waitForFunction(() => document.getElementById("input").value === "", null, { timeout: WAIT });
+}
+
+async function activeView(p) {
+  return p.page.evaluate(() => document.body.dataset.activeView);
+}
+
+async function waitActive(p, key) {
+  await p.page.waitForFunction((k) => document.body.dataset.activeView === k, key, { timeout: WAIT });
+}
+
+async function roomCount(p, room, count) {
+  await p.page.waitForFunction(
+    ([r, c]) => {
+      const li = document.querySelector("#rooms li[data-room=" + JSON.stringify(r) + "]");
+      return li && li.querySelector(".count").dataset.count === String(c);
+    },
+    [room, count],
+    { timeout: WAIT },
+  );
+}
+
+async function members(p, nicks) {
+  await p.page.waitForFunction(
+    (want) => {
+      const have = [...document.querySelectorAll("#members li.member")].map((li) => li.dataset.nick).sort();
+      return JSON.stringify(have) === JSON.stringify([...want].sort());
+    },
+    nicks,
+    { timeout: WAIT },
+  );
+}
+
+// ---- the test ------------------------------------------------------------------------
+async function main() {
+  if (!existsSync(BIN)) fail(BIN + " is missing: run `cargo build --release` first");
+  if (!existsSync(CHROMIUM)) fail(CHROMIUM + " is missing: `apt-get install -y chromium`");
+
+  step = "server";
+  const s1 = await startServer("127.0.0.1:0");
+  const base = "http://" + s1.addr;
+  ok("server listening on " + s1.addr);
+
+  step = "terminal client";
+  const carol = startClient("ws://" + s1.addr + "/ws?nick=carol&room=dev");
+  await carol.waitLine("WELCOME carol");
+  await carol.waitLine("JOINED dev carol");
+  ok("carol (terminal client) is in dev");
+
+  step = "pages";
+  const alice = await openPage("alice", base, { width: 1280, height: 800 }, { fakeClock: true });
+  const bob = await openPage("bob", base, { width: 390, height: 844 });
+  await waitConnected(alice, "alice");
+  await waitConnected(bob, "bob");
+  await waitLineIn(alice, "#lobby", "alice joined #lobby");
+  await waitActive(alice, "#lobby");
+  await waitActive(bob, "#lobby");
+  ok("alice and bob connected, in lobby");
+
+  step = "joining dev";
+  // alice joins with the form.
+  await alice.page.fill("#join-room", "dev");
+  await alice.page.click("#join-btn");
+  await waitActive(alice, "#dev");
+  await waitLineIn(alice, "#dev", "alice joined #dev");
+  await carol.waitLine("JOINED dev alice");
+  // bob (phone width) opens the menu, refreshes the room list and picks dev.
+  await bob.page.click("#menu");
+  await bob.page.click("#rooms-refresh");
+  await bob.page.click('#rooms li[data-room="dev"] .room-open');
+  await waitActive(bob, "#dev");
+  await carol.waitLine("JOINED dev bob");
+  await waitLineIn(alice, "#dev", "bob joined #dev");
+  ok("alice joined dev with the form, bob from the room list");
+
+  await roomCount(alice, "dev", 3);
+  await roomCount(alice, "lobby", 2);
+  await members(alice, ["alice", "bob", "carol"]);
+  ok("room list shows dev=3 lobby=2; members of dev are alice, bob, carol");
+
+  step = "chat in dev";
+  await say(alice, "hello dev, this is alice");
+  await carol.waitLine("MSG dev alice hello dev, this is alice");
+  await waitLineIn(bob, "#dev", "hello dev, this is alice");
+  carol.send("hi both, carol here from the terminal");
+  await waitLineIn(alice, "#dev", "hi both, carol here from the terminal");
+  await waitLineIn(bob, "#dev", "hi both, carol here from the terminal");
+  await say(bob, "hey carol, bob on the phone");
+  await carol.waitLine("MSG dev bob hey carol, bob on the phone");
+  await waitLineIn(alice, "#dev", "hey carol, bob on the phone");
+  ok("messages in dev go between both pages and the terminal client");
+
+  step = "chat in lobby";
+  await alice.page.click('#tabs .tab[data-view="#lobby"]');
+  await waitActive(alice, "#lobby");
+  await members(alice, ["alice", "bob"]);
+  await say(alice, "lobby is quieter");
+  // bob's lobby view is not on screen: the line still lands there, with an unread badge.
+  await waitLineIn(bob, "#lobby", "lobby is quieter");
+  await bob.page.waitForFunction(() => {
+    const b = document.querySelector('#tabs .tab[data-view="#lobby"] .badge');
+    return b && !b.hidden && b.textContent === "1";
+  });
+  const inBobDev = await bob.page.evaluate((sel) => document.querySelector(sel).textContent, view("#dev"));
+  if (inBobDev.includes("lobby is quieter")) fail("a lobby message showed up in bob's dev view");
+  ok("per-room views: a lobby message lands in lobby only (unread badge on bob's page)");
+
+  step = "switching rooms";
+  // Switching to the lobby tab sent `/join lobby`, which makes lobby the
+  // server's current room: a bare /who now answers for lobby.
+  if (!alice.sent.includes("/join lobby")) fail("switching to lobby did not send /join lobby: " + q(alice.sent));
+  const seen = alice.recv.length;
+  await say(alice, "/who");
+  await waitOn(alice.ev, () => alice.recv.slice(seen).find((l) => l.startsWith("WHO ")), WAIT, "a WHO answer on alice's page")
+    .then((l) => { if (l !== "WHO lobby alice bob" && l !== "WHO lobby bob alice") fail("bare /who answered " + q(l)); });
+  ok("switching a tab sends /join ROOM and makes that room current on the server");
+
+  step = "private message";
+  await alice.page.click('#members li[data-nick="bob"] .nick');
+  await waitActive(alice, "@bob");
+  await say(alice, "psst bob, private");
+  await waitLineIn(alice, "@bob", "psst bob, private");
+  await waitLineIn(bob, "@alice", "psst bob, private");
+  await bob.page.click('#tabs .tab[data-view="@alice"]');
+  await say(bob, "got it alice");
+  await waitLineIn(alice, "@bob", "got it alice");
+  if (carol.lines.some((l) => l.includes("psst bob"))) fail("carol saw a private message");
+  ok("private message alice -> bob and back");
+
+  step = "markup stays text";
+  await bob.page.click('#tabs .tab[data-view="#dev"]');
+  await waitActive(bob, "#dev");
+  await alice.page.click('#tabs .tab[data-view="#dev"]');
+  await waitActive(alice, "#dev");
+  await say(bob, XSS);
+  await carol.waitLine("MSG dev bob " + XSS);
+  const shown = await waitLineIn(alice, "#dev", XSS);
+  await waitLineIn(bob, "#dev", XSS);
+  // A later message has arrived after it, so anything the markup could have
+  // started has had its chance.
+  carol.send("that was a test");
+  await waitLineIn(alice, "#dev", "that was a test");
+  await waitLineIn(bob, "#dev", "that was a test");
+  for (const p of [alice, bob]) {
+    const imgs = await p.page.evaluate(() => document.querySelectorAll("img").length);
+    if (imgs !== 0) fail(p.name + ": " + imgs + " <img> element(s) in the page");
+    if (p.dialogs.length) fail(p.name + ": a dialog fired: " + p.dialogs.join(", "));
+    const body = await p.page.evaluate(() => document.body.innerText);
+    if (!body.includes(XSS)) fail(p.name + ": the page text lacks the literal markup");
+  }
+  ok("the message " + XSS + " is shown literally (" + JSON.stringify(shown) + "), no <img>, no dialog");
+
+  step = "nick notice";
+  const mark = carol.lines.length;
+  carol.send("/nick carol_t");
+  await carol.waitLine("NICK carol carol_t", mark);
+  await waitLineIn(alice, "#dev", "carol is now carol_t");
+  carol.send("/nick carol");
+  await waitLineIn(alice, "#dev", "carol_t is now carol");
+  ok("NICK notices appear in the room view");
+
+  step = "heartbeat";
+  // Every 20 s the page sends /ping N and expects PONG N.
+  const seenRecv = alice.recv.length;
+  await alice.page.clock.fastForward(20_000);
+  await waitOn(alice.ev, () => alice.recv.slice(seenRecv).includes("PONG 1"), WAIT, "PONG 1 on alice's page");
+  if (!alice.sent.includes("/ping 1")) fail("alice sent no /ping 1: " + q(alice.sent.slice(-5)));
+  ok("heartbeat: /ping 1 answered by PONG 1");
+  // A server that stops answering (SIGSTOP: the TCP connection stays open):
+  // no PONG within 10 s closes the connection and reconnects.
+  s1.proc.kill("SIGSTOP");
+  const sentBefore = alice.sent.length;
+  await alice.page.clock.fastForward(20_000);
+  await waitOn(alice.ev, () => alice.sent.slice(sentBefore).includes("/ping 2"), WAIT, "/ping 2 from alice's page");
+  await alice.page.clock.fastForward(10_000);
+  await waitLineIn(alice, "#dev", "no answer to /ping within 10 s; reconnecting");
+  await alice.page.waitForFunction(() => document.getElementById("status").dataset.state !== "connected");
+  ok("heartbeat: no PONG within 10 s -> the page drops the connection and reconnects");
+
+  step = "server restart";
+  const port = s1.port;
+  const welcomes = carol.count("WELCOME carol");
+  await s1.kill();
+  for (const p of [bob]) {
+    const t = await p.page.waitForFunction(() => {
+      const s = document.getElementById("status");
+      return s.dataset.state === "reconnecting" && /^reconnecting in \d+\.\d s \(attempt \d+\)$/.test(s.textContent) && s.textContent;
+    });
+    ok(p.name + " shows: " + (await t.jsonValue()));
+  }
+  // While the port is closed, each attempt fails at once and the next waits longer.
+  const t2 = await alice.page.waitForFunction(() => {
+    const s = document.getElementById("status");
+    const m = /\(attempt (\d+)\)$/.exec(s.textContent);
+    return m && Number(m[1]) >= 2 && s.textContent;
+  });
+  ok("alice backs off: " + (await t2.jsonValue()) + "; " + (await alice.page.textContent("#backoff")));
+  const s2 = await startServer("127.0.0.1:" + port);
+  if (s2.port !== port) fail("restarted on " + s2.addr + ", not port " + port);
+  ok("server restarted on the same port " + port);
+  await waitConnected(alice, "alice");
+  await waitConnected(bob, "bob");
+  await carol.waitLine((l) => l === "WELCOME carol" && carol.count("WELCOME carol") > welcomes, 0, "carol's reconnect");
+  // Rejoined: lobby from the URL, dev by /join; the room list shows both with all members.
+  await roomCount(alice, "dev", 3);
+  await roomCount(alice, "lobby", 2);
+  ok("both pages reconnected by themselves and rejoined lobby and dev");
+
+  const mark2 = carol.lines.length;
+  await say(alice, "back after the restart");
+  await carol.waitLine("MSG dev alice back after the restart", mark2);
+  await waitLineIn(bob, "#dev", "back after the restart");
+  await say(bob, "welcome back");
+  await waitLineIn(alice, "#dev", "welcome back");
+  carol.send("all three of us again");
+  await waitLineIn(alice, "#dev", "all three of us again");
+  await waitLineIn(bob, "#dev", "all three of us again");
+  ok("after the restart the pages send and receive again");
+
+  step = "screenshots";
+  for (const p of [alice, bob]) {
+    if (p.problems.length) fail(p.name + ": " + p.problems.join("; "));
+  }
+  await alice.page.screenshot({ path: join(here, "screenshot.png") });
+  await bob.page.screenshot({ path: join(here, "screenshot-phone.png") });
+  ok("screenshots saved: tests/browser/screenshot.png, tests/browser/screenshot-phone.png");
+}
+
+async function cleanup() {
+  for (const f of cleanups.reverse()) {
+    try { await f(); } catch (_) { /* best effort */ }
+  }
+}
+
+const guard = setTimeout(async () => {
+  log("not ok - the whole test took longer than " + TOTAL + " ms (at step: " + step + ")");
+  await cleanup();
+  process.exit(1);
+}, TOTAL);
+
+main().then(
+  async () => {
+    clearTimeout(guard);
+    await cleanup();
+    log("browser test passed: " + checks + " checks");
+    process.exit(0);
+  },
+  async (e) => {
+    clearTimeout(guard);
+    log("not ok - at step \"" + step + "\": " + (e && e.stack ? e.stack : e));
+    await cleanup();
+    process.exit(1);
+  },
+);
