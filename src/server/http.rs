@@ -160,7 +160,9 @@ impl Server {
                 }
             };
             if !handshake::origin_allowed(req.origin, req.host, &self.ctx.cfg.allow_origin) {
-                self.ctx.metrics.handshake_failed("origin");
+                self.ctx
+                    .metrics
+                    .handshake_failed(HttpError::OriginForbidden.reason());
                 self.answer(id, 403, "text/plain", b"origin not allowed\n");
                 return Route::Answered;
             }

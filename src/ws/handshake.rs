@@ -382,11 +382,19 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allow: &[String]
         return true;
     };
     let (scheme, authority) = split_origin(origin);
-    if scheme.is_some() {
-        if let Some(host) = host {
-            if authority.eq_ignore_ascii_case(strip_default_port(host.trim(), None)) {
-                return true;
-            }
+    if let Some(host) = host {
+        let host = strip_default_port(host.trim(), None);
+        if scheme.is_some() && authority.eq_ignore_ascii_case(host) {
+            return true;
+        }
+        // Browsers always send a scheme; some load tools (tsung) send a bare
+        // host. Equal to Host, it is as same-origin as it gets.
+        if scheme.is_none()
+            && !origin.contains("://")
+            && origin != "null"
+            && origin.eq_ignore_ascii_case(host)
+        {
+            return true;
         }
     }
     allow.iter().any(|entry| {
@@ -1177,6 +1185,17 @@ mod tests {
             &none
         ));
         assert!(!origin_allowed(Some("null"), Some("null"), &none));
+        // A bare host (tsung's default) equal to Host is same-origin; another is not.
+        assert!(origin_allowed(
+            Some("127.0.0.1:9000"),
+            Some("127.0.0.1:9000"),
+            &none
+        ));
+        assert!(!origin_allowed(
+            Some("evil.com"),
+            Some("127.0.0.1:9000"),
+            &none
+        ));
         assert!(!origin_allowed(Some("ftp://a.com"), Some("a.com"), &none));
         // Allow list: full origins (scheme must match), bare hosts, literals, "*".
         let list = allow(&["https://app.example.com", "other.example.com:8443", "null"]);
