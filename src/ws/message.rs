@@ -480,6 +480,7 @@ mod tests {
             "{}",
             std::mem::size_of::<Receiver>()
         );
+        assert!(std::mem::size_of::<FrameDecoder>() <= 32);
     }
 
     #[test]
