@@ -354,6 +354,25 @@ pub fn encode_frame(
     payload: &[u8],
     mask: Option<[u8; 4]>,
 ) {
+    // Small unmasked frames (chat lines from the server) inline to a few
+    // stores and a copy; everything else takes the general path.
+    if mask.is_none() && payload.len() < 126 {
+        out.reserve(2 + payload.len());
+        let b0 = (u8::from(fin) << 7) | opcode.as_u8();
+        out.extend_from_slice(&[b0, payload.len() as u8]);
+        out.extend_from_slice(payload);
+    } else {
+        encode_frame_general(out, opcode, fin, payload, mask);
+    }
+}
+
+fn encode_frame_general(
+    out: &mut Vec<u8>,
+    opcode: OpCode,
+    fin: bool,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
     // An upper bound instead of the exact header length: one branch-free
     // reserve, at most 10 bytes of slack.
     out.reserve(MAX_HEADER_LEN + payload.len());
