@@ -234,9 +234,13 @@ impl FrameDecoder {
     /// as much of the current frame's payload as `input` holds, unmasking it in
     /// place. Stops at the end of a frame, so one call yields at most one chunk.
     ///
+    /// Inlined: it runs once per frame, and per-frame overhead is what limits
+    /// small frames.
+    ///
     /// Returns `(consumed, None)` when every byte went into a partial header
     /// (or `input` was empty while payload is due); otherwise the chunk, whose
     /// payload is `input[consumed - payload.len()..consumed]`.
+    #[inline]
     pub fn decode<'a>(
         &mut self,
         input: &'a mut [u8],
@@ -321,6 +325,7 @@ pub const fn header_len(payload_len: usize, masked: bool) -> usize {
 
 /// Append a frame header announcing `payload_len` bytes (shortest length
 /// encoding); the payload must follow, masked with `mask` when given.
+#[inline]
 pub fn encode_header(
     out: &mut Vec<u8>,
     opcode: OpCode,
@@ -345,6 +350,7 @@ pub fn encode_header(
 }
 
 /// Write one frame into `out` (no intermediate allocation). `mask`: Some for client role frames.
+#[inline]
 pub fn encode_frame(
     out: &mut Vec<u8>,
     opcode: OpCode,
@@ -352,7 +358,28 @@ pub fn encode_frame(
     payload: &[u8],
     mask: Option<[u8; 4]>,
 ) {
-    out.reserve(header_len(payload.len(), mask.is_some()) + payload.len());
+    // Small unmasked frames (chat lines from the server) inline to a few
+    // stores and a copy; everything else takes the general path.
+    if mask.is_none() && payload.len() < 126 {
+        out.reserve(2 + payload.len());
+        let b0 = (u8::from(fin) << 7) | opcode.as_u8();
+        out.extend_from_slice(&[b0, payload.len() as u8]);
+        out.extend_from_slice(payload);
+    } else {
+        encode_frame_general(out, opcode, fin, payload, mask);
+    }
+}
+
+fn encode_frame_general(
+    out: &mut Vec<u8>,
+    opcode: OpCode,
+    fin: bool,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
+    // An upper bound instead of the exact header length: one branch-free
+    // reserve, at most 10 bytes of slack.
+    out.reserve(MAX_HEADER_LEN + payload.len());
     encode_header(out, opcode, fin, payload.len(), mask);
     let start = out.len();
     out.extend_from_slice(payload);

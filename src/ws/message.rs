@@ -280,7 +280,13 @@ impl Receiver {
         let need = self.buf.len() + bytes.len();
         if need > self.buf.capacity() {
             let cap = limits.max_message.saturating_add(MAX_CONTROL_PAYLOAD);
-            let target = (self.buf.capacity() * 2).max(256).min(cap).max(need);
+            let target = self
+                .buf
+                .capacity()
+                .saturating_mul(2)
+                .max(256)
+                .min(cap)
+                .max(need);
             self.buf.reserve_exact(target - self.buf.len());
         }
         self.buf.extend_from_slice(bytes);
@@ -480,6 +486,7 @@ mod tests {
             "{}",
             std::mem::size_of::<Receiver>()
         );
+        assert!(std::mem::size_of::<FrameDecoder>() <= 32);
     }
 
     #[test]
