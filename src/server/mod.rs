@@ -646,6 +646,11 @@ impl Server {
             }
         }
         if let Some(c) = self.conns.get_mut(id) {
+            if rx.heap_bytes() > 0 && !c.has(DEAD) {
+                // A message delivered from the reassembly buffer frees it on the
+                // next feed: do that now, so an idle connection holds no buffer.
+                let _ = rx.feed(&mut [], &limits);
+            }
             c.rx = rx;
         }
     }
