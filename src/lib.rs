@@ -10,8 +10,8 @@
 //! - [`client`]: the terminal client (`loopchat client URL`), `ws` in the client role.
 
 pub mod chat;
-pub mod cluster;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod server;
 pub mod ws;

@@ -175,7 +175,11 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Value, usize)>, Resp
 }
 
 /// The line starting at `*pos` (without CRLF); advances past the CRLF.
-fn line<'a>(buf: &'a [u8], pos: &mut usize, limits: &Limits) -> Result<Option<&'a [u8]>, RespError> {
+fn line<'a>(
+    buf: &'a [u8],
+    pos: &mut usize,
+    limits: &Limits,
+) -> Result<Option<&'a [u8]>, RespError> {
     let start = *pos;
     let rest = &buf[start.min(buf.len())..];
     let window = &rest[..rest.len().min(limits.max_line + 2)];
@@ -309,7 +313,11 @@ mod tests {
     fn every_prefix_needs_more() {
         let full = b"*2\r\n$3\r\nfoo\r\n*1\r\n:7\r\n";
         for i in 0..full.len() {
-            assert_eq!(parse(&full[..i], &Limits::default()), Ok(None), "prefix {i}");
+            assert_eq!(
+                parse(&full[..i], &Limits::default()),
+                Ok(None),
+                "prefix {i}"
+            );
         }
         assert!(parse(full, &Limits::default()).unwrap().is_some());
     }
@@ -330,7 +338,10 @@ mod tests {
         assert_eq!(parse(b"*1\r\n*1\r\n:1\r\n", &l), Err(RespError::TooDeep));
         assert_eq!(parse(b"$2\r\nabcd", &l), Err(RespError::MissingCrlf));
         assert_eq!(parse(b"+123456789012", &l), Err(RespError::LineTooLong));
-        assert_eq!(parse(b":99999999999999999999\r\n", &l), Err(RespError::BadNumber));
+        assert_eq!(
+            parse(b":99999999999999999999\r\n", &Limits::default()),
+            Err(RespError::BadNumber)
+        );
     }
 
     #[test]

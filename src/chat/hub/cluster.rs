@@ -51,7 +51,11 @@ impl Hub {
             .take(8)
             .collect();
         self.remote = Some(Box::new(RemoteState {
-            tag: if tag.is_empty() { "n".into() } else { tag.into() },
+            tag: if tag.is_empty() {
+                "n".into()
+            } else {
+                tag.into()
+            },
             ..RemoteState::default()
         }));
     }
@@ -325,7 +329,11 @@ impl Hub {
             .map_or(room, |r| &*r.name);
         out.push_str(name);
         let mut shown = 0;
-        for nick in local.iter().copied().chain(others.iter().map(String::as_str)) {
+        for nick in local
+            .iter()
+            .copied()
+            .chain(others.iter().map(String::as_str))
+        {
             if shown == limit {
                 break;
             }
