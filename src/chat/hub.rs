@@ -386,6 +386,7 @@ impl Hub {
             });
         }
         self.request(|| Request::Gone(id));
+        self.forget_pending(id);
         self.live -= 1;
         // Trailing free slots are given back so a burst of connections does not
         // pin the table at its peak forever.
@@ -721,7 +722,7 @@ impl Hub {
             self.err(id, ErrorCode::NickTaken, "nick taken", sink);
             return;
         }
-        if self.reserve_first(id, new, new_key.as_str()) {
+        if self.reserve_first(id, new, new_key.as_str(), sink) {
             // Completed (or refused) by `nick_reserved` when the cluster answers.
             return;
         }

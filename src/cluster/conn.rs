@@ -83,7 +83,11 @@ impl RedisConn {
     pub fn connect(&mut self, addr: SocketAddr, registry: &Registry) -> io::Result<()> {
         self.close(registry);
         let mut sock = TcpStream::connect(addr)?;
-        registry.register(&mut sock, self.token, Interest::READABLE | Interest::WRITABLE)?;
+        registry.register(
+            &mut sock,
+            self.token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         self.sock = Some(sock);
         Ok(())
     }

@@ -4,9 +4,9 @@
 //! - [`conn`]: one non-blocking Redis connection in the server's `mio::Poll`;
 //! - [`node`]: the node: channels, keys, reconnects, requests and answers;
 //! - [`url`]: `redis://` URLs.
-pub mod resp;
 pub mod conn;
 pub mod node;
+pub mod resp;
 pub mod url;
 
 pub use node::{Cluster, ClusterConfig, ClusterStats};

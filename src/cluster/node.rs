@@ -494,7 +494,13 @@ impl Cluster {
         }
     }
 
-    fn connect_cmd(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+    fn connect_cmd(
+        &mut self,
+        registry: &Registry,
+        hub: &mut Hub,
+        sink: &mut impl Sink,
+        now: Instant,
+    ) {
         if let Err(e) = self.cmd.connect(self.cfg.addr, registry) {
             self.fail_cmd(registry, hub, sink, now, &e.to_string());
             return;
@@ -506,7 +512,8 @@ impl Cluster {
         }
         for bytes in std::mem::take(&mut self.resend) {
             if self.cmd.queue_raw(&bytes) {
-                self.pending.push_back(Pending::Publish { bytes, query: None });
+                self.pending
+                    .push_back(Pending::Publish { bytes, query: None });
             } else {
                 self.stats.dropped += 1;
             }
@@ -549,7 +556,11 @@ impl Cluster {
         self.sub_link = Link::Connecting;
         self.sub_handshake = self.handshake_commands(false).len();
         let mut channels: Vec<Vec<u8>> = vec![b"lc:all".to_vec(), self.own_channel.clone()];
-        channels.extend(self.rooms.iter().map(|r| format!("lc:room:{r}").into_bytes()));
+        channels.extend(
+            self.rooms
+                .iter()
+                .map(|r| format!("lc:room:{r}").into_bytes()),
+        );
         for chunk in channels.chunks(512) {
             let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
             args.extend(chunk.iter().map(Vec::as_slice));
@@ -608,7 +619,13 @@ impl Cluster {
         self.report(Some(reason));
     }
 
-    fn cmd_replies(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+    fn cmd_replies(
+        &mut self,
+        registry: &Registry,
+        hub: &mut Hub,
+        sink: &mut impl Sink,
+        now: Instant,
+    ) {
         loop {
             match self.cmd.next_value() {
                 Ok(Some(v)) => {
@@ -722,7 +739,13 @@ impl Cluster {
         Ok(())
     }
 
-    fn sub_values(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+    fn sub_values(
+        &mut self,
+        registry: &Registry,
+        hub: &mut Hub,
+        sink: &mut impl Sink,
+        now: Instant,
+    ) {
         loop {
             let v = match self.sub.next_value() {
                 Ok(Some(v)) => v,
@@ -770,7 +793,14 @@ impl Cluster {
         }
     }
 
-    fn on_message(&mut self, channel: &[u8], payload: &[u8], hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+    fn on_message(
+        &mut self,
+        channel: &[u8],
+        payload: &[u8],
+        hub: &mut Hub,
+        sink: &mut impl Sink,
+        now: Instant,
+    ) {
         let Ok(p) = std::str::from_utf8(payload) else {
             return;
         };
@@ -845,7 +875,10 @@ impl Cluster {
                 let total = it.next().and_then(|t| t.parse::<usize>().ok());
                 if let (Some(qid), Some(total)) = (qid, total) {
                     if let Some(Query {
-                        kind: QueryKind::Who { nicks, total: t, .. },
+                        kind:
+                            QueryKind::Who {
+                                nicks, total: t, ..
+                            },
                         got,
                         ..
                     }) = self.queries.get_mut(&qid)
@@ -899,7 +932,9 @@ impl Cluster {
             self.stats.query_timeouts += 1;
         }
         match q.kind {
-            QueryKind::Who { room, nicks, total } => hub.answer_who(q.id, &room, &nicks, total, sink),
+            QueryKind::Who { room, nicks, total } => {
+                hub.answer_who(q.id, &room, &nicks, total, sink)
+            }
             QueryKind::Rooms { rooms } => hub.answer_rooms(q.id, &rooms, sink),
         }
     }
@@ -975,13 +1010,19 @@ impl Cluster {
         match r {
             Request::Subscribe(room) => {
                 let ch = format!("lc:room:{room}");
-                if self.rooms.insert(room) && self.sub.is_open() && !self.sub.queue(&[b"SUBSCRIBE", ch.as_bytes()]) {
+                if self.rooms.insert(room)
+                    && self.sub.is_open()
+                    && !self.sub.queue(&[b"SUBSCRIBE", ch.as_bytes()])
+                {
                     self.stats.dropped += 1;
                 }
             }
             Request::Unsubscribe(room) => {
                 let ch = format!("lc:room:{room}");
-                if self.rooms.remove(&room) && self.sub.is_open() && !self.sub.queue(&[b"UNSUBSCRIBE", ch.as_bytes()]) {
+                if self.rooms.remove(&room)
+                    && self.sub.is_open()
+                    && !self.sub.queue(&[b"UNSUBSCRIBE", ch.as_bytes()])
+                {
                     self.stats.dropped += 1;
                 }
             }
@@ -1010,7 +1051,14 @@ impl Cluster {
                 let value = format!("{}{nick}", self.node_prefix);
                 let ttl = self.ttl_ms();
                 if self.cmd_link != Link::Down
-                    && self.cmd.queue(&[b"SET", &key, value.as_bytes(), b"NX", b"PX", ttl.as_bytes()])
+                    && self.cmd.queue(&[
+                        b"SET",
+                        &key,
+                        value.as_bytes(),
+                        b"NX",
+                        b"PX",
+                        ttl.as_bytes(),
+                    ])
                 {
                     self.pending.push_back(Pending::Reserve { id, nick });
                 } else {
@@ -1041,8 +1089,9 @@ impl Cluster {
                 self.next_query += 1;
                 self.seq += 1;
                 self.payload.clear();
-                self.payload
-                    .extend_from_slice(format!("W {} {} {qid} {room}", self.node, self.seq).as_bytes());
+                self.payload.extend_from_slice(
+                    format!("W {} {} {qid} {room}", self.node, self.seq).as_bytes(),
+                );
                 self.queries.insert(
                     qid,
                     Query {

@@ -23,11 +23,7 @@ impl fmt::Debug for RedisUrl {
         write!(
             f,
             "redis://{}{}:{}/{}",
-            if self.password.is_some() {
-                "***@"
-            } else {
-                ""
-            },
+            if self.password.is_some() { "***@" } else { "" },
             self.host,
             self.port,
             self.db

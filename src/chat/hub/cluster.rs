@@ -10,12 +10,16 @@ use super::super::remote::Request;
 use super::super::{ConnId, ErrorCode, Sink};
 use super::{push_text, send, Hub, RoomId};
 
+/// Nick changes one connection may have waiting for the cluster at once.
+const MAX_PENDING_NICKS: usize = 4;
+
 /// Cluster-only hub state; boxed so a single-process hub pays one pointer.
 #[derive(Debug, Default)]
 pub struct RemoteState {
     requests: Vec<Request>,
-    /// `/nick` changes waiting for the cluster's answer: id → requested nick.
-    pending: HashMap<ConnId, Box<str>>,
+    /// `/nick` changes waiting for the cluster's answer: id → requested nicks,
+    /// oldest first (at most [`MAX_PENDING_NICKS`]).
+    pending: HashMap<ConnId, Vec<Box<str>>>,
     /// Part of guest nicks, so that nodes do not hand out the same ones.
     tag: Box<str>,
 }
@@ -113,7 +117,13 @@ impl Hub {
     /// When clustered and `new` is not `id`'s own nick in other letter case,
     /// record a reservation and return true: the change waits for
     /// [`Hub::nick_reserved`].
-    pub(super) fn reserve_first(&mut self, id: ConnId, new: &str, new_key: &str) -> bool {
+    pub(super) fn reserve_first<S: Sink>(
+        &mut self,
+        id: ConnId,
+        new: &str,
+        new_key: &str,
+        sink: &mut S,
+    ) -> bool {
         let same = self
             .user(id)
             .and_then(|u| Folded::new(&u.nick))
@@ -124,12 +134,29 @@ impl Hub {
         if same {
             return false;
         }
-        r.pending.insert(id, new.into());
+        let waiting = r.pending.entry(id).or_default();
+        if waiting.len() >= MAX_PENDING_NICKS {
+            self.err(
+                id,
+                ErrorCode::NickTaken,
+                "nick changes pending, try later",
+                sink,
+            );
+            return true;
+        }
+        waiting.push(new.into());
         r.push(Request::Reserve {
             id,
             nick: new.into(),
         });
         true
+    }
+
+    /// `id` left: its pending nick changes go with it.
+    pub(super) fn forget_pending(&mut self, id: ConnId) {
+        if let Some(r) = self.remote.as_deref_mut() {
+            r.pending.remove(&id);
+        }
     }
 
     /// `/msg` to a nick not on this node: true when the cluster will look for it.
@@ -169,16 +196,17 @@ impl Hub {
         let Some(key) = Folded::new(nick) else {
             return false;
         };
-        let pending = self
-            .remote
-            .as_deref()
-            .and_then(|r| r.pending.get(&id))
-            .is_some_and(|p| Folded::new(p).is_some_and(|k| k.as_str() == key.as_str()));
-        if pending {
-            let wanted = self
-                .remote
-                .as_deref_mut()
-                .and_then(|r| r.pending.remove(&id));
+        let is_key = |p: &Box<str>| Folded::new(p).is_some_and(|k| k.as_str() == key.as_str());
+        let wanted = self.remote.as_deref_mut().and_then(|r| {
+            let waiting = r.pending.get_mut(&id)?;
+            let i = waiting.iter().position(is_key)?;
+            let w = waiting.remove(i);
+            if waiting.is_empty() {
+                r.pending.remove(&id);
+            }
+            Some(w)
+        });
+        if wanted.is_some() {
             if !granted {
                 self.err(id, ErrorCode::NickTaken, "nick taken", sink);
                 return false;
