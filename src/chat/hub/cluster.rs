@@ -196,10 +196,10 @@ impl Hub {
         let Some(key) = Folded::new(nick) else {
             return false;
         };
-        let is_key = |p: &Box<str>| Folded::new(p).is_some_and(|k| k.as_str() == key.as_str());
+        let is_key = |p: &str| Folded::new(p).is_some_and(|k| k.as_str() == key.as_str());
         let wanted = self.remote.as_deref_mut().and_then(|r| {
             let waiting = r.pending.get_mut(&id)?;
-            let i = waiting.iter().position(is_key)?;
+            let i = waiting.iter().position(|p| is_key(p))?;
             let w = waiting.remove(i);
             if waiting.is_empty() {
                 r.pending.remove(&id);
