@@ -755,42 +755,63 @@ impl Cluster {
                     return;
                 }
             };
-            let items = match v {
-                Value::Array(Some(items)) => items,
-                Value::Error(e) => {
-                    let e = String::from_utf8_lossy(&e).into_owned();
-                    self.fail_sub(registry, now, &format!("refused: {e}"));
-                    return;
-                }
-                _ => {
-                    self.sub_handshake = self.sub_handshake.saturating_sub(1);
-                    continue;
-                }
-            };
-            let kind = items.first().and_then(Value::as_bytes).unwrap_or(b"");
-            match kind {
-                b"message" => {
-                    if let (Some(ch), Some(p)) = (
-                        items.get(1).and_then(Value::as_bytes),
-                        items.get(2).and_then(Value::as_bytes),
-                    ) {
-                        self.on_message(ch, p, hub, sink, now);
-                    }
-                }
-                b"subscribe" | b"unsubscribe" => {
-                    if let Some(n) = items.get(2).and_then(Value::as_int) {
-                        self.stats.subscriptions = n.max(0) as u64;
-                    }
-                    if kind == b"subscribe" && self.sub_link != Link::Ready {
-                        self.sub_link = Link::Ready;
-                        self.sub_backoff = MIN_BACKOFF;
-                        self.stats.connects += 1;
-                        self.report(None);
-                    }
-                }
-                _ => {}
+            if let Err(reason) = self.on_sub_value(v, hub, sink, now) {
+                self.fail_sub(registry, now, &reason);
+                return;
             }
         }
+    }
+
+    /// Feed one value as if the subscriber link had received it; for the
+    /// fuzz target and tests (no socket involved: publishes are dropped and
+    /// counted as while Redis is down).
+    #[doc(hidden)]
+    pub fn feed_subscriber(&mut self, v: Value, hub: &mut Hub, sink: &mut impl Sink) {
+        let _ = self.on_sub_value(v, hub, sink, Instant::now());
+    }
+
+    /// One value on the subscriber link: Err fails the link.
+    fn on_sub_value(
+        &mut self,
+        v: Value,
+        hub: &mut Hub,
+        sink: &mut impl Sink,
+        now: Instant,
+    ) -> Result<(), String> {
+        let items = match v {
+            Value::Array(Some(items)) => items,
+            Value::Error(e) => {
+                return Err(format!("refused: {}", String::from_utf8_lossy(&e)));
+            }
+            _ => {
+                self.sub_handshake = self.sub_handshake.saturating_sub(1);
+                return Ok(());
+            }
+        };
+        let kind = items.first().and_then(Value::as_bytes).unwrap_or(b"");
+        match kind {
+            b"message" => {
+                if let (Some(ch), Some(p)) = (
+                    items.get(1).and_then(Value::as_bytes),
+                    items.get(2).and_then(Value::as_bytes),
+                ) {
+                    self.on_message(ch, p, hub, sink, now);
+                }
+            }
+            b"subscribe" | b"unsubscribe" => {
+                if let Some(n) = items.get(2).and_then(Value::as_int) {
+                    self.stats.subscriptions = n.max(0) as u64;
+                }
+                if kind == b"subscribe" && self.sub_link != Link::Ready {
+                    self.sub_link = Link::Ready;
+                    self.sub_backoff = MIN_BACKOFF;
+                    self.stats.connects += 1;
+                    self.report(None);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn on_message(
@@ -801,9 +822,14 @@ impl Cluster {
         sink: &mut impl Sink,
         now: Instant,
     ) {
+        // Our nodes never publish CR or LF (text has them replaced): a line
+        // that has one did not come from a node and must not split a line.
         let Ok(p) = std::str::from_utf8(payload) else {
             return;
         };
+        if p.contains(['\r', '\n']) {
+            return;
+        }
         let Some((kind, node, seq, rest)) = split_payload(p) else {
             return;
         };
