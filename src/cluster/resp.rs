@@ -355,3 +355,76 @@ mod tests {
         assert_eq!(again, out);
     }
 }
+
+/// Cross-checks against the `redis-protocol` crate (a dev-dependency).
+#[cfg(test)]
+mod crosscheck {
+    use super::*;
+    use proptest::prelude::*;
+    use redis_protocol::resp2::decode::decode;
+    use redis_protocol::resp2::types::OwnedFrame;
+
+    /// Ours, in the other crate's shape (it has one `Null` for both nulls).
+    fn shape(v: &Value) -> OwnedFrame {
+        match v {
+            Value::Simple(s) => OwnedFrame::SimpleString(s.clone()),
+            Value::Error(s) => OwnedFrame::Error(String::from_utf8_lossy(s).into_owned()),
+            Value::Integer(n) => OwnedFrame::Integer(*n),
+            Value::Bulk(Some(b)) => OwnedFrame::BulkString(b.clone()),
+            Value::Array(Some(items)) => OwnedFrame::Array(items.iter().map(shape).collect()),
+            Value::Bulk(None) | Value::Array(None) => OwnedFrame::Null,
+        }
+    }
+
+    fn text() -> impl Strategy<Value = Vec<u8>> {
+        // Simple strings and errors cannot hold CR or LF.
+        proptest::collection::vec(
+            any::<u8>().prop_filter("no CR/LF", |b| *b != b'\r' && *b != b'\n'),
+            0..12,
+        )
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            text().prop_map(Value::Simple),
+            "[a-zA-Z ]{0,12}".prop_map(|s| Value::Error(s.into_bytes())),
+            any::<i64>().prop_map(Value::Integer),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(|b| Value::Bulk(Some(b))),
+            Just(Value::Bulk(None)),
+            Just(Value::Array(None)),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            proptest::collection::vec(inner, 0..6).prop_map(|v| Value::Array(Some(v)))
+        })
+    }
+
+    proptest! {
+        /// Valid encodings: both parsers agree on the value and its length,
+        /// and every split point is "need more bytes" for both.
+        #[test]
+        fn agrees_on_valid_input(v in value(), cut in any::<prop::sample::Index>()) {
+            let mut bytes = Vec::new();
+            encode_value(&mut bytes, &v);
+            let theirs = decode(&bytes).expect("redis-protocol parses it").expect("complete");
+            let ours = parse(&bytes, &Limits::default()).expect("we parse it").expect("complete");
+            prop_assert_eq!(&ours.0, &v);
+            prop_assert_eq!(ours.1, theirs.1);
+            prop_assert_eq!(shape(&ours.0), theirs.0);
+            let cut = cut.index(bytes.len());
+            prop_assert_eq!(parse(&bytes[..cut], &Limits::default()), Ok(None));
+            prop_assert!(matches!(decode(&bytes[..cut]), Ok(None)));
+        }
+
+        /// Arbitrary bytes: whenever both accept a complete value, they agree.
+        #[test]
+        fn agrees_on_arbitrary_input(bytes in proptest::collection::vec(
+            prop_oneof![Just(b'*'), Just(b'$'), Just(b':'), Just(b'+'), Just(b'-'),
+                        Just(b'\r'), Just(b'\n'), Just(b'1'), Just(b'2'), any::<u8>()], 0..40)) {
+            let ours = parse(&bytes, &Limits::default());
+            if let (Ok(Some((v, used))), Ok(Some((f, n)))) = (&ours, decode(&bytes)) {
+                prop_assert_eq!(*used, n);
+                prop_assert_eq!(shape(v), f);
+            }
+        }
+    }
+}
