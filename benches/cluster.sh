@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# One room spread over 1, 2 and 4 loopchat processes sharing one port
+# (--reuse-port) and joined through a local redis-server, against one process
+# without Redis, in the same run. Rounds are interleaved so drift hits every
+# configuration alike.
+#
+#   LOADGEN=/path/to/loopchat-with-load benches/cluster.sh
+#
+# LOADGEN is a loopchat binary that has the `load` subcommand (the load
+# generator); it defaults to target/release/loopchat. Knobs: ROUNDS (2),
+# DURATION (5s), RECEIVERS (100), SENDERS (4), SIZE (32).
+# Prints one line per run and a median summary; CPU seconds are read from
+# /proc for every loopchat process and for redis-server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=target/release/loopchat
+LOADGEN="${LOADGEN:-$BIN}"
+ROUNDS="${ROUNDS:-2}"
+DURATION="${DURATION:-5s}"
+RECEIVERS="${RECEIVERS:-100}"
+SENDERS="${SENDERS:-4}"
+SIZE="${SIZE:-32}"
+
+command -v redis-server >/dev/null || { echo "redis-server not installed" >&2; exit 1; }
+"$LOADGEN" load --help >/dev/null 2>&1 || { echo "$LOADGEN has no 'load' subcommand; set LOADGEN" >&2; exit 1; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu_ticks() { # utime+stime of the given pids, in clock ticks
+  local t=0
+  for p in "$@"; do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+
+RPORT=$(free_port)
+redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
+RPID=$!
+trap 'kill $RPID 2>/dev/null || true; for p in ${PIDS:-}; do kill $p 2>/dev/null || true; done' EXIT
+for _ in $(seq 1 100); do
+  [ "$(redis-cli -p "$RPORT" ping 2>/dev/null)" = PONG ] && break
+  sleep 0.05
+done
+
+results=$(mktemp)
+run() { # $1 = label, $2 = processes, $3 = "redis" or "none"
+  local label=$1 n=$2 mode=$3 port
+  port=$(free_port)
+  PIDS=""
+  local extra=()
+  [ "$mode" = redis ] && extra=(--redis "redis://127.0.0.1:$RPORT")
+  for _ in $(seq 1 "$n"); do
+    "$BIN" --listen "127.0.0.1:$port" --reuse-port --rate-limit 0 --log-level warn \
+      --max-chat-message 65536 "${extra[@]}" >/dev/null 2>&1 &
+    PIDS="$PIDS $!"
+  done
+  for _ in $(seq 1 100); do
+    curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  if [ "$mode" = redis ]; then
+    # Every process up and subscribed to its two own channels.
+    for _ in $(seq 1 200); do
+      up=0
+      for _ in $(seq 1 $((n * 4))); do
+        curl -fs "http://127.0.0.1:$port/metrics" | grep -q '^loopchat_redis_up 1' && up=$((up + 1))
+      done
+      [ "$up" -ge $((n * 4)) ] && break
+      sleep 0.05
+    done
+  fi
+  local c0 r0 c1 r1 json
+  c0=$(cpu_ticks $PIDS)
+  r0=$(cpu_ticks $RPID)
+  json=$("$LOADGEN" load --mode broadcast --url "ws://127.0.0.1:$port/ws" -c "$RECEIVERS" -s "$SENDERS" \
+    --size "$SIZE" --duration "$DURATION" --json -q 2>/dev/null)
+  c1=$(cpu_ticks $PIDS)
+  r1=$(cpu_ticks $RPID)
+  for p in $PIDS; do kill "$p" 2>/dev/null || true; done
+  for p in $PIDS; do wait "$p" 2>/dev/null || true; done
+  PIDS=""
+  python3 - "$label" "$json" "$((c1 - c0))" "$((r1 - r0))" "$HZ" >>"$results" <<'EOF'
+import json, sys
+label, j, srv, red, hz = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+secs = j["measure_secs"] or 1
+# CPU over the whole load run (connect + warmup + measure), per message sent.
+sent = j["sent"] or 1
+print(json.dumps({"label": label, "dps": j["deliveries_per_sec"], "mps": j["msgs_per_sec"],
+  "p50": j["latency_us"]["p50"], "p99": j["latency_us"]["p99"], "lost": j["lost"],
+  "srv_us_per_msg": srv / hz * 1e6 / sent, "redis_us_per_msg": red / hz * 1e6 / sent}))
+EOF
+  tail -n1 "$results"
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+  echo "== round $r" >&2
+  run "1 process, no Redis" 1 none
+  run "1 process + Redis" 1 redis
+  run "2 processes + Redis" 2 redis
+  run "4 processes + Redis" 4 redis
+done
+
+echo
+python3 - "$results" <<'EOF'
+import json, sys, statistics as st
+rows = [json.loads(l) for l in open(sys.argv[1])]
+labels = []
+for r in rows:
+    if r["label"] not in labels:
+        labels.append(r["label"])
+base = st.median(r["dps"] for r in rows if r["label"] == labels[0])
+print("| setup | deliveries/s | vs 1 process | msgs/s | p50 µs | p99 µs | lost | loopchat CPU µs/msg | redis CPU µs/msg |")
+print("|---|---|---|---|---|---|---|---|---|")
+for l in labels:
+    rs = [r for r in rows if r["label"] == l]
+    m = lambda k: st.median(r[k] for r in rs)
+    print(f"| {l} | {m('dps'):,.0f} | {m('dps')/base:.2f}x | {m('mps'):,.0f} | {m('p50'):,.0f} | {m('p99'):,.0f} | {sum(r['lost'] for r in rs)} | {m('srv_us_per_msg'):.1f} | {m('redis_us_per_msg'):.1f} |")
+EOF
