@@ -246,6 +246,8 @@ pub struct Cluster {
     reported_up: Option<bool>,
     rng: Rng,
     requests: Vec<Request>,
+    /// Nicks whose refresh is still to be sent (this heartbeat).
+    refresh_queue: Vec<(ConnId, Box<str>)>,
     payload: Vec<u8>,
     stats: ClusterStats,
 }
@@ -287,6 +289,7 @@ impl Cluster {
             reported_up: None,
             rng: Rng(id),
             requests: Vec::new(),
+            refresh_queue: Vec::new(),
             payload: Vec::new(),
             stats: ClusterStats::default(),
         }
@@ -423,6 +426,7 @@ impl Cluster {
                 self.refresh_nicks(hub);
             }
         }
+        self.refresh_some();
         let expired: Vec<u64> = self
             .queries
             .iter()
@@ -1007,15 +1011,30 @@ impl Cluster {
         }
     }
 
+    /// Start a refresh of every local nick; the commands go out over the
+    /// next turns, as the buffer toward Redis has room (see `refresh_some`).
     fn refresh_nicks(&mut self, hub: &Hub) {
+        self.refresh_queue.clear();
+        self.refresh_queue
+            .extend(hub.nicks().map(|(id, n)| (id, Box::<str>::from(n))));
+    }
+
+    /// Queue refresh commands while the outgoing buffer is under half full, so
+    /// a heartbeat for many nicks never crowds out (or drops) chat traffic.
+    fn refresh_some(&mut self) {
+        if self.cmd_link != Link::Ready {
+            return;
+        }
         let ttl = self.ttl_ms();
-        let nicks: Vec<(ConnId, Box<str>)> = hub.nicks().map(|(id, n)| (id, n.into())).collect();
-        for (id, nick) in nicks {
+        let prefix = self.node_prefix.clone();
+        while self.cmd.queued() < self.cfg.max_buffer / 2 {
+            let Some((id, nick)) = self.refresh_queue.pop() else {
+                break;
+            };
             let Some(key) = nick_key(&nick) else {
                 continue;
             };
-            let value = format!("{}{nick}", self.node_prefix);
-            let prefix = self.node_prefix.clone();
+            let value = format!("{prefix}{nick}");
             if self.cmd.queue(&[
                 b"EVAL",
                 REFRESH_SCRIPT.as_bytes(),
@@ -1029,6 +1048,9 @@ impl Cluster {
             } else {
                 self.stats.dropped += 1;
             }
+        }
+        if self.refresh_queue.is_empty() && self.refresh_queue.capacity() > 1024 {
+            self.refresh_queue = Vec::new();
         }
     }
 
@@ -1175,6 +1197,9 @@ impl Cluster {
                     }
                 }
                 self.queries.retain(|_, q| q.id != id);
+                if !self.refresh_queue.is_empty() {
+                    self.refresh_queue.retain(|(i, _)| *i != id);
+                }
             }
         }
     }
