@@ -8,7 +8,8 @@
 #
 # LOADGEN is a loopchat binary that has the `load` subcommand (the load
 # generator); it defaults to target/release/loopchat. Knobs: ROUNDS (2),
-# DURATION (5s), RECEIVERS (100), SENDERS (4), SIZE (32).
+# DURATION (5s), RECEIVERS (100), SENDERS (4), SIZE (32), RATE (2000: messages
+# per second of the open-loop latency run that follows each broadcast run).
 # Prints one line per run and a median summary; CPU seconds are read from
 # /proc for every loopchat process and for redis-server.
 set -euo pipefail
@@ -21,6 +22,7 @@ DURATION="${DURATION:-5s}"
 RECEIVERS="${RECEIVERS:-100}"
 SENDERS="${SENDERS:-4}"
 SIZE="${SIZE:-32}"
+RATE="${RATE:-2000}"
 
 command -v redis-server >/dev/null || { echo "redis-server not installed" >&2; exit 1; }
 "$LOADGEN" load --help >/dev/null 2>&1 || { echo "$LOADGEN has no 'load' subcommand; set LOADGEN" >&2; exit 1; }
@@ -78,18 +80,25 @@ run() { # $1 = label, $2 = processes, $3 = "redis" or "none"
     --size "$SIZE" --duration "$DURATION" --json -q 2>/dev/null)
   c1=$(cpu_ticks $PIDS)
   r1=$(cpu_ticks $RPID)
+  # Open loop at a fixed rate: latency without queueing behind a saturated loop.
+  local lat
+  lat=$("$LOADGEN" load --mode latency --url "ws://127.0.0.1:$port/ws" -c "$RECEIVERS" \
+    --rate "$RATE" --size "$SIZE" --duration "$DURATION" --json -q 2>/dev/null)
   for p in $PIDS; do kill "$p" 2>/dev/null || true; done
   for p in $PIDS; do wait "$p" 2>/dev/null || true; done
   PIDS=""
-  python3 - "$label" "$json" "$((c1 - c0))" "$((r1 - r0))" "$HZ" >>"$results" <<'EOF'
+  python3 - "$label" "$json" "$((c1 - c0))" "$((r1 - r0))" "$HZ" "$lat" >>"$results" <<'EOF'
 import json, sys
 label, j, srv, red, hz = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+lat = json.loads(sys.argv[6])
 secs = j["measure_secs"] or 1
 # CPU over the whole load run (connect + warmup + measure), per message sent.
 sent = j["sent"] or 1
 print(json.dumps({"label": label, "dps": j["deliveries_per_sec"], "mps": j["msgs_per_sec"],
   "p50": j["latency_us"]["p50"], "p99": j["latency_us"]["p99"], "lost": j["lost"],
-  "srv_us_per_msg": srv / hz * 1e6 / sent, "redis_us_per_msg": red / hz * 1e6 / sent}))
+  "srv_us_per_msg": srv / hz * 1e6 / sent, "redis_us_per_msg": red / hz * 1e6 / sent,
+  "lat_p50": lat["latency_us"]["p50"], "lat_p99": lat["latency_us"]["p99"], "lat_lost": lat["lost"],
+  "lat_dps": lat["deliveries_per_sec"]}))
 EOF
   tail -n1 "$results"
 }
@@ -111,10 +120,10 @@ for r in rows:
     if r["label"] not in labels:
         labels.append(r["label"])
 base = st.median(r["dps"] for r in rows if r["label"] == labels[0])
-print("| setup | deliveries/s | vs 1 process | msgs/s | p50 µs | p99 µs | lost | loopchat CPU µs/msg | redis CPU µs/msg |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| setup | deliveries/s | vs 1 process | msgs/s | p50 µs | p99 µs | lost | loopchat CPU µs/msg | redis CPU µs/msg | open loop p50 µs | open loop p99 µs | open loop lost |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for l in labels:
     rs = [r for r in rows if r["label"] == l]
     m = lambda k: st.median(r[k] for r in rs)
-    print(f"| {l} | {m('dps'):,.0f} | {m('dps')/base:.2f}x | {m('mps'):,.0f} | {m('p50'):,.0f} | {m('p99'):,.0f} | {sum(r['lost'] for r in rs)} | {m('srv_us_per_msg'):.1f} | {m('redis_us_per_msg'):.1f} |")
+    print(f"| {l} | {m('dps'):,.0f} | {m('dps')/base:.2f}x | {m('mps'):,.0f} | {m('p50'):,.0f} | {m('p99'):,.0f} | {sum(r['lost'] for r in rs)} | {m('srv_us_per_msg'):.1f} | {m('redis_us_per_msg'):.1f} | {m('lat_p50'):,.0f} | {m('lat_p99'):,.0f} | {sum(r['lat_lost'] for r in rs)} |")
 EOF
