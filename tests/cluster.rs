@@ -45,9 +45,8 @@ fn need_redis(test: &str) -> Option<()> {
         panic!("{test}: redis-server is required (LOOPCHAT_REQUIRE_TOOLS=1) but not installed: apt-get install redis-server");
     }
     // Straight to the descriptor: the test harness captures print macros.
-    let _ = std::io::stderr().write_all(
-        format!("\n*** SKIPPED: redis-server not installed ({test}) ***\n").as_bytes(),
-    );
+    let _ = std::io::stderr()
+        .write_all(format!("\n*** SKIPPED: redis-server not installed ({test}) ***\n").as_bytes());
     None
 }
 
@@ -63,9 +62,14 @@ impl Redis {
     }
 
     fn start_on(port: u16) -> Redis {
+        Redis::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -88,7 +92,8 @@ impl Redis {
                 let mut buf = [0u8; 16];
                 if s.write_all(b"PING\r\n").is_ok() {
                     if let Ok(n) = s.read(&mut buf) {
-                        if &buf[..n] == b"+PONG\r\n" {
+                        // PONG, or NOAUTH from a server with a password: it is up.
+                        if &buf[..n] == b"+PONG\r\n" || buf[..n].starts_with(b"-NOAUTH") {
                             return;
                         }
                     }
@@ -126,15 +131,12 @@ impl Node {
     }
 
     fn start_listen(redis: &Redis, listen: &str, extra: &[&str]) -> Node {
+        Node::start_url(&redis.url(), listen, extra)
+    }
+
+    fn start_url(url: &str, listen: &str, extra: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
-            .args([
-                "--listen",
-                listen,
-                "--redis",
-                &redis.url(),
-                "--rate-limit",
-                "0",
-            ])
+            .args(["--listen", listen, "--redis", url, "--rate-limit", "0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(if std::env::var_os("LOOPCHAT_TEST_LOG").is_some() {
@@ -626,4 +628,62 @@ fn two_processes_share_one_port() {
         }
     }
     assert!(crossed, "no message crossed between the two processes");
+}
+
+/// Commands over a fresh blocking connection, then QUIT; the raw replies.
+fn redis_cmd(port: u16, cmds: &[&[&str]]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut out = Vec::new();
+    for args in cmds.iter().chain([&["QUIT"][..]].iter()) {
+        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in *args {
+            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+    }
+    s.write_all(&out).unwrap();
+    // Redis closes after answering QUIT: read to the end.
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply
+}
+
+#[test]
+fn auth_and_select_from_the_url() {
+    let Some(()) = need_redis("auth_and_select_from_the_url") else {
+        return;
+    };
+    let redis = Redis::start_with(free_port(), &["--requirepass", "s3cret"]);
+    let url = format!("redis://:s3cret@127.0.0.1:{}/2", redis.port);
+    let node = Node::start_url(&url, "127.0.0.1:0", &[]);
+    node.wait_subscriptions(2);
+    let mut alice = Client::connect(node.addr, "?nick=Alice");
+    alice.send("/rooms");
+    alice.until(|l| l.starts_with("ROOMS"));
+    let id = node
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("loopchat_redis_node{node=\""))
+        .and_then(|l| l.split('"').next())
+        .unwrap()
+        .to_string();
+    let reply = redis_cmd(
+        redis.port,
+        &[
+            &["AUTH", "s3cret"],
+            &["SELECT", "2"],
+            &["GET", "lc:nick:alice"],
+        ],
+    );
+    assert!(
+        reply.contains(&format!("{id} Alice")),
+        "registration not in db 2: {reply:?}"
+    );
+    // A wrong password: the node runs alone and says Redis is down.
+    let bad = format!("redis://:wrong@127.0.0.1:{}", redis.port);
+    let lone = Node::start_url(&bad, "127.0.0.1:0", &[]);
+    let mut bob = Client::connect(lone.addr, "?nick=bob&room=x");
+    bob.send("hello");
+    bob.until(|l| l == "MSG x bob hello");
+    assert_eq!(lone.metric("loopchat_redis_up"), 0.0);
 }

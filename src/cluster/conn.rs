@@ -187,10 +187,12 @@ impl RedisConn {
         Ok(())
     }
 
-    /// Read what has arrived (until `WouldBlock` or `budget` bytes).
-    pub fn read(&mut self, budget: usize) -> Result<(), ConnError> {
+    /// Read what has arrived (until `WouldBlock` or `budget` bytes). True
+    /// when the budget ran out: more may be waiting, and since readiness is
+    /// edge-triggered no new event will say so; call again next turn.
+    pub fn read(&mut self, budget: usize) -> Result<bool, ConnError> {
         let Some(sock) = self.sock.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         let mut total = 0;
         // Bounded: the largest value plus a little framing.
@@ -218,14 +220,14 @@ impl RedisConn {
                 Err(e) => {
                     self.inbuf.truncate(len);
                     match e.kind() {
-                        io::ErrorKind::WouldBlock => return Ok(()),
+                        io::ErrorKind::WouldBlock => return Ok(false),
                         io::ErrorKind::Interrupted => {}
                         _ => return Err(ConnError::Io(e)),
                     }
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The next complete reply, if one has arrived.

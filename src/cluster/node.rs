@@ -246,6 +246,9 @@ pub struct Cluster {
     reported_up: Option<bool>,
     rng: Rng,
     requests: Vec<Request>,
+    /// A read stopped at its budget: read again next turn.
+    cmd_more: bool,
+    sub_more: bool,
     /// Nicks whose refresh is still to be sent (this heartbeat).
     refresh_queue: Vec<(ConnId, Box<str>)>,
     payload: Vec<u8>,
@@ -289,6 +292,8 @@ impl Cluster {
             reported_up: None,
             rng: Rng(id),
             requests: Vec::new(),
+            cmd_more: false,
+            sub_more: false,
             refresh_queue: Vec::new(),
             payload: Vec::new(),
             stats: ClusterStats::default(),
@@ -312,7 +317,17 @@ impl Cluster {
 
     /// When the loop must come back at the latest.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if self.cmd_more || self.sub_more {
+            return Some(Instant::now());
+        }
         let mut at = Some(self.next_heartbeat);
+        if !self.refresh_queue.is_empty() {
+            // Come back soon (not at once: the buffer may be full for a while).
+            at = Some(
+                self.next_heartbeat
+                    .min(Instant::now() + Duration::from_millis(10)),
+            );
+        }
         let mut min = |t: Option<Instant>| {
             if let Some(t) = t {
                 at = Some(at.map_or(t, |a: Instant| a.min(t)));
@@ -392,6 +407,13 @@ impl Cluster {
     /// Per loop turn, after the hub ran: reconnects and timers that are due,
     /// the hub's requests turned into commands, and one flush of each link.
     pub fn turn(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+        // Input left behind by the read budget (no new edge will announce it).
+        if std::mem::take(&mut self.cmd_more) {
+            self.read_cmd(registry, hub, sink, now);
+        }
+        if std::mem::take(&mut self.sub_more) {
+            self.read_sub(registry, hub, sink, now);
+        }
         if self.cmd_retry.is_some_and(|t| now >= t) {
             self.cmd_retry = None;
             self.connect_cmd(registry, hub, sink, now);
@@ -473,13 +495,7 @@ impl Cluster {
                 }
             }
             if readable {
-                if let Err(e) = self.cmd.read(READ_BUDGET) {
-                    // Handle what arrived before the error first.
-                    self.cmd_replies(registry, hub, sink, now);
-                    self.fail_cmd(registry, hub, sink, now, &e.to_string());
-                    return;
-                }
-                self.cmd_replies(registry, hub, sink, now);
+                self.read_cmd(registry, hub, sink, now);
             }
         } else if token == self.sub_token {
             if writable {
@@ -489,11 +505,30 @@ impl Cluster {
                 }
             }
             if readable {
-                let res = self.sub.read(READ_BUDGET);
-                self.sub_values(registry, hub, sink, now);
-                if let Err(e) = res {
-                    self.fail_sub(registry, now, &e.to_string());
-                }
+                self.read_sub(registry, hub, sink, now);
+            }
+        }
+    }
+
+    fn read_cmd(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+        let res = self.cmd.read(READ_BUDGET);
+        self.cmd_more = matches!(res, Ok(true));
+        // What arrived before an error is handled first.
+        self.cmd_replies(registry, hub, sink, now);
+        if let Err(e) = res {
+            if self.cmd.is_open() {
+                self.fail_cmd(registry, hub, sink, now, &e.to_string());
+            }
+        }
+    }
+
+    fn read_sub(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+        let res = self.sub.read(READ_BUDGET);
+        self.sub_more = matches!(res, Ok(true));
+        self.sub_values(registry, hub, sink, now);
+        if let Err(e) = res {
+            if self.sub.is_open() {
+                self.fail_sub(registry, now, &e.to_string());
             }
         }
     }
