@@ -81,24 +81,29 @@ run() { # $1 = label, $2 = processes, $3 = "redis" or "none"
   c1=$(cpu_ticks $PIDS)
   r1=$(cpu_ticks $RPID)
   # Open loop at a fixed rate: latency without queueing behind a saturated loop.
-  local lat
+  local lat c2 r2
   lat=$("$LOADGEN" load --mode latency --url "ws://127.0.0.1:$port/ws" -c "$RECEIVERS" \
     --rate "$RATE" --size "$SIZE" --duration "$DURATION" --json -q 2>/dev/null)
+  c2=$(cpu_ticks $PIDS)
+  r2=$(cpu_ticks $RPID)
   for p in $PIDS; do kill "$p" 2>/dev/null || true; done
   for p in $PIDS; do wait "$p" 2>/dev/null || true; done
   PIDS=""
-  python3 - "$label" "$json" "$((c1 - c0))" "$((r1 - r0))" "$HZ" "$lat" >>"$results" <<'EOF'
+  python3 - "$label" "$json" "$((c1 - c0))" "$((r1 - r0))" "$HZ" "$lat" "$((c2 - c1))" "$((r2 - r1))" "$RATE" >>"$results" <<'EOF'
 import json, sys
 label, j, srv, red, hz = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 lat = json.loads(sys.argv[6])
+lsrv, lred = int(sys.argv[7]), int(sys.argv[8])
+lsent = lat["sent"] or 1
 secs = j["measure_secs"] or 1
 # CPU over the whole load run (connect + warmup + measure), per message sent.
 sent = j["sent"] or 1
-print(json.dumps({"label": label, "dps": j["deliveries_per_sec"], "mps": j["msgs_per_sec"],
+print(json.dumps({"label": label, "rate": int(sys.argv[9]), "dps": j["deliveries_per_sec"], "mps": j["msgs_per_sec"],
   "p50": j["latency_us"]["p50"], "p99": j["latency_us"]["p99"], "lost": j["lost"],
   "srv_us_per_msg": srv / hz * 1e6 / sent, "redis_us_per_msg": red / hz * 1e6 / sent,
   "lat_p50": lat["latency_us"]["p50"], "lat_p99": lat["latency_us"]["p99"], "lat_lost": lat["lost"],
-  "lat_dps": lat["deliveries_per_sec"]}))
+  "lat_dps": lat["deliveries_per_sec"],
+  "lat_srv_us": lsrv / hz * 1e6 / lsent, "lat_redis_us": lred / hz * 1e6 / lsent}))
 EOF
   tail -n1 "$results"
 }
@@ -120,10 +125,19 @@ for r in rows:
     if r["label"] not in labels:
         labels.append(r["label"])
 base = st.median(r["dps"] for r in rows if r["label"] == labels[0])
-print("| setup | deliveries/s | vs 1 process | msgs/s | p50 µs | p99 µs | lost | loopchat CPU µs/msg | redis CPU µs/msg | open loop p50 µs | open loop p99 µs | open loop lost |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| setup | deliveries/s | vs 1 process | msgs/s | p50 µs | p99 µs | lost | loopchat CPU µs/msg | redis CPU µs/msg ")
+print("|---|---|---|---|---|---|---|---|---|")
 for l in labels:
     rs = [r for r in rows if r["label"] == l]
     m = lambda k: st.median(r[k] for r in rs)
-    print(f"| {l} | {m('dps'):,.0f} | {m('dps')/base:.2f}x | {m('mps'):,.0f} | {m('p50'):,.0f} | {m('p99'):,.0f} | {sum(r['lost'] for r in rs)} | {m('srv_us_per_msg'):.1f} | {m('redis_us_per_msg'):.1f} | {m('lat_p50'):,.0f} | {m('lat_p99'):,.0f} | {sum(r['lat_lost'] for r in rs)} |")
+    print(f"| {l} | {m('dps'):,.0f} | {m('dps')/base:.2f}x | {m('mps'):,.0f} | {m('p50'):,.0f} | {m('p99'):,.0f} | {sum(r['lost'] for r in rs)} | {m('srv_us_per_msg'):.1f} | {m('redis_us_per_msg'):.1f} |")
+print()
+print(f"Open loop, one sender at {rows[0].get('rate', 'RATE')} msgs/s:")
+print()
+print("| setup | deliveries/s | p50 µs | p99 µs | lost | loopchat CPU µs/msg | redis CPU µs/msg |")
+print("|---|---|---|---|---|---|---|")
+for l in labels:
+    rs = [r for r in rows if r["label"] == l]
+    m = lambda k: st.median(r[k] for r in rs)
+    print(f"| {l} | {m('lat_dps'):,.0f} | {m('lat_p50'):,.0f} | {m('lat_p99'):,.0f} | {sum(r['lat_lost'] for r in rs)} | {m('lat_srv_us'):.1f} | {m('lat_redis_us'):.1f} |")
 EOF
