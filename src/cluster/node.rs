@@ -46,6 +46,8 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_BUDGET: usize = 1 << 20;
 /// Forget the last sequence number of a node not heard from for this long.
 const FORGET_NODE: Duration = Duration::from_secs(600);
+/// Most other nodes whose sequence numbers are remembered.
+const MAX_NODES: usize = 65_536;
 /// Most rooms one node lists in an answer to `/rooms`.
 const MAX_ROOMS_ANSWER: usize = 10_000;
 
@@ -885,7 +887,11 @@ impl Cluster {
                 *seen = now;
             }
             None => {
-                self.last_seen.insert(node.into(), (seq, now));
+                // Bounded even if something floods Redis with made-up node
+                // ids: beyond the cap, new ids are simply not deduplicated.
+                if self.last_seen.len() < MAX_NODES {
+                    self.last_seen.insert(node.into(), (seq, now));
+                }
             }
         }
         self.stats.received += 1;
