@@ -500,6 +500,12 @@ fn cluster_recovers_after_redis_restarts() {
         }
     }
     assert!(dropped, "no drop counted while Redis was down");
+    // Queries answer for this node alone, without waiting.
+    alice.send("/who");
+    assert_eq!(
+        alice.until(|l| l.starts_with("WHO ")).last().unwrap(),
+        "WHO r alice"
+    );
 
     let _redis = Redis::start_on(redis.port);
     // Resubscribed and re-registered by themselves: probe until a message crosses.

@@ -40,6 +40,14 @@
 //! - Every line, empty ones included, counts against the rate limit; a refused
 //!   line gets `ERR rate-limited`; on abuse (see [`super::rate`]) the hub sends
 //!   `ERR rate-limited` and closes with 1008; `LEFT` follows at disconnect.
+//!
+//! As one node of a cluster ([`Hub::enable_cluster`], see `hub/cluster.rs` and
+//! [`super::remote`]) the hub also records requests for the other nodes: room
+//! lines to publish, rooms to (un)subscribe, nicks to reserve and release,
+//! private messages and queries for nicks and rooms elsewhere. `/nick` then
+//! waits for the reservation (the old nick stays meanwhile), `/who` and
+//! `/rooms` are answered by [`Hub::answer_who`] / [`Hub::answer_rooms`], and
+//! guest nicks carry the node's tag. Without it nothing changes.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -258,7 +258,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A node with a fresh random id; call [`Cluster::start`] to connect.
+    /// A node with a fresh random id; it connects on its first [`Cluster::turn`].
     pub fn new(cfg: ClusterConfig, cmd_token: Token, sub_token: Token) -> Cluster {
         let id = random_id();
         let node = format!("{id:016x}");
