@@ -902,7 +902,12 @@ impl Cluster {
                     .strip_prefix(b"lc:room:")
                     .and_then(|r| std::str::from_utf8(r).ok())
                 {
-                    hub.deliver_room(room, rest, sink);
+                    // Presence notices obey the presence limit here too,
+                    // counted with this node's members.
+                    let presence = rest.starts_with("JOINED ") || rest.starts_with("LEFT ");
+                    if !presence || hub.room_len(room) <= hub.config().presence_limit {
+                        hub.deliver_room(room, rest, sink);
+                    }
                 }
             }
             "N" => {
@@ -1259,6 +1264,95 @@ mod tests {
         assert_eq!(split_payload("R abc 8"), Some(("R", "abc", 8, "")));
         assert_eq!(split_payload("M abc x y"), None);
         assert_eq!(split_payload("M"), None);
+    }
+
+    #[derive(Default)]
+    struct Lines(Vec<(ConnId, String)>);
+    impl Sink for Lines {
+        fn deliver(&mut self, to: &[ConnId], line: &str) {
+            self.0.extend(to.iter().map(|&id| (id, line.to_string())));
+        }
+        fn close(&mut self, _: ConnId, _: u16, _: &str) {}
+    }
+
+    fn message(channel: &str, payload: &str) -> Value {
+        Value::Array(Some(vec![
+            Value::Bulk(Some(b"message".to_vec())),
+            Value::Bulk(Some(channel.as_bytes().to_vec())),
+            Value::Bulk(Some(payload.as_bytes().to_vec())),
+        ]))
+    }
+
+    #[test]
+    fn remote_lines_are_deduplicated_and_filtered() {
+        let mut hub = Hub::new(crate::chat::ChatConfig {
+            rate_limit: 0,
+            presence_limit: 1,
+            ..crate::chat::ChatConfig::default()
+        });
+        hub.enable_cluster("t");
+        let mut sink = Lines::default();
+        hub.connect(0, Some("a"), Some("r"), 0, &mut sink);
+        hub.connect(1, Some("b"), Some("r"), 0, &mut sink);
+        let mut node = Cluster::new(
+            ClusterConfig::new("127.0.0.1:9".parse().unwrap()),
+            Token(1),
+            Token(2),
+        );
+        sink.0.clear();
+        node.feed_subscriber(
+            message("lc:room:r", "M other 5 MSG r z hi"),
+            &mut hub,
+            &mut sink,
+        );
+        assert_eq!(sink.0.len(), 2, "to both members, once");
+        // The same sequence number again (a resend after a reconnect): dropped.
+        node.feed_subscriber(
+            message("lc:room:r", "M other 5 MSG r z hi"),
+            &mut hub,
+            &mut sink,
+        );
+        node.feed_subscriber(
+            message("lc:room:r", "M other 4 MSG r z old"),
+            &mut hub,
+            &mut sink,
+        );
+        assert_eq!(sink.0.len(), 2);
+        assert_eq!(node.stats().duplicates, 2);
+        // Our own payloads are ignored; presence over the limit is not delivered.
+        let own = format!("M {} 9 MSG r a mine", node.node_id());
+        node.feed_subscriber(message("lc:room:r", &own), &mut hub, &mut sink);
+        node.feed_subscriber(
+            message("lc:room:r", "M other 6 JOINED r z"),
+            &mut hub,
+            &mut sink,
+        );
+        // A payload with a line break did not come from a node.
+        node.feed_subscriber(
+            message("lc:room:r", "M other 7 MSG r z a\nERR x"),
+            &mut hub,
+            &mut sink,
+        );
+        assert_eq!(sink.0.len(), 2, "{:?}", sink.0);
+        node.feed_subscriber(
+            message("lc:all", "N other 8 r NICK z y"),
+            &mut hub,
+            &mut sink,
+        );
+        node.feed_subscriber(
+            message("lc:node:x", "P other 9 B PRIV z b hi"),
+            &mut hub,
+            &mut sink,
+        );
+        assert_eq!(
+            sink.0[2..],
+            [
+                (0, "NICK z y".to_string()),
+                (1, "NICK z y".to_string()),
+                (1, "PRIV z b hi".to_string())
+            ]
+        );
+        assert_eq!(node.stats().remote_deliveries, 5);
     }
 
     #[test]
