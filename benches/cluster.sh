@@ -24,6 +24,7 @@ SENDERS="${SENDERS:-4}"
 SIZE="${SIZE:-32}"
 RATE="${RATE:-2000}"
 
+cargo build --release --quiet
 command -v redis-server >/dev/null || { echo "redis-server not installed" >&2; exit 1; }
 "$LOADGEN" load --help >/dev/null 2>&1 || { echo "$LOADGEN has no 'load' subcommand; set LOADGEN" >&2; exit 1; }
 
