@@ -31,7 +31,7 @@ use mio::{Registry, Token};
 
 use super::conn::RedisConn;
 use super::resp::{Limits, Value};
-use crate::chat::names::Folded;
+use crate::chat::names::{valid_nick, valid_room, Folded};
 use crate::chat::remote::Request;
 use crate::chat::{ConnId, Hub, Sink};
 
@@ -959,9 +959,9 @@ impl Cluster {
                         ..
                     }) = self.queries.get_mut(&qid)
                     {
-                        *t += total;
+                        *t = t.saturating_add(total);
                         *got += 1;
-                        nicks.extend(it.filter(|n| !n.is_empty()).take(4096).map(str::to_string));
+                        nicks.extend(it.filter(|n| valid_nick(n)).take(4096).map(str::to_string));
                         self.finish_query(qid, false, hub, sink);
                     }
                 }
@@ -977,7 +977,9 @@ impl Cluster {
                     {
                         *got += 1;
                         for part in it.take(MAX_ROOMS_ANSWER) {
-                            if let Some((name, n)) = part.rsplit_once('=') {
+                            if let Some((name, n)) =
+                                part.rsplit_once('=').filter(|(name, _)| valid_room(name))
+                            {
                                 if let Ok(n) = n.parse() {
                                     rooms.push((name.to_string(), n));
                                 }
@@ -1353,6 +1355,59 @@ mod tests {
             ]
         );
         assert_eq!(node.stats().remote_deliveries, 5);
+    }
+
+    #[test]
+    fn answers_from_other_nodes_are_merged_and_checked() {
+        let mut hub = Hub::new(crate::chat::ChatConfig {
+            rate_limit: 0,
+            ..crate::chat::ChatConfig::default()
+        });
+        hub.enable_cluster("t");
+        let mut sink = Lines::default();
+        hub.connect(0, Some("a"), Some("r"), 0, &mut sink);
+        let mut node = Cluster::new(
+            ClusterConfig::new("127.0.0.1:9".parse().unwrap()),
+            Token(1),
+            Token(2),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (qid, kind) in [
+            (
+                1,
+                QueryKind::Who {
+                    room: "r".into(),
+                    nicks: Vec::new(),
+                    total: 0,
+                },
+            ),
+            (2, QueryKind::Rooms { rooms: Vec::new() }),
+        ] {
+            node.queries.insert(
+                qid,
+                Query {
+                    id: 0,
+                    kind,
+                    expected: Some(2),
+                    got: 0,
+                    deadline,
+                },
+            );
+        }
+        sink.0.clear();
+        let huge = usize::MAX.to_string();
+        for p in [
+            format!("w n1 1 1 {huge} b <bad> c"),
+            format!("w n2 1 1 {huge} d"),
+            format!("r n1 2 2 r={huge} x=2 bad!=1 y"),
+            "r n2 2 2 X=3".to_string(),
+        ] {
+            node.feed_subscriber(message("lc:node:me", &p), &mut hub, &mut sink);
+        }
+        assert!(node.queries.is_empty(), "both complete");
+        let who = &sink.0[0].1;
+        assert!(who.starts_with("WHO r a b c d +"), "{who}");
+        assert_eq!(sink.0[1].1, format!("ROOMS r={huge} x=5"));
     }
 
     #[test]

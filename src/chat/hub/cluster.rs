@@ -369,7 +369,7 @@ impl Hub {
             out.push_str(nick);
             shown += 1;
         }
-        let total = local_total + others_total.max(others.len());
+        let total = local_total.saturating_add(others_total.max(others.len()));
         if total > shown {
             let _ = write!(out, " +{}", total - shown);
         }
@@ -394,9 +394,10 @@ impl Hub {
             let Some(key) = Folded::new(name) else {
                 continue;
             };
-            all.entry(key.as_str().to_string())
-                .or_insert_with(|| (name.to_string(), 0))
-                .1 += n;
+            let e = all
+                .entry(key.as_str().to_string())
+                .or_insert_with(|| (name.to_string(), 0));
+            e.1 = e.1.saturating_add(n);
         }
         let mut list: Vec<(String, usize)> = all.into_values().collect();
         list.sort_unstable_by(|a, b| cmp_folded(&a.0, &b.0));
