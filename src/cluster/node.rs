@@ -753,7 +753,7 @@ impl Cluster {
                     .as_bytes()
                     .and_then(|b| std::str::from_utf8(b).ok())
                     .and_then(|s| s.split_once(' '))
-                    .filter(|(node, _)| *node != self.node)
+                    .filter(|(node, nick)| *node != self.node && valid_nick(nick))
                     .map(|(node, nick)| (node.to_string(), nick.to_string()));
                 match found {
                     Some((node, to)) => {
