@@ -6,10 +6,12 @@
 //! - [`chat`]: nicks, rooms and the text commands of the chat protocol,
 //!   without sockets or frames.
 //! - [`server`]: the mio event loop that drives both.
+//! - [`cluster`]: the Redis pub/sub bridge between processes (`--redis`).
 //! - [`client`]: the terminal client (`loopchat client URL`), `ws` in the client role.
 
 pub mod chat;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod server;
 pub mod ws;

@@ -1,6 +1,6 @@
 //! `loopchat`: parse flags, set up logging, run the server.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use clap::Parser;
 use log::{error, info, LevelFilter};
 
 use loopchat::chat::ChatConfig;
+use loopchat::cluster::ClusterConfig;
 use loopchat::server::{raise_nofile_limit, Config, Server};
 
 /// A single-core WebSocket chat server.
@@ -123,6 +124,24 @@ struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = loopchat::cli::parse_duration)]
     shutdown_timeout: Duration,
 
+    /// Join a cluster through Redis: redis://[[user]:password@]host[:port][/db]
+    /// (the host is resolved once, at start).
+    #[arg(long, value_name = "URL")]
+    redis: Option<loopchat::cluster::RedisUrl>,
+
+    /// Lifetime of a cluster nick registration in Redis; each node refreshes its
+    /// nicks every third of it, so a crashed node's nicks are free after it.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = loopchat::cli::parse_duration)]
+    redis_nick_ttl: Duration,
+
+    /// Bytes queued toward Redis per connection; beyond, messages are dropped and counted.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]
+    redis_buffer: usize,
+
+    /// Longest wait for the other nodes' answers to /who and /rooms.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = loopchat::cli::parse_duration)]
+    redis_query_timeout: Duration,
+
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: LevelFilter,
@@ -155,6 +174,32 @@ fn serve(cli: ServeArgs) -> ExitCode {
         Ok((_, n)) => info!("open-file limit {n}"),
         Err(e) => error!("could not read the open-file limit: {e}"),
     }
+    let redis = match &cli.redis {
+        None => None,
+        Some(url) => {
+            // Resolved here, before the loop, so the loop never blocks on DNS.
+            let addr = match (url.host.as_str(), url.port).to_socket_addrs() {
+                Ok(mut a) => a.next(),
+                Err(e) => {
+                    error!("cannot resolve the Redis host in {url}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let Some(addr) = addr else {
+                error!("the Redis host in {url} has no address");
+                return ExitCode::FAILURE;
+            };
+            Some(ClusterConfig {
+                username: url.username.clone(),
+                password: url.password.clone(),
+                db: url.db,
+                nick_ttl: cli.redis_nick_ttl.max(Duration::from_millis(300)),
+                max_buffer: cli.redis_buffer.max(64 * 1024),
+                query_timeout: cli.redis_query_timeout,
+                ..ClusterConfig::new(addr)
+            })
+        }
+    };
     let cfg = Config {
         listen: cli.listen,
         line_listen: cli.line_listen,
@@ -181,6 +226,7 @@ fn serve(cli: ServeArgs) -> ExitCode {
             max_line: cli.max_line,
             ..ChatConfig::default()
         },
+        redis,
     };
     let server = match Server::bind(cfg) {
         Ok(s) => s,

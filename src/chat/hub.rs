@@ -40,6 +40,14 @@
 //! - Every line, empty ones included, counts against the rate limit; a refused
 //!   line gets `ERR rate-limited`; on abuse (see [`super::rate`]) the hub sends
 //!   `ERR rate-limited` and closes with 1008; `LEFT` follows at disconnect.
+//!
+//! As one node of a cluster ([`Hub::enable_cluster`], see `hub/cluster.rs` and
+//! [`super::remote`]) the hub also records requests for the other nodes: room
+//! lines to publish, rooms to (un)subscribe, nicks to reserve and release,
+//! private messages and queries for nicks and rooms elsewhere. `/nick` then
+//! waits for the reservation (the old nick stays meanwhile), `/who` and
+//! `/rooms` are answered by [`Hub::answer_who`] / [`Hub::answer_rooms`], and
+//! guest nicks carry the node's tag. Without it nothing changes.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -47,7 +55,11 @@ use std::fmt::Write as _;
 use super::command::{parse, Command};
 use super::names::{cmp_folded, valid_nick, valid_room, Folded};
 use super::rate::{RateDecision, RateLimiter};
+use super::remote::Request;
 use super::{ChatConfig, ConnId, ErrorCode, Sink};
+
+mod cluster;
+pub use cluster::RemoteState;
 
 /// An interned room: an index into `Hub::rooms`.
 type RoomId = u32;
@@ -124,6 +136,10 @@ pub struct Hub {
     next_guest: u64,
     messages: u64,
     deliveries: u64,
+    /// Set when the hub is one node of a cluster: the requests it makes of the
+    /// other nodes (see [`super::remote`]). `None` keeps single-process
+    /// behaviour exactly.
+    remote: Option<Box<RemoteState>>,
 }
 
 /// Deliver `line` to `to` (nothing when `to` is empty) and count the deliveries.
@@ -171,6 +187,7 @@ impl Hub {
             next_guest: 0,
             messages: 0,
             deliveries: 0,
+            remote: None,
         }
     }
 
@@ -213,6 +230,10 @@ impl Hub {
         };
         let key = Folded::new(&chosen).map_or_else(|| chosen.clone(), |f| f.as_str().into());
         self.nicks.insert(key, id);
+        self.request(|| Request::Reserve {
+            id,
+            nick: chosen.clone(),
+        });
         self.out.clear();
         self.out.push_str("WELCOME ");
         self.out.push_str(&chosen);
@@ -372,7 +393,12 @@ impl Hub {
         };
         if let Some(key) = Folded::new(&user.nick) {
             self.nicks.remove(key.as_str());
+            self.request(|| Request::Release {
+                nick: key.as_str().into(),
+            });
         }
+        self.request(|| Request::Gone(id));
+        self.forget_pending(id);
         self.live -= 1;
         // Trailing free slots are given back so a burst of connections does not
         // pin the table at its peak forever.
@@ -526,7 +552,10 @@ impl Hub {
     fn guest_nick(&mut self) -> Box<str> {
         loop {
             self.next_guest = self.next_guest.wrapping_add(1);
-            let nick = format!("guest-{}", self.next_guest);
+            let nick = match self.remote.as_deref() {
+                Some(r) => format!("guest-{}-{}", r.guest_tag(), self.next_guest),
+                None => format!("guest-{}", self.next_guest),
+            };
             if self.nick_owner(&nick).is_none() {
                 return nick.into_boxed_str();
             }
@@ -560,6 +589,7 @@ impl Hub {
         push_text(&mut self.out, text);
         self.messages += 1;
         send(sink, &mut self.deliveries, &room.members, &self.out);
+        self.publish_room(rid);
     }
 
     /// Join (creating the room if needed) and make it current. False, with
@@ -601,6 +631,7 @@ impl Hub {
                     members: Vec::new(),
                 });
                 self.room_index.insert(key.as_str().into(), rid);
+                self.request(|| Request::Subscribe(key.as_str().into()));
                 rid
             }
         };
@@ -620,12 +651,16 @@ impl Hub {
         self.out.push_str(&room.name);
         self.out.push(' ');
         self.out.push_str(&user.nick);
-        let to = if room.members.len() > self.config.presence_limit {
+        let limited = room.members.len() > self.config.presence_limit;
+        let to = if limited {
             std::slice::from_ref(&id)
         } else {
             &room.members[..]
         };
         send(sink, &mut self.deliveries, to, &self.out);
+        if !limited {
+            self.publish_room(rid);
+        }
         true
     }
 
@@ -649,12 +684,18 @@ impl Hub {
         self.out.push_str(&room.name);
         self.out.push(' ');
         self.out.push_str(&user.nick);
-        let to = if room.members.len() > self.config.presence_limit {
+        let limited = room.members.len() > self.config.presence_limit;
+        let to = if limited {
             std::slice::from_ref(&id)
         } else {
             &room.members[..]
         };
         send(sink, &mut self.deliveries, to, &self.out);
+        if !limited {
+            if let Some(remote) = self.remote.as_deref_mut() {
+                remote.publish_room(&room.name, &self.out);
+            }
+        }
         let pos = m.pos as usize;
         if pos < room.members.len() {
             room.members.swap_remove(pos);
@@ -669,6 +710,9 @@ impl Hub {
         if room.members.is_empty() {
             if let Some(key) = Folded::new(&room.name) {
                 self.room_index.remove(key.as_str());
+                if let Some(remote) = self.remote.as_deref_mut() {
+                    remote.push(Request::Unsubscribe(key.as_str().into()));
+                }
             }
             self.rooms[m.room as usize] = None;
             self.free_rooms.push(m.room);
@@ -690,6 +734,19 @@ impl Hub {
             self.err(id, ErrorCode::NickTaken, "nick taken", sink);
             return;
         }
+        if self.reserve_first(id, new, new_key.as_str(), sink) {
+            // Completed (or refused) by `nick_reserved` when the cluster answers.
+            return;
+        }
+        self.apply_nick(id, new, sink);
+    }
+
+    /// Rename `id` to `new` (valid, and free or already its own) and send
+    /// `NICK OLD NEW` to it and everyone sharing a room with it, once each.
+    fn apply_nick<S: Sink>(&mut self, id: ConnId, new: &str, sink: &mut S) {
+        let Some(new_key) = Folded::new(new) else {
+            return;
+        };
         let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
@@ -707,8 +764,12 @@ impl Hub {
             if old_key.as_str() != new_key.as_str() {
                 self.nicks.remove(old_key.as_str());
                 self.nicks.insert(new_key.as_str().into(), id);
+                self.request(|| Request::Release {
+                    nick: old_key.as_str().into(),
+                });
             }
         }
+        self.publish_nick(id);
         // Everyone sharing a room, each once: stamp users with a generation
         // instead of building a set, so steady state allocates nothing.
         self.generation = self.generation.wrapping_add(1);
@@ -750,6 +811,9 @@ impl Hub {
     /// the same connection).
     fn private<S: Sink>(&mut self, id: ConnId, nick: &str, text: &str, sink: &mut S) {
         let Some(target) = self.nick_owner(nick) else {
+            if self.remote_private(id, nick, text) {
+                return;
+            }
             self.err(id, ErrorCode::NoSuchNick, "no such nick", sink);
             return;
         };
@@ -777,6 +841,10 @@ impl Hub {
     /// then `+N`. Only the listed rooms are sorted (a partial selection first),
     /// so the cost is O(rooms + limit log limit).
     fn list_rooms<S: Sink>(&mut self, id: ConnId, sink: &mut S) {
+        if self.remote.is_some() {
+            self.request(|| Request::Rooms { id });
+            return;
+        }
         let mut ids = std::mem::take(&mut self.room_scratch);
         ids.clear();
         ids.extend(
@@ -819,6 +887,15 @@ impl Hub {
                 }
             },
         };
+        if self.remote.is_some() {
+            let name = match (requested, rid.and_then(|rid| self.room(rid))) {
+                (_, Some(room)) => room.name.clone(),
+                (Some(name), None) => name.into(),
+                (None, None) => return,
+            };
+            self.request(|| Request::Who { id, room: name });
+            return;
+        }
         let room = rid.and_then(|rid| self.rooms.get(rid as usize)?.as_ref());
         self.out.clear();
         self.out.push_str("WHO ");

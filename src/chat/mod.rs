@@ -9,12 +9,14 @@
 //! - [`command`]: the line parser (a line → a borrowed [`Command`]);
 //! - [`names`]: nick and room validation and case folding;
 //! - [`rate`]: the per-connection token bucket;
-//! - [`hub`]: users, rooms, membership and the output lines.
+//! - [`hub`]: users, rooms, membership and the output lines;
+//! - [`remote`]: what a hub that is one node of a cluster asks of the others.
 
 pub mod command;
 pub mod hub;
 pub mod names;
 pub mod rate;
+pub mod remote;
 
 pub use command::{Command, ParseError};
 pub use hub::Hub;

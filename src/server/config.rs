@@ -51,6 +51,8 @@ pub struct Config {
     pub handle_signals: bool,
     /// Chat settings (presence limit, rate limit, line length).
     pub chat: ChatConfig,
+    /// Join a cluster through this Redis server (`--redis`); `None` runs alone.
+    pub redis: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -76,6 +78,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             handle_signals: false,
             chat: ChatConfig::default(),
+            redis: None,
         }
     }
 }

@@ -299,3 +299,76 @@ impl Metrics {
         let _ = writeln!(out, "{name}_count {cum}");
     }
 }
+
+/// The `--redis` lines of `/metrics`.
+pub fn render_cluster(node: &str, s: &crate::cluster::ClusterStats, out: &mut String) {
+    let rows: [(&str, &str, &str, u64); 10] = [
+        (
+            "loopchat_redis_up",
+            "gauge",
+            "1 when both Redis connections are up and subscribed.",
+            s.up as u64,
+        ),
+        (
+            "loopchat_redis_subscriptions",
+            "gauge",
+            "Channels the subscriber connection has confirmed.",
+            s.subscriptions,
+        ),
+        (
+            "loopchat_redis_published_total",
+            "counter",
+            "Messages published to Redis.",
+            s.published,
+        ),
+        (
+            "loopchat_redis_dropped_total",
+            "counter",
+            "Messages and commands not sent because Redis was down or slow (remote delivery lost).",
+            s.dropped,
+        ),
+        (
+            "loopchat_redis_received_total",
+            "counter",
+            "Messages received from other nodes.",
+            s.received,
+        ),
+        (
+            "loopchat_redis_duplicates_total",
+            "counter",
+            "Messages from other nodes dropped as duplicates (sequence numbers).",
+            s.duplicates,
+        ),
+        (
+            "loopchat_redis_remote_deliveries_total",
+            "counter",
+            "Lines from other nodes delivered to local connections, per recipient.",
+            s.remote_deliveries,
+        ),
+        (
+            "loopchat_redis_connects_total",
+            "counter",
+            "Successful (re)connections of the two Redis links.",
+            s.connects,
+        ),
+        (
+            "loopchat_redis_query_timeouts_total",
+            "counter",
+            "/who and /rooms answered without every node's answer.",
+            s.query_timeouts,
+        ),
+        (
+            "loopchat_redis_nick_conflicts_total",
+            "counter",
+            "Nicks lost to another node and renamed.",
+            s.nick_conflicts,
+        ),
+    ];
+    let _ = writeln!(out, "# HELP loopchat_redis_node This process's cluster node id.\n# TYPE loopchat_redis_node gauge\nloopchat_redis_node{{node=\"{node}\"}} 1");
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+}

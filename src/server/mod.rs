@@ -3,6 +3,7 @@
 //! to per-connection outboxes and flushes every dirty connection once at the end
 //! of the loop turn.
 
+mod cluster_glue;
 mod config;
 mod conn;
 mod http;
@@ -188,6 +189,8 @@ pub struct Server {
     accept_again: bool,
     shutdown_deadline: Option<Instant>,
     fired: Vec<Entry>,
+    /// The Redis bridge (`--redis`); `None` runs alone.
+    cluster: Option<Box<crate::cluster::Cluster>>,
 }
 
 impl Server {
@@ -228,7 +231,7 @@ impl Server {
             max_frame: cfg.max_message as u64,
             max_message: cfg.max_message,
         };
-        Ok(Server {
+        let mut server = Server {
             poll,
             listener: Some(listener),
             line_listener,
@@ -258,7 +261,10 @@ impl Server {
             accept_again: false,
             shutdown_deadline: None,
             fired: Vec::new(),
-        })
+            cluster: None,
+        };
+        server.start_cluster();
+        Ok(server)
     }
 
     /// The HTTP/WebSocket listener's address.
@@ -283,7 +289,7 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.poll_timeout();
+            let timeout = self.cluster_timeout(self.poll_timeout());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -303,6 +309,7 @@ impl Server {
                             return Ok(());
                         }
                     }
+                    cluster_glue::REDIS_CMD | cluster_glue::REDIS_SUB => self.cluster_event(event),
                     Token(id) => {
                         if let Some(c) = self.conns.get_mut(id) {
                             if event.is_writable() {
@@ -336,6 +343,9 @@ impl Server {
             }
             self.timers();
             self.finish_turn();
+            if self.cluster_turn() {
+                self.finish_turn();
+            }
             self.ctx
                 .metrics
                 .observe_turn(turn_start.elapsed().as_secs_f64());
@@ -1063,6 +1073,7 @@ impl Server {
         };
         let mut s = String::with_capacity(4096);
         self.ctx.metrics.render(&g, &mut s);
+        self.cluster_metrics(&mut s);
         s
     }
 }

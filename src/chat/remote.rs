@@ -1,0 +1,93 @@
+//! What a hub that is one node of a cluster asks of the other nodes.
+//!
+//! The chat layer stays without I/O: with [`Hub::enable_cluster`] the hub
+//! records [`Request`]s while it works (a line to publish, a nick to reserve,
+//! a query to ask the other nodes) and the caller drains them with
+//! [`Hub::take_requests`] and carries them out (the `cluster` layer turns them
+//! into Redis commands). Answers come back through plain hub methods:
+//! [`Hub::nick_reserved`], [`Hub::deliver_room`], [`Hub::deliver_nick`],
+//! [`Hub::deliver_private`], [`Hub::answer_who`] and [`Hub::answer_rooms`].
+//!
+//! Every line in a request has already been delivered to this node's own
+//! recipients: the cluster only carries it to the others.
+//!
+//! [`Hub::enable_cluster`]: super::Hub::enable_cluster
+//! [`Hub::take_requests`]: super::Hub::take_requests
+//! [`Hub::nick_reserved`]: super::Hub::nick_reserved
+//! [`Hub::deliver_room`]: super::Hub::deliver_room
+//! [`Hub::deliver_nick`]: super::Hub::deliver_nick
+//! [`Hub::deliver_private`]: super::Hub::deliver_private
+//! [`Hub::answer_who`]: super::Hub::answer_who
+//! [`Hub::answer_rooms`]: super::Hub::answer_rooms
+
+use super::ConnId;
+
+/// One thing the hub needs from the rest of the cluster. Room names and
+/// nicks marked "folded" are lowercase keys; others are display spellings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The first local member joined this room (folded): start receiving its lines.
+    Subscribe(Box<str>),
+    /// The last local member left this room (folded): stop receiving its lines.
+    Unsubscribe(Box<str>),
+    /// A `MSG`, `JOINED` or `LEFT` line of a room (folded), already delivered
+    /// here: deliver it to the room's members on the other nodes.
+    Room {
+        /// Folded room name.
+        room: Box<str>,
+        /// The line, exactly as local members got it.
+        line: Box<str>,
+    },
+    /// A `NICK OLD NEW` line, already delivered here: the other nodes deliver
+    /// it once to each of their members of any of `rooms` (folded).
+    Nick {
+        /// The subject's rooms, folded.
+        rooms: Vec<Box<str>>,
+        /// The line.
+        line: Box<str>,
+    },
+    /// Reserve `nick` for `id` across the cluster; answer with
+    /// [`super::Hub::nick_reserved`]. Sent both for a pending `/nick` (the old
+    /// nick stays until the answer) and for a nick the connection already
+    /// uses (at connect, or after a refused guest nick): then a refusal
+    /// renames it to a guest nick.
+    Reserve {
+        /// The connection.
+        id: ConnId,
+        /// The nick as requested (display spelling).
+        nick: Box<str>,
+    },
+    /// This node no longer uses `nick` (folded): free it if it is ours.
+    Release {
+        /// Folded nick.
+        nick: Box<str>,
+    },
+    /// `/msg` to a nick that is not on this node. When the nick is found,
+    /// deliver `PRIV FROM TO TEXT` there and to `id`; when it is not,
+    /// `ERR no-such-nick` to `id`.
+    Private {
+        /// The sender's connection.
+        id: ConnId,
+        /// The sender's nick.
+        from: Box<str>,
+        /// The recipient as typed.
+        to: Box<str>,
+        /// The text, CR and LF already replaced.
+        text: Box<str>,
+    },
+    /// `/who ROOM` for the whole cluster; answer with [`super::Hub::answer_who`].
+    Who {
+        /// The asker.
+        id: ConnId,
+        /// The room (display spelling).
+        room: Box<str>,
+    },
+    /// `/rooms` for the whole cluster; answer with [`super::Hub::answer_rooms`].
+    Rooms {
+        /// The asker.
+        id: ConnId,
+    },
+    /// The connection left the hub: forget anything pending for it (its id
+    /// will be reused).
+    Gone(ConnId),
+}
