@@ -53,6 +53,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::command::{parse, Command};
+use super::compact::{InlineList, NickIndex};
 use super::names::{cmp_folded, valid_nick, valid_room, Folded};
 use super::rate::{RateDecision, RateLimiter};
 use super::remote::Request;
@@ -78,7 +79,7 @@ struct User {
     /// The nick as displayed; its folded form is the key in `Hub::nicks`.
     nick: Box<str>,
     /// Rooms in join order; the last one is the current room.
-    rooms: Vec<Membership>,
+    rooms: InlineList<Membership>,
     rate: RateLimiter,
     /// Generation stamp for deduplicating `NICK` recipients without a set.
     seen: u32,
@@ -121,7 +122,7 @@ pub struct Hub {
     users: Vec<Option<User>>,
     live: usize,
     /// Folded nick → owner.
-    nicks: HashMap<Box<str>, ConnId>,
+    nicks: NickIndex,
     rooms: Vec<Option<Room>>,
     free_rooms: Vec<RoomId>,
     /// Folded room name → id.
@@ -176,7 +177,7 @@ impl Hub {
             config,
             users: Vec::new(),
             live: 0,
-            nicks: HashMap::new(),
+            nicks: NickIndex::default(),
             rooms: Vec::new(),
             free_rooms: Vec::new(),
             room_index: HashMap::new(),
@@ -221,15 +222,16 @@ impl Hub {
                 nick_err = Some(ErrorCode::BadNick);
                 self.guest_nick()
             }
-            Some(n) if self.nick_owner(n).is_some() => {
+            Some(n) if Folded::new(n).is_some_and(|k| self.nick_holder(k.as_str()).is_some()) => {
                 nick_err = Some(ErrorCode::NickTaken);
                 self.guest_nick()
             }
             Some(n) => n.into(),
             None => self.guest_nick(),
         };
-        let key = Folded::new(&chosen).map_or_else(|| chosen.clone(), |f| f.as_str().into());
-        self.nicks.insert(key, id);
+        if let Some(key) = Folded::new(&chosen) {
+            self.nicks.insert(key.as_str(), id);
+        }
         self.request(|| Request::Reserve {
             id,
             nick: chosen.clone(),
@@ -239,7 +241,7 @@ impl Hub {
         self.out.push_str(&chosen);
         self.users[id] = Some(User {
             nick: chosen,
-            rooms: Vec::new(),
+            rooms: InlineList::default(),
             rate: RateLimiter::new(self.config.rate_limit, now_ms),
             seen: 0,
             closing: false,
@@ -392,7 +394,7 @@ impl Hub {
             return;
         };
         if let Some(key) = Folded::new(&user.nick) {
-            self.nicks.remove(key.as_str());
+            self.nicks.remove(key.as_str(), id);
             self.request(|| Request::Release {
                 nick: key.as_str().into(),
             });
@@ -469,10 +471,10 @@ impl Hub {
         let live = self.users.iter().flatten().count();
         assert_eq!(live, self.live, "live count");
         assert_eq!(self.nicks.len(), live, "one nick per user");
-        for (key, &owner) in &self.nicks {
+        for owner in self.nicks.holders() {
             let user = self.user(owner).expect("nick owner exists");
             let folded = Folded::new(&user.nick).expect("nick foldable");
-            assert_eq!(folded.as_str(), &**key, "nick key matches");
+            assert!(self.nicks.maps(folded.as_str(), owner), "nick key matches");
             assert!(valid_nick(&user.nick), "valid nick");
         }
         let mut memberships = 0;
@@ -533,9 +535,20 @@ impl Hub {
         self.room_index.get(key.as_str()).copied()
     }
 
+    /// The connection whose nick is `nick` (case-insensitively).
     fn nick_owner(&self, nick: &str) -> Option<ConnId> {
         let key = Folded::new(nick)?;
-        self.nicks.get(key.as_str()).copied()
+        self.nicks.owner(key.as_str(), |id| {
+            self.user(id)
+                .and_then(|u| Folded::new(&u.nick))
+                .is_some_and(|f| f.as_str() == key.as_str())
+        })
+    }
+
+    /// Whoever holds `nick`'s slot in the index: a nick is free only when
+    /// nobody does (see `NickIndex` for the one-in-2^64 case of a shared hash).
+    fn nick_holder(&self, folded: &str) -> Option<ConnId> {
+        self.nicks.holder(folded)
     }
 
     fn current_room_id(&self, id: ConnId) -> Option<RoomId> {
@@ -556,7 +569,7 @@ impl Hub {
                 Some(r) => format!("guest-{}-{}", r.guest_tag(), self.next_guest),
                 None => format!("guest-{}", self.next_guest),
             };
-            if self.nick_owner(&nick).is_none() {
+            if Folded::new(&nick).is_some_and(|k| self.nick_holder(k.as_str()).is_none()) {
                 return nick.into_boxed_str();
             }
         }
@@ -730,7 +743,7 @@ impl Hub {
             self.err(id, ErrorCode::BadNick, "bad nick", sink);
             return;
         };
-        if matches!(self.nicks.get(new_key.as_str()), Some(&owner) if owner != id) {
+        if matches!(self.nick_holder(new_key.as_str()), Some(owner) if owner != id) {
             self.err(id, ErrorCode::NickTaken, "nick taken", sink);
             return;
         }
@@ -762,8 +775,8 @@ impl Hub {
         let old = std::mem::replace(&mut user.nick, new.into());
         if let Some(old_key) = Folded::new(&old) {
             if old_key.as_str() != new_key.as_str() {
-                self.nicks.remove(old_key.as_str());
-                self.nicks.insert(new_key.as_str().into(), id);
+                self.nicks.remove(old_key.as_str(), id);
+                self.nicks.insert(new_key.as_str(), id);
                 self.request(|| Request::Release {
                     nick: old_key.as_str().into(),
                 });

@@ -13,6 +13,7 @@
 //! - [`remote`]: what a hub that is one node of a cluster asks of the others.
 
 pub mod command;
+pub mod compact;
 pub mod hub;
 pub mod names;
 pub mod rate;

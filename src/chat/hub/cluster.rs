@@ -211,7 +211,7 @@ impl Hub {
                 self.err(id, ErrorCode::NickTaken, "nick taken", sink);
                 return false;
             }
-            if matches!(self.nicks.get(key.as_str()), Some(&owner) if owner != id) {
+            if matches!(self.nick_holder(key.as_str()), Some(owner) if owner != id) {
                 self.err(id, ErrorCode::NickTaken, "nick taken", sink);
                 return false;
             }
