@@ -10,20 +10,15 @@ use std::ops::{Deref, DerefMut};
 
 /// A list that holds one element without a heap block (most users are in one
 /// room), and spills to a `Vec` beyond that.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub enum InlineList<T: Copy> {
     /// No element.
+    #[default]
     Empty,
     /// One element, inline.
     One(T),
     /// Two or more (or any number after a spill).
     Many(Vec<T>),
-}
-
-impl<T: Copy> Default for InlineList<T> {
-    fn default() -> Self {
-        InlineList::Empty
-    }
 }
 
 impl<T: Copy> InlineList<T> {
