@@ -301,6 +301,11 @@ impl Engine<'_> {
         let plan = self.plan;
         match self.phase {
             Phase::Connecting => {
+                if plan.mode == Mode::Churn {
+                    // Churn measures connecting itself: the slots fill while running.
+                    self.start_running(now);
+                    return Ok(false);
+                }
                 let ready = self.conns.iter().filter(|(_, c)| c.ready).count();
                 let done = self.started_conns >= self.planned() && self.pending == 0;
                 let stalled = now.duration_since(self.last_progress) > plan.args.timeout;
@@ -701,10 +706,7 @@ impl Engine<'_> {
         if buf.is_empty() {
             buf = vec![0u8; READ_BUF];
         }
-        loop {
-            let Some(c) = self.conns.get_mut(t) else {
-                break;
-            };
+        while let Some(c) = self.conns.get_mut(t) {
             if c.state == State::Connecting {
                 // Readable before writable: a refused connect reports an error here.
                 if let Ok(Some(_)) = c.sock.take_error() {
@@ -877,28 +879,27 @@ impl Engine<'_> {
                                     }
                                 }
                             }
-                            Some(Message::Binary(b)) => {
-                                if kind == Kind::Echo {
-                                    if let Some(stamp) = b.get(..8) {
-                                        let mut n = [0u8; 8];
-                                        n.copy_from_slice(stamp);
-                                        let sent = u64::from_le_bytes(n);
-                                        let lat = now_ns.saturating_sub(sent) / 1000;
-                                        ihist.saturating_record(lat.max(1));
-                                        if sent >= warm_ns && sent < end_ns {
-                                            hist.saturating_record(lat.max(1));
-                                        }
+                            Some(Message::Binary(b)) if kind == Kind::Echo => {
+                                if let Some(stamp) = b.get(..8) {
+                                    let mut n = [0u8; 8];
+                                    n.copy_from_slice(stamp);
+                                    let sent = u64::from_le_bytes(n);
+                                    let lat = now_ns.saturating_sub(sent) / 1000;
+                                    ihist.saturating_record(lat.max(1));
+                                    if sent >= warm_ns && sent < end_ns {
+                                        hist.saturating_record(lat.max(1));
                                     }
-                                    res.delivered += 1;
-                                    interval.bytes += b.len() as u64;
-                                    interval.delivered += 1;
-                                    if measuring {
-                                        measured.bytes += b.len() as u64;
-                                        measured.delivered += 1;
-                                    }
-                                    echoes += 1;
                                 }
+                                res.delivered += 1;
+                                interval.bytes += b.len() as u64;
+                                interval.delivered += 1;
+                                if measuring {
+                                    measured.bytes += b.len() as u64;
+                                    measured.delivered += 1;
+                                }
+                                echoes += 1;
                             }
+                            Some(Message::Binary(_)) => {}
                             Some(Message::Ping(p)) => {
                                 *rng ^= *rng << 13;
                                 *rng ^= *rng >> 7;
