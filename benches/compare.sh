@@ -252,7 +252,8 @@ for sc, label, path, _better in rows:
     ratios = []
     for p in peers:
         a, b = vals.get("loopchat"), vals.get(p)
-        ratios.append(f"{a/b:.2f}" if a is not None and b not in (None, 0) else "–")
+        comparable = _better is not None and a is not None and b not in (None, 0)
+        ratios.append(f"{a/b:.2f}" if comparable else "–")
     print("| " + " | ".join([label] + [fmt(vals[s]) for s in servers] + ratios) + " |")
 
 print()
