@@ -306,10 +306,12 @@ impl Engine<'_> {
                     self.start_running(now);
                     return Ok(false);
                 }
-                let ready = self.conns.iter().filter(|(_, c)| c.ready).count();
                 let done = self.started_conns >= self.planned() && self.pending == 0;
+                // Counting is O(connections): only once every handshake is over.
+                let all_ready = done
+                    && self.conns.iter().filter(|(_, c)| c.ready).count() == self.open as usize;
                 let stalled = now.duration_since(self.last_progress) > plan.args.timeout;
-                if (done && ready == self.open as usize) || stalled {
+                if all_ready || stalled {
                     if self.all_up.is_none() {
                         self.all_up = Some(now);
                     }
