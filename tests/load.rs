@@ -166,3 +166,90 @@ fn too_many_connections_are_refused_before_connecting() {
     let err = loopchat::load::check_descriptors(10_000_000).unwrap_err();
     assert!(err.contains("file descriptors"), "{err}");
 }
+
+/// A fake server that answers the `n`-th connection with `reply(n, key)` and then
+/// holds it open until the client goes.
+fn hostile_server(reply: fn(usize, &str) -> Vec<u8>) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let key = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let _ = s.write_all(&reply(n, &key));
+                while matches!(s.read(&mut buf), Ok(k) if k > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+fn upgrade(key: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        loopchat::ws::handshake::accept_key(key)
+    )
+    .into_bytes()
+}
+
+#[test]
+fn bad_servers_are_counted_not_fatal() {
+    // Connections in turn get: a 403, garbage instead of HTTP, a 101 with a wrong
+    // accept key, a 101 then a masked (server-illegal) frame, a 101 then invalid
+    // UTF-8 text, a 101 then a ping and lines that are no payload.
+    let addr = hostile_server(|n, key| match n % 6 {
+        0 => b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno".to_vec(),
+        1 => vec![0xff; 300],
+        2 => upgrade("not-the-key"),
+        3 => [upgrade(key), vec![0x81, 0x82, 1, 2, 3, 4, 0, 0]].concat(),
+        4 => [upgrade(key), vec![0x81, 0x02, 0xc3, 0x28]].concat(),
+        _ => {
+            let text = b"JOINED r me\nMSG r n s1 x\nMSG r n";
+            [
+                upgrade(key),
+                vec![0x89, 0x01, b'p'],
+                vec![0x81, text.len() as u8],
+                text.to_vec(),
+            ]
+            .concat()
+        }
+    });
+    let url = format!("ws://{addr}/ws");
+    let p = plan(&[
+        "--mode",
+        "idle",
+        "--url",
+        &url,
+        "-n",
+        "12",
+        "--warmup",
+        "0s",
+        "--duration",
+        "200ms",
+        "--timeout",
+        "3s",
+        "--quiet",
+    ]);
+    let r = run_plan(&p).expect("run ends");
+    assert_eq!(r.handshake_failures, 6, "{}", r.to_json());
+    assert_eq!(r.opened, 6, "{}", r.to_json());
+    assert_eq!(r.closes.get("protocol-error"), Some(&4), "{}", r.to_json());
+    // The last kind stays open, answers the ping and is closed by us at the end.
+    assert!(r.measure_secs > 0.0, "{}", r.to_json());
+}
