@@ -248,8 +248,15 @@ impl Engine<'_> {
         loop {
             self.open_more()?;
             let now = Instant::now();
-            if self.step_phase(now)? {
-                return Ok(());
+            // A phase may end at once (idle has nothing to drain): step until it holds.
+            loop {
+                let before = self.phase;
+                if self.step_phase(now)? {
+                    return Ok(());
+                }
+                if self.phase == before {
+                    break;
+                }
             }
             self.send_due(Instant::now());
             self.flush_dirty();
