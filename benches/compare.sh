@@ -149,7 +149,7 @@ scenario_flags() {
     latency) echo "$common --mode latency -c $RECEIVERS --rate $LAT_RATE" ;;
     churn) echo "$common --mode churn -n $CHURN_SLOTS --sources $SOURCES" ;;
     echo) [ "$name" = loopchat ] &&
-        echo "--url ws://127.0.0.1:$port/echo --warmup $WARMUP --duration $DURATION --mode echo -n 4 --size 65536" ;;
+        echo "--url ws://127.0.0.1:$port/echo --warmup $WARMUP --duration $DURATION --mode echo -n 8 --window 4 --size 65536" ;;
     esac
     return 0
 }
