@@ -222,8 +222,12 @@ rows = [
     ("latency", "latency 100k deliveries/s: p99 (µs)", "latency_us.p99", False),
     ("latency", "latency 100k deliveries/s: max (µs)", "latency_us.max", False),
     ("churn", "churn: connect+message+close cycles/s", "cycles_per_sec", True),
+    ("churn", "churn: cycles per server CPU s", "server.deliveries_per_cpu_sec", True),
     ("churn", "churn: server CPU %", "server.cpu_pct", None),
+    ("churn", "churn: generator CPU %", "gen_cpu_pct", None),
     ("echo", "echo 64 KiB: MB/s", "mb_per_sec", True),
+    ("echo", "echo 64 KiB: server CPU %", "server.cpu_pct", None),
+    ("echo", "echo 64 KiB: generator CPU %", "gen_cpu_pct", None),
 ]
 
 def median(sc, server, path):

@@ -639,7 +639,7 @@ impl Engine<'_> {
                 Ok(None) => {}
                 Ok(Some(_)) | Err(_) => {
                     self.res.connect_errors += 1;
-                    self.remove(t, false);
+                    self.remove(t);
                     return;
                 }
             }
@@ -651,7 +651,7 @@ impl Engine<'_> {
                 Err(e) if e.kind() == ErrorKind::NotConnected => return,
                 Err(_) => {
                     self.res.connect_errors += 1;
-                    self.remove(t, false);
+                    self.remove(t);
                     return;
                 }
             }
@@ -720,7 +720,7 @@ impl Engine<'_> {
                 // Readable before writable: a refused connect reports an error here.
                 if let Ok(Some(_)) = c.sock.take_error() {
                     self.res.connect_errors += 1;
-                    self.remove(t, false);
+                    self.remove(t);
                 }
                 break;
             }
@@ -775,7 +775,7 @@ impl Engine<'_> {
                 }
                 Ok(Status::Complete(_)) | Err(_) => {
                     self.res.handshake_failures += 1;
-                    self.remove(t, false);
+                    self.remove(t);
                     return false;
                 }
             }
@@ -1026,11 +1026,11 @@ impl Engine<'_> {
     fn on_eof(&mut self, t: usize) {
         let Some(c) = self.conns.get(t) else { return };
         match c.state {
-            State::Closing => self.remove(t, false),
+            State::Closing => self.remove(t),
             State::Open => self.lost(t, "eof"),
             State::Connecting | State::Handshake => {
                 self.res.handshake_failures += 1;
-                self.remove(t, false);
+                self.remove(t);
             }
         }
     }
@@ -1047,10 +1047,12 @@ impl Engine<'_> {
             State::Handshake => self.res.handshake_failures += 1,
             State::Closing => {}
         }
-        self.remove(t, false);
+        self.remove(t);
     }
 
-    fn remove(&mut self, t: usize, _graceful: bool) {
+    /// Drop connection `t` (closing its socket); a connect or handshake in
+    /// progress gives its concurrency slot back.
+    fn remove(&mut self, t: usize) {
         if let Some(mut c) = self.conns.try_remove(t) {
             if matches!(c.state, State::Connecting | State::Handshake) {
                 self.pending = self.pending.saturating_sub(1);
@@ -1076,7 +1078,7 @@ impl Engine<'_> {
                     mark_dirty(&mut self.dirty, c, t);
                 }
                 State::Closing => {}
-                State::Connecting | State::Handshake => self.remove(t, false),
+                State::Connecting | State::Handshake => self.remove(t),
             }
         }
         self.res.server.get_or_insert_with(ServerStats::default);

@@ -57,7 +57,8 @@ pub struct ServerStats {
     pub rss_end: u64,
     /// (rss_up - rss_start) / connections up, in bytes.
     pub rss_per_conn: f64,
-    /// Deliveries per second of server CPU (broadcast, latency).
+    /// Deliveries per second of server CPU (broadcast, latency); echoes for
+    /// echo, connect-message-close cycles for churn.
     pub deliveries_per_cpu_sec: f64,
 }
 
