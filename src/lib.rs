@@ -7,7 +7,6 @@
 //!   without sockets or frames.
 //! - [`server`]: the mio event loop that drives both.
 //! - [`client`]: the terminal client (`loopchat client URL`), `ws` in the client role.
-//! - [`load`]: the load generator (`loopchat load`), `ws` in the client role.
 
 pub mod chat;
 pub mod cli;
