@@ -8,10 +8,12 @@
 //! - [`server`]: the mio event loop that drives both.
 //! - [`cluster`]: the Redis pub/sub bridge between processes (`--redis`).
 //! - [`client`]: the terminal client (`loopchat client URL`), `ws` in the client role.
+//! - [`load`]: the load generator (`loopchat load`), `ws` in the client role.
 
 pub mod chat;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod load;
 pub mod server;
 pub mod ws;

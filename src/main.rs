@@ -34,6 +34,10 @@ enum Cmd {
     ///
     /// Example: printf '/join dev\nhello\n' | loopchat client 'ws://127.0.0.1:9000/ws?nick=bot'
     Client(loopchat::client::ClientArgs),
+    /// Load-test a server: idle, broadcast, latency, churn or echo (start loopchat with --rate-limit 0).
+    ///
+    /// Example: loopchat load --mode broadcast -c 1000 -s 10 --duration 10s --json
+    Load(loopchat::load::LoadArgs),
 }
 
 /// Server flags (the default command).
@@ -151,6 +155,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Cmd::Client(args)) => loopchat::client::run(args),
+        Some(Cmd::Load(args)) => loopchat::load::run(args),
         None => serve(cli.serve),
     }
 }

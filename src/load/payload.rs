@@ -1,0 +1,134 @@
+//! The load generator's message payloads and the parsing of what comes back.
+//!
+//! A payload is the text `s<SENDER> <SEQ> <NANOS> ` padded with `x` to the
+//! requested size; NANOS is the send time in nanoseconds since the generator's
+//! start. The loopchat server delivers it as `MSG ROOM NICK PAYLOAD`; plain
+//! broadcast servers deliver the payload itself. Either may put several lines
+//! in one frame, separated by `\n`.
+
+use std::fmt::Write as _;
+
+/// Append the payload for (`sender`, `seq`, `nanos`), padded to `size` bytes
+/// (never shorter than its header).
+pub fn write_payload(out: &mut String, sender: u32, seq: u64, nanos: u64, size: usize) {
+    let start = out.len();
+    let _ = write!(out, "s{sender} {seq} {nanos} ");
+    let len = out.len() - start;
+    if len < size {
+        out.extend(std::iter::repeat('x').take(size - len));
+    }
+}
+
+/// A parsed payload header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Index of the sending connection.
+    pub sender: u32,
+    /// Sequence number within that sender.
+    pub seq: u64,
+    /// Send time, nanoseconds since the generator's start.
+    pub nanos: u64,
+}
+
+/// Parse a payload header; None for anything else (never panics).
+pub fn parse_payload(p: &str) -> Option<Stamp> {
+    let rest = p.strip_prefix('s')?;
+    let mut it = rest.splitn(4, ' ');
+    Some(Stamp {
+        sender: it.next()?.parse().ok()?,
+        seq: it.next()?.parse().ok()?,
+        nanos: it.next()?.parse().ok()?,
+    })
+}
+
+/// What one server line means to the generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// A chat message (or, on plain servers, any line) carrying this payload.
+    Payload(&'a str),
+    /// `JOINED ...` (loopchat): the connection is in its room.
+    Joined,
+    /// `ERR ...` (loopchat): e.g. `rate-limited`.
+    Err,
+    /// Anything else (`WELCOME`, `SYS`, ...).
+    Other,
+}
+
+/// Classify one line of a loopchat server (`plain == false`) or a plain broadcast server.
+pub fn classify(line: &str, plain: bool) -> Line<'_> {
+    if plain {
+        return Line::Payload(line);
+    }
+    if let Some(rest) = line.strip_prefix("MSG ") {
+        // MSG ROOM NICK TEXT
+        return match rest.splitn(3, ' ').nth(2) {
+            Some(text) => Line::Payload(text),
+            None => Line::Other,
+        };
+    }
+    if line.starts_with("JOINED ") {
+        Line::Joined
+    } else if line.starts_with("ERR ") {
+        Line::Err
+    } else {
+        Line::Other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trips_and_pads() {
+        let mut s = String::new();
+        write_payload(&mut s, 7, 42, 123_456_789, 32);
+        assert_eq!(s.len(), 32);
+        assert!(s.starts_with("s7 42 123456789 x"));
+        assert_eq!(
+            parse_payload(&s),
+            Some(Stamp {
+                sender: 7,
+                seq: 42,
+                nanos: 123_456_789
+            })
+        );
+        let mut short = String::new();
+        write_payload(&mut short, 1, 2, 3, 1);
+        assert_eq!(short, "s1 2 3 ");
+        assert_eq!(parse_payload(&short).map(|s| s.nanos), Some(3));
+    }
+
+    #[test]
+    fn bad_payloads_are_none() {
+        for p in [
+            "",
+            "s",
+            "x1 2 3",
+            "s1 2",
+            "s1 two 3 ",
+            "s-1 2 3 ",
+            "s1 2 99999999999999999999 ",
+        ] {
+            assert_eq!(parse_payload(p), None, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn lines_are_classified_and_coalesced_frames_split() {
+        let frame = "MSG load guest-1 s0 1 5 xx\nMSG load guest-2 s1 9 6 \nJOINED load a\nERR rate-limited slow down";
+        let kinds: Vec<Line> = frame.split('\n').map(|l| classify(l, false)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                Line::Payload("s0 1 5 xx"),
+                Line::Payload("s1 9 6 "),
+                Line::Joined,
+                Line::Err
+            ]
+        );
+        assert_eq!(classify("MSG onlyroom", false), Line::Other);
+        assert_eq!(classify("WELCOME x", false), Line::Other);
+        assert_eq!(classify("s0 1 2 ", true), Line::Payload("s0 1 2 "));
+    }
+}

@@ -1,0 +1,339 @@
+//! The result of a load run, printed as text or as one hand-written JSON object.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    /// Samples recorded.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest sample.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl Latency {
+    /// Summarise a histogram of microseconds; None when it is empty.
+    pub fn from_hist(h: &Histogram<u64>) -> Option<Latency> {
+        if h.is_empty() {
+            return None;
+        }
+        Some(Latency {
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: h.mean(),
+        })
+    }
+}
+
+/// What `--server-pid` observed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ServerStats {
+    /// Server CPU seconds during the measurement (idle: during connecting).
+    pub cpu_secs: f64,
+    /// `cpu_secs` over the measured wall time, in percent of one core.
+    pub cpu_pct: f64,
+    /// RSS before the first connection.
+    pub rss_start: u64,
+    /// RSS once every connection was up.
+    pub rss_up: u64,
+    /// RSS at the end.
+    pub rss_end: u64,
+    /// (rss_up - rss_start) / connections up, in bytes.
+    pub rss_per_conn: f64,
+    /// Deliveries per second of server CPU (broadcast, latency); echoes for
+    /// echo, connect-message-close cycles for churn.
+    pub deliveries_per_cpu_sec: f64,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Default)]
+pub struct LoadResult {
+    /// Mode name.
+    pub mode: String,
+    /// Protocol name.
+    pub protocol: String,
+    /// Target URL.
+    pub url: String,
+    /// Connections planned (at once).
+    pub target_connections: usize,
+    /// Handshakes completed over the run.
+    pub opened: u64,
+    /// Connections open at once at the peak.
+    pub up_peak: u64,
+    /// Seconds from the first connect to the last planned connection up.
+    pub connect_secs: f64,
+    /// Handshakes completed per second while connecting.
+    pub connect_rate: f64,
+    /// Failed connects (refused, reset, timed out before the 101).
+    pub connect_errors: u64,
+    /// Handshakes answered with something other than a valid 101.
+    pub handshake_failures: u64,
+    /// Connections the server ended, by close code (`eof`: no close frame; `error`: reset).
+    pub closes: BTreeMap<String, u64>,
+    /// `ERR` lines from a loopchat server (e.g. `rate-limited`).
+    pub server_errors: u64,
+    /// Messages sent (whole run).
+    pub sent: u64,
+    /// Deliveries at receivers (whole run).
+    pub delivered: u64,
+    /// sent × receivers (broadcast, latency).
+    pub expected: u64,
+    /// Closed-loop messages given up on after `--timeout`.
+    pub timed_out: u64,
+    /// Length of the measurement in seconds.
+    pub measure_secs: f64,
+    /// Messages sent per second while measuring.
+    pub msgs_per_sec: f64,
+    /// Deliveries per second while measuring.
+    pub deliveries_per_sec: f64,
+    /// Payload MB/s received back (echo).
+    pub mb_per_sec: f64,
+    /// Completed connect-message-close cycles per second (churn).
+    pub cycles_per_sec: f64,
+    /// Latency (delivery, echo round trip, or churn cycle), microseconds.
+    pub latency: Option<Latency>,
+    /// The generator's CPU use while measuring, percent of one core.
+    pub gen_cpu_pct: f64,
+    /// The server process, when `--server-pid` was given.
+    pub server: Option<ServerStats>,
+}
+
+impl LoadResult {
+    /// Deliveries missing at the end (broadcast, latency).
+    pub fn lost(&self) -> i64 {
+        self.expected as i64 - self.delivered as i64
+    }
+
+    /// One JSON object (no trailing newline).
+    pub fn to_json(&self) -> String {
+        let mut s = String::from("{");
+        let mut first = true;
+        let mut field = |s: &mut String, k: &str, v: String| {
+            if !first {
+                s.push(',');
+            }
+            first = false;
+            let _ = write!(s, "\"{k}\":{v}");
+        };
+        field(&mut s, "mode", json_str(&self.mode));
+        field(&mut s, "protocol", json_str(&self.protocol));
+        field(&mut s, "url", json_str(&self.url));
+        field(
+            &mut s,
+            "target_connections",
+            self.target_connections.to_string(),
+        );
+        field(&mut s, "opened", self.opened.to_string());
+        field(&mut s, "up_peak", self.up_peak.to_string());
+        field(&mut s, "connect_secs", num(self.connect_secs));
+        field(&mut s, "connect_rate", num(self.connect_rate));
+        field(&mut s, "connect_errors", self.connect_errors.to_string());
+        field(
+            &mut s,
+            "handshake_failures",
+            self.handshake_failures.to_string(),
+        );
+        let closes: Vec<String> = self
+            .closes
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", json_str(k)))
+            .collect();
+        field(&mut s, "closes", format!("{{{}}}", closes.join(",")));
+        field(&mut s, "server_errors", self.server_errors.to_string());
+        field(&mut s, "sent", self.sent.to_string());
+        field(&mut s, "delivered", self.delivered.to_string());
+        field(&mut s, "expected", self.expected.to_string());
+        field(&mut s, "lost", self.lost().to_string());
+        field(&mut s, "timed_out", self.timed_out.to_string());
+        field(&mut s, "measure_secs", num(self.measure_secs));
+        field(&mut s, "msgs_per_sec", num(self.msgs_per_sec));
+        field(&mut s, "deliveries_per_sec", num(self.deliveries_per_sec));
+        field(&mut s, "mb_per_sec", num(self.mb_per_sec));
+        field(&mut s, "cycles_per_sec", num(self.cycles_per_sec));
+        let lat = match &self.latency {
+            Some(l) => format!(
+                "{{\"count\":{},\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{},\"mean\":{}}}",
+                l.count,
+                l.p50,
+                l.p90,
+                l.p99,
+                l.p999,
+                l.max,
+                num(l.mean)
+            ),
+            None => "null".into(),
+        };
+        field(&mut s, "latency_us", lat);
+        field(&mut s, "gen_cpu_pct", num(self.gen_cpu_pct));
+        let server = match &self.server {
+            Some(v) => format!(
+                "{{\"cpu_secs\":{},\"cpu_pct\":{},\"rss_start\":{},\"rss_up\":{},\"rss_end\":{},\"rss_per_conn\":{},\"deliveries_per_cpu_sec\":{}}}",
+                num(v.cpu_secs),
+                num(v.cpu_pct),
+                v.rss_start,
+                v.rss_up,
+                v.rss_end,
+                num(v.rss_per_conn),
+                num(v.deliveries_per_cpu_sec)
+            ),
+            None => "null".into(),
+        };
+        field(&mut s, "server", server);
+        s.push('}');
+        s
+    }
+
+    /// A human-readable summary, one fact per line.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "mode {} ({}) against {}",
+            self.mode, self.protocol, self.url
+        );
+        let _ = writeln!(
+            s,
+            "connections: {} planned, {} handshakes, peak {} open, up in {:.2}s ({:.0}/s)",
+            self.target_connections,
+            self.opened,
+            self.up_peak,
+            self.connect_secs,
+            self.connect_rate
+        );
+        let closes: Vec<String> = self
+            .closes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "failures: {} connect errors, {} handshake failures, closed by server: {}, ERR lines: {}",
+            self.connect_errors,
+            self.handshake_failures,
+            if closes.is_empty() { "none".into() } else { closes.join(" ") },
+            self.server_errors
+        );
+        if self.sent > 0 || self.delivered > 0 {
+            let _ = writeln!(
+                s,
+                "messages: {} sent, {} delivered of {} expected ({} lost, {} timed out)",
+                self.sent,
+                self.delivered,
+                self.expected,
+                self.lost(),
+                self.timed_out
+            );
+        }
+        let _ = writeln!(
+            s,
+            "measured {:.2}s: {:.0} msgs/s, {:.0} deliveries/s, {:.1} MB/s, {:.0} cycles/s",
+            self.measure_secs,
+            self.msgs_per_sec,
+            self.deliveries_per_sec,
+            self.mb_per_sec,
+            self.cycles_per_sec
+        );
+        if let Some(l) = &self.latency {
+            let _ = writeln!(
+                s,
+                "latency µs: p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0}, {} samples)",
+                l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
+            );
+        }
+        let _ = writeln!(
+            s,
+            "generator CPU: {:.0}% of one core{}",
+            self.gen_cpu_pct,
+            if self.gen_cpu_pct > 95.0 {
+                " (saturated: the generator, not the server, may be the limit)"
+            } else {
+                ""
+            }
+        );
+        if let Some(v) = &self.server {
+            let _ = writeln!(
+                s,
+                "server: {:.2} CPU s ({:.0}%), RSS {} -> {} -> {} KiB, {:.0} B/connection, {:.0} deliveries per CPU s",
+                v.cpu_secs,
+                v.cpu_pct,
+                v.rss_start / 1024,
+                v.rss_up / 1024,
+                v.rss_end / 1024,
+                v.rss_per_conn,
+                v.deliveries_per_cpu_sec
+            );
+        }
+        s
+    }
+}
+
+/// A finite number in JSON (NaN and infinities become 0).
+fn num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{:.3}", v)
+    } else {
+        "0".into()
+    }
+}
+
+/// A JSON string literal.
+fn json_str(v: &str) -> String {
+    let mut s = String::with_capacity(v.len() + 2);
+    s.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(s, "\\u{:04x}", c as u32);
+            }
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_one_object_with_escapes() {
+        let mut r = LoadResult {
+            mode: "broadcast".into(),
+            url: "ws://x/\"q\\".into(),
+            sent: 3,
+            delivered: 6,
+            expected: 6,
+            measure_secs: f64::NAN,
+            ..LoadResult::default()
+        };
+        r.closes.insert("1008".into(), 2);
+        let j = r.to_json();
+        assert!(j.starts_with('{') && j.ends_with('}'));
+        assert!(j.contains("\"url\":\"ws://x/\\\"q\\\\\""));
+        assert!(j.contains("\"closes\":{\"1008\":2}"));
+        assert!(j.contains("\"lost\":0"));
+        assert!(j.contains("\"measure_secs\":0,"));
+        assert!(j.contains("\"latency_us\":null"));
+        assert!(r.to_text().contains("1008=2"));
+    }
+}

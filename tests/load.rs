@@ -1,0 +1,255 @@
+//! The load generator against the real server: nothing lost, no handshake
+//! failure, latency measured. Runs the `loopchat load` binary (as scripts do)
+//! and the library entry point (for the modes the binary test does not cover).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clap::Parser;
+use common::{config, TestServer};
+use loopchat::load::{run_plan, LoadArgs, Plan};
+
+/// Longest any generator run in these tests may take (its own timeouts end it sooner).
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+fn server() -> TestServer {
+    let mut cfg = config();
+    cfg.chat.rate_limit = 0;
+    TestServer::start(cfg)
+}
+
+/// A number field of the generator's JSON object.
+fn field(json: &str, name: &str) -> Option<f64> {
+    let key = format!("\"{name}\":");
+    let start = json.find(&key)? + key.len();
+    let rest = &json[start..];
+    let end = rest
+        .find(|c: char| c != '-' && c != '.' && !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// The object after `"name":` (up to its closing brace).
+fn object<'a>(json: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!("\"{name}\":{{");
+    let start = json.find(&key)? + key.len() - 1;
+    let end = json[start..].find('}')? + start + 1;
+    Some(&json[start..end])
+}
+
+#[test]
+fn broadcast_delivers_every_message_to_every_receiver() {
+    let srv = server();
+    let url = srv.url("/ws");
+    let child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+        .args([
+            "load",
+            "--mode",
+            "broadcast",
+            "--url",
+            &url,
+            "-c",
+            "50",
+            "-s",
+            "2",
+            "--warmup",
+            "500ms",
+            "--duration",
+            "2s",
+            "--timeout",
+            "10s",
+            "--json",
+            "--quiet",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn loopchat load");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(RUN_LIMIT) {
+        Ok(out) => out.expect("wait for loopchat load"),
+        Err(_) => {
+            // SAFETY: kill(2) on the child we spawned, still unreaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("loopchat load did not finish within {RUN_LIMIT:?}");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout.trim();
+    assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
+    let get = |k: &str| field(json, k).unwrap_or_else(|| panic!("no {k} in {json}"));
+    assert_eq!(get("opened"), 52.0, "{json}");
+    assert_eq!(get("handshake_failures"), 0.0, "{json}");
+    assert_eq!(get("connect_errors"), 0.0, "{json}");
+    assert_eq!(get("server_errors"), 0.0, "{json}");
+    assert_eq!(object(json, "closes"), Some("{}"), "{json}");
+    let sent = get("sent");
+    assert!(sent > 0.0, "{json}");
+    assert_eq!(get("delivered"), sent * 50.0, "nothing lost: {json}");
+    assert_eq!(get("lost"), 0.0, "{json}");
+    assert_eq!(get("timed_out"), 0.0, "{json}");
+    assert!(get("deliveries_per_sec") > 0.0, "{json}");
+    let lat = object(json, "latency_us").unwrap_or_else(|| panic!("no latency in {json}"));
+    for k in ["count", "p50", "p90", "p99", "p999", "max"] {
+        assert!(field(lat, k).is_some_and(|v| v > 0.0), "{k} in {lat}");
+    }
+    assert!(field(lat, "p50") <= field(lat, "p99"));
+}
+
+/// Flags as the command line would give them.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+fn plan(args: &[&str]) -> Plan {
+    let flags = Flags::try_parse_from(std::iter::once("load").chain(args.iter().copied()))
+        .expect("flags parse");
+    Plan::new(flags.load).expect("plan")
+}
+
+#[test]
+fn latency_echo_and_churn_modes_run_in_process() {
+    let srv = server();
+    let ws = srv.url("/ws");
+    let echo = srv.url("/echo");
+    let common = ["--warmup", "200ms", "--duration", "1s", "--quiet"];
+
+    let mut args = vec![
+        "--mode", "latency", "--url", &ws, "-c", "20", "--rate", "200",
+    ];
+    args.extend(common);
+    let r = run_plan(&plan(&args)).expect("latency run");
+    assert_eq!(r.handshake_failures, 0);
+    assert!(r.sent > 0);
+    assert_eq!(r.delivered, r.sent * 20, "{}", r.to_json());
+    assert!(r.latency.is_some_and(|l| l.count > 0 && l.p99 >= l.p50));
+
+    let mut args = vec![
+        "--mode", "echo", "--url", &echo, "-n", "2", "--size", "4096",
+    ];
+    args.extend(common);
+    let r = run_plan(&plan(&args)).expect("echo run");
+    assert_eq!(r.handshake_failures, 0);
+    assert!(r.mb_per_sec > 0.0, "{}", r.to_json());
+    assert_eq!(r.delivered, r.sent, "{}", r.to_json());
+
+    let mut args = vec!["--mode", "churn", "--url", &ws, "-n", "4"];
+    args.extend(common);
+    let r = run_plan(&plan(&args)).expect("churn run");
+    assert_eq!(
+        r.handshake_failures + r.connect_errors,
+        0,
+        "{}",
+        r.to_json()
+    );
+    assert!(r.cycles_per_sec > 0.0, "{}", r.to_json());
+    assert!(r.closes.is_empty(), "{}", r.to_json());
+}
+
+#[test]
+fn too_many_connections_are_refused_before_connecting() {
+    let err = loopchat::load::check_descriptors(10_000_000).unwrap_err();
+    assert!(err.contains("file descriptors"), "{err}");
+}
+
+/// A fake server that answers the `n`-th connection with `reply(n, key)` and then
+/// holds it open until the client goes.
+fn hostile_server(reply: fn(usize, &str) -> Vec<u8>) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let key = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let _ = s.write_all(&reply(n, &key));
+                while matches!(s.read(&mut buf), Ok(k) if k > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+fn upgrade(key: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        loopchat::ws::handshake::accept_key(key)
+    )
+    .into_bytes()
+}
+
+#[test]
+fn bad_servers_are_counted_not_fatal() {
+    // Connections in turn get: a 403, garbage instead of HTTP, a 101 with a wrong
+    // accept key, a 101 then a masked (server-illegal) frame, a 101 then invalid
+    // UTF-8 text, a 101 then a ping and lines that are no payload.
+    let addr = hostile_server(|n, key| match n % 6 {
+        0 => b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno".to_vec(),
+        1 => vec![0xff; 300],
+        2 => upgrade("not-the-key"),
+        3 => [upgrade(key), vec![0x81, 0x82, 1, 2, 3, 4, 0, 0]].concat(),
+        4 => [upgrade(key), vec![0x81, 0x02, 0xc3, 0x28]].concat(),
+        _ => {
+            let text = b"JOINED r me\nMSG r n s1 x\nMSG r n";
+            [
+                upgrade(key),
+                vec![0x89, 0x01, b'p'],
+                vec![0x81, text.len() as u8],
+                text.to_vec(),
+            ]
+            .concat()
+        }
+    });
+    let url = format!("ws://{addr}/ws");
+    let p = plan(&[
+        "--mode",
+        "idle",
+        "--url",
+        &url,
+        "-n",
+        "12",
+        "--warmup",
+        "0s",
+        "--duration",
+        "200ms",
+        "--timeout",
+        "3s",
+        "--quiet",
+    ]);
+    let r = run_plan(&p).expect("run ends");
+    assert_eq!(r.handshake_failures, 6, "{}", r.to_json());
+    assert_eq!(r.opened, 6, "{}", r.to_json());
+    assert_eq!(r.closes.get("protocol-error"), Some(&4), "{}", r.to_json());
+    // The last kind stays open, answers the ping and is closed by us at the end.
+    assert!(r.measure_secs > 0.0, "{}", r.to_json());
+}
