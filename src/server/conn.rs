@@ -26,11 +26,11 @@ pub enum Kind {
 /// `Handshake → Open` (upgrade or line accept), `Handshake → Flushing` (HTTP answer
 /// or refused upgrade), `Open → Closing` (we sent a close frame), `Open → Flushing`
 /// (we answered the peer's close, or a line client quit), `Closing → Flushing`
-/// (the peer answered, or its input broke the protocol), `Flushing → Draining`
-/// (outbox written: we shut down our sending side). `Draining` reads and discards
-/// until the peer closes, so that closing with unread input (which makes the
-/// kernel send a reset) cannot destroy our last bytes in flight. `Closing`,
-/// `Flushing` and `Draining` all end at the close timeout.
+/// (the peer answered, or its input broke the protocol). `Flushing` ends with the
+/// socket closed once the outbox is written (the server closes first after a
+/// close handshake, RFC 6455 7.1.1), or, when the connection is marked `DRAIN`,
+/// in `Draining`: our side shut down, the peer's input read and discarded until
+/// it goes. `Closing`, `Flushing` and `Draining` all end at the close timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Reading the HTTP request head.
@@ -46,21 +46,25 @@ pub enum Phase {
 }
 
 /// In the dirty list: flush at the end of the turn.
-pub const DIRTY: u8 = 1;
+pub const DIRTY: u16 = 1;
 /// The socket accepted all we wrote last time (no `WouldBlock` since the last writable event).
-pub const WRITABLE: u8 = 2;
+pub const WRITABLE: u16 = 2;
 /// Not read from while its own outbox is over the soft cap.
-pub const PAUSED: u8 = 4;
+pub const PAUSED: u16 = 4;
 /// Queued for removal at the end of the turn.
-pub const DEAD: u8 = 8;
+pub const DEAD: u16 = 8;
 /// Registered with the chat hub (must be disconnected from it on close).
-pub const IN_CHAT: u8 = 16;
+pub const IN_CHAT: u16 = 16;
 /// A line client whose current line overflowed the limit; skip to the next newline.
-pub const LINE_OVERFLOW: u8 = 32;
+pub const LINE_OVERFLOW: u16 = 32;
 /// Counted in the per-IP table under `ip` (must be uncounted on close).
-pub const COUNTED: u8 = 64;
+pub const COUNTED: u16 = 64;
 /// Came from a trusted proxy: `ip` is replaced by the `X-Forwarded-For` client.
-pub const PROXIED: u8 = 128;
+pub const PROXIED: u16 = 128;
+/// Our last bytes answer bad input: after the flush, half-close and discard the
+/// peer's input until it goes (`Phase::Draining`), since closing with unread
+/// input makes the kernel reset the connection and can destroy the answer.
+pub const DRAIN: u16 = 256;
 
 /// A connection entry in the slab.
 pub struct Conn {
@@ -84,7 +88,7 @@ pub struct Conn {
     pub timer_at: u32,
     pub kind: Kind,
     pub phase: Phase,
-    pub flags: u8,
+    pub flags: u16,
 }
 
 impl Conn {
@@ -123,17 +127,17 @@ impl Conn {
     }
 
     /// Set a flag.
-    pub fn set(&mut self, f: u8) {
+    pub fn set(&mut self, f: u16) {
         self.flags |= f;
     }
 
     /// Clear a flag.
-    pub fn clear(&mut self, f: u8) {
+    pub fn clear(&mut self, f: u16) {
         self.flags &= !f;
     }
 
     /// Test a flag.
-    pub fn has(&self, f: u8) -> bool {
+    pub fn has(&self, f: u16) -> bool {
         self.flags & f != 0
     }
 }

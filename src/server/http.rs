@@ -3,7 +3,7 @@
 
 use log::debug;
 
-use super::conn::{Kind, Phase, COUNTED, IN_CHAT, PROXIED};
+use super::conn::{Kind, Phase, COUNTED, DRAIN, IN_CHAT, PROXIED};
 use super::{client_ip, mark_dirty, Out, Server};
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
@@ -118,6 +118,7 @@ impl Server {
         self.ctx.metrics.handshake_failed(e.reason());
         e.write_response(&mut c.outbox);
         c.phase = Phase::Flushing;
+        c.set(DRAIN);
         c.since = self.ctx.tick;
         mark_dirty(&mut self.ctx.dirty, id, c);
     }
@@ -247,7 +248,10 @@ impl Server {
     ) {
         let c = &mut self.conns[id];
         write_response(&mut c.outbox, status, ctype, headers, body);
+        // Plain HTTP: the client may have sent more than we read (a body, a
+        // pipelined request); linger so the answer is not lost to a reset.
         c.phase = Phase::Flushing;
+        c.set(DRAIN);
         c.since = self.ctx.tick;
         mark_dirty(&mut self.ctx.dirty, id, c);
     }

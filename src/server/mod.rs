@@ -30,7 +30,7 @@ use slab::Slab;
 use crate::chat::{ConnId, Hub, Sink};
 use crate::ws::frame::{encode_close, encode_frame, OpCode};
 use crate::ws::message::{Limits, Message, Receiver};
-use conn::{COUNTED, DEAD, DIRTY, IN_CHAT, LINE_OVERFLOW, PAUSED, PROXIED, WRITABLE};
+use conn::{COUNTED, DEAD, DIRTY, DRAIN, IN_CHAT, LINE_OVERFLOW, PAUSED, PROXIED, WRITABLE};
 use timer::{Entry, Wheel, TICK_MS};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -157,7 +157,10 @@ fn begin_close(ctx: &mut Ctx, id: usize, c: &mut Conn, code: u16, reason: &str) 
         c.rx.set_closing();
         c.phase = Phase::Closing;
     } else {
+        // A line client may still be sending: do not let unread input reset
+        // the connection under its last lines.
         c.phase = Phase::Flushing;
+        c.set(DRAIN);
     }
     c.since = ctx.tick;
     mark_dirty(&mut ctx.dirty, id, c);
@@ -649,6 +652,7 @@ impl Server {
                     // Fail the connection (RFC 6455 7.1.7): no waiting for the
                     // peer's close; its remaining input is discarded.
                     c.phase = Phase::Flushing;
+                    c.set(DRAIN);
                     c.since = self.ctx.tick;
                     mark_dirty(&mut self.ctx.dirty, id, c);
                     break;
@@ -991,6 +995,10 @@ impl Server {
                 c.outbox = Vec::new();
             } else {
                 c.outbox.clear();
+            }
+            if c.phase == Phase::Flushing && !c.has(DRAIN) {
+                kill(&mut self.ctx, id, c);
+                return;
             }
             if c.phase == Phase::Flushing {
                 // Half-close and wait for the peer's end (see `Phase::Draining`).
