@@ -151,6 +151,35 @@ fn send<S: Sink>(sink: &mut S, deliveries: &mut u64, to: &[ConnId], line: &str) 
     }
 }
 
+/// `VERB ROOM NICK` (built in `out`) to every member of `room`, or only to the
+/// subject `id` when the room is over the presence limit (notices would cost
+/// O(members) each). True when the whole room was told.
+#[allow(clippy::too_many_arguments)]
+fn presence<S: Sink>(
+    out: &mut String,
+    deliveries: &mut u64,
+    limit: usize,
+    verb: &str,
+    room: &Room,
+    nick: &str,
+    id: ConnId,
+    sink: &mut S,
+) -> bool {
+    out.clear();
+    out.push_str(verb);
+    out.push_str(&room.name);
+    out.push(' ');
+    out.push_str(nick);
+    let whole_room = room.members.len() <= limit;
+    let to = if whole_room {
+        &room.members[..]
+    } else {
+        std::slice::from_ref(&id)
+    };
+    send(sink, deliveries, to, out);
+    whole_room
+}
+
 /// Append TEXT with CR and LF replaced by spaces (one output line stays one line).
 fn push_text(out: &mut String, text: &str) {
     for (i, part) in text.split(['\r', '\n']).enumerate() {
@@ -659,19 +688,17 @@ impl Hub {
         let pos = room.members.len() as u32;
         room.members.push(id);
         user.rooms.push(Membership { room: rid, pos });
-        self.out.clear();
-        self.out.push_str("JOINED ");
-        self.out.push_str(&room.name);
-        self.out.push(' ');
-        self.out.push_str(&user.nick);
-        let limited = room.members.len() > self.config.presence_limit;
-        let to = if limited {
-            std::slice::from_ref(&id)
-        } else {
-            &room.members[..]
-        };
-        send(sink, &mut self.deliveries, to, &self.out);
-        if !limited {
+        let told_room = presence(
+            &mut self.out,
+            &mut self.deliveries,
+            self.config.presence_limit,
+            "JOINED ",
+            room,
+            &user.nick,
+            id,
+            sink,
+        );
+        if told_room {
             self.publish_room(rid);
         }
         true
@@ -692,19 +719,17 @@ impl Hub {
         let Some(room) = self.rooms.get_mut(m.room as usize).and_then(Option::as_mut) else {
             return;
         };
-        self.out.clear();
-        self.out.push_str("LEFT ");
-        self.out.push_str(&room.name);
-        self.out.push(' ');
-        self.out.push_str(&user.nick);
-        let limited = room.members.len() > self.config.presence_limit;
-        let to = if limited {
-            std::slice::from_ref(&id)
-        } else {
-            &room.members[..]
-        };
-        send(sink, &mut self.deliveries, to, &self.out);
-        if !limited {
+        let told_room = presence(
+            &mut self.out,
+            &mut self.deliveries,
+            self.config.presence_limit,
+            "LEFT ",
+            room,
+            &user.nick,
+            id,
+            sink,
+        );
+        if told_room {
             if let Some(remote) = self.remote.as_deref_mut() {
                 remote.publish_room(&room.name, &self.out);
             }
