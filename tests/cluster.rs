@@ -367,14 +367,16 @@ fn messages_notices_and_privates_cross_nodes_exactly_once() {
     carol.send("end");
     let mut a = alice.until_all(&ends);
     let b = bob.until_all_after(b, &ends);
-    let c = carol.until_all(&ends);
+    let mut c = carol.until_all(&ends);
     // The private message takes another path (a nick lookup, then the node's own
-    // channel), so it may arrive after the end markers: wait for it, then make
-    // sure no second copy follows.
-    if count(&a, "PRIV carol alice psst") == 0 {
-        a.extend(alice.until(|l| l == "PRIV carol alice psst"));
+    // channel), so it may reach both ends after the end markers: wait for it,
+    // then make sure no second copy follows.
+    for (client, lines) in [(&mut alice, &mut a), (&mut carol, &mut c)] {
+        if count(lines, "PRIV carol alice psst") == 0 {
+            lines.extend(client.until(|l| l == "PRIV carol alice psst"));
+        }
+        lines.extend(client.sync("priv"));
     }
-    a.extend(alice.sync("priv"));
     for (who, lines) in [("alice", &a), ("bobby", &b), ("carol", &c)] {
         for i in 0..20 {
             assert_eq!(
