@@ -11,23 +11,10 @@ const LIMITS: Limits = Limits {
     max_message: 4096,
 };
 
-#[derive(Debug, PartialEq, Eq)]
-enum Owned {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<u16>, String),
-}
+use loopchat::ws::message::OwnedMessage as Owned;
 
 fn own(m: Message<'_>) -> Owned {
-    match m {
-        Message::Text(s) => Owned::Text(s.to_owned()),
-        Message::Binary(b) => Owned::Binary(b.to_vec()),
-        Message::Ping(b) => Owned::Ping(b.to_vec()),
-        Message::Pong(b) => Owned::Pong(b.to_vec()),
-        Message::Close { code, reason } => Owned::Close(code, reason.to_owned()),
-    }
+    m.to_owned_message()
 }
 
 /// Chunk lengths from a seed: a small xorshift so every length 1..=max appears.
@@ -41,7 +28,12 @@ fn chunk_lens(seed: u8, max: usize) -> impl FnMut() -> usize {
     }
 }
 
-fn receive(role: Role, bytes: &[u8], seed: u8, max_chunk: usize) -> (Vec<Owned>, Option<ProtocolError>) {
+fn receive(
+    role: Role,
+    bytes: &[u8],
+    seed: u8,
+    max_chunk: usize,
+) -> (Vec<Owned>, Option<ProtocolError>) {
     let mut rx = Receiver::new(role);
     let mut data = bytes.to_vec();
     let mut next = chunk_lens(seed, max_chunk);
@@ -111,8 +103,14 @@ fn frames(role: Role, bytes: &[u8], seed: u8) -> (Vec<Frame>, Option<ProtocolErr
 }
 
 fuzz_target!(|data: &[u8]| {
-    let &[flags, seed, ref rest @ ..] = data else { return };
-    let role = if flags & 1 == 0 { Role::Server } else { Role::Client };
+    let &[flags, seed, ref rest @ ..] = data else {
+        return;
+    };
+    let role = if flags & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    };
     let mask = (role == Role::Server).then_some([flags, seed, 0x5A, 0xA5]);
     let max_chunk = usize::from(flags >> 1) + 1;
 
@@ -140,7 +138,10 @@ fuzz_target!(|data: &[u8]| {
 
     // Frames: decode, re-encode with the shortest header, decode again.
     let (decoded, err) = frames(role, rest, seed);
-    assert_eq!((decoded.clone(), err.clone()), frames(role, rest, seed.wrapping_add(1)));
+    assert_eq!(
+        (decoded.clone(), err.clone()),
+        frames(role, rest, seed.wrapping_add(1))
+    );
     let mut encoded = Vec::new();
     for (fin, op, payload) in &decoded {
         encode_frame(&mut encoded, *op, *fin, payload, mask);

@@ -42,7 +42,11 @@ fuzz_target!(|data: &[u8]| {
                 settled = Some(Err(e));
             }
             (Some(Ok(before)), got) => {
-                assert_eq!(got, Ok(Status::Complete(*before)), "Complete changed at {end}");
+                assert_eq!(
+                    got,
+                    Ok(Status::Complete(*before)),
+                    "Complete changed at {end}"
+                );
             }
             (Some(Err(_)), got) => assert!(got.is_err(), "error turned into {got:?} at {end}"),
         }
@@ -74,7 +78,10 @@ fn exercise(req: &Request<'_>) {
     let _ = req.query_param("nick");
     let _ = req.query_param("room");
     let _ = req.query_param("");
-    let allow = ["https://chat.example.com".to_string(), "localhost:9000".to_string()];
+    let allow = [
+        "https://chat.example.com".to_string(),
+        "localhost:9000".to_string(),
+    ];
     let _ = origin_allowed(req.origin, req.host, &[]);
     let _ = origin_allowed(req.origin, req.host, &allow);
     assert!(origin_allowed(req.origin, req.host, &["*".to_string()]));
@@ -100,7 +107,13 @@ fn exercise(req: &Request<'_>) {
         Err(e) => exercise_error(&e),
     }
     out.clear();
-    write_response(&mut out, 200, "text/plain", &[("X-Path", req.path)], req.query.as_bytes());
+    write_response(
+        &mut out,
+        200,
+        "text/plain",
+        &[("X-Path", req.path)],
+        req.query.as_bytes(),
+    );
     assert!(matches!(
         parse_response(&out, CLIENT_KEY, out.len()),
         Ok(Status::Complete((200, _)))

@@ -12,23 +12,10 @@ const LIMITS: Limits = Limits {
     max_message: 600,
 };
 
-#[derive(Debug, PartialEq, Eq)]
-enum Owned {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<u16>, String),
-}
+use loopchat::ws::message::OwnedMessage as Owned;
 
 fn own(m: Message<'_>) -> Owned {
-    match m {
-        Message::Text(s) => Owned::Text(s.to_owned()),
-        Message::Binary(b) => Owned::Binary(b.to_vec()),
-        Message::Ping(b) => Owned::Ping(b.to_vec()),
-        Message::Pong(b) => Owned::Pong(b.to_vec()),
-        Message::Close { code, reason } => Owned::Close(code, reason.to_owned()),
-    }
+    m.to_owned_message()
 }
 
 /// Could `bytes` still become valid UTF-8 with more bytes appended?
@@ -96,8 +83,14 @@ fn model(frames: &[(bool, OpCode, Vec<u8>)]) -> (Vec<Owned>, Option<u16>) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let &[flags, mut seed, ref rest @ ..] = data else { return };
-    let role = if flags & 1 == 0 { Role::Server } else { Role::Client };
+    let &[flags, mut seed, ref rest @ ..] = data else {
+        return;
+    };
+    let role = if flags & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    };
     let mask = (role == Role::Server).then_some([seed, flags, 0x11, 0x99]);
 
     // Build frames: [op/fin byte][length byte][payload...] repeated.

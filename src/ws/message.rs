@@ -54,6 +54,35 @@ pub enum Message<'a> {
     },
 }
 
+/// An owned copy of a [`Message`], for callers that keep messages past the
+/// next `feed` (tests, fuzz targets, clients that queue what they read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnedMessage {
+    /// A text message.
+    Text(String),
+    /// A binary message.
+    Binary(Vec<u8>),
+    /// A ping and its payload.
+    Ping(Vec<u8>),
+    /// A pong and its payload.
+    Pong(Vec<u8>),
+    /// A close frame: code and reason.
+    Close(Option<u16>, String),
+}
+
+impl Message<'_> {
+    /// Copy the message out of the buffer it borrows from.
+    pub fn to_owned_message(&self) -> OwnedMessage {
+        match *self {
+            Message::Text(s) => OwnedMessage::Text(s.to_owned()),
+            Message::Binary(b) => OwnedMessage::Binary(b.to_vec()),
+            Message::Ping(b) => OwnedMessage::Ping(b.to_vec()),
+            Message::Pong(b) => OwnedMessage::Pong(b.to_vec()),
+            Message::Close { code, reason } => OwnedMessage::Close(code, reason.to_owned()),
+        }
+    }
+}
+
 /// Every protocol error; each maps to an RFC 6455 close code (1002, 1007, 1009 ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProtocolError {
@@ -400,24 +429,10 @@ mod tests {
     use crate::ws::frame::{encode_close, encode_frame};
     use proptest::prelude::*;
 
-    /// An owned copy of a [`Message`], to compare across feeds.
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    enum Owned {
-        Text(String),
-        Binary(Vec<u8>),
-        Ping(Vec<u8>),
-        Pong(Vec<u8>),
-        Close(Option<u16>, String),
-    }
+    use super::OwnedMessage as Owned;
 
     fn own(m: Message<'_>) -> Owned {
-        match m {
-            Message::Text(s) => Owned::Text(s.to_owned()),
-            Message::Binary(b) => Owned::Binary(b.to_vec()),
-            Message::Ping(b) => Owned::Ping(b.to_vec()),
-            Message::Pong(b) => Owned::Pong(b.to_vec()),
-            Message::Close { code, reason } => Owned::Close(code, reason.to_owned()),
-        }
+        m.to_owned_message()
     }
 
     /// Feed `bytes` in pieces of `step` bytes; the messages until the first error.
