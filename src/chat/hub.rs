@@ -580,6 +580,19 @@ impl Hub {
         self.nicks.holder(folded)
     }
 
+    /// A fresh stamp for deduplicating recipients (`User::seen`); on wrap-around
+    /// every stamp is reset so an old one can never match.
+    fn next_generation(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            for u in self.users.iter_mut().flatten() {
+                u.seen = 0;
+            }
+            self.generation = 1;
+        }
+        self.generation
+    }
+
     fn current_room_id(&self, id: ConnId) -> Option<RoomId> {
         self.user(id)?.rooms.last().map(|m| m.room)
     }
@@ -810,14 +823,7 @@ impl Hub {
         self.publish_nick(id);
         // Everyone sharing a room, each once: stamp users with a generation
         // instead of building a set, so steady state allocates nothing.
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
-            for u in self.users.iter_mut().flatten() {
-                u.seen = 0;
-            }
-            self.generation = 1;
-        }
-        let gen = self.generation;
+        let gen = self.next_generation();
         let mut to = std::mem::take(&mut self.scratch);
         to.clear();
         to.push(id);

@@ -254,14 +254,7 @@ impl Hub {
 
     /// A `NICK` line from another node: once to each local member of any of `rooms`.
     pub fn deliver_nick(&mut self, rooms: &[&str], line: &str, sink: &mut impl Sink) {
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
-            for u in self.users.iter_mut().flatten() {
-                u.seen = 0;
-            }
-            self.generation = 1;
-        }
-        let gen = self.generation;
+        let gen = self.next_generation();
         let mut to = std::mem::take(&mut self.scratch);
         to.clear();
         for name in rooms {
