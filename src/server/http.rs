@@ -89,7 +89,7 @@ impl Server {
         };
         if kind == Kind::Chat {
             self.conns[id].flags |= IN_CHAT;
-            let now = self.ctx.start.elapsed().as_millis() as u64;
+            let now = self.ctx.now_ms;
             let mut out = Out {
                 conns: &mut self.conns,
                 ctx: &mut self.ctx,

@@ -77,6 +77,9 @@ struct Ctx {
     line_buf: Vec<u8>,
     chat_limits: Limits,
     echo_limits: Limits,
+    /// Milliseconds since start, read once per loop turn.
+    now_ms: u64,
+    /// `now_ms` in timer-wheel ticks.
     tick: u32,
     start: Instant,
 }
@@ -254,6 +257,7 @@ impl Server {
                 line_buf: Vec::new(),
                 chat_limits,
                 echo_limits,
+                now_ms: 0,
                 tick: 0,
                 start: Instant::now(),
             },
@@ -300,7 +304,9 @@ impl Server {
                 return Err(e);
             }
             let turn_start = Instant::now();
-            self.ctx.tick = (self.ctx.start.elapsed().as_millis() as u64 / TICK_MS) as u32;
+            // One clock read per turn: chat rate limits and timers use it.
+            self.ctx.now_ms = self.ctx.start.elapsed().as_millis() as u64;
+            self.ctx.tick = (self.ctx.now_ms / TICK_MS) as u32;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(false),
@@ -509,7 +515,7 @@ impl Server {
         if line {
             let c = &mut self.conns[id];
             c.set(IN_CHAT);
-            let now = self.ctx.start.elapsed().as_millis() as u64;
+            let now = self.ctx.now_ms;
             let mut out = Out {
                 conns: &mut self.conns,
                 ctx: &mut self.ctx,
@@ -735,7 +741,7 @@ impl Server {
     }
 
     fn chat_line(&mut self, id: usize, line: &str) {
-        let now = self.ctx.start.elapsed().as_millis() as u64;
+        let now = self.ctx.now_ms;
         let mut out = Out {
             conns: &mut self.conns,
             ctx: &mut self.ctx,
