@@ -160,7 +160,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Byte limits past this are refused at start: outbox offsets are 32-bit to keep
+/// the connection entry small, and no chat needs a message that large.
+const MAX_BYTES_FLAG: usize = 1 << 30;
+
 fn serve(cli: ServeArgs) -> ExitCode {
+    for (flag, v) in [
+        ("--max-message", cli.max_message),
+        ("--max-chat-message", cli.max_chat_message),
+        ("--outbox-soft", cli.outbox_soft),
+        ("--outbox-hard", cli.outbox_hard),
+        ("--max-header-bytes", cli.max_header_bytes),
+        ("--max-line", cli.max_line),
+        ("--read-budget", cli.read_budget),
+    ] {
+        if v > MAX_BYTES_FLAG {
+            eprintln!("loopchat: {flag} {v} is over the limit of {MAX_BYTES_FLAG} bytes (1 GiB)");
+            return ExitCode::from(2);
+        }
+    }
     let _ = simplelog::TermLogger::init(
         cli.log_level,
         simplelog::ConfigBuilder::new()
