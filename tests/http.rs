@@ -158,3 +158,37 @@ fn request_head_split_over_many_writes() {
     }
     panic!("no echo");
 }
+
+#[test]
+fn a_client_that_half_closes_still_gets_its_answers() {
+    let mut cfg = config();
+    cfg.line_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = TestServer::start(cfg);
+    // HTTP: request, then shutdown(SHUT_WR), as `nc -N` does.
+    let mut c = raw(s.addr);
+    c.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let resp = String::from_utf8_lossy(&read_to_close(&mut c)).to_string();
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok\n"),
+        "{resp:?}"
+    );
+    // Line protocol: the answers to the commands before the half-close.
+    let mut l = raw(s.line_addr.unwrap());
+    l.write_all(b"/ping one\n/ping two\n").unwrap();
+    l.shutdown(std::net::Shutdown::Write).unwrap();
+    let text = String::from_utf8_lossy(&read_to_close(&mut l)).to_string();
+    assert!(text.contains("PONG one\nPONG two\n"), "{text:?}");
+    // WebSocket: ping and close, then half-close: pong and close still come back.
+    let mut w = raw(s.addr);
+    let mut bytes = upgrade_request("/echo").into_bytes();
+    bytes.extend(client_frame(9, true, b"still there?"));
+    bytes.extend(client_frame(8, true, &1000u16.to_be_bytes()));
+    w.write_all(&bytes).unwrap();
+    w.shutdown(std::net::Shutdown::Write).unwrap();
+    let (head, rest) = read_head(&mut w);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let frames = read_frames_until_close(&mut w, rest);
+    assert_eq!(frames[0], (10, b"still there?".to_vec()));
+    assert_eq!(close_code(&frames), 1000);
+}

@@ -569,8 +569,17 @@ impl Server {
             }
             match c.sock.read(&mut self.scratch) {
                 Ok(0) => {
-                    debug!("{}: peer closed the connection (id {id})", c.ip);
-                    kill(&mut self.ctx, id, c);
+                    debug!("{}: peer closed its side (id {id})", c.ip);
+                    if c.pending() > 0 && c.phase != Phase::Draining {
+                        // A half-close (`nc -N`, `shutdown(SHUT_WR)`) still wants
+                        // its answers: write them, then close (nothing to drain).
+                        c.phase = Phase::Flushing;
+                        c.clear(DRAIN);
+                        c.since = self.ctx.tick;
+                        mark_dirty(&mut self.ctx.dirty, id, c);
+                    } else {
+                        kill(&mut self.ctx, id, c);
+                    }
                     return;
                 }
                 Ok(n) => {
@@ -666,6 +675,11 @@ impl Server {
             }
         }
         if let Some(c) = self.conns.get_mut(id) {
+            if c.phase == Phase::Closing {
+                // The chat may have closed this connection while `rx` was out
+                // (rate abuse, /quit): the placeholder got the flag, not `rx`.
+                rx.set_closing();
+            }
             if rx.heap_bytes() > 0 && !c.has(DEAD) {
                 // A message delivered from the reassembly buffer frees it on the
                 // next feed: do that now, so an idle connection holds no buffer.
@@ -981,6 +995,10 @@ impl Server {
         }
         while c.has(WRITABLE) && c.pending() > 0 {
             match c.sock.write(&c.outbox[c.out_pos as usize..]) {
+                Ok(0) => {
+                    kill(&mut self.ctx, id, c);
+                    return;
+                }
                 Ok(n) => {
                     c.out_pos += n as u32;
                     self.ctx.metrics.bytes_out += n as u64;
