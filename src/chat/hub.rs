@@ -996,13 +996,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Membership>(), 8);
     }
 
-    struct Lines(Vec<(ConnId, String)>);
-    impl Sink for Lines {
-        fn deliver(&mut self, to: &[ConnId], line: &str) {
-            self.0.extend(to.iter().map(|&id| (id, line.to_string())));
-        }
-        fn close(&mut self, _: ConnId, _: u16, _: &str) {}
-    }
+    use crate::chat::Lines;
 
     fn config() -> ChatConfig {
         ChatConfig {

@@ -118,5 +118,18 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// A sink that records every delivery as (recipient, line), for unit tests.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Lines(pub(crate) Vec<(ConnId, String)>);
+
+#[cfg(test)]
+impl Sink for Lines {
+    fn deliver(&mut self, to: &[ConnId], line: &str) {
+        self.0.extend(to.iter().map(|&id| (id, line.to_string())));
+    }
+    fn close(&mut self, _: ConnId, _: u16, _: &str) {}
+}
+
 #[cfg(test)]
 mod tests;

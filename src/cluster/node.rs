@@ -1268,14 +1268,7 @@ mod tests {
         assert_eq!(split_payload("M"), None);
     }
 
-    #[derive(Default)]
-    struct Lines(Vec<(ConnId, String)>);
-    impl Sink for Lines {
-        fn deliver(&mut self, to: &[ConnId], line: &str) {
-            self.0.extend(to.iter().map(|&id| (id, line.to_string())));
-        }
-        fn close(&mut self, _: ConnId, _: u16, _: &str) {}
-    }
+    use crate::chat::Lines;
 
     fn message(channel: &str, payload: &str) -> Value {
         Value::Array(Some(vec![

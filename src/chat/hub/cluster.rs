@@ -414,14 +414,7 @@ mod tests {
     use super::*;
     use crate::chat::ChatConfig;
 
-    #[derive(Default)]
-    struct Lines(Vec<(ConnId, String)>);
-    impl Sink for Lines {
-        fn deliver(&mut self, to: &[ConnId], line: &str) {
-            self.0.extend(to.iter().map(|&id| (id, line.to_string())));
-        }
-        fn close(&mut self, _: ConnId, _: u16, _: &str) {}
-    }
+    use crate::chat::Lines;
 
     fn hub() -> Hub {
         let mut hub = Hub::new(ChatConfig {
