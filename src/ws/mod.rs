@@ -2,6 +2,8 @@
 //! tested, fuzzed and benched without sockets.
 
 pub mod close;
+pub mod deflate;
+pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
