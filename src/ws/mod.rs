@@ -3,6 +3,7 @@
 
 pub mod close;
 pub mod deflate;
+pub mod endpoint;
 pub mod error;
 pub mod frame;
 pub mod handshake;
