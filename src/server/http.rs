@@ -4,7 +4,8 @@
 use log::debug;
 
 use super::conn::{Kind, Phase, COUNTED, DRAIN, IN_CHAT, PROXIED};
-use super::{client_ip, mark_dirty, Out, Server};
+use super::out::{mark_dirty, Out};
+use super::{client_ip, metrics, sys, Server};
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
 /// The built-in web chat page, its script and its style sheet.
@@ -254,5 +255,35 @@ impl Server {
         c.set(DRAIN);
         c.since = self.ctx.tick;
         mark_dirty(&mut self.ctx.dirty, id, c);
+    }
+
+    /// Render `/metrics`.
+    fn render_metrics(&self) -> String {
+        let mut ws = 0;
+        let mut line = 0;
+        let mut outbox = 0;
+        for (_, c) in self.conns.iter() {
+            match c.kind {
+                Kind::Chat | Kind::Echo => ws += 1,
+                Kind::Line => line += 1,
+                Kind::Http => {}
+            }
+            outbox += c.pending();
+        }
+        let g = metrics::Gauges {
+            connections: self.conns.len(),
+            ws_connections: ws,
+            line_connections: line,
+            chat_users: self.hub.connections(),
+            rooms: self.hub.rooms(),
+            outbox_bytes: outbox,
+            rss_bytes: sys::rss_bytes(),
+            open_fds: sys::open_fds(),
+            uptime_seconds: self.ctx.start.elapsed().as_secs_f64(),
+        };
+        let mut s = String::with_capacity(4096);
+        self.ctx.metrics.render(&g, &mut s);
+        self.cluster_metrics(&mut s);
+        s
     }
 }
