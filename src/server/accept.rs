@@ -10,7 +10,6 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::conn::{Conn, Kind, COUNTED, IN_CHAT, PROXIED};
-use super::out::Out;
 use super::{Server, ACCEPT_BACKOFF, ACCEPT_BUDGET};
 
 impl Server {
@@ -91,11 +90,8 @@ impl Server {
             let c = &mut self.conns[id];
             c.set(IN_CHAT);
             let now = self.ctx.now_ms;
-            let mut out = Out {
-                conns: &mut self.conns,
-                ctx: &mut self.ctx,
-            };
-            self.hub.connect(id, None, None, now, &mut out);
+            let (hub, mut out) = self.chat();
+            hub.connect(id, None, None, now, &mut out);
         }
     }
 

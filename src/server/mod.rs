@@ -31,9 +31,9 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::chat::Hub;
+use crate::chat::{Hub, Sink};
 use crate::ws::message::Limits;
-use conn::{Conn, Phase, WRITABLE};
+use conn::{Conn, Phase, Timeouts, WRITABLE};
 use out::{begin_close, kill, mark_dirty, Out};
 use timer::{Entry, Wheel, TICK_MS};
 
@@ -86,6 +86,8 @@ struct Ctx {
     /// `now_ms` in timer-wheel ticks.
     tick: u32,
     start: Instant,
+    /// The configured time limits in ticks.
+    timeouts: Timeouts,
 }
 /// A bound server, ready to `run`.
 pub struct Server {
@@ -148,6 +150,7 @@ impl Server {
             max_frame: cfg.max_message as u64,
             max_message: cfg.max_message,
         };
+        let timeouts = Timeouts::new(&cfg);
         let mut server = Server {
             poll,
             listener: Some(listener),
@@ -171,6 +174,7 @@ impl Server {
                 now_ms: 0,
                 tick: 0,
                 start: Instant::now(),
+                timeouts,
             },
             per_ip: HashMap::new(),
             wheel: Wheel::new(),
@@ -335,18 +339,31 @@ impl Server {
         {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        let mut out = Out {
-            conns: &mut self.conns,
-            ctx: &mut self.ctx,
-        };
-        self.hub.broadcast_sys("server shutting down", &mut out);
+        let (hub, mut out) = self.chat();
+        hub.broadcast_sys("server shutting down", &mut out);
         let ids: Vec<usize> = self.conns.iter().map(|(id, _)| id).collect();
         for id in ids {
             let c = &mut self.conns[id];
-            match c.phase {
+            match c.phase() {
                 Phase::Handshake => kill(&mut self.ctx, id, c),
                 _ => begin_close(&mut self.ctx, id, c, 1001, "server shutting down"),
             }
         }
+    }
+
+    /// The hub and the sink its output goes into, borrowed apart.
+    fn chat(&mut self) -> (&mut Hub, Out<'_>) {
+        (
+            &mut self.hub,
+            Out {
+                conns: &mut self.conns,
+                ctx: &mut self.ctx,
+            },
+        )
+    }
+
+    /// One line of chat output to one connection (an error, a notice).
+    fn reply(&mut self, id: usize, text: &str) {
+        self.chat().1.deliver(&[id], text);
     }
 }

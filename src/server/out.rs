@@ -4,7 +4,7 @@
 use log::debug;
 use slab::Slab;
 
-use super::conn::{Conn, Kind, Phase, DEAD, DIRTY, DRAIN};
+use super::conn::{Conn, Kind, Phase, Then, DIRTY};
 use super::Ctx;
 use crate::chat::{ConnId, Sink};
 use crate::ws::frame::{encode_close, encode_frame, OpCode};
@@ -24,7 +24,7 @@ impl Sink for Out<'_> {
             let Some(c) = self.conns.get_mut(id) else {
                 continue;
             };
-            if c.phase != Phase::Open || c.has(DEAD) {
+            if c.phase() != Phase::Open {
                 continue;
             }
             let bytes: &[u8] = if c.kind == Kind::Line {
@@ -43,11 +43,10 @@ impl Sink for Out<'_> {
             if pending >= ctx.cfg.outbox_soft {
                 ctx.metrics.slow_drops += 1;
                 c.dropped = c.dropped.saturating_add(bytes.len() as u32);
-                if pending + c.dropped as usize > ctx.cfg.outbox_hard && !c.has(DEAD) {
+                if pending + c.dropped as usize > ctx.cfg.outbox_hard {
                     ctx.metrics.slow_disconnects += 1;
                     debug!("{}: slow consumer closed ({pending} bytes queued)", c.ip);
-                    c.set(DEAD);
-                    ctx.dead.push(id);
+                    kill(ctx, id, c);
                 }
                 continue;
             }
@@ -75,28 +74,31 @@ pub(super) fn mark_dirty(dirty: &mut Vec<usize>, id: usize, c: &mut Conn) {
 /// Start closing `c`: a WebSocket gets a close frame and waits for the peer's;
 /// anything else is closed once its outbox is written.
 pub(super) fn begin_close(ctx: &mut Ctx, id: usize, c: &mut Conn, code: u16, reason: &str) {
-    if matches!(c.phase, Phase::Closing | Phase::Flushing | Phase::Draining) {
+    if c.is_closing() {
         return;
     }
     debug!("{}: closing with {code} {reason:?} (id {id})", c.ip);
-    if c.is_ws() && c.phase == Phase::Open {
+    if c.is_ws() && c.phase() == Phase::Open {
         encode_close(&mut c.outbox, Some(code), reason, None);
         ctx.metrics.close_sent(code);
-        c.rx.set_closing();
-        c.phase = Phase::Closing;
+        c.closing(ctx.tick);
     } else {
         // A line client may still be sending: do not let unread input reset
         // the connection under its last lines.
-        c.phase = Phase::Flushing;
-        c.set(DRAIN);
+        c.flush_then(Then::Drain, ctx.tick);
     }
-    c.since = ctx.tick;
     mark_dirty(&mut ctx.dirty, id, c);
 }
 
+/// Drop `c` at the end of the turn, without another byte written.
 pub(super) fn kill(ctx: &mut Ctx, id: usize, c: &mut Conn) {
-    if !c.has(DEAD) {
-        c.set(DEAD);
+    if c.die() {
         ctx.dead.push(id);
     }
+}
+
+/// Queue the flush of an answer that ends the conversation, then `then`.
+pub(super) fn finish_with(ctx: &mut Ctx, id: usize, c: &mut Conn, then: Then) {
+    c.flush_then(then, ctx.tick);
+    mark_dirty(&mut ctx.dirty, id, c);
 }

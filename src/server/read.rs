@@ -5,10 +5,9 @@ use std::io::{self, Read};
 
 use log::debug;
 
-use super::conn::{Kind, Phase, DEAD, DRAIN, LINE_OVERFLOW, PAUSED};
-use super::out::{kill, mark_dirty, Out};
+use super::conn::{Kind, Phase, Then, LINE_OVERFLOW, PAUSED};
+use super::out::{finish_with, kill, mark_dirty};
 use super::{Server, KEEP_OUTBOX};
-use crate::chat::Sink;
 use crate::ws::frame::{encode_close, encode_frame, OpCode};
 use crate::ws::message::{Message, Receiver};
 
@@ -20,10 +19,7 @@ impl Server {
             let Some(c) = self.conns.get_mut(id) else {
                 return;
             };
-            if c.has(DEAD) {
-                return;
-            }
-            if c.has(PAUSED) {
+            if c.is_dead() || c.has(PAUSED) {
                 return;
             }
             if total >= self.ctx.cfg.read_budget {
@@ -33,12 +29,9 @@ impl Server {
             match c.sock.read(&mut self.scratch) {
                 Ok(0) => {
                     debug!("{}: peer closed its side (id {id})", c.ip);
-                    if c.pending() > 0 && c.phase != Phase::Draining {
+                    if c.peer_ended(self.ctx.tick) {
                         // A half-close (`nc -N`, `shutdown(SHUT_WR)`) still wants
                         // its answers: write them, then close (nothing to drain).
-                        c.phase = Phase::Flushing;
-                        c.clear(DRAIN);
-                        c.since = self.ctx.tick;
                         mark_dirty(&mut self.ctx.dirty, id, c);
                     } else {
                         kill(&mut self.ctx, id, c);
@@ -65,11 +58,11 @@ impl Server {
     /// Handle `self.scratch[..n]`, just read from connection `id`.
     pub(super) fn on_bytes(&mut self, id: usize, n: usize) {
         let c = &mut self.conns[id];
-        if matches!(c.phase, Phase::Flushing | Phase::Draining) {
+        if !matches!(c.phase(), Phase::Handshake | Phase::Open | Phase::Closing) {
             // Nothing more is wanted from it: read only to see its end.
             return;
         }
-        match (c.kind, c.phase) {
+        match (c.kind, c.phase()) {
             (Kind::Http, Phase::Handshake) => self.on_request_bytes(id, n),
             (Kind::Line, _) => self.on_line_bytes(id, n),
             (Kind::Chat | Kind::Echo, Phase::Open | Phase::Closing) => {
@@ -122,28 +115,25 @@ impl Server {
                         c.ip,
                         e.close_code()
                     );
-                    if c.phase == Phase::Open {
+                    if c.phase() == Phase::Open {
                         let code = e.close_code();
                         encode_close(&mut c.outbox, Some(code), &e.to_string(), None);
                         self.ctx.metrics.close_sent(code);
                     }
                     // Fail the connection (RFC 6455 7.1.7): no waiting for the
                     // peer's close; its remaining input is discarded.
-                    c.phase = Phase::Flushing;
-                    c.set(DRAIN);
-                    c.since = self.ctx.tick;
-                    mark_dirty(&mut self.ctx.dirty, id, c);
+                    finish_with(&mut self.ctx, id, c, Then::Drain);
                     break;
                 }
             }
         }
         if let Some(c) = self.conns.get_mut(id) {
-            if c.phase == Phase::Closing {
+            if c.phase() == Phase::Closing {
                 // The chat may have closed this connection while `rx` was out
                 // (rate abuse, /quit): the placeholder got the flag, not `rx`.
                 rx.set_closing();
             }
-            if rx.heap_bytes() > 0 && !c.has(DEAD) {
+            if rx.heap_bytes() > 0 && !c.is_dead() {
                 // A message delivered from the reassembly buffer frees it on the
                 // next feed: do that now, so an idle connection holds no buffer.
                 let _ = rx.feed(&mut [], &limits);
@@ -167,15 +157,13 @@ impl Server {
             Message::Close { code, reason } => {
                 debug!("{}: peer closed with {code:?} {reason:?} (id {id})", c.ip);
                 ctx.metrics.close_received(code.unwrap_or(1005));
-                if c.phase == Phase::Open {
+                if c.phase() == Phase::Open {
                     let echo = code.unwrap_or(1000);
                     encode_close(&mut c.outbox, Some(echo), "", None);
                     ctx.metrics.close_sent(echo);
                 }
                 // Either way the handshake is complete: close once written.
-                c.phase = Phase::Flushing;
-                c.since = ctx.tick;
-                mark_dirty(&mut ctx.dirty, id, c);
+                finish_with(ctx, id, c, Then::Close);
                 return false;
             }
             Message::Text(t) => {
@@ -199,31 +187,19 @@ impl Server {
                     match std::str::from_utf8(b) {
                         Ok(t) => self.chat_line(id, t),
                         Err(_) => {
-                            let mut out = Out {
-                                conns: &mut self.conns,
-                                ctx: &mut self.ctx,
-                            };
-                            out.deliver(
-                                &[id],
-                                "ERR bad-command binary messages must hold UTF-8 text",
-                            );
+                            self.reply(id, "ERR bad-command binary messages must hold UTF-8 text")
                         }
                     }
                 }
             }
         }
-        self.conns
-            .get(id)
-            .is_some_and(|c| !c.has(DEAD) && matches!(c.phase, Phase::Open | Phase::Closing))
+        self.conns.get(id).is_some_and(|c| c.is_live())
     }
 
     pub(super) fn chat_line(&mut self, id: usize, line: &str) {
         let now = self.ctx.now_ms;
-        let mut out = Out {
-            conns: &mut self.conns,
-            ctx: &mut self.ctx,
-        };
-        self.hub.handle(id, line, now, &mut out);
+        let (hub, mut out) = self.chat();
+        hub.handle(id, line, now, &mut out);
     }
 
     /// Line-protocol bytes: one command per `\n`-terminated line.
@@ -235,7 +211,7 @@ impl Server {
             let part = &rest[..pos];
             rest = &rest[pos + 1..];
             let c = &mut self.conns[id];
-            if c.phase != Phase::Open || c.has(DEAD) {
+            if c.phase() != Phase::Open {
                 break;
             }
             if c.inbuf.is_empty() && !c.has(LINE_OVERFLOW) {
@@ -279,13 +255,7 @@ impl Server {
         }
         match std::str::from_utf8(raw) {
             Ok(t) => self.chat_line(id, t),
-            Err(_) => {
-                let mut out = Out {
-                    conns: &mut self.conns,
-                    ctx: &mut self.ctx,
-                };
-                out.deliver(&[id], "ERR bad-command lines must be UTF-8 text");
-            }
+            Err(_) => self.reply(id, "ERR bad-command lines must be UTF-8 text"),
         }
     }
 
@@ -294,11 +264,7 @@ impl Server {
             "ERR too-long lines are limited to {} bytes",
             self.ctx.cfg.chat.max_line
         );
-        let mut out = Out {
-            conns: &mut self.conns,
-            ctx: &mut self.ctx,
-        };
-        out.deliver(&[id], &text);
+        self.reply(id, &text);
     }
 }
 

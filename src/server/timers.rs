@@ -1,48 +1,25 @@
 //! Per-connection deadlines: handshake, idle, ping and close timeouts, filed
-//! in the timer wheel and acted on when they fire.
-
-use std::time::Duration;
+//! in the timer wheel and acted on when they fire. Both sides ask
+//! [`Conn::deadline`](super::conn::Conn::deadline) what is due and when.
 
 use log::debug;
 
-use super::conn::{Kind, Phase, DEAD};
-use super::out::{begin_close, kill, mark_dirty, Out};
-use super::timer::{Entry, TICK_MS};
+use super::conn::{Due, Kind};
+use super::out::{begin_close, kill, mark_dirty};
+use super::timer::Entry;
 use super::Server;
-use crate::chat::Sink;
 use crate::ws::frame::{encode_frame, OpCode};
 
 impl Server {
+    /// File connection `id` under its next deadline (if it changed).
     pub(super) fn schedule(&mut self, id: usize) {
-        let cfg = &self.ctx.cfg;
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
-        let ticks = |d: Duration| (d.as_millis() as u64).div_ceil(TICK_MS).max(1) as u32;
-        let at = match c.phase {
-            Phase::Handshake => c.since.saturating_add(ticks(cfg.handshake_timeout)),
-            Phase::Closing | Phase::Flushing | Phase::Draining => {
-                c.since.saturating_add(ticks(cfg.close_timeout))
-            }
-            Phase::Open => {
-                let mut at = u32::MAX;
-                if !cfg.idle_timeout.is_zero() {
-                    at = at.min(c.last_rx.saturating_add(ticks(cfg.idle_timeout)));
-                }
-                if c.is_ws() && !cfg.ping_interval.is_zero() {
-                    at = at.min(c.last_ping.saturating_add(ticks(cfg.ping_interval)));
-                }
-                if c.outbox.capacity() > 0 && c.pending() == 0 {
-                    // Come back soon to give an idle connection's buffer back.
-                    at = at.min(self.ctx.tick.saturating_add(ticks(Duration::from_secs(10))));
-                }
-                at
-            }
-        };
-        if at == u32::MAX {
+        let Some((at, _)) = c.deadline(&self.ctx.timeouts) else {
             c.timer_at = u32::MAX;
             return;
-        }
+        };
         if c.timer_at != at {
             c.timer_at = at;
             self.wheel.insert(
@@ -55,6 +32,7 @@ impl Server {
         }
     }
 
+    /// Act on every connection whose deadline has come, and file it again.
     pub(super) fn timers(&mut self) {
         let now = self.ctx.tick;
         let mut fired = std::mem::take(&mut self.fired);
@@ -64,15 +42,12 @@ impl Server {
             let Some(c) = self.conns.get_mut(id) else {
                 continue;
             };
-            if c.timer_at != e.tick || c.has(DEAD) {
+            if c.timer_at != e.tick || c.is_dead() {
                 continue;
             }
             c.timer_at = u32::MAX;
-            if e.tick > now {
-                // Clamped into the wheel's span: not due yet.
-                self.schedule(id);
-                continue;
-            }
+            // An entry clamped into the wheel's span fires early: nothing is
+            // due yet and it is simply filed again.
             self.on_timer(id, now);
             self.schedule(id);
         }
@@ -80,46 +55,41 @@ impl Server {
         self.fired = fired;
     }
 
-    pub(super) fn on_timer(&mut self, id: usize, now: u32) {
-        let cfg = &self.ctx.cfg;
-        let ticks = |d: Duration| (d.as_millis() as u64).div_ceil(TICK_MS).max(1) as u32;
-        let c = &mut self.conns[id];
-        match c.phase {
-            Phase::Handshake => {
-                if now >= c.since.saturating_add(ticks(cfg.handshake_timeout)) {
+    /// Everything due for `id` at `now`, earliest first.
+    fn on_timer(&mut self, id: usize, now: u32) {
+        // Bounded: every action moves its own deadline past `now` or ends the
+        // phase, and there are four kinds of deadline in `Open`.
+        for _ in 0..4 {
+            let Some(c) = self.conns.get_mut(id) else {
+                return;
+            };
+            let Some((at, due)) = c.deadline(&self.ctx.timeouts) else {
+                return;
+            };
+            if at > now {
+                return;
+            }
+            match due {
+                Due::Handshake => {
                     debug!("{}: handshake timeout (id {id})", c.ip);
                     self.ctx.metrics.timeout("handshake");
                     kill(&mut self.ctx, id, c);
                 }
-            }
-            Phase::Closing | Phase::Flushing | Phase::Draining => {
-                if now >= c.since.saturating_add(ticks(cfg.close_timeout)) {
+                Due::Close => {
                     debug!("{}: close timeout (id {id})", c.ip);
                     self.ctx.metrics.timeout("close");
                     kill(&mut self.ctx, id, c);
                 }
-            }
-            Phase::Open => {
-                if !cfg.idle_timeout.is_zero()
-                    && now >= c.last_rx.saturating_add(ticks(cfg.idle_timeout))
-                {
+                Due::Idle => {
                     debug!("{}: idle timeout (id {id})", c.ip);
                     self.ctx.metrics.timeout("idle");
                     if c.kind == Kind::Line {
-                        let mut out = Out {
-                            conns: &mut self.conns,
-                            ctx: &mut self.ctx,
-                        };
-                        out.deliver(&[id], "SYS idle timeout");
+                        self.reply(id, "SYS idle timeout");
                     }
                     let c = &mut self.conns[id];
                     begin_close(&mut self.ctx, id, c, 1000, "idle timeout");
-                    return;
                 }
-                if c.is_ws()
-                    && !cfg.ping_interval.is_zero()
-                    && now >= c.last_ping.saturating_add(ticks(cfg.ping_interval))
-                {
+                Due::Ping => {
                     c.last_ping = now;
                     let idle = c.pending() == 0;
                     encode_frame(&mut c.outbox, OpCode::Ping, true, b"", None);
@@ -127,7 +97,8 @@ impl Server {
                     if idle {
                         self.flush_and_release(id);
                     }
-                } else if c.pending() == 0 && c.outbox.capacity() > 0 {
+                }
+                Due::Release => {
                     c.outbox = Vec::new();
                     c.out_pos = 0;
                 }

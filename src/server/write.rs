@@ -5,8 +5,8 @@ use std::io::{self, Write};
 
 use log::debug;
 
-use super::conn::{Phase, COUNTED, DEAD, DIRTY, DRAIN, IN_CHAT, PAUSED, WRITABLE};
-use super::out::{kill, Out};
+use super::conn::{Phase, Then, COUNTED, DIRTY, IN_CHAT, PAUSED, WRITABLE};
+use super::out::kill;
 use super::{Server, KEEP_OUTBOX};
 
 impl Server {
@@ -40,7 +40,7 @@ impl Server {
             return;
         };
         c.clear(DIRTY);
-        if c.has(DEAD) {
+        if c.is_dead() {
             return;
         }
         while c.has(WRITABLE) && c.pending() > 0 {
@@ -70,18 +70,20 @@ impl Server {
             } else {
                 c.outbox.clear();
             }
-            if c.phase == Phase::Flushing && !c.has(DRAIN) {
-                kill(&mut self.ctx, id, c);
-                return;
-            }
-            if c.phase == Phase::Flushing {
-                // Half-close and wait for the peer's end (see `Phase::Draining`).
-                if c.sock.shutdown(std::net::Shutdown::Write).is_err() {
+            match c.phase() {
+                Phase::Flushing { then: Then::Close } => {
                     kill(&mut self.ctx, id, c);
                     return;
                 }
-                c.phase = Phase::Draining;
-                c.since = self.ctx.tick;
+                Phase::Flushing { then: Then::Drain } => {
+                    // Half-close and wait for the peer's end (see `Then::Drain`).
+                    if c.sock.shutdown(std::net::Shutdown::Write).is_err() {
+                        kill(&mut self.ctx, id, c);
+                        return;
+                    }
+                    c.draining(self.ctx.tick);
+                }
+                _ => c.outbox_emptied(self.ctx.tick),
             }
         } else if c.out_pos as usize > c.outbox.len() / 2 {
             // Compact so the written prefix does not pin memory.
@@ -92,7 +94,7 @@ impl Server {
             c.clear(PAUSED);
             self.ctx.read_again.push(id);
         }
-        if c.phase != Phase::Open {
+        if c.phase() != Phase::Open {
             self.schedule(id);
         }
     }
@@ -103,7 +105,7 @@ impl Server {
     pub(super) fn flush_and_release(&mut self, id: usize) {
         self.flush(id);
         if let Some(c) = self.conns.get_mut(id) {
-            if c.pending() == 0 && !c.has(DEAD) {
+            if c.pending() == 0 && !c.is_dead() {
                 c.outbox = Vec::new();
                 c.out_pos = 0;
             }
@@ -121,11 +123,8 @@ impl Server {
             self.forget_ip(c.ip);
         }
         if c.has(IN_CHAT) {
-            let mut out = Out {
-                conns: &mut self.conns,
-                ctx: &mut self.ctx,
-            };
-            self.hub.disconnect(id, &mut out);
+            let (hub, mut out) = self.chat();
+            hub.disconnect(id, &mut out);
         }
     }
 }
