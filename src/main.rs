@@ -84,6 +84,15 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     max_chat_message: usize,
 
+    /// permessage-deflate (RFC 7692) on /ws and /echo: on accepts browsers' offers,
+    /// off answers every handshake without the extension.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    compression: bool,
+
+    /// Messages shorter than this many bytes go uncompressed even when negotiated.
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    compression_threshold: usize,
+
     /// Longest chat command line in bytes (`ERR too-long` beyond).
     #[arg(long, value_name = "BYTES", default_value_t = 4096)]
     max_line: usize,
@@ -161,6 +170,15 @@ struct ServeArgs {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: LevelFilter,
+}
+
+/// `on` or `off` (also `true`/`false`, `1`/`0`).
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -246,6 +264,8 @@ fn serve(cli: ServeArgs) -> ExitCode {
         max_header_bytes: cli.max_header_bytes,
         max_message: cli.max_message,
         max_chat_message: cli.max_chat_message,
+        compression: cli.compression,
+        compression_threshold: cli.compression_threshold,
         outbox_soft: cli.outbox_soft,
         outbox_hard: cli.outbox_hard.max(cli.outbox_soft),
         read_budget: cli.read_budget.max(1),

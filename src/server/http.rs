@@ -6,6 +6,8 @@ use log::debug;
 use super::conn::{Kind, Then, COUNTED, IN_CHAT, PROXIED};
 use super::out::{finish_with, mark_dirty};
 use super::{client_ip, metrics, sys, Server};
+use crate::ws::endpoint::Endpoint;
+use crate::ws::frame::Role;
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
 /// The built-in web chat page, its script and its style sheet.
@@ -162,7 +164,18 @@ impl Server {
                 return Route::Answered;
             }
             let c = &mut self.conns[id];
-            handshake::write_upgrade_response(&mut c.outbox, up.key, None);
+            // Declined offers are not an error: the connection goes on plain.
+            let deflate = if self.ctx.cfg.compression {
+                crate::ws::deflate::negotiate(up.extensions)
+            } else {
+                None
+            };
+            let answer = deflate.map(|a| a.response_value());
+            handshake::write_upgrade_response_ext(&mut c.outbox, up.key, None, answer.as_deref());
+            c.ws = Endpoint::with_deflate(Role::Server, deflate);
+            if deflate.is_some() {
+                self.ctx.metrics.ws_deflate_total += 1;
+            }
             c.upgraded(kind, self.ctx.tick);
             mark_dirty(&mut self.ctx.dirty, id, c);
             self.ctx.metrics.ws_upgrades_total += 1;

@@ -13,6 +13,8 @@ const TURN_BUCKETS: [f64; 12] = [
 pub struct Metrics {
     pub connections_total: u64,
     pub ws_upgrades_total: u64,
+    pub ws_deflate_total: u64,
+    pub deflated_messages: u64,
     pub http_requests_total: u64,
     pub handshake_failures: Vec<(&'static str, u64)>,
     pub refused_total: Vec<(&'static str, u64)>,
@@ -141,6 +143,20 @@ impl Metrics {
             c,
             "Successful WebSocket handshakes.",
             self.ws_upgrades_total,
+        );
+        one(
+            out,
+            "loopchat_websocket_deflate_total",
+            c,
+            "WebSocket handshakes that negotiated permessage-deflate.",
+            self.ws_deflate_total,
+        );
+        one(
+            out,
+            "loopchat_deflated_messages_total",
+            c,
+            "Messages compressed (a broadcast counts once, however many get it).",
+            self.deflated_messages,
         );
         one(
             out,

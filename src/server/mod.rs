@@ -32,6 +32,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::chat::{Hub, Sink};
+use crate::ws::deflate::{Deflater, Inflater};
 use crate::ws::message::Limits;
 use conn::{Conn, Phase, Timeouts, WRITABLE};
 use out::{begin_close, kill, mark_dirty, Out};
@@ -77,6 +78,11 @@ struct Ctx {
     read_again: Vec<usize>,
     /// One broadcast encoded once, as a WebSocket text frame.
     ws_frame: Vec<u8>,
+    /// The same broadcast compressed once (permessage-deflate), for every
+    /// recipient that negotiated it; built on the first such recipient.
+    ws_frame_z: Vec<u8>,
+    /// The loop's one compressor: broadcasts and echo replies.
+    deflater: Deflater,
     /// The same broadcast as a `\n`-terminated line.
     line_buf: Vec<u8>,
     chat_limits: Limits,
@@ -110,6 +116,8 @@ pub struct Server {
     fired: Vec<Entry>,
     /// The Redis bridge (`--redis`); `None` runs alone.
     cluster: Option<Box<crate::cluster::Cluster>>,
+    /// The loop's one decompressor, lent to the read path (`None` while lent).
+    inflater: Option<Box<Inflater>>,
 }
 
 impl Server {
@@ -168,6 +176,8 @@ impl Server {
                 dead: Vec::new(),
                 read_again: Vec::new(),
                 ws_frame: Vec::new(),
+                ws_frame_z: Vec::new(),
+                deflater: Deflater::new(),
                 line_buf: Vec::new(),
                 chat_limits,
                 echo_limits,
@@ -184,6 +194,7 @@ impl Server {
             shutdown_deadline: None,
             fired: Vec::new(),
             cluster: None,
+            inflater: Some(Box::default()),
         };
         server.start_cluster();
         Ok(server)

@@ -30,6 +30,25 @@ pub enum CloseState {
     Failed,
 }
 
+/// What was negotiated for the sending side, as a copyable value: whether a
+/// message goes out compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendPolicy {
+    /// permessage-deflate was negotiated.
+    pub deflate: bool,
+    /// The peer narrowed the server's window (see [`Agreement::narrow`]).
+    pub narrow: bool,
+}
+
+impl SendPolicy {
+    /// Whether a data message of `len` bytes goes out compressed: compression
+    /// was negotiated, the message is at least `threshold` bytes, and it fits
+    /// the peer's window when the peer narrowed it.
+    pub fn compresses(&self, len: usize, threshold: usize) -> bool {
+        self.deflate && len >= threshold && (!self.narrow || len <= NARROW_MAX)
+    }
+}
+
 /// A sans-I/O WebSocket endpoint (see the module docs).
 #[derive(Debug)]
 pub struct Endpoint {
@@ -52,6 +71,26 @@ impl Endpoint {
                 Some(a) => Receiver::with_deflate(role, a.narrow()),
                 None => Receiver::new(role),
             },
+        }
+    }
+
+    /// A fresh endpoint with the same role and negotiated extension as one
+    /// with `policy` (e.g. a stand-in while the real one is lent out).
+    pub fn with_policy(role: Role, policy: SendPolicy) -> Self {
+        Endpoint {
+            rx: if policy.deflate {
+                Receiver::with_deflate(role, policy.narrow)
+            } else {
+                Receiver::new(role)
+            },
+        }
+    }
+
+    /// The negotiated sending side.
+    pub fn policy(&self) -> SendPolicy {
+        SendPolicy {
+            deflate: self.rx.deflate(),
+            narrow: self.rx.narrow(),
         }
     }
 
@@ -87,7 +126,7 @@ impl Endpoint {
     /// was negotiated, the message is at least `threshold` bytes, and it fits
     /// the peer's window when the peer narrowed it.
     pub fn compresses(&self, len: usize, threshold: usize) -> bool {
-        self.rx.deflate() && len >= threshold && (!self.rx.narrow() || len <= NARROW_MAX)
+        self.policy().compresses(len, threshold)
     }
 
     /// Read from `input` until one message completes or the input is used up,
