@@ -3,8 +3,8 @@
 //! starts from an empty window, as with `no_context_takeover`).
 //!
 //! Run once per backend and compare (BENCHMARKS.md):
-//!   cargo bench --bench deflate                      # miniz_oxide (default)
-//!   cargo bench --bench deflate --features zlib-rs   # zlib-rs
+//!   cargo bench --bench deflate                                        # zlib-rs (default)
+//!   cargo bench --bench deflate --no-default-features --features miniz # miniz_oxide
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use loopchat::ws::deflate::{Deflater, Inflater, LEVEL};
@@ -26,7 +26,7 @@ fn text(len: usize) -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
-    let backend = if cfg!(feature = "zlib-rs") {
+    let backend = if cfg!(feature = "zlib-rs") && !cfg!(feature = "miniz") {
         "zlib-rs"
     } else {
         "miniz_oxide"
