@@ -86,7 +86,7 @@ struct ServeArgs {
 
     /// permessage-deflate (RFC 7692) on /ws and /echo: on accepts browsers' offers,
     /// off answers every handshake without the extension.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     compression: bool,
 
     /// Messages shorter than this many bytes go uncompressed even when negotiated.
