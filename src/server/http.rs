@@ -113,7 +113,7 @@ impl Server {
         let c = &mut self.conns[id];
         debug!("{}: bad request: {e:?} (id {id})", c.ip);
         self.ctx.metrics.handshake_failed(e.reason());
-        e.write_response(&mut c.outbox);
+        c.append(&mut self.ctx.outbox_bytes, |o| e.write_response(o));
         finish_with(&mut self.ctx, id, c, Then::Drain);
     }
 
@@ -162,7 +162,9 @@ impl Server {
                 return Route::Answered;
             }
             let c = &mut self.conns[id];
-            handshake::write_upgrade_response(&mut c.outbox, up.key, None);
+            c.append(&mut self.ctx.outbox_bytes, |o| {
+                handshake::write_upgrade_response(o, up.key, None)
+            });
             c.upgraded(kind, self.ctx.tick);
             mark_dirty(&mut self.ctx.dirty, id, c);
             self.ctx.metrics.ws_upgrades_total += 1;
@@ -238,7 +240,9 @@ impl Server {
         body: &[u8],
     ) {
         let c = &mut self.conns[id];
-        write_response(&mut c.outbox, status, ctype, headers, body);
+        c.append(&mut self.ctx.outbox_bytes, |o| {
+            write_response(o, status, ctype, headers, body)
+        });
         // Plain HTTP: the client may have sent more than we read (a body, a
         // pipelined request); linger so the answer is not lost to a reset.
         finish_with(&mut self.ctx, id, c, Then::Drain);

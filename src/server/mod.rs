@@ -88,6 +88,9 @@ struct Ctx {
     start: Instant,
     /// The configured time limits in ticks.
     timeouts: Timeouts,
+    /// Bytes allocated by all outboxes together (capacity, not length): kept
+    /// exact by [`Conn::append`] and friends, held under `cfg.outbox_total`.
+    outbox_bytes: usize,
 }
 /// A bound server, ready to `run`.
 pub struct Server {
@@ -116,13 +119,13 @@ impl Server {
     /// Bind the listeners (port 0 picks a free port) and set up the loop.
     pub fn bind(cfg: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = sys::listener(cfg.listen, cfg.reuse_port)?;
+        let mut listener = sys::listener(cfg.listen, cfg.reuse_port, cfg.send_buffer)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let (line_listener, line_addr) = match cfg.line_listen {
             Some(a) => {
-                let mut l = sys::listener(a, cfg.reuse_port)?;
+                let mut l = sys::listener(a, cfg.reuse_port, cfg.send_buffer)?;
                 let addr = l.local_addr()?;
                 poll.registry()
                     .register(&mut l, LINE_LISTENER, Interest::READABLE)?;
@@ -175,6 +178,7 @@ impl Server {
                 tick: 0,
                 start: Instant::now(),
                 timeouts,
+                outbox_bytes: 0,
             },
             per_ip: HashMap::new(),
             wheel: Wheel::new(),
