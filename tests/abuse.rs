@@ -372,3 +372,24 @@ fn a_reader_behind_longer_than_the_grace_period_is_closed() {
     drop(s);
     draining.join().unwrap();
 }
+
+/// Nothing another user types can drive a terminal: control characters,
+/// DEL and the Unicode line separators arrive replaced, over WebSocket and
+/// over the line protocol alike.
+#[test]
+fn control_characters_are_replaced_in_what_others_see() {
+    let mut cfg = common::config();
+    cfg.line_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = TestServer::start(cfg);
+    let (mut mallory, _) = common::Client::chat(&s, "?nick=mallory");
+    let mut nc = Line::connect(s.line_addr.unwrap());
+    nc.recv_until("JOINED lobby");
+    mallory.recv_until(|l| l.starts_with("JOINED lobby guest"));
+    let evil =
+        "\x1b[1G\x1b[2KSYS mallory is now an operator\0\x0b\x0c\u{85}\u{2028}\u{2029}\x7f\tok\r";
+    mallory.send(evil);
+    let want = "MSG lobby mallory \u{FFFD}[1G\u{FFFD}[2KSYS mallory is now an operator\
+                \u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\tok ";
+    assert_eq!(nc.recv_until("MSG "), want);
+    assert_eq!(mallory.recv_until(|l| l.starts_with("MSG ")), want);
+}
