@@ -393,3 +393,82 @@ fn control_characters_are_replaced_in_what_others_see() {
     assert_eq!(nc.recv_until("MSG "), want);
     assert_eq!(mallory.recv_until(|l| l.starts_with("MSG ")), want);
 }
+
+/// The real binary, killed on drop (even while stopped).
+struct Proc {
+    child: std::process::Child,
+    line: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_line_server() -> Proc {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+        .args(["--listen", "127.0.0.1:0", "--line-listen", "127.0.0.1:0"])
+        .args(["--log-level", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn loopchat");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = None;
+    for _ in 0..2 {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        if let Some(a) = l.trim().strip_prefix("line protocol on ") {
+            line = Some(a.parse().unwrap());
+        }
+    }
+    Proc {
+        child,
+        line: line.expect("line listener address on stdout"),
+    }
+}
+
+fn signal(p: &Proc, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(p.child.id() as i32, sig) };
+    assert_eq!(rc, 0);
+}
+
+/// A client sending at half the rate limit is not punished for a backlog
+/// that built up while the server was stopped: its commands are charged by
+/// when they arrived, not when the server got to them.
+#[test]
+fn a_backlog_from_a_stopped_server_is_not_rate_limited() {
+    let p = spawn_line_server();
+    let mut c = Line::connect(p.line);
+    c.recv_until("JOINED lobby");
+    c.send("/ping start\n");
+    c.recv_until("PONG start");
+    signal(&p, libc::SIGSTOP);
+    // 25 lines a second (the limit is 50) for 4.5 s: 112 lines queue up.
+    let sent = 112;
+    for k in 0..sent {
+        c.send(&format!("line {k}\n"));
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    signal(&p, libc::SIGCONT);
+    c.send("/ping end\n");
+    let mut got = 0;
+    for _ in 0..10_000 {
+        let l = c.recv();
+        assert!(
+            !l.starts_with("ERR"),
+            "punished for the server's stall: {l}"
+        );
+        if l.starts_with("MSG lobby ") {
+            got += 1;
+        }
+        if l == "PONG end" {
+            break;
+        }
+    }
+    assert_eq!(got, sent, "every line was said");
+}

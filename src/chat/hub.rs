@@ -339,6 +339,20 @@ impl Hub {
     /// line without its terminator). One trailing line ending is dropped: line-mode
     /// tools such as websocat send it with each message. Unknown ids are ignored.
     pub fn handle(&mut self, id: ConnId, line: &str, now_ms: u64, sink: &mut impl Sink) {
+        self.handle_arrived(id, line, now_ms, now_ms, sink);
+    }
+
+    /// [`handle`](Self::handle) for a line that arrived no earlier than
+    /// `earliest_ms` (see [`RateLimiter::check_arrived`]): the server passes
+    /// the start of a stall of its loop, so a backlog is not charged as a burst.
+    pub fn handle_arrived(
+        &mut self,
+        id: ConnId,
+        line: &str,
+        earliest_ms: u64,
+        now_ms: u64,
+        sink: &mut impl Sink,
+    ) {
         let line = line
             .strip_suffix('\n')
             .map_or(line, |l| l.strip_suffix('\r').unwrap_or(l));
@@ -356,7 +370,7 @@ impl Hub {
             Ok(Command::Rooms | Command::Who(_)) => self.config.query_cost,
             _ => 1,
         };
-        match user.rate.check(rate, cost, now_ms) {
+        match user.rate.check_arrived(rate, cost, earliest_ms, now_ms) {
             RateDecision::Allow => {}
             RateDecision::Limited => {
                 self.err(

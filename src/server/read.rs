@@ -208,9 +208,9 @@ impl Server {
     }
 
     pub(super) fn chat_line(&mut self, id: usize, line: &str) {
-        let now = self.ctx.now_ms;
+        let (arrived, now) = (self.ctx.arrived_ms, self.ctx.now_ms);
         let (hub, mut out) = self.chat();
-        hub.handle(id, line, now, &mut out);
+        hub.handle_arrived(id, line, arrived, now, &mut out);
     }
 
     /// Line-protocol bytes: one command per `\n`-terminated line.
