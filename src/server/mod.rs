@@ -98,6 +98,13 @@ struct Ctx {
     /// exact by [`Conn::append`] and friends, held under `cfg.outbox_total`.
     outbox_bytes: usize,
 }
+/// An episode of accept() failing for lack of descriptors (or memory).
+struct Starved {
+    since: Instant,
+    /// Failed accepts in it (one per retry).
+    failures: u64,
+}
+
 /// A bound server, ready to `run`.
 pub struct Server {
     poll: Poll,
@@ -115,6 +122,8 @@ pub struct Server {
     scratch: Box<[u8]>,
     accept_paused_until: Option<Instant>,
     accept_again: bool,
+    /// Accepting has been failing for lack of descriptors since then.
+    starved: Option<Starved>,
     shutdown_deadline: Option<Instant>,
     fired: Vec<Entry>,
     /// The Redis bridge (`--redis`); `None` runs alone.
@@ -192,6 +201,7 @@ impl Server {
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             accept_paused_until: None,
             accept_again: false,
+            starved: None,
             shutdown_deadline: None,
             fired: Vec::new(),
             cluster: None,
