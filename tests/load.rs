@@ -40,30 +40,11 @@ fn object<'a>(json: &'a str, name: &str) -> Option<&'a str> {
     Some(&json[start..end])
 }
 
-#[test]
-fn broadcast_delivers_every_message_to_every_receiver() {
-    let srv = server();
-    let url = srv.url("/ws");
+/// Run the `loopchat load` binary with `args`, at most RUN_LIMIT.
+fn run_load(args: &[&str]) -> std::process::Output {
     let child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
-        .args([
-            "load",
-            "--mode",
-            "broadcast",
-            "--url",
-            &url,
-            "-c",
-            "50",
-            "-s",
-            "2",
-            "--warmup",
-            "500ms",
-            "--duration",
-            "2s",
-            "--timeout",
-            "10s",
-            "--json",
-            "--quiet",
-        ])
+        .arg("load")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -73,14 +54,38 @@ fn broadcast_delivers_every_message_to_every_receiver() {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = match rx.recv_timeout(RUN_LIMIT) {
+    match rx.recv_timeout(RUN_LIMIT) {
         Ok(out) => out.expect("wait for loopchat load"),
         Err(_) => {
             // SAFETY: kill(2) on the child we spawned, still unreaped.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             panic!("loopchat load did not finish within {RUN_LIMIT:?}");
         }
-    };
+    }
+}
+
+#[test]
+fn broadcast_delivers_every_message_to_every_receiver() {
+    let srv = server();
+    let url = srv.url("/ws");
+    let out = run_load(&[
+        "--mode",
+        "broadcast",
+        "--url",
+        &url,
+        "-c",
+        "50",
+        "-s",
+        "2",
+        "--warmup",
+        "500ms",
+        "--duration",
+        "2s",
+        "--timeout",
+        "10s",
+        "--json",
+        "--quiet",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -252,4 +257,52 @@ fn bad_servers_are_counted_not_fatal() {
     assert_eq!(r.closes.get("protocol-error"), Some(&4), "{}", r.to_json());
     // The last kind stays open, answers the ping and is closed by us at the end.
     assert!(r.measure_secs > 0.0, "{}", r.to_json());
+}
+
+#[test]
+fn a_rate_limited_run_fails_and_says_how_to_fix_it() {
+    // The default server limits each connection to 50 commands/s; a closed-loop
+    // sender goes far past that.
+    let mut cfg = config();
+    cfg.chat.rate_limit = 50;
+    let srv = TestServer::start(cfg);
+    let url = srv.url("/ws");
+    let out = run_load(&[
+        "--mode",
+        "broadcast",
+        "--url",
+        &url,
+        "-c",
+        "2",
+        "-s",
+        "1",
+        "--warmup",
+        "0s",
+        "--duration",
+        "1s",
+        "--timeout",
+        "2s",
+        "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("FAILED"), "{stderr}");
+    assert!(stderr.contains("start it with --rate-limit 0"), "{stderr}");
+    assert!(stdout.contains("rate-limited"), "{stdout}");
+}
+
+#[test]
+fn a_wrong_server_pid_is_an_error() {
+    // A child that has exited and been reaped: its pid names no process.
+    let mut gone = Command::new("true").spawn().expect("spawn true");
+    let pid = gone.id().to_string();
+    gone.wait().unwrap();
+    let out = run_load(&["--mode", "idle", "-n", "1", "--server-pid", &pid]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--server-pid {pid}: no such process")),
+        "{stderr}"
+    );
 }

@@ -883,7 +883,12 @@ impl Engine<'_> {
                                             }
                                         }
                                         Line::Joined => became_ready = true,
-                                        Line::Err => res.server_errors += 1,
+                                        Line::Err => {
+                                            res.server_errors += 1;
+                                            if line.starts_with("ERR rate-limited") {
+                                                res.rate_limited += 1;
+                                            }
+                                        }
                                         Line::Other => {}
                                     }
                                 }

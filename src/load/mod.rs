@@ -226,6 +226,13 @@ impl Plan {
         if args.mode == Mode::Echo && args.size < 8 {
             return Err("echo needs --size of at least 8 bytes (it carries a timestamp)".into());
         }
+        if let Some(pid) = args.server_pid {
+            if sys::proc_sample(pid).is_none() {
+                return Err(format!(
+                    "--server-pid {pid}: no such process (or /proc/{pid} is not readable)"
+                ));
+            }
+        }
         let sources = (0..args.sources)
             .map(|i| Ipv4Addr::new(127, 0, 0, 2u8.saturating_add(i)))
             .collect();
@@ -271,8 +278,9 @@ pub fn check_descriptors(conns: usize) -> Result<u64, String> {
     Ok(soft)
 }
 
-/// Run `loopchat load`; returns the exit code (2 for bad flags or limits,
-/// 1 when no connection could be opened).
+/// Run `loopchat load`; returns the exit code: 2 for bad flags or limits, 1
+/// when the run failed (see [`report::LoadResult::problems`]: nothing opened,
+/// connections refused or closed, deliveries lost, rate limiting), else 0.
 pub fn run(args: LoadArgs) -> ExitCode {
     let plan = match Plan::new(args) {
         Ok(p) => p,
@@ -292,10 +300,14 @@ pub fn run(args: LoadArgs) -> ExitCode {
             } else {
                 print!("{}", result.to_text());
             }
-            if result.opened == 0 {
-                ExitCode::FAILURE
-            } else {
+            let problems = result.problems();
+            for p in &problems {
+                eprintln!("loopchat load: FAILED: {p}");
+            }
+            if problems.is_empty() {
                 ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
         Err(e) => {
