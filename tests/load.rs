@@ -306,3 +306,103 @@ fn a_wrong_server_pid_is_an_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_short_ramp_reports_its_capacity_and_an_offline_html_report() {
+    let srv = server();
+    let url = srv.url("/ws");
+    let dir = std::env::temp_dir().join(format!("loopchat-ramp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("ramp.html");
+    let report_s = report.to_str().unwrap();
+    // Three steps of 0.5 s: 50, 100, 150 messages/s to 5 receivers.
+    let common = [
+        "--mode",
+        "latency",
+        "--url",
+        &url,
+        "-c",
+        "5",
+        "--ramp",
+        "rate",
+        "--ramp-start",
+        "50",
+        "--ramp-step",
+        "50",
+        "--ramp-limit",
+        "150",
+        "--step-duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "--quiet",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--slo", "p99<5s,loss<1%", "--report", report_s]);
+    let out = run_load(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("capacity: at least 150 messages/s"),
+        "{stdout}"
+    );
+    let rows = stdout
+        .lines()
+        .filter(|l| l.trim_end().ends_with(" ok"))
+        .count();
+    assert_eq!(rows, 3, "{stdout}");
+    let html = std::fs::read_to_string(&report).expect("report written");
+    assert_eq!(html.matches("<svg").count(), 3, "three plots");
+    assert!(!html.contains("<script") && !html.contains("<link"));
+
+    // A threshold nothing can meet: the first step fails, exit 1, JSON says so.
+    let mut args = common.to_vec();
+    args.extend(["--slo", "p50<1us", "--json"]);
+    let out = run_load(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("\"capacity\":null"), "{stdout}");
+    assert_eq!(
+        stdout.matches("\"passed\":false").count(),
+        1,
+        "stops at the first failure: {stdout}"
+    );
+    assert!(
+        stderr.contains("the first step (50 messages/s) already failed"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ramp_flags_are_checked() {
+    for (args, want) in [
+        (
+            &["--ramp", "rate", "--mode", "idle"][..],
+            "--ramp needs --mode broadcast or latency",
+        ),
+        (
+            &["--ramp", "rate", "--slo", "p99=1s"][..],
+            "bad threshold `p99=1s`",
+        ),
+        (
+            &[
+                "--ramp",
+                "rate",
+                "--ramp-start",
+                "500",
+                "--ramp-limit",
+                "100",
+            ][..],
+            "below --ramp-start",
+        ),
+        (&["--report", "/tmp/x.html"][..], "--report needs --ramp"),
+    ] {
+        let out = run_load(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}

@@ -115,6 +115,25 @@ pub struct LoadResult {
     pub gen_cpu_pct: f64,
     /// The server process, when `--server-pid` was given.
     pub server: Option<ServerStats>,
+    /// Every latency sample of the measurement (what `latency` summarises).
+    pub hist: Option<Histogram<u64>>,
+    /// One sample per second of the whole run (connecting and draining too).
+    pub timeline: Vec<Sample>,
+}
+
+/// One second of a run, as the progress line shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    /// Seconds since the generator started.
+    pub t: f64,
+    /// Connections open.
+    pub open: u64,
+    /// Messages sent in this second.
+    pub sent: u64,
+    /// Deliveries (echoes, cycles) in this second.
+    pub delivered: u64,
+    /// Latency of this second's deliveries, when there were any.
+    pub latency: Option<Latency>,
 }
 
 impl LoadResult {
@@ -128,6 +147,12 @@ impl LoadResult {
     /// deliveries lost or given up on, `ERR` lines; with a hint when the server
     /// was rate limiting.
     pub fn problems(&self) -> Vec<String> {
+        self.problems_judging_loss(true)
+    }
+
+    /// [`Self::problems`], leaving out lost and timed-out deliveries when
+    /// `loss` is false (a ramp judges those by its `loss<X%` threshold).
+    pub fn problems_judging_loss(&self, loss: bool) -> Vec<String> {
         let mut p = Vec::new();
         if self.opened == 0 {
             p.push("no connection could be opened (is the server running at that URL?)".into());
@@ -139,7 +164,7 @@ impl LoadResult {
                 self.connect_errors, self.handshake_failures
             ));
         }
-        let lost = self.lost();
+        let lost = if loss { self.lost() } else { 0 };
         if lost > 0 {
             p.push(format!(
                 "{lost} of {} deliveries lost ({:.2}%)",
@@ -147,7 +172,7 @@ impl LoadResult {
                 lost as f64 * 100.0 / self.expected.max(1) as f64
             ));
         }
-        if self.timed_out > 0 {
+        if loss && self.timed_out > 0 {
             p.push(format!(
                 "{} messages not delivered everywhere within --timeout",
                 self.timed_out
@@ -425,7 +450,7 @@ fn num(v: f64) -> String {
 }
 
 /// A JSON string literal.
-fn json_str(v: &str) -> String {
+pub(crate) fn json_str(v: &str) -> String {
     let mut s = String::with_capacity(v.len() + 2);
     s.push('"');
     for c in v.chars() {
