@@ -209,7 +209,7 @@ struct Session {
 /// Guest nicks are the server's (`guest-N`, `guest-TAG-N` in a cluster); users
 /// cannot choose them, so holding one means the server picked it.
 fn is_guest(nick: &str) -> bool {
-    nick.len() > 6 && nick[..6].eq_ignore_ascii_case("guest-")
+    nick.len() > 6 && nick.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("guest-"))
 }
 
 impl Session {
@@ -1103,6 +1103,8 @@ mod tests {
         s.observe("WELCOME guest-1", now);
         assert!(s.observe("ERR bad-nick bad nick, using a guest nick", now));
         assert_eq!((s.wanted.as_deref(), s.retry_at), (None, None));
+        // Whatever a server sends, the check does not panic.
+        assert!(!is_guest("gueß-1") && !is_guest("ü") && is_guest("Guest-7"));
         // Nor is a guest nick asked for in the URL.
         let s = Session::new(Some("guest-4".into()), Duration::from_secs(60));
         assert_eq!(s.wanted, None);
