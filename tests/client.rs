@@ -285,3 +285,25 @@ fn a_quiet_nc_user_is_told_to_send_ping_before_the_idle_close() {
     // Silence after that: closed, as before.
     assert_eq!(next(), "SYS idle timeout");
 }
+
+#[test]
+fn quit_typed_ends_the_client_without_reconnecting() {
+    let s = TestServer::start(config());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+        .args(["client", &format!("ws://{}/ws?nick=leaver", s.addr)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The input stays open: only the /quit says the user is done.
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "/quit see you").unwrap();
+    stdin.flush().unwrap();
+    let st = wait_bounded(&mut child, WAIT).expect("client still running after /quit");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(st.success(), "{st:?}: {err}");
+    assert!(!err.contains("reconnecting"), "{err}");
+    drop(stdin);
+}
