@@ -3,6 +3,8 @@
 //! tungstenite clients. Every wait is bounded; synchronisation is on messages
 //! and on `/metrics` (subscription counts), never on a fixed sleep.
 //!
+//! `LOOPCHAT_TEST_BIN=path` runs them against another `loopchat` binary.
+//!
 //! Without `redis-server` these tests print `SKIPPED: redis-server not
 //! installed`; with `LOOPCHAT_REQUIRE_TOOLS=1` they fail instead.
 
@@ -111,6 +113,19 @@ impl Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGSTOP (`false`) or SIGCONT (`true`): a Redis that stops answering.
+    fn run(&self, go: bool) {
+        signal(&self.child, go);
+    }
+}
+
+/// SIGCONT or SIGSTOP to a child.
+fn signal(child: &Child, go: bool) {
+    let sig = if go { libc::SIGCONT } else { libc::SIGSTOP };
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({sig})");
 }
 
 impl Drop for Redis {
@@ -135,7 +150,11 @@ impl Node {
     }
 
     fn start_url(url: &str, listen: &str, extra: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+        // `LOOPCHAT_TEST_BIN` runs the scenarios against another build (say,
+        // an older one, to see a test fail there).
+        let bin = std::env::var_os("LOOPCHAT_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_loopchat").into());
+        let mut child = Command::new(bin)
             .args(["--listen", listen, "--redis", url, "--rate-limit", "0"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -195,6 +214,27 @@ impl Node {
     }
 }
 
+impl Node {
+    /// This node's id, from `/metrics`.
+    fn id(&self) -> String {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("loopchat_redis_node{node=\""))
+            .and_then(|l| l.split('"').next())
+            .expect("node id in /metrics")
+            .to_string()
+    }
+
+    /// Wait (bounded) until `name` reaches at least `v`.
+    fn wait_metric(&self, name: &str, v: f64) {
+        let deadline = Instant::now() + WAIT;
+        while self.metric(name) < v {
+            assert!(Instant::now() < deadline, "{name} never reached {v}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
@@ -246,6 +286,29 @@ impl Client {
 
     fn send(&mut self, text: &str) {
         self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// Connect and send `lines` at once, before reading anything (pipelined
+    /// behind the handshake); then read `WELCOME`.
+    fn connect_pipelined(addr: SocketAddr, query: &str, lines: &[String]) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let (mut ws, _) =
+            tungstenite::client(format!("ws://{addr}/ws{query}"), stream).expect("handshake");
+        for l in lines {
+            ws.write(Message::text(l.as_str())).expect("write");
+        }
+        ws.flush().expect("flush");
+        let mut c = Client {
+            ws,
+            nick: String::new(),
+        };
+        let w = c.recv();
+        c.nick = w
+            .strip_prefix("WELCOME ")
+            .unwrap_or_else(|| panic!("expected WELCOME, got {w:?}"))
+            .to_string();
+        c
     }
 
     /// The next text line, or None when nothing arrives within `timeout`.
@@ -444,15 +507,16 @@ fn nicks_are_unique_across_nodes() {
     alice.send("/rooms");
     alice.until(|l| l.starts_with("ROOMS"));
 
-    // Asking for a taken nick at connect: a node guest nick instead.
+    // Asking for a taken nick at connect: a node guest nick from the start,
+    // and the reason; the taken nick is never announced.
     let mut other = Client::connect(b.addr, "?nick=ALICE&room=rb");
-    let lines = other.until(|l| l.starts_with("NICK ALICE "));
-    assert!(
-        lines.iter().any(|l| l.starts_with("ERR nick-taken")),
-        "{lines:?}"
-    );
-    let guest = lines.last().unwrap()["NICK ALICE ".len()..].to_string();
+    let guest = other.nick.clone();
     assert!(guest.starts_with("guest-"), "{guest}");
+    assert_eq!(
+        other.recv(),
+        "ERR nick-taken nick taken on another node, using a guest nick"
+    );
+    assert_eq!(other.recv(), format!("JOINED rb {guest}"));
     // ...and by /nick.
     other.send("/nick Alice");
     assert_eq!(other.recv(), "ERR nick-taken nick taken");
@@ -540,8 +604,8 @@ fn cluster_recovers_after_redis_restarts() {
     assert_eq!(count(&lines, "MSG r alice after"), 1, "{lines:?}");
     assert_eq!(count(&bob.sync("s"), "MSG r bob reply"), 1);
     // The nicks were registered again: bob cannot be taken from node a.
-    let mut thief = Client::connect(a.addr, "?nick=bob");
-    thief.until(|l| l.starts_with("NICK bob guest-"));
+    let thief = Client::connect(a.addr, "?nick=bob");
+    assert!(thief.nick.starts_with("guest-"), "{}", thief.nick);
     assert!(a.metric("loopchat_redis_connects_total") >= 4.0);
 }
 
@@ -690,15 +754,175 @@ fn auth_and_select_from_the_url() {
             &["GET", "lc:nick:alice"],
         ],
     );
+    // `NODE REGISTERED_MS DISPLAY`.
     assert!(
-        reply.contains(&format!("{id} Alice")),
+        reply.contains(&format!("{id} ")) && reply.contains(" Alice\r\n"),
         "registration not in db 2: {reply:?}"
     );
     // A wrong password: the node runs alone and says Redis is down.
     let bad = format!("redis://:wrong@127.0.0.1:{}", redis.port);
     let lone = Node::start_url(&bad, "127.0.0.1:0", &[]);
+    // Nobody can confirm a nick there: a guest nick, and why.
     let mut bob = Client::connect(lone.addr, "?nick=bob&room=x");
+    assert!(bob.nick.starts_with("guest-"), "{}", bob.nick);
+    assert_eq!(
+        bob.recv(),
+        "ERR nick-unavailable nick registry unreachable, using a guest nick"
+    );
     bob.send("hello");
-    bob.until(|l| l == "MSG x bob hello");
+    let guest = bob.nick.clone();
+    bob.until(|l| l == format!("MSG x {guest} hello"));
     assert_eq!(lone.metric("loopchat_redis_up"), 0.0);
+}
+
+#[test]
+fn an_idle_node_keeps_its_link_and_loses_nothing() {
+    let Some(()) = need_redis("an_idle_node_keeps_its_link_and_loses_nothing") else {
+        return;
+    };
+    let redis = Redis::start();
+    // The default nick TTL (30 s): registrations are refreshed every 10 s.
+    let a = Node::start(&redis, &[]);
+    let b = Node::start(&redis, &[]);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=idle");
+    a.wait_subscriptions(3);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=idle");
+    b.wait_subscriptions(3);
+    alice.until(|l| l == "JOINED idle bob");
+    let connects = [
+        a.metric("loopchat_redis_connects_total"),
+        b.metric("loopchat_redis_connects_total"),
+    ];
+    // The scenario is the quiet time itself (three refresh periods and more),
+    // not a synchronisation: nothing is expected to happen during it.
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(35) {
+        std::thread::sleep(Duration::from_millis(2_500));
+        // A message now and then, at moments a refresh may be in flight.
+        if i % 4 == 3 {
+            alice.send(&format!("quiet {i}"));
+            bob.until(|l| l == format!("MSG idle alice quiet {i}"));
+        }
+        i += 1;
+    }
+    alice.send("after the quiet");
+    bob.until(|l| l == "MSG idle alice after the quiet");
+    for (n, before) in [&a, &b].iter().zip(connects) {
+        assert_eq!(n.metric("loopchat_redis_connects_total"), before);
+        assert_eq!(n.metric("loopchat_redis_dropped_total"), 0.0);
+        assert_eq!(n.metric("loopchat_redis_up"), 1.0);
+    }
+}
+
+#[test]
+fn an_impostor_never_wears_a_taken_nick() {
+    let Some(()) = need_redis("an_impostor_never_wears_a_taken_nick") else {
+        return;
+    };
+    let redis = Redis::start();
+    let timeout = ["--redis-query-timeout", "400ms"];
+    let a = Node::start(&redis, &timeout);
+    let b = Node::start(&redis, &timeout);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=dev");
+    a.wait_subscriptions(3);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=dev");
+    b.wait_subscriptions(3);
+    alice.until(|l| l == "JOINED dev carol");
+
+    // Frames pipelined behind the handshake run under the granted nick only.
+    let forged: Vec<String> = (0..20).map(|i| format!("forged {i}")).collect();
+    let mut imp = Client::connect_pipelined(b.addr, "?nick=alice&room=dev", &forged);
+    let guest = imp.nick.clone();
+    assert!(guest.starts_with("guest-"), "{guest}");
+    assert_eq!(
+        imp.recv(),
+        "ERR nick-taken nick taken on another node, using a guest nick"
+    );
+    let seen = alice.until(|l| l == format!("MSG dev {guest} forged 19"));
+    assert!(seen.iter().all(|l| !l.contains(" alice")), "{seen:?}");
+    assert_eq!(count(&seen, &format!("JOINED dev {guest}")), 1, "{seen:?}");
+
+    // Redis stops answering: nobody gets an unconfirmed nick, within the
+    // query timeout; /nick fails closed too.
+    redis.run(false);
+    let started = Instant::now();
+    let mut imp2 = Client::connect_pipelined(b.addr, "?nick=Alice&room=dev", &forged);
+    let waited = started.elapsed();
+    let guest2 = imp2.nick.clone();
+    assert!(guest2.starts_with("guest-"), "{guest2}");
+    assert_eq!(
+        imp2.recv(),
+        "ERR nick-unavailable nick registry did not answer in time, using a guest nick"
+    );
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    imp.send("/nick alice");
+    assert_eq!(
+        imp.until(|l| l.starts_with("ERR ")).last().unwrap(),
+        "ERR nick-unavailable nick registry unreachable, nick unchanged"
+    );
+    // A private message for alice never reaches an impostor.
+    carol.send("/msg alice for alice only");
+    redis.run(true);
+    let lines = alice.until(|l| l == "PRIV carol alice for alice only");
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.starts_with("MSG dev alice") && !l.starts_with("JOINED dev alice")),
+        "{lines:?}"
+    );
+    for c in [&mut imp, &mut imp2] {
+        let l = c.sync("p");
+        assert!(l.iter().all(|l| !l.contains("for alice only")), "{l:?}");
+    }
+    assert!(b.metric("loopchat_redis_nick_unconfirmed_total") >= 1.0);
+}
+
+#[test]
+fn the_earlier_registration_wins_after_a_redis_restart() {
+    let Some(()) = need_redis("the_earlier_registration_wins_after_a_redis_restart") else {
+        return;
+    };
+    let mut redis = Redis::start();
+    let ttl = ["--redis-nick-ttl", "3s"];
+    let a = Node::start(&redis, &ttl);
+    let b = Node::start(&redis, &ttl);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r");
+    assert_eq!(alice.nick, "alice");
+    let mut watcher = Client::connect(b.addr, "?nick=watcher&room=r");
+    let a_id = a.id();
+    for round in 0..3 {
+        // Node a is frozen while Redis restarts empty, so the node that
+        // comes back first is b, and b's impostor gets the free key.
+        let connects = b.metric("loopchat_redis_connects_total");
+        signal(&a.child, false);
+        redis.kill();
+        redis = Redis::start_on(redis.port);
+        b.wait_metric("loopchat_redis_connects_total", connects + 2.0);
+        b.wait_subscriptions(3);
+        let mut imp = Client::connect(b.addr, "?nick=alice&room=r");
+        assert_eq!(imp.nick, "alice", "round {round}: the key was free");
+        signal(&a.child, true);
+        // a registers alice again with her earlier registration time: the
+        // impostor is renamed, told first; alice is never renamed.
+        let lines = imp.until(|l| l.starts_with("NICK alice guest-"));
+        assert!(
+            lines.contains(&"ERR nick-taken nick taken on another node, using a guest nick".into()),
+            "round {round}: {lines:?}"
+        );
+        let reply = redis_cmd(redis.port, &[&["GET", "lc:nick:alice"]]);
+        assert!(reply.contains(&format!("{a_id} ")), "{reply:?}");
+        alice.send(&format!("still me {round}"));
+        watcher.until(|l| l == format!("MSG r alice still me {round}"));
+        let mine = alice.sync(&format!("s{round}"));
+        assert!(
+            mine.iter().all(|l| !l.starts_with("NICK alice ")),
+            "round {round}: {mine:?}"
+        );
+        imp.send("/quit");
+    }
 }

@@ -32,16 +32,19 @@ use mio::{Registry, Token};
 use super::conn::RedisConn;
 use super::resp::{Limits, Value};
 use crate::chat::names::{valid_nick, valid_room, Folded};
-use crate::chat::remote::Request;
+use crate::chat::remote::{Claim, Request};
 use crate::chat::{ConnId, Hub, Sink};
 
 /// First reconnect delay; doubled per failure up to [`MAX_BACKOFF`], with jitter.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// A command link with replies outstanding and none arriving for this long is
-/// considered dead and reconnected.
+/// A link whose oldest outstanding request has waited this long for its
+/// reply is considered dead and reconnected.
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle link sends a `PING` this often, well inside [`STALL_TIMEOUT`], so a
+/// dead link is noticed while it is quiet and a live one never looks stalled.
+const HEARTBEAT: Duration = Duration::from_millis(2500);
 /// Bytes read from one Redis connection per event.
 const READ_BUDGET: usize = 1 << 20;
 /// Forget the last sequence number of a node not heard from for this long.
@@ -51,11 +54,16 @@ const MAX_NODES: usize = 65_536;
 /// Most rooms one node lists in an answer to `/rooms`.
 const MAX_ROOMS_ANSWER: usize = 10_000;
 
-/// Refresh a nick registration: keep (or take back, after a Redis restart)
-/// the key when it is free or ours, refuse when another node holds it.
+/// Refresh a nick registration (`KEYS[1]`; `ARGV`: value, `NODE `, ttl in
+/// ms, registration time in ms): keep the key when it is free or ours, take
+/// it over from a holder registered later (IRC's rule: after a Redis restart
+/// or an outage the earlier registration wins, ties to the holder), refuse
+/// otherwise. Values are `NODE REGISTERED_MS DISPLAY`.
 const REFRESH_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
-if v == false or string.sub(v, 1, string.len(ARGV[2])) == ARGV[2] then \
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1 end return 0";
+local mine = v == false or string.sub(v, 1, string.len(ARGV[2])) == ARGV[2] \
+if not mine then local ts = tonumber(string.match(v, '^%S+ (%d+) ')) \
+mine = ts == nil or tonumber(ARGV[4]) < ts end \
+if mine then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1 end return 0";
 /// Delete a nick registration only when it is ours.
 const RELEASE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
 if v ~= false and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then \
@@ -118,6 +126,9 @@ pub struct ClusterStats {
     pub query_timeouts: u64,
     /// Nicks lost to another node (renamed to a guest nick).
     pub nick_conflicts: u64,
+    /// Nick claims refused because the registry could not confirm them in
+    /// time (Redis down, buffer full, or `--redis-query-timeout`).
+    pub nick_unconfirmed: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,12 +150,14 @@ enum Pending {
         bytes: Box<[u8]>,
         query: Option<u64>,
     },
-    /// SET NX for a reservation.
-    Reserve { id: ConnId, nick: Box<str> },
+    /// SET NX for a reservation made at `at` (ms since the epoch).
+    Reserve { id: ConnId, nick: Box<str>, at: u64 },
     /// The refresh script for a nick in use.
     Refresh { id: ConnId, nick: Box<str> },
     /// The release script (no answer needed).
     Release,
+    /// A heartbeat `PING` (no answer needed beyond its arrival).
+    Ping,
     /// GET of a nick for `/msg`.
     Lookup {
         id: ConnId,
@@ -230,10 +243,18 @@ pub struct Cluster {
     sub_retry: Option<Instant>,
     cmd_backoff: Duration,
     sub_backoff: Duration,
-    pending: VecDeque<Pending>,
+    /// Requests on the command link awaiting their reply, oldest first, with
+    /// the time each was queued (stall detection runs from the oldest).
+    pending: VecDeque<(Instant, Pending)>,
     /// Replies the subscriber link owes for AUTH / SELECT.
     sub_handshake: usize,
-    last_progress: Instant,
+    /// When the subscriber link's outstanding heartbeat `PING` was sent.
+    sub_ping: Option<Instant>,
+    /// When each link last sent a heartbeat (or was connected).
+    cmd_beat: Instant,
+    sub_beat: Instant,
+    /// The time of the current turn or event, stamped on queued requests.
+    now: Instant,
     /// Publishes whose reply was lost in a disconnect, sent again first.
     resend: Vec<Box<[u8]>>,
     resend_bytes: usize,
@@ -251,6 +272,12 @@ pub struct Cluster {
     /// A read stopped at its budget: read again next turn.
     cmd_more: bool,
     sub_more: bool,
+    /// When each nick this node holds (folded) was registered, in ms since
+    /// the Unix epoch: stored with the key and compared on conflicts.
+    registered: HashMap<Box<str>, u64>,
+    /// Leading entries of `pending` already checked against the query
+    /// timeout (a reservation past it was answered `TimedOut`).
+    timed_out: usize,
     /// Nicks whose refresh is still to be sent (this heartbeat).
     refresh_queue: Vec<(ConnId, Box<str>)>,
     payload: Vec<u8>,
@@ -281,7 +308,10 @@ impl Cluster {
             sub_backoff: MIN_BACKOFF,
             pending: VecDeque::new(),
             sub_handshake: 0,
-            last_progress: now,
+            sub_ping: None,
+            cmd_beat: now,
+            sub_beat: now,
+            now,
             resend: Vec::new(),
             resend_bytes: 0,
             seq: 0,
@@ -297,6 +327,8 @@ impl Cluster {
             cmd_more: false,
             sub_more: false,
             refresh_queue: Vec::new(),
+            registered: HashMap::new(),
+            timed_out: 0,
             payload: Vec::new(),
             stats: ClusterStats::default(),
         }
@@ -317,18 +349,16 @@ impl Cluster {
         token == self.cmd_token || token == self.sub_token
     }
 
-    /// When the loop must come back at the latest.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// When the loop must come back at the latest (the earliest entry of the
+    /// node's timers), as seen at `now`.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         if self.cmd_more || self.sub_more {
-            return Some(Instant::now());
+            return Some(now);
         }
         let mut at = Some(self.next_heartbeat);
         if !self.refresh_queue.is_empty() {
             // Come back soon (not at once: the buffer may be full for a while).
-            at = Some(
-                self.next_heartbeat
-                    .min(Instant::now() + Duration::from_millis(10)),
-            );
+            at = Some(self.next_heartbeat.min(now + Duration::from_millis(10)));
         }
         let mut min = |t: Option<Instant>| {
             if let Some(t) = t {
@@ -341,8 +371,20 @@ impl Cluster {
         for q in self.queries.values() {
             min(Some(q.deadline));
         }
-        if !self.pending.is_empty() {
-            min(Some(self.last_progress + STALL_TIMEOUT));
+        if let Some((at, _)) = self.pending.front() {
+            min(Some(*at + STALL_TIMEOUT));
+        }
+        if let Some(at) = self.sub_ping {
+            min(Some(at + STALL_TIMEOUT));
+        }
+        if let Some((at, _)) = self.pending.get(self.timed_out) {
+            min(Some(*at + self.cfg.query_timeout));
+        }
+        if self.cmd_link == Link::Ready {
+            min(Some(self.cmd_beat + HEARTBEAT));
+        }
+        if self.sub_link == Link::Ready {
+            min(Some(self.sub_beat + HEARTBEAT));
         }
         at
     }
@@ -355,6 +397,22 @@ fn split_payload(p: &str) -> Option<(&str, &str, u64, &str)> {
     let node = it.next()?;
     let seq = it.next()?.parse().ok()?;
     Some((kind, node, seq, it.next().unwrap_or("")))
+}
+
+/// A registry value `NODE REGISTERED_MS DISPLAY`: the node and the nick.
+fn parse_registration(v: &str) -> Option<(&str, &str)> {
+    let mut it = v.splitn(3, ' ');
+    let node = it.next()?;
+    it.next()?.parse::<u64>().ok()?;
+    Some((node, it.next()?))
+}
+
+/// Milliseconds since the Unix epoch (registration times are compared across
+/// nodes, so they come from the wall clock).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn nick_key(nick: &str) -> Option<Vec<u8>> {
@@ -409,6 +467,7 @@ impl Cluster {
     /// Per loop turn, after the hub ran: reconnects and timers that are due,
     /// the hub's requests turned into commands, and one flush of each link.
     pub fn turn(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+        self.now = now;
         // Input left behind by the read budget (no new edge will announce it).
         if std::mem::take(&mut self.cmd_more) {
             self.read_cmd(registry, hub, sink, now);
@@ -425,11 +484,19 @@ impl Cluster {
             self.connect_sub(registry, now);
         }
         if self.cmd_link != Link::Down
-            && !self.pending.is_empty()
-            && now >= self.last_progress + STALL_TIMEOUT
+            && self
+                .pending
+                .front()
+                .is_some_and(|(at, _)| now >= *at + STALL_TIMEOUT)
         {
             self.fail_cmd(registry, hub, sink, now, "no reply within 10s");
         }
+        if self.sub_link != Link::Down && self.sub_ping.is_some_and(|at| now >= at + STALL_TIMEOUT)
+        {
+            self.fail_sub(registry, now, "no heartbeat reply within 10s");
+        }
+        self.heartbeat(now);
+        self.expire_reservations(hub, sink, now);
         // Answers may make the hub ask for more (a refused claim renames to a
         // guest, which is claimed in turn): a few rounds, the rest next turn.
         for _ in 0..4 {
@@ -489,6 +556,7 @@ impl Cluster {
         sink: &mut impl Sink,
         now: Instant,
     ) {
+        self.now = now;
         if token == self.cmd_token {
             if writable {
                 if let Err(e) = self.cmd.on_writable() {
@@ -547,14 +615,13 @@ impl Cluster {
             return;
         }
         self.cmd_link = Link::Connecting;
-        self.last_progress = now;
+        self.cmd_beat = now;
         for p in self.handshake_commands(true) {
-            self.pending.push_back(p);
+            self.expect(p);
         }
         for bytes in std::mem::take(&mut self.resend) {
             if self.cmd.queue_raw(&bytes) {
-                self.pending
-                    .push_back(Pending::Publish { bytes, query: None });
+                self.expect(Pending::Publish { bytes, query: None });
             } else {
                 self.stats.dropped += 1;
             }
@@ -625,7 +692,8 @@ impl Cluster {
         let delay = self.jittered(self.cmd_backoff);
         self.cmd_retry = Some(now + delay);
         self.cmd_backoff = (self.cmd_backoff * 2).min(MAX_BACKOFF);
-        for p in std::mem::take(&mut self.pending) {
+        self.timed_out = 0;
+        for (_, p) in std::mem::take(&mut self.pending) {
             match p {
                 Pending::Publish { bytes, .. } => {
                     if self.resend_bytes + bytes.len() <= self.cfg.max_buffer {
@@ -635,10 +703,10 @@ impl Cluster {
                         self.stats.dropped += 1;
                     }
                 }
-                // Redis cannot say: the node decides alone, and the nick is
-                // registered again (or lost to an earlier holder) on reconnect.
-                Pending::Reserve { id, nick } if id != CANCELLED => {
-                    hub.nick_reserved(id, &nick, true, sink);
+                // Redis cannot say: fail closed.
+                Pending::Reserve { id, nick, .. } if id != CANCELLED => {
+                    self.stats.nick_unconfirmed += 1;
+                    hub.nick_reserved(id, &nick, Claim::Unreachable, sink);
                 }
                 Pending::Lookup { id, .. } if id != CANCELLED => {
                     sink.deliver(&[id], "ERR no-such-nick no such nick");
@@ -653,6 +721,7 @@ impl Cluster {
         debug!("redis subscriber link: {reason}");
         self.sub.close(registry);
         self.sub_link = Link::Down;
+        self.sub_ping = None;
         self.stats.subscriptions = 0;
         let delay = self.jittered(self.sub_backoff);
         self.sub_retry = Some(now + delay);
@@ -670,7 +739,6 @@ impl Cluster {
         loop {
             match self.cmd.next_value() {
                 Ok(Some(v)) => {
-                    self.last_progress = now;
                     if let Err(reason) = self.on_reply(v, hub, sink, now) {
                         self.fail_cmd(registry, hub, sink, now, &reason);
                         return;
@@ -692,7 +760,8 @@ impl Cluster {
         sink: &mut impl Sink,
         now: Instant,
     ) -> Result<(), String> {
-        let Some(p) = self.pending.pop_front() else {
+        self.timed_out = self.timed_out.saturating_sub(1);
+        let Some((_, p)) = self.pending.pop_front() else {
             return Err("reply without a request".into());
         };
         match p {
@@ -721,9 +790,19 @@ impl Cluster {
                     self.finish_query(qid, false, hub, sink);
                 }
             }
-            Pending::Reserve { id, nick } => {
-                let granted = matches!(&v, Value::Simple(s) if s == b"OK");
-                let kept = id != CANCELLED && hub.nick_reserved(id, &nick, granted, sink);
+            Pending::Reserve { id, nick, at } => {
+                let claim = match &v {
+                    Value::Simple(s) if s == b"OK" => Claim::Granted,
+                    Value::Error(_) => Claim::Unreachable,
+                    _ => Claim::Taken,
+                };
+                let granted = claim == Claim::Granted;
+                if granted {
+                    if let Some(k) = Folded::new(&nick) {
+                        self.registered.insert(k.as_str().into(), at);
+                    }
+                }
+                let kept = id != CANCELLED && hub.nick_reserved(id, &nick, claim, sink);
                 if granted && !kept {
                     self.release(&nick);
                 }
@@ -739,12 +818,17 @@ impl Cluster {
                     if !still {
                         self.release(&nick);
                     }
-                } else if id != CANCELLED && matches!(v, Value::Integer(0)) {
-                    self.stats.nick_conflicts += 1;
-                    hub.nick_reserved(id, &nick, false, sink);
+                } else if matches!(v, Value::Integer(0)) {
+                    if let Some(k) = Folded::new(&nick) {
+                        self.registered.remove(k.as_str());
+                    }
+                    if id != CANCELLED {
+                        self.stats.nick_conflicts += 1;
+                        hub.nick_reserved(id, &nick, Claim::Taken, sink);
+                    }
                 }
             }
-            Pending::Release => {}
+            Pending::Release | Pending::Ping => {}
             Pending::Lookup { id, from, text } => {
                 if id == CANCELLED {
                     return Ok(());
@@ -752,7 +836,7 @@ impl Cluster {
                 let found = v
                     .as_bytes()
                     .and_then(|b| std::str::from_utf8(b).ok())
-                    .and_then(|s| s.split_once(' '))
+                    .and_then(parse_registration)
                     .filter(|(node, nick)| *node != self.node && valid_nick(nick))
                     .map(|(node, nick)| (node.to_string(), nick.to_string()));
                 match found {
@@ -831,6 +915,7 @@ impl Cluster {
         };
         let kind = items.first().and_then(Value::as_bytes).unwrap_or(b"");
         match kind {
+            b"pong" => self.sub_ping = None,
             b"message" => {
                 if let (Some(ch), Some(p)) = (
                     items.get(1).and_then(Value::as_bytes),
@@ -845,6 +930,7 @@ impl Cluster {
                 }
                 if kind == b"subscribe" && self.sub_link != Link::Ready {
                     self.sub_link = Link::Ready;
+                    self.sub_beat = now;
                     self.sub_backoff = MIN_BACKOFF;
                     self.stats.connects += 1;
                     self.report(None);
@@ -1017,6 +1103,47 @@ impl Cluster {
         }
     }
 
+    /// Reservations waiting longer than the query timeout are refused
+    /// (`TimedOut`): a connection never waits on a slow Redis for its nick.
+    /// A late grant is then released (the entry is marked cancelled).
+    fn expire_reservations(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+        while let Some((at, p)) = self.pending.get_mut(self.timed_out) {
+            if now < *at + self.cfg.query_timeout {
+                break;
+            }
+            self.timed_out += 1;
+            if let Pending::Reserve { id, nick, .. } = p {
+                if *id != CANCELLED {
+                    let (id, nick) = (std::mem::replace(id, CANCELLED), nick.clone());
+                    self.stats.nick_unconfirmed += 1;
+                    hub.nick_reserved(id, &nick, Claim::TimedOut, sink);
+                }
+            }
+        }
+    }
+
+    /// Record a request just queued on the command link.
+    fn expect(&mut self, p: Pending) {
+        self.pending.push_back((self.now, p));
+    }
+
+    /// Send a `PING` on each ready link that has been quiet for a heartbeat
+    /// period (the subscriber link answers it in subscribe mode too).
+    fn heartbeat(&mut self, now: Instant) {
+        if self.cmd_link == Link::Ready && now >= self.cmd_beat + HEARTBEAT {
+            self.cmd_beat = now;
+            if self.pending.is_empty() && self.cmd.queue(&[b"PING"]) {
+                self.expect(Pending::Ping);
+            }
+        }
+        if self.sub_link == Link::Ready && now >= self.sub_beat + HEARTBEAT {
+            self.sub_beat = now;
+            if self.sub_ping.is_none() && self.sub.queue(&[b"PING"]) {
+                self.sub_ping = Some(now);
+            }
+        }
+    }
+
     /// Publish `self.payload` to `channel`: false (counted) when Redis is down
     /// or the buffer toward it is full.
     fn publish(&mut self, channel: &[u8], query: Option<u64>) -> bool {
@@ -1031,7 +1158,7 @@ impl Cluster {
             return false;
         }
         self.stats.published += 1;
-        self.pending.push_back(Pending::Publish {
+        self.expect(Pending::Publish {
             bytes: bytes.into_boxed_slice(),
             query,
         });
@@ -1042,6 +1169,9 @@ impl Cluster {
         let Some(key) = nick_key(nick) else {
             return;
         };
+        if let Some(k) = Folded::new(nick) {
+            self.registered.remove(k.as_str());
+        }
         if self.cmd_link == Link::Down {
             return;
         }
@@ -1053,7 +1183,7 @@ impl Cluster {
             &key,
             prefix.as_bytes(),
         ]) {
-            self.pending.push_back(Pending::Release);
+            self.expect(Pending::Release);
         } else {
             self.stats.dropped += 1;
         }
@@ -1082,7 +1212,12 @@ impl Cluster {
             let Some(key) = nick_key(&nick) else {
                 continue;
             };
-            let value = format!("{prefix}{nick}");
+            let folded = Folded::new(&nick);
+            let at = folded
+                .and_then(|k| self.registered.get(k.as_str()).copied())
+                .unwrap_or_else(unix_ms);
+            let value = format!("{prefix}{at} {nick}");
+            let at = at.to_string();
             if self.cmd.queue(&[
                 b"EVAL",
                 REFRESH_SCRIPT.as_bytes(),
@@ -1091,8 +1226,9 @@ impl Cluster {
                 value.as_bytes(),
                 prefix.as_bytes(),
                 ttl.as_bytes(),
+                at.as_bytes(),
             ]) {
-                self.pending.push_back(Pending::Refresh { id, nick });
+                self.expect(Pending::Refresh { id, nick });
             } else {
                 self.stats.dropped += 1;
             }
@@ -1144,7 +1280,8 @@ impl Cluster {
                 let Some(key) = nick_key(&nick) else {
                     return;
                 };
-                let value = format!("{}{nick}", self.node_prefix);
+                let at = unix_ms();
+                let value = format!("{}{at} {nick}", self.node_prefix);
                 let ttl = self.ttl_ms();
                 if self.cmd_link != Link::Down
                     && self.cmd.queue(&[
@@ -1156,14 +1293,14 @@ impl Cluster {
                         ttl.as_bytes(),
                     ])
                 {
-                    self.pending.push_back(Pending::Reserve { id, nick });
+                    self.expect(Pending::Reserve { id, nick, at });
                 } else {
-                    // Redis is unreachable: decide locally; the heartbeat
-                    // registers it once Redis is back.
+                    // Nobody can confirm the nick: fail closed.
                     if self.cmd_link != Link::Down {
                         self.stats.dropped += 1;
                     }
-                    hub.nick_reserved(id, &nick, true, sink);
+                    self.stats.nick_unconfirmed += 1;
+                    hub.nick_reserved(id, &nick, Claim::Unreachable, sink);
                 }
             }
             Request::Release { nick } => self.release(&nick),
@@ -1171,7 +1308,7 @@ impl Cluster {
                 let key = nick_key(&to);
                 match key {
                     Some(key) if self.cmd_link != Link::Down && self.cmd.queue(&[b"GET", &key]) => {
-                        self.pending.push_back(Pending::Lookup { id, from, text });
+                        self.expect(Pending::Lookup { id, from, text });
                     }
                     _ => sink.deliver(&[id], "ERR no-such-nick no such nick"),
                 }
@@ -1232,7 +1369,7 @@ impl Cluster {
                 }
             }
             Request::Gone(id) => {
-                for p in self.pending.iter_mut() {
+                for (_, p) in self.pending.iter_mut() {
                     match p {
                         Pending::Reserve { id: i, .. }
                         | Pending::Refresh { id: i, .. }
@@ -1287,8 +1424,10 @@ mod tests {
         });
         hub.enable_cluster("t");
         let mut sink = Lines::default();
-        hub.connect(0, Some("a"), Some("r"), 0, &mut sink);
-        hub.connect(1, Some("b"), Some("r"), 0, &mut sink);
+        for (id, nick) in [(0, "a"), (1, "b")] {
+            hub.connect(id, Some(nick), Some("r"), 0, &mut sink);
+            hub.nick_reserved(id, nick, Claim::Granted, &mut sink);
+        }
         let mut node = Cluster::new(
             ClusterConfig::new("127.0.0.1:9".parse().unwrap()),
             Token(1),
@@ -1359,6 +1498,7 @@ mod tests {
         hub.enable_cluster("t");
         let mut sink = Lines::default();
         hub.connect(0, Some("a"), Some("r"), 0, &mut sink);
+        hub.nick_reserved(0, "a", Claim::Granted, &mut sink);
         let mut node = Cluster::new(
             ClusterConfig::new("127.0.0.1:9".parse().unwrap()),
             Token(1),

@@ -78,10 +78,11 @@ impl Server {
 
     /// `timeout`, shortened to the cluster's next deadline.
     pub(super) fn cluster_timeout(&self, timeout: Option<Duration>) -> Option<Duration> {
-        let Some(at) = self.cluster.as_deref().and_then(Cluster::next_deadline) else {
+        let now = Instant::now();
+        let Some(at) = self.cluster.as_deref().and_then(|c| c.poll_timeout(now)) else {
             return timeout;
         };
-        let d = at.saturating_duration_since(Instant::now());
+        let d = at.saturating_duration_since(now);
         Some(timeout.map_or(d, |t| t.min(d)))
     }
 
