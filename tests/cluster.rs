@@ -926,3 +926,50 @@ fn the_earlier_registration_wins_after_a_redis_restart() {
         imp.send("/quit");
     }
 }
+
+#[test]
+fn forged_payloads_are_dropped_and_counted() {
+    let Some(()) = need_redis("forged_payloads_are_dropped_and_counted") else {
+        return;
+    };
+    let redis = Redis::start();
+    let dir = std::env::temp_dir().join(format!("loopchat-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "correct horse battery staple\n").unwrap();
+    let flag = ["--cluster-secret-file", secret.to_str().unwrap()];
+    let a = Node::start(&redis, &flag);
+    let b = Node::start(&redis, &flag);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=poison");
+    a.wait_subscriptions(3);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=poison");
+    b.wait_subscriptions(3);
+    alice.until(|l| l == "JOINED poison bob");
+    alice.send("signed 1");
+    bob.until(|l| l == "MSG poison alice signed 1");
+
+    // Anyone with access to Redis publishes as node a, with the largest
+    // sequence number (which used to silence a for ten minutes), unsigned
+    // and with a made-up tag.
+    let a_id = a.id();
+    let forged = format!("M {a_id} 18446744073709551615 MSG poison alice forged");
+    let tagged = format!("#{} {forged}", "0".repeat(64));
+    let reply = redis_cmd(
+        redis.port,
+        &[
+            &["PUBLISH", "lc:room:poison", &forged],
+            &["PUBLISH", "lc:room:poison", &tagged],
+        ],
+    );
+    assert!(reply.starts_with(":2\r\n:2\r\n"), "{reply:?}");
+    b.wait_metric("loopchat_redis_rejected_total", 2.0);
+    a.wait_metric("loopchat_redis_rejected_total", 2.0);
+    // a's real traffic still flows, and nothing forged reached anyone.
+    alice.send("signed 2");
+    let lines = bob.until(|l| l == "MSG poison alice signed 2");
+    assert!(lines.iter().all(|l| !l.contains("forged")), "{lines:?}");
+    let lines = alice.sync("a");
+    assert!(lines.iter().all(|l| !l.contains("forged")), "{lines:?}");
+    assert_eq!(b.metric("loopchat_redis_duplicates_total"), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

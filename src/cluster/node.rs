@@ -23,6 +23,7 @@
 //! wait for, and gives up after the query timeout (answering with what it has).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,7 @@ use mio::{Registry, Token};
 
 use super::conn::RedisConn;
 use super::resp::{Limits, Value};
+use super::wire::{Body, Envelope, Signer};
 use crate::chat::names::{valid_nick, valid_room, Folded};
 use crate::chat::remote::{Claim, Request};
 use crate::chat::{ConnId, Hub, Sink};
@@ -84,8 +86,12 @@ pub struct ClusterConfig {
     pub nick_ttl: Duration,
     /// Bytes queued toward Redis per connection; beyond, commands are dropped and counted.
     pub max_buffer: usize,
-    /// Longest wait for other nodes' answers to `/who` and `/rooms`.
+    /// Longest wait for other nodes' answers to `/who` and `/rooms`, and for
+    /// the registry's answer to a nick claim.
     pub query_timeout: Duration,
+    /// The shared secret of `--cluster-secret-file`: payloads are signed and
+    /// checked with HMAC-SHA256. `None` sends and accepts unsigned payloads.
+    pub secret: Option<Vec<u8>>,
 }
 
 impl ClusterConfig {
@@ -99,6 +105,7 @@ impl ClusterConfig {
             nick_ttl: Duration::from_secs(30),
             max_buffer: 8 << 20,
             query_timeout: Duration::from_millis(500),
+            secret: None,
         }
     }
 }
@@ -126,6 +133,10 @@ pub struct ClusterStats {
     pub query_timeouts: u64,
     /// Nicks lost to another node (renamed to a guest nick).
     pub nick_conflicts: u64,
+    /// Payloads dropped as unsigned or badly signed (with a secret).
+    pub rejected: u64,
+    /// Payloads dropped as not well-formed.
+    pub malformed: u64,
     /// Nick claims refused because the registry could not confirm them in
     /// time (Redis down, buffer full, or `--redis-query-timeout`).
     pub nick_unconfirmed: u64,
@@ -281,6 +292,8 @@ pub struct Cluster {
     /// Nicks whose refresh is still to be sent (this heartbeat).
     refresh_queue: Vec<(ConnId, Box<str>)>,
     payload: Vec<u8>,
+    /// Signs what this node publishes and checks what it receives.
+    signer: Signer,
     stats: ClusterStats,
 }
 
@@ -291,6 +304,7 @@ impl Cluster {
         let node = format!("{id:016x}");
         let limits = Limits::default();
         let now = Instant::now();
+        let signer = Signer::new(cfg.secret.as_deref());
         Cluster {
             node_prefix: format!("{node} "),
             own_channel: format!("lc:node:{node}").into_bytes(),
@@ -330,6 +344,7 @@ impl Cluster {
             registered: HashMap::new(),
             timed_out: 0,
             payload: Vec::new(),
+            signer,
             stats: ClusterStats::default(),
         }
     }
@@ -388,15 +403,6 @@ impl Cluster {
         }
         at
     }
-}
-
-/// `KIND NODE SEQ REST` split into its parts.
-fn split_payload(p: &str) -> Option<(&str, &str, u64, &str)> {
-    let mut it = p.splitn(4, ' ');
-    let kind = it.next()?;
-    let node = it.next()?;
-    let seq = it.next()?.parse().ok()?;
-    Some((kind, node, seq, it.next().unwrap_or("")))
 }
 
 /// A registry value `NODE REGISTERED_MS DISPLAY`: the node and the nick.
@@ -843,18 +849,14 @@ impl Cluster {
                     Some((node, to)) => {
                         let line = format!("PRIV {from} {to} {text}");
                         let key = Folded::new(&to).map(|f| f.as_str().to_string());
-                        self.seq += 1;
-                        self.payload.clear();
-                        self.payload.extend_from_slice(
-                            format!(
-                                "P {} {} {} {line}",
-                                self.node,
-                                self.seq,
-                                key.unwrap_or_default()
-                            )
-                            .as_bytes(),
+                        self.send(
+                            format!("lc:node:{node}").as_bytes(),
+                            Body::Private {
+                                to: key.as_deref().unwrap_or_default(),
+                                line: &line,
+                            },
+                            None,
                         );
-                        self.publish(format!("lc:node:{node}").as_bytes(), None);
                         sink.deliver(&[id], &line);
                     }
                     None => sink.deliver(&[id], "ERR no-such-nick no such nick"),
@@ -949,17 +951,20 @@ impl Cluster {
         sink: &mut impl Sink,
         now: Instant,
     ) {
-        // Our nodes never publish CR or LF (text has them replaced): a line
-        // that has one did not come from a node and must not split a line.
-        let Ok(p) = std::str::from_utf8(payload) else {
-            return;
+        // The signature (with a secret) is checked before anything is read:
+        // a forged payload never reaches the sequence numbers below.
+        let env = match self.signer.open(channel, payload) {
+            Ok(env) => env,
+            Err(e) => {
+                if e.is_signature() {
+                    self.stats.rejected += 1;
+                } else {
+                    self.stats.malformed += 1;
+                }
+                return;
+            }
         };
-        if p.contains(['\r', '\n']) {
-            return;
-        }
-        let Some((kind, node, seq, rest)) = split_payload(p) else {
-            return;
-        };
+        let (node, seq) = (env.node, env.seq);
         if node == self.node {
             return;
         }
@@ -982,100 +987,99 @@ impl Cluster {
         }
         self.stats.received += 1;
         let before = hub.deliveries();
-        match kind {
-            "M" => {
+        match env.body {
+            Body::Room { line } => {
                 if let Some(room) = channel
                     .strip_prefix(b"lc:room:")
                     .and_then(|r| std::str::from_utf8(r).ok())
                 {
                     // Presence notices obey the presence limit here too,
                     // counted with this node's members.
-                    let presence = rest.starts_with("JOINED ") || rest.starts_with("LEFT ");
+                    let presence = line.starts_with("JOINED ") || line.starts_with("LEFT ");
                     if !presence || hub.room_len(room) <= hub.config().presence_limit {
-                        hub.deliver_room(room, rest, sink);
+                        hub.deliver_room(room, line, sink);
                     }
                 }
             }
-            "N" => {
-                if let Some((rooms, line)) = rest.split_once(' ') {
-                    let rooms: Vec<&str> = rooms.split(',').take(64).collect();
-                    hub.deliver_nick(&rooms, line, sink);
-                }
+            Body::Nick { rooms, line } => {
+                let rooms: Vec<&str> = rooms.split(',').take(64).collect();
+                hub.deliver_nick(&rooms, line, sink);
             }
-            "P" => {
-                if let Some((to, line)) = rest.split_once(' ') {
-                    hub.deliver_private(to, line, sink);
-                }
+            Body::Private { to, line } => {
+                hub.deliver_private(to, line, sink);
             }
-            "W" => {
-                if let Some((qid, room)) = rest.split_once(' ') {
-                    let (nicks, total) = hub.local_who(room);
-                    self.seq += 1;
-                    let mut s = format!("w {} {} {qid} {total}", self.node, self.seq);
-                    for n in nicks {
-                        s.push(' ');
-                        s.push_str(n);
-                    }
-                    self.payload.clear();
-                    self.payload.extend_from_slice(s.as_bytes());
-                    self.publish(format!("lc:node:{node}").as_bytes(), None);
-                }
+            Body::WhoAsk { qid, room } => {
+                let (nicks, total) = hub.local_who(room);
+                let nicks = nicks.join(" ");
+                self.send(
+                    format!("lc:node:{node}").as_bytes(),
+                    Body::WhoAnswer {
+                        qid,
+                        total: total as u64,
+                        nicks: &nicks,
+                    },
+                    None,
+                );
             }
-            "R" => {
-                self.seq += 1;
-                let mut s = format!("r {} {} {rest}", self.node, self.seq);
+            Body::RoomsAsk { qid } => {
+                let mut rooms = String::new();
                 for (name, n) in hub.local_rooms().into_iter().take(MAX_ROOMS_ANSWER) {
-                    s.push_str(&format!(" {name}={n}"));
-                }
-                self.payload.clear();
-                self.payload.extend_from_slice(s.as_bytes());
-                self.publish(format!("lc:node:{node}").as_bytes(), None);
-            }
-            "w" => {
-                let mut it = rest.split(' ');
-                let qid = it.next().and_then(|q| q.parse::<u64>().ok());
-                let total = it.next().and_then(|t| t.parse::<usize>().ok());
-                if let (Some(qid), Some(total)) = (qid, total) {
-                    if let Some(Query {
-                        kind:
-                            QueryKind::Who {
-                                nicks, total: t, ..
-                            },
-                        got,
-                        ..
-                    }) = self.queries.get_mut(&qid)
-                    {
-                        *t = t.saturating_add(total);
-                        *got += 1;
-                        nicks.extend(it.filter(|n| valid_nick(n)).take(4096).map(str::to_string));
-                        self.finish_query(qid, false, hub, sink);
+                    if !rooms.is_empty() {
+                        rooms.push(' ');
                     }
+                    let _ = write!(rooms, "{name}={n}");
+                }
+                self.send(
+                    format!("lc:node:{node}").as_bytes(),
+                    Body::RoomsAnswer { qid, rooms: &rooms },
+                    None,
+                );
+            }
+            Body::WhoAnswer { qid, total, nicks } => {
+                if let Some(Query {
+                    kind:
+                        QueryKind::Who {
+                            nicks: got_nicks,
+                            total: t,
+                            ..
+                        },
+                    got,
+                    ..
+                }) = self.queries.get_mut(&qid)
+                {
+                    *t = t.saturating_add(usize::try_from(total).unwrap_or(usize::MAX));
+                    *got += 1;
+                    got_nicks.extend(
+                        nicks
+                            .split(' ')
+                            .filter(|n| valid_nick(n))
+                            .take(4096)
+                            .map(str::to_string),
+                    );
+                    self.finish_query(qid, false, hub, sink);
                 }
             }
-            "r" => {
-                let mut it = rest.split(' ');
-                if let Some(qid) = it.next().and_then(|q| q.parse::<u64>().ok()) {
-                    if let Some(Query {
-                        kind: QueryKind::Rooms { rooms },
-                        got,
-                        ..
-                    }) = self.queries.get_mut(&qid)
-                    {
-                        *got += 1;
-                        for part in it.take(MAX_ROOMS_ANSWER) {
-                            if let Some((name, n)) =
-                                part.rsplit_once('=').filter(|(name, _)| valid_room(name))
-                            {
-                                if let Ok(n) = n.parse() {
-                                    rooms.push((name.to_string(), n));
-                                }
+            Body::RoomsAnswer { qid, rooms: list } => {
+                if let Some(Query {
+                    kind: QueryKind::Rooms { rooms },
+                    got,
+                    ..
+                }) = self.queries.get_mut(&qid)
+                {
+                    *got += 1;
+                    for part in list.split(' ').take(MAX_ROOMS_ANSWER) {
+                        if let Some((name, n)) =
+                            part.rsplit_once('=').filter(|(name, _)| valid_room(name))
+                        {
+                            if let Ok(n) = n.parse() {
+                                rooms.push((name.to_string(), n));
                             }
                         }
-                        self.finish_query(qid, false, hub, sink);
                     }
+                    self.finish_query(qid, false, hub, sink);
                 }
             }
-            _ => {}
+            Body::Alive { .. } => {}
         }
         self.stats.remote_deliveries += hub.deliveries() - before;
     }
@@ -1142,6 +1146,19 @@ impl Cluster {
                 self.sub_ping = Some(now);
             }
         }
+    }
+
+    /// Encode (and sign) a payload with the next sequence number and
+    /// publish it to `channel`; false (counted) when it cannot be sent.
+    fn send(&mut self, channel: &[u8], body: Body<'_>, query: Option<u64>) -> bool {
+        self.seq += 1;
+        let env = Envelope {
+            node: &self.node,
+            seq: self.seq,
+            body,
+        };
+        self.signer.encode(channel, &env, &mut self.payload);
+        self.publish(channel, query)
     }
 
     /// Publish `self.payload` to `channel`: false (counted) when Redis is down
@@ -1259,22 +1276,25 @@ impl Cluster {
                 }
             }
             Request::Room { room, line } => {
-                self.seq += 1;
-                self.payload.clear();
-                self.payload
-                    .extend_from_slice(format!("M {} {} {line}", self.node, self.seq).as_bytes());
-                self.publish(format!("lc:room:{room}").as_bytes(), None);
+                self.send(
+                    format!("lc:room:{room}").as_bytes(),
+                    Body::Room { line: &line },
+                    None,
+                );
             }
             Request::Nick { rooms, line } => {
                 if rooms.is_empty() {
                     return;
                 }
-                self.seq += 1;
-                self.payload.clear();
-                self.payload.extend_from_slice(
-                    format!("N {} {} {} {line}", self.node, self.seq, rooms.join(",")).as_bytes(),
+                let rooms = rooms.join(",");
+                self.send(
+                    b"lc:all",
+                    Body::Nick {
+                        rooms: &rooms,
+                        line: &line,
+                    },
+                    None,
                 );
-                self.publish(b"lc:all", None);
             }
             Request::Reserve { id, nick } => {
                 let Some(key) = nick_key(&nick) else {
@@ -1320,11 +1340,7 @@ impl Cluster {
                 }
                 let qid = self.next_query;
                 self.next_query += 1;
-                self.seq += 1;
-                self.payload.clear();
-                self.payload.extend_from_slice(
-                    format!("W {} {} {qid} {room}", self.node, self.seq).as_bytes(),
-                );
+                let room2 = room.clone();
                 self.queries.insert(
                     qid,
                     Query {
@@ -1339,7 +1355,7 @@ impl Cluster {
                         deadline: now + self.cfg.query_timeout,
                     },
                 );
-                if !self.publish(b"lc:all", Some(qid)) {
+                if !self.send(b"lc:all", Body::WhoAsk { qid, room: &room2 }, Some(qid)) {
                     self.finish_query(qid, true, hub, sink);
                 }
             }
@@ -1350,10 +1366,6 @@ impl Cluster {
                 }
                 let qid = self.next_query;
                 self.next_query += 1;
-                self.seq += 1;
-                self.payload.clear();
-                self.payload
-                    .extend_from_slice(format!("R {} {} {qid}", self.node, self.seq).as_bytes());
                 self.queries.insert(
                     qid,
                     Query {
@@ -1364,7 +1376,7 @@ impl Cluster {
                         deadline: now + self.cfg.query_timeout,
                     },
                 );
-                if !self.publish(b"lc:all", Some(qid)) {
+                if !self.send(b"lc:all", Body::RoomsAsk { qid }, Some(qid)) {
                     self.finish_query(qid, true, hub, sink);
                 }
             }
@@ -1393,17 +1405,6 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn payloads_split() {
-        assert_eq!(
-            split_payload("M abc 7 MSG r a hi there"),
-            Some(("M", "abc", 7, "MSG r a hi there"))
-        );
-        assert_eq!(split_payload("R abc 8"), Some(("R", "abc", 8, "")));
-        assert_eq!(split_payload("M abc x y"), None);
-        assert_eq!(split_payload("M"), None);
-    }
 
     use crate::chat::Lines;
 

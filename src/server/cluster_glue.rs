@@ -23,6 +23,12 @@ impl Server {
         let Some(cfg) = self.ctx.cfg.redis.clone() else {
             return;
         };
+        if cfg.secret.is_none() {
+            log::warn!(
+                "cluster payloads are not signed: anyone who can PUBLISH to this Redis can \
+                 forge chat lines; set --cluster-secret-file on every node"
+            );
+        }
         let cluster = Cluster::new(cfg, REDIS_CMD, REDIS_SUB);
         self.hub.enable_cluster(&cluster.node_id()[..4]);
         log::info!(

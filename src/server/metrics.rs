@@ -369,6 +369,18 @@ pub fn render_cluster(node: &str, s: &crate::cluster::ClusterStats, out: &mut St
             "Nick reservations the registry could not confirm (Redis down, buffer full, or --redis-query-timeout); a connection asking gets a guest nick.",
             s.nick_unconfirmed,
         ),
+        (
+            "loopchat_redis_rejected_total",
+            "counter",
+            "Payloads from Redis dropped as unsigned or badly signed (--cluster-secret-file).",
+            s.rejected,
+        ),
+        (
+            "loopchat_redis_malformed_total",
+            "counter",
+            "Payloads from Redis dropped as not well-formed.",
+            s.malformed,
+        ),
     ];
     let _ = writeln!(out, "# HELP loopchat_redis_node This process's cluster node id.\n# TYPE loopchat_redis_node gauge\nloopchat_redis_node{{node=\"{node}\"}} 1");
     for &(name, kind, help, v) in rows {
