@@ -191,7 +191,11 @@ impl Node {
     /// Wait until the subscriber link has confirmed `n` channels
     /// (`lc:all`, the node's own, and one per local room).
     fn wait_subscriptions(&self, n: u64) {
-        let deadline = Instant::now() + WAIT;
+        self.wait_subscriptions_within(n, WAIT);
+    }
+
+    fn wait_subscriptions_within(&self, n: u64, wait: Duration) {
+        let deadline = Instant::now() + wait;
         loop {
             let m = self.metrics();
             if metric(&m, "loopchat_redis_up") == 1.0
@@ -562,47 +566,37 @@ fn cluster_recovers_after_redis_restarts() {
         assert!(Instant::now() < deadline, "node never noticed Redis down");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Once the publishing link has noticed too, remote delivery is dropped and counted.
-    let mut dropped = false;
-    for i in 0..500 {
+    // What alice says while Redis is gone waits in her node's backlog.
+    let down: Vec<String> = (0..20)
+        .map(|i| format!("MSG r alice while down {i}"))
+        .collect();
+    for i in 0..20 {
         alice.send(&format!("while down {i}"));
-        alice.until(|l| l == format!("MSG r alice while down {i}"));
-        if a.metric("loopchat_redis_dropped_total") >= 1.0 {
-            dropped = true;
-            break;
-        }
     }
-    assert!(dropped, "no drop counted while Redis was down");
+    alice.until_all(&down);
     // Queries answer for this node alone, without waiting.
     alice.send("/who");
     assert_eq!(
         alice.until(|l| l.starts_with("WHO ")).last().unwrap(),
         "WHO r alice"
     );
+    assert!(a.metric("loopchat_redis_backlog_bytes") > 0.0);
 
     let _redis = Redis::start_on(redis.port);
-    // Resubscribed and re-registered by themselves: probe until a message crosses.
-    let mut crossed = false;
-    'probe: for i in 0..100 {
-        alice.send(&format!("probe {i}"));
-        while let Some(l) = bob.try_recv(Duration::from_millis(200)) {
-            assert!(l.starts_with("MSG r alice "), "{l}");
-            if l.starts_with("MSG r alice probe ") {
-                crossed = true;
-                break 'probe;
-            }
-        }
-    }
-    assert!(crossed, "no message crossed after Redis came back");
+    // Resubscribed and re-registered by themselves; the backlog arrives
+    // exactly once, in order, before anything said after.
     a.wait_subscriptions(3);
     b.wait_subscriptions(3);
-    // Exactly once again, both ways.
     alice.send("after");
-    bob.until(|l| l == "MSG r alice after");
+    let lines = bob.until(|l| l == "MSG r alice after");
+    let got: Vec<&String> = lines.iter().filter(|l| l.contains("while down")).collect();
+    assert_eq!(got, down.iter().collect::<Vec<_>>(), "{lines:?}");
     bob.send("reply");
     let lines = alice.until(|l| l == "MSG r bob reply");
     assert_eq!(count(&lines, "MSG r alice after"), 1, "{lines:?}");
     assert_eq!(count(&bob.sync("s"), "MSG r bob reply"), 1);
+    assert_eq!(a.metric("loopchat_redis_dropped_total"), 0.0);
+    assert_eq!(a.metric("loopchat_redis_backlog_bytes"), 0.0);
     // The nicks were registered again: bob cannot be taken from node a.
     let thief = Client::connect(a.addr, "?nick=bob");
     assert!(thief.nick.starts_with("guest-"), "{}", thief.nick);
@@ -972,4 +966,130 @@ fn forged_payloads_are_dropped_and_counted() {
     assert!(lines.iter().all(|l| !l.contains("forged")), "{lines:?}");
     assert_eq!(b.metric("loopchat_redis_duplicates_total"), 0.0);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn what_cannot_be_kept_is_dropped_counted_and_told() {
+    let Some(()) = need_redis("what_cannot_be_kept_is_dropped_counted_and_told") else {
+        return;
+    };
+    let mut redis = Redis::start();
+    let a = Node::start(&redis, &["--redis-buffer", "65536"]);
+    let b = Node::start(&redis, &[]);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r");
+    a.wait_subscriptions(3);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=r");
+    b.wait_subscriptions(3);
+    alice.until(|l| l == "JOINED r bob");
+    redis.kill();
+    let deadline = Instant::now() + WAIT;
+    while a.metric("loopchat_redis_up") != 0.0 {
+        assert!(Instant::now() < deadline, "node never noticed Redis down");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // 3 KB lines into a 64 KiB backlog: some fit, then the sender is told.
+    let pad = "x".repeat(3000);
+    let mut kept = Vec::new();
+    let mut told = None;
+    for i in 0..100 {
+        alice.send(&format!("big {i} {pad}"));
+        let lines = alice.until(|l| l.starts_with(&format!("MSG r alice big {i} ")));
+        if let Some(sys) = lines.iter().find(|l| l.starts_with("SYS ")) {
+            told = Some((i, sys.clone()));
+            break;
+        }
+        // The SYS line for a message comes right after its echo.
+        if let Some(l) = alice.try_recv(Duration::from_millis(100)) {
+            assert!(l.starts_with("SYS "), "{l}");
+            told = Some((i, l));
+            break;
+        }
+        kept.push(format!("MSG r alice big {i} {pad}"));
+    }
+    let (first_lost, sys) = told.expect("never told that a line was not delivered");
+    assert_eq!(
+        sys,
+        "SYS not delivered to other nodes: the cluster link is down and its buffer is full"
+    );
+    assert!(first_lost >= 10, "only {first_lost} kept");
+    assert!(a.metric("loopchat_redis_dropped_total") >= 1.0);
+    let _redis = Redis::start_on(redis.port);
+    a.wait_subscriptions(3);
+    b.wait_subscriptions(3);
+    alice.send("after");
+    let lines = bob.until(|l| l == "MSG r alice after");
+    let got: Vec<&String> = lines.iter().filter(|l| l.contains(" big ")).collect();
+    assert_eq!(got, kept.iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn twenty_thousand_rooms_are_resubscribed() {
+    let Some(()) = need_redis("twenty_thousand_rooms_are_resubscribed") else {
+        return;
+    };
+    let mut redis = Redis::start();
+    let a = Node::start(&redis, &["--redis-buffer", "1048576"]);
+    let b = Node::start(&redis, &[]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    // 625 connections of 32 rooms each (the per-connection cap); long names
+    // so that the SUBSCRIBEs (about 1.4 MB) do not fit the 1 MiB buffer.
+    let room = |i: usize| format!("a-room-with-a-rather-long-name-for-the-test-{i:05}");
+    let mut clients = Vec::new();
+    for c in 0..625 {
+        let mut cl = Client::connect(a.addr, &format!("?room={}", room(c * 32)));
+        for j in 1..32 {
+            cl.send(&format!("/join {}", room(c * 32 + j)));
+        }
+        clients.push(cl);
+    }
+    a.wait_subscriptions_within(20_002, Duration::from_secs(60));
+    let mut bob = Client::connect(b.addr, &format!("?nick=bob&room={}", room(19_999)));
+    b.wait_subscriptions(3);
+    redis.kill();
+    let _redis = Redis::start_on(redis.port);
+    a.wait_subscriptions_within(20_002, Duration::from_secs(60));
+    b.wait_subscriptions(3);
+    // The last room hears the other node again.
+    bob.send("still there?");
+    let last = clients.last_mut().unwrap();
+    last.until(|l| l == format!("MSG {} bob still there?", room(19_999)));
+}
+
+#[test]
+fn a_killed_nodes_members_leave_within_the_ttl() {
+    let Some(()) = need_redis("a_killed_nodes_members_leave_within_the_ttl") else {
+        return;
+    };
+    let redis = Redis::start();
+    let ttl = ["--redis-nick-ttl", "2s"];
+    let mut a = Node::start(&redis, &ttl);
+    let b = Node::start(&redis, &ttl);
+    a.wait_subscriptions(2);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=r");
+    b.wait_subscriptions(3);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r");
+    bob.until(|l| l == "JOINED r alice");
+    // alice was in s before bob's node subscribed to it: bob's node learns
+    // of her from /who.
+    alice.send("/join s");
+    alice.until(|l| l == "JOINED s alice");
+    bob.send("/join s");
+    bob.until(|l| l == "JOINED s bob");
+    alice.until(|l| l == "JOINED s bob");
+    bob.send("/who s");
+    let who = bob.until(|l| l.starts_with("WHO s"));
+    assert!(who.last().unwrap().contains("alice"), "{who:?}");
+    a.kill();
+    let killed = Instant::now();
+    // Both of alice's rooms, once each, within the TTL (plus one liveness
+    // period of slack).
+    let lines = bob.until_all(&["LEFT r alice".into(), "LEFT s alice".into()]);
+    let took = killed.elapsed();
+    assert!(took < Duration::from_millis(2_600), "{took:?}");
+    assert_eq!(count(&lines, "LEFT r alice"), 1, "{lines:?}");
+    // ...and her nick is free at once for someone connecting elsewhere.
+    let again = Client::connect(b.addr, "?nick=alice");
+    assert_eq!(again.nick, "alice");
+    assert_eq!(b.metric("loopchat_redis_dead_nodes_total"), 1.0);
 }

@@ -49,6 +49,14 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_millis(2500);
 /// Bytes read from one Redis connection per event.
 const READ_BUDGET: usize = 1 << 20;
+/// After a reconnect, what was published while the link was down waits at
+/// most this long for every node known before the outage to announce itself
+/// again (so that it is subscribed when the backlog arrives).
+const BACKLOG_WAIT: Duration = Duration::from_secs(10);
+/// Channels per `SUBSCRIBE` command when resubscribing.
+const SUBSCRIBE_BATCH: usize = 512;
+/// Most (room, nick) pairs remembered per other node, for its `LEFT`s when it dies.
+const MAX_PEER_MEMBERS: usize = 65_536;
 /// Forget the last sequence number of a node not heard from for this long.
 const FORGET_NODE: Duration = Duration::from_secs(600);
 /// Most other nodes whose sequence numbers are remembered.
@@ -137,6 +145,10 @@ pub struct ClusterStats {
     pub rejected: u64,
     /// Payloads dropped as not well-formed.
     pub malformed: u64,
+    /// Other nodes declared dead (silent for the nick TTL).
+    pub dead_nodes: u64,
+    /// Bytes waiting in the backlog (published while the link was down).
+    pub backlog_bytes: u64,
     /// Nick claims refused because the registry could not confirm them in
     /// time (Redis down, buffer full, or `--redis-query-timeout`).
     pub nick_unconfirmed: u64,
@@ -160,7 +172,11 @@ enum Pending {
     Publish {
         bytes: Box<[u8]>,
         query: Option<u64>,
+        /// The connection whose line it carries (told if it is lost), or CANCELLED.
+        sender: ConnId,
     },
+    /// PUBLISH of a liveness notice (never sent again).
+    Alive,
     /// SET NX for a reservation made at `at` (ms since the epoch).
     Reserve { id: ConnId, nick: Box<str>, at: u64 },
     /// The refresh script for a nick in use.
@@ -199,6 +215,92 @@ struct Query {
     expected: Option<usize>,
     got: usize,
     deadline: Instant,
+}
+
+/// An encoded PUBLISH waiting in the backlog.
+#[derive(Debug)]
+struct Outgoing {
+    bytes: Box<[u8]>,
+    sender: ConnId,
+}
+
+/// A room as another node spells it, and that node's members in it.
+type RoomMembers = (Box<str>, Vec<Box<str>>);
+
+/// What this node knows of another node.
+#[derive(Debug)]
+struct Peer {
+    /// Last payload from it.
+    heard: Instant,
+    /// It announced itself since this node's links came back.
+    announced: bool,
+    /// Its members as seen in its room lines: folded room → (room as it
+    /// spells it, nicks).
+    members: HashMap<Box<str>, RoomMembers>,
+    /// Pairs in `members` (bounded by [`MAX_PEER_MEMBERS`]).
+    count: usize,
+}
+
+impl Peer {
+    fn new(now: Instant) -> Peer {
+        Peer {
+            heard: now,
+            announced: false,
+            members: HashMap::new(),
+            count: 0,
+        }
+    }
+
+    /// Follow membership from one of its room lines (`room` folded).
+    fn track(&mut self, room: &str, line: &str) {
+        let mut it = line.splitn(4, ' ');
+        let (Some(kind), Some(display), Some(nick)) = (it.next(), it.next(), it.next()) else {
+            return;
+        };
+        match kind {
+            "JOINED" | "MSG" => self.add(room, display, nick),
+            "LEFT" => {
+                if let Some(e) = self.members.get_mut(room) {
+                    if let Some(i) = e.1.iter().position(|n| **n == *nick) {
+                        e.1.swap_remove(i);
+                        self.count -= 1;
+                    }
+                    if e.1.is_empty() {
+                        self.members.remove(room);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `nick` is in `room` (folded; `display` as the node spells it) there.
+    fn add(&mut self, room: &str, display: &str, nick: &str) {
+        if self.count >= MAX_PEER_MEMBERS {
+            return;
+        }
+        let e = self
+            .members
+            .entry(room.into())
+            .or_insert_with(|| (display.into(), Vec::new()));
+        if !e.1.iter().any(|n| **n == *nick) {
+            e.1.push(nick.into());
+            self.count += 1;
+        }
+    }
+
+    /// `NICK OLD NEW` from it: rename in every room.
+    fn rename(&mut self, line: &str) {
+        let mut it = line.split(' ');
+        let (Some("NICK"), Some(old), Some(new)) = (it.next(), it.next(), it.next()) else {
+            return;
+        };
+        for (_, nicks) in self.members.values_mut() {
+            for n in nicks.iter_mut().filter(|n| ***n == *old) {
+                *n = new.into();
+            }
+        }
+    }
 }
 
 /// A small xorshift generator for jitter (seeded from the node id).
@@ -266,9 +368,25 @@ pub struct Cluster {
     sub_beat: Instant,
     /// The time of the current turn or event, stamped on queued requests.
     now: Instant,
-    /// Publishes whose reply was lost in a disconnect, sent again first.
-    resend: Vec<Box<[u8]>>,
-    resend_bytes: usize,
+    /// PUBLISH commands waiting for the link, oldest first: published while
+    /// it was down or its buffer full, or sent but unanswered when it failed.
+    /// At most `max_buffer` bytes; sent in order once the link is back.
+    backlog: VecDeque<Outgoing>,
+    backlog_bytes: usize,
+    /// Senders of lines that could not be kept: told with a `SYS` line.
+    undelivered: Vec<ConnId>,
+    /// When both links were last fully up (every channel subscribed again);
+    /// `None` while either is down or still resubscribing.
+    up_since: Option<Instant>,
+    /// Channels still to subscribe on the subscriber link (sent in batches).
+    resub: Vec<Vec<u8>>,
+    /// Channels sent in `SUBSCRIBE`s and confirmed, since the link connected.
+    sub_sent: u64,
+    sub_confirmed: u64,
+    /// Other nodes heard from: liveness and the members they announced.
+    peers: HashMap<Box<str>, Peer>,
+    /// When the next liveness notice is due.
+    next_alive: Instant,
     seq: u64,
     last_seen: HashMap<Box<str>, (u64, Instant)>,
     /// Rooms (folded) with local members: subscribed while the link is up.
@@ -326,8 +444,15 @@ impl Cluster {
             cmd_beat: now,
             sub_beat: now,
             now,
-            resend: Vec::new(),
-            resend_bytes: 0,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            undelivered: Vec::new(),
+            up_since: None,
+            resub: Vec::new(),
+            sub_sent: 0,
+            sub_confirmed: 0,
+            peers: HashMap::new(),
+            next_alive: now,
             seq: 0,
             last_seen: HashMap::new(),
             rooms: HashSet::new(),
@@ -355,8 +480,11 @@ impl Cluster {
     }
 
     /// Counters for `/metrics`.
-    pub fn stats(&self) -> &ClusterStats {
-        &self.stats
+    pub fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            backlog_bytes: self.backlog_bytes as u64,
+            ..self.stats.clone()
+        }
     }
 
     /// True when `token` is one of this node's Redis connections.
@@ -371,9 +499,12 @@ impl Cluster {
             return Some(now);
         }
         let mut at = Some(self.next_heartbeat);
-        if !self.refresh_queue.is_empty() {
+        if !self.refresh_queue.is_empty() || !self.resub.is_empty() || !self.backlog.is_empty() {
             // Come back soon (not at once: the buffer may be full for a while).
             at = Some(self.next_heartbeat.min(now + Duration::from_millis(10)));
+        }
+        if self.up_since.is_some() {
+            at = at.map(|a| a.min(self.next_alive));
         }
         let mut min = |t: Option<Instant>| {
             if let Some(t) = t {
@@ -524,6 +655,15 @@ impl Cluster {
             }
         }
         self.refresh_some();
+        self.subscribe_some();
+        self.liveness(hub, sink, now);
+        self.drain_backlog(now);
+        for id in std::mem::take(&mut self.undelivered) {
+            sink.deliver(
+                &[id],
+                "SYS not delivered to other nodes: the cluster link is down and its buffer is full",
+            );
+        }
         let expired: Vec<u64> = self
             .queries
             .iter()
@@ -625,14 +765,6 @@ impl Cluster {
         for p in self.handshake_commands(true) {
             self.expect(p);
         }
-        for bytes in std::mem::take(&mut self.resend) {
-            if self.cmd.queue_raw(&bytes) {
-                self.expect(Pending::Publish { bytes, query: None });
-            } else {
-                self.stats.dropped += 1;
-            }
-        }
-        self.resend_bytes = 0;
     }
 
     /// Queue AUTH / SELECT (and PING on the command link); returns what each
@@ -669,18 +801,39 @@ impl Cluster {
         }
         self.sub_link = Link::Connecting;
         self.sub_handshake = self.handshake_commands(false).len();
-        let mut channels: Vec<Vec<u8>> = vec![b"lc:all".to_vec(), self.own_channel.clone()];
-        channels.extend(
+        // Every channel again, in batches paced by the buffer (see
+        // `subscribe_some`); the node's own channels go first.
+        self.resub.clear();
+        self.resub.extend(
             self.rooms
                 .iter()
                 .map(|r| format!("lc:room:{r}").into_bytes()),
         );
-        for chunk in channels.chunks(512) {
+        self.resub.push(self.own_channel.clone());
+        self.resub.push(b"lc:all".to_vec());
+        self.sub_sent = 0;
+        self.sub_confirmed = 0;
+    }
+
+    /// Queue `SUBSCRIBE`s for waiting channels while the buffer toward Redis
+    /// is under half full; the rest wait for the next turn (nothing is given
+    /// up: a channel leaves `resub` only once its command is queued).
+    fn subscribe_some(&mut self) {
+        if !self.sub.is_open() {
+            return;
+        }
+        while !self.resub.is_empty() && self.sub.queued() < self.cfg.max_buffer / 2 {
+            let from = self.resub.len().saturating_sub(SUBSCRIBE_BATCH);
             let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
-            args.extend(chunk.iter().map(Vec::as_slice));
+            args.extend(self.resub[from..].iter().rev().map(Vec::as_slice));
             if !self.sub.queue(&args) {
-                self.stats.dropped += 1;
+                break;
             }
+            self.sub_sent += (self.resub.len() - from) as u64;
+            self.resub.truncate(from);
+        }
+        if self.resub.is_empty() && self.resub.capacity() > 1024 {
+            self.resub = Vec::new();
         }
     }
 
@@ -699,15 +852,15 @@ impl Cluster {
         self.cmd_retry = Some(now + delay);
         self.cmd_backoff = (self.cmd_backoff * 2).min(MAX_BACKOFF);
         self.timed_out = 0;
+        self.went_down();
+        // Unanswered publishes go back to the front of the backlog, in order
+        // (they are older than anything in it): receivers drop the copies
+        // they already had by sequence number.
+        let mut unanswered = Vec::new();
         for (_, p) in std::mem::take(&mut self.pending) {
             match p {
-                Pending::Publish { bytes, .. } => {
-                    if self.resend_bytes + bytes.len() <= self.cfg.max_buffer {
-                        self.resend_bytes += bytes.len();
-                        self.resend.push(bytes);
-                    } else {
-                        self.stats.dropped += 1;
-                    }
+                Pending::Publish { bytes, sender, .. } => {
+                    unanswered.push(Outgoing { bytes, sender });
                 }
                 // Redis cannot say: fail closed.
                 Pending::Reserve { id, nick, .. } if id != CANCELLED => {
@@ -720,7 +873,32 @@ impl Cluster {
                 _ => {}
             }
         }
+        for o in unanswered.into_iter().rev() {
+            if self.backlog_bytes + o.bytes.len() <= self.cfg.max_buffer {
+                self.backlog_bytes += o.bytes.len();
+                self.backlog.push_front(o);
+            } else {
+                self.lost(o.sender);
+            }
+        }
         self.report(Some(reason));
+    }
+
+    /// A line that cannot reach the other nodes: counted, and its sender told.
+    fn lost(&mut self, sender: ConnId) {
+        self.stats.dropped += 1;
+        if sender != CANCELLED && self.undelivered.len() < 4096 {
+            self.undelivered.push(sender);
+        }
+    }
+
+    /// Either link went down: the node is no longer caught up, and after it
+    /// comes back it waits for the other nodes to announce themselves again.
+    fn went_down(&mut self) {
+        self.up_since = None;
+        for p in self.peers.values_mut() {
+            p.announced = false;
+        }
     }
 
     fn fail_sub(&mut self, registry: &Registry, now: Instant, reason: &str) {
@@ -728,6 +906,7 @@ impl Cluster {
         self.sub.close(registry);
         self.sub_link = Link::Down;
         self.sub_ping = None;
+        self.went_down();
         self.stats.subscriptions = 0;
         let delay = self.jittered(self.sub_backoff);
         self.sub_retry = Some(now + delay);
@@ -834,7 +1013,7 @@ impl Cluster {
                     }
                 }
             }
-            Pending::Release | Pending::Ping => {}
+            Pending::Release | Pending::Ping | Pending::Alive => {}
             Pending::Lookup { id, from, text } => {
                 if id == CANCELLED {
                     return Ok(());
@@ -856,6 +1035,7 @@ impl Cluster {
                                 line: &line,
                             },
                             None,
+                            id,
                         );
                         sink.deliver(&[id], &line);
                     }
@@ -930,6 +1110,9 @@ impl Cluster {
                 if let Some(n) = items.get(2).and_then(Value::as_int) {
                     self.stats.subscriptions = n.max(0) as u64;
                 }
+                if kind == b"subscribe" {
+                    self.sub_confirmed += 1;
+                }
                 if kind == b"subscribe" && self.sub_link != Link::Ready {
                     self.sub_link = Link::Ready;
                     self.sub_beat = now;
@@ -968,6 +1151,20 @@ impl Cluster {
         if node == self.node {
             return;
         }
+        if self.peers.len() < MAX_NODES || self.peers.contains_key(node) {
+            let peer = self
+                .peers
+                .entry(node.into())
+                .or_insert_with(|| Peer::new(now));
+            peer.heard = now;
+            // Outside the sequence (see `announce`).
+            if matches!(env.body, Body::Alive { .. }) {
+                peer.announced = self.up_since.is_some();
+            }
+        }
+        if matches!(env.body, Body::Alive { .. }) {
+            return;
+        }
         match self.last_seen.get_mut(node) {
             Some((last, seen)) => {
                 if seq <= *last {
@@ -986,6 +1183,32 @@ impl Cluster {
             }
         }
         self.stats.received += 1;
+        if let Some(peer) = self.peers.get_mut(node) {
+            match env.body {
+                Body::Room { line } => {
+                    if let Some(room) = channel
+                        .strip_prefix(b"lc:room:")
+                        .and_then(|r| std::str::from_utf8(r).ok())
+                    {
+                        peer.track(room, line);
+                    }
+                }
+                Body::Nick { line, .. } => peer.rename(line),
+                // Members named in an answer to this node's `/who`.
+                Body::WhoAnswer { qid, nicks, .. } => {
+                    if let Some(QueryKind::Who { room, .. }) =
+                        self.queries.get(&qid).map(|q| &q.kind)
+                    {
+                        if let Some(key) = Folded::new(room) {
+                            for n in nicks.split(' ').filter(|n| valid_nick(n)) {
+                                peer.add(key.as_str(), room, n);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
         let before = hub.deliveries();
         match env.body {
             Body::Room { line } => {
@@ -1019,6 +1242,7 @@ impl Cluster {
                         nicks: &nicks,
                     },
                     None,
+                    CANCELLED,
                 );
             }
             Body::RoomsAsk { qid } => {
@@ -1033,6 +1257,7 @@ impl Cluster {
                     format!("lc:node:{node}").as_bytes(),
                     Body::RoomsAnswer { qid, rooms: &rooms },
                     None,
+                    CANCELLED,
                 );
             }
             Body::WhoAnswer { qid, total, nicks } => {
@@ -1150,7 +1375,11 @@ impl Cluster {
 
     /// Encode (and sign) a payload with the next sequence number and
     /// publish it to `channel`; false (counted) when it cannot be sent.
-    fn send(&mut self, channel: &[u8], body: Body<'_>, query: Option<u64>) -> bool {
+    fn send(&mut self, channel: &[u8], body: Body<'_>, query: Option<u64>, sender: ConnId) -> bool {
+        let keep = matches!(
+            body,
+            Body::Room { .. } | Body::Nick { .. } | Body::Private { .. }
+        );
         self.seq += 1;
         let env = Envelope {
             node: &self.node,
@@ -1158,28 +1387,163 @@ impl Cluster {
             body,
         };
         self.signer.encode(channel, &env, &mut self.payload);
-        self.publish(channel, query)
+        self.publish(channel, query, keep, sender)
     }
 
-    /// Publish `self.payload` to `channel`: false (counted) when Redis is down
-    /// or the buffer toward it is full.
-    fn publish(&mut self, channel: &[u8], query: Option<u64>) -> bool {
-        if self.cmd_link == Link::Down {
-            self.stats.dropped += 1;
-            return false;
-        }
+    /// Publish `self.payload` to `channel`. While the link is down, its
+    /// buffer full, or older payloads still wait, a payload worth keeping
+    /// (`keep`: a room, nick or private line) joins the backlog, sent in order
+    /// once the link is back; false (counted, the sender told) when it cannot
+    /// be kept. Queries are never kept (they are answered locally instead).
+    fn publish(&mut self, channel: &[u8], query: Option<u64>, keep: bool, sender: ConnId) -> bool {
         let mut bytes = Vec::with_capacity(self.payload.len() + channel.len() + 40);
         super::resp::encode_command(&mut bytes, &[b"PUBLISH", channel, &self.payload]);
-        if !self.cmd.queue_raw(&bytes) {
-            self.stats.dropped += 1;
+        if self.cmd_link == Link::Ready && self.backlog.is_empty() && self.cmd.queue_raw(&bytes) {
+            self.stats.published += 1;
+            self.expect(Pending::Publish {
+                bytes: bytes.into_boxed_slice(),
+                query,
+                sender,
+            });
+            return true;
+        }
+        if !keep || self.backlog_bytes + bytes.len() > self.cfg.max_buffer {
+            self.lost(if keep { sender } else { CANCELLED });
             return false;
         }
-        self.stats.published += 1;
-        self.expect(Pending::Publish {
+        self.backlog_bytes += bytes.len();
+        self.backlog.push_back(Outgoing {
             bytes: bytes.into_boxed_slice(),
-            query,
+            sender,
         });
         true
+    }
+
+    /// True when the backlog may go out: the command link is ready, this
+    /// node is caught up, and every node heard from within the nick TTL
+    /// before the outage has announced itself since (or [`BACKLOG_WAIT`]
+    /// passed): they are subscribed again, so nothing is published to nobody.
+    fn backlog_open(&self, now: Instant) -> bool {
+        let Some(up) = self.up_since else {
+            return false;
+        };
+        self.cmd_link == Link::Ready
+            && (now >= up + BACKLOG_WAIT
+                || self
+                    .peers
+                    .values()
+                    .all(|p| p.announced || p.heard + self.cfg.nick_ttl <= up))
+    }
+
+    /// Move backlog entries to the command link while it takes them.
+    fn drain_backlog(&mut self, now: Instant) {
+        if self.backlog.is_empty() || !self.backlog_open(now) {
+            return;
+        }
+        while let Some(o) = self.backlog.front() {
+            if self.cmd.queued() >= self.cfg.max_buffer / 2 || !self.cmd.queue_raw(&o.bytes) {
+                break;
+            }
+            let Some(o) = self.backlog.pop_front() else {
+                break;
+            };
+            self.backlog_bytes -= o.bytes.len();
+            self.stats.published += 1;
+            self.expect(Pending::Publish {
+                bytes: o.bytes,
+                query: None,
+                sender: o.sender,
+            });
+        }
+        if self.backlog.is_empty() && self.backlog.capacity() > 1024 {
+            self.backlog = VecDeque::new();
+        }
+    }
+
+    /// Publish this node's liveness notice on `lc:all` (outside the sequence:
+    /// receivers do not deduplicate it, so it never waits in the backlog).
+    fn announce(&mut self, members: usize) {
+        let env = Envelope {
+            node: &self.node,
+            seq: self.seq,
+            body: Body::Alive {
+                members: members as u64,
+            },
+        };
+        self.signer.encode(b"lc:all", &env, &mut self.payload);
+        let mut bytes = Vec::with_capacity(self.payload.len() + 40);
+        super::resp::encode_command(&mut bytes, &[b"PUBLISH", b"lc:all", &self.payload]);
+        if self.cmd.queue_raw(&bytes) {
+            self.expect(Pending::Alive);
+        }
+    }
+
+    /// Liveness: catch up after a reconnect, announce this node, and
+    /// declare dead the nodes silent for the nick TTL while this one was up
+    /// (their members leave, their nicks are freed).
+    fn liveness(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+        let caught_up = self.cmd_link == Link::Ready
+            && self.sub_link == Link::Ready
+            && self.resub.is_empty()
+            && self.sub_confirmed >= self.sub_sent;
+        if !caught_up {
+            return;
+        }
+        if self.up_since.is_none() {
+            self.up_since = Some(now);
+            self.next_alive = now;
+        }
+        if now < self.next_alive {
+            return;
+        }
+        self.next_alive = now + self.alive_every();
+        self.announce(hub.connections());
+        let up = self.up_since.unwrap_or(now);
+        let ttl = self.cfg.nick_ttl;
+        let dead: Vec<Box<str>> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now >= p.heard.max(up) + ttl)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in dead {
+            let Some(peer) = self.peers.remove(&node) else {
+                continue;
+            };
+            self.last_seen.remove(&node);
+            self.stats.dead_nodes += 1;
+            info!(
+                "node {node} silent for {ttl:?}: {} of its members leave",
+                peer.count
+            );
+            let prefix = format!("{node} ");
+            for (room, (display, nicks)) in peer.members {
+                for nick in nicks {
+                    if hub.room_len(&room) <= hub.config().presence_limit {
+                        hub.deliver_room(&room, &format!("LEFT {display} {nick}"), sink);
+                    }
+                    // Free the nick now rather than at its expiry, if the
+                    // dead node still holds it.
+                    if let Some(key) = nick_key(&nick) {
+                        if self.cmd.queue(&[
+                            b"EVAL",
+                            RELEASE_SCRIPT.as_bytes(),
+                            b"1",
+                            &key,
+                            prefix.as_bytes(),
+                        ]) {
+                            self.expect(Pending::Release);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// How often this node announces itself: well inside the nick TTL, at
+    /// most every heartbeat.
+    fn alive_every(&self) -> Duration {
+        (self.cfg.nick_ttl / 4).clamp(Duration::from_millis(50), HEARTBEAT)
     }
 
     fn release(&mut self, nick: &str) {
@@ -1258,28 +1622,39 @@ impl Cluster {
     fn on_request(&mut self, r: Request, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
         match r {
             Request::Subscribe(room) => {
+                // Sent by `subscribe_some` with any resubscription in progress.
                 let ch = format!("lc:room:{room}");
-                if self.rooms.insert(room)
-                    && self.sub.is_open()
-                    && !self.sub.queue(&[b"SUBSCRIBE", ch.as_bytes()])
-                {
-                    self.stats.dropped += 1;
+                if self.rooms.insert(room) && self.sub.is_open() {
+                    self.resub.push(ch.into_bytes());
                 }
             }
             Request::Unsubscribe(room) => {
                 let ch = format!("lc:room:{room}");
-                if self.rooms.remove(&room)
-                    && self.sub.is_open()
-                    && !self.sub.queue(&[b"UNSUBSCRIBE", ch.as_bytes()])
-                {
-                    self.stats.dropped += 1;
+                if self.rooms.remove(&room) && self.sub.is_open() {
+                    let waiting = self.resub.len();
+                    self.resub.retain(|c| *c != ch.as_bytes());
+                    // Not yet subscribed: nothing to undo. Otherwise an
+                    // UNSUBSCRIBE that does not fit only costs unwanted
+                    // messages, which find no local room.
+                    if self.resub.len() == waiting
+                        && !self.sub.queue(&[b"UNSUBSCRIBE", ch.as_bytes()])
+                    {
+                        self.stats.dropped += 1;
+                    }
                 }
             }
             Request::Room { room, line } => {
+                // The sender of a MSG line, told if it cannot reach the other nodes.
+                let sender = line
+                    .strip_prefix("MSG ")
+                    .and_then(|r| r.split(' ').nth(1))
+                    .and_then(|nick| hub.local_owner(nick))
+                    .unwrap_or(CANCELLED);
                 self.send(
                     format!("lc:room:{room}").as_bytes(),
                     Body::Room { line: &line },
                     None,
+                    sender,
                 );
             }
             Request::Nick { rooms, line } => {
@@ -1294,6 +1669,7 @@ impl Cluster {
                         line: &line,
                     },
                     None,
+                    CANCELLED,
                 );
             }
             Request::Reserve { id, nick } => {
@@ -1334,7 +1710,7 @@ impl Cluster {
                 }
             }
             Request::Who { id, room } => {
-                if !self.is_up() {
+                if !self.is_up() || !self.backlog.is_empty() {
                     hub.answer_who(id, &room, &[], 0, sink);
                     return;
                 }
@@ -1355,12 +1731,17 @@ impl Cluster {
                         deadline: now + self.cfg.query_timeout,
                     },
                 );
-                if !self.send(b"lc:all", Body::WhoAsk { qid, room: &room2 }, Some(qid)) {
+                if !self.send(
+                    b"lc:all",
+                    Body::WhoAsk { qid, room: &room2 },
+                    Some(qid),
+                    CANCELLED,
+                ) {
                     self.finish_query(qid, true, hub, sink);
                 }
             }
             Request::Rooms { id } => {
-                if !self.is_up() {
+                if !self.is_up() || !self.backlog.is_empty() {
                     hub.answer_rooms(id, &[], sink);
                     return;
                 }
@@ -1376,7 +1757,7 @@ impl Cluster {
                         deadline: now + self.cfg.query_timeout,
                     },
                 );
-                if !self.send(b"lc:all", Body::RoomsAsk { qid }, Some(qid)) {
+                if !self.send(b"lc:all", Body::RoomsAsk { qid }, Some(qid), CANCELLED) {
                     self.finish_query(qid, true, hub, sink);
                 }
             }
@@ -1386,6 +1767,7 @@ impl Cluster {
                         Pending::Reserve { id: i, .. }
                         | Pending::Refresh { id: i, .. }
                         | Pending::Lookup { id: i, .. }
+                        | Pending::Publish { sender: i, .. }
                             if *i == id =>
                         {
                             *i = CANCELLED;
@@ -1394,6 +1776,10 @@ impl Cluster {
                     }
                 }
                 self.queries.retain(|_, q| q.id != id);
+                for o in self.backlog.iter_mut().filter(|o| o.sender == id) {
+                    o.sender = CANCELLED;
+                }
+                self.undelivered.retain(|&i| i != id);
                 if !self.refresh_queue.is_empty() {
                     self.refresh_queue.retain(|(i, _)| *i != id);
                 }

@@ -95,7 +95,7 @@ impl Server {
     /// The cluster's lines of `/metrics` (none without `--redis`).
     pub(super) fn cluster_metrics(&self, out: &mut String) {
         if let Some(c) = self.cluster.as_deref() {
-            super::metrics::render_cluster(c.node_id(), c.stats(), out);
+            super::metrics::render_cluster(c.node_id(), &c.stats(), out);
         }
     }
 }

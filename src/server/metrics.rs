@@ -370,6 +370,18 @@ pub fn render_cluster(node: &str, s: &crate::cluster::ClusterStats, out: &mut St
             s.nick_unconfirmed,
         ),
         (
+            "loopchat_redis_dead_nodes_total",
+            "counter",
+            "Other nodes declared dead (silent for the nick TTL): their members left, their nicks freed.",
+            s.dead_nodes,
+        ),
+        (
+            "loopchat_redis_backlog_bytes",
+            "gauge",
+            "Bytes published while the Redis link was down or full, waiting to be sent (at most --redis-buffer).",
+            s.backlog_bytes,
+        ),
+        (
             "loopchat_redis_rejected_total",
             "counter",
             "Payloads from Redis dropped as unsigned or badly signed (--cluster-secret-file).",

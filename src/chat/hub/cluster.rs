@@ -484,6 +484,11 @@ impl Hub {
         }
     }
 
+    /// The local connection holding `nick` (any letter case), if any.
+    pub fn local_owner(&self, nick: &str) -> Option<ConnId> {
+        self.nick_owner(nick)
+    }
+
     /// The displayed nick on this node for `nick` (any letter case), if any.
     pub fn local_nick(&self, nick: &str) -> Option<&str> {
         self.nick_owner(nick).and_then(|id| self.nick(id))
