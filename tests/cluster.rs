@@ -1074,6 +1074,7 @@ fn a_killed_nodes_members_leave_within_the_ttl() {
     // of her from /who.
     alice.send("/join s");
     alice.until(|l| l == "JOINED s alice");
+    a.wait_subscriptions(4);
     bob.send("/join s");
     bob.until(|l| l == "JOINED s bob");
     alice.until(|l| l == "JOINED s bob");

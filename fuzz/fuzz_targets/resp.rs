@@ -93,7 +93,7 @@ fuzz_target!(|input: &[u8]| {
     hub.connect(1, Some("b"), Some("s"), 0, &mut sink);
     hub.nick_reserved(1, "b", Claim::Granted, &mut sink);
     let addr = "127.0.0.1:9".parse().unwrap();
-    let mut node = Cluster::new(ClusterConfig::new(addr), mio::Token(1), mio::Token(2));
+    let mut node = Cluster::new(ClusterConfig::new(addr), std::time::Instant::now());
     for v in all {
         let mut enc = Vec::new();
         encode_value(&mut enc, &v);

@@ -28,9 +28,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use mio::{Registry, Token};
 
-use super::conn::RedisConn;
+use super::link::{Link, LinkState};
 use super::resp::{Limits, Value};
 use super::wire::{Body, Envelope, Signer};
 use crate::chat::names::{valid_nick, valid_room, Folded};
@@ -47,8 +46,6 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle link sends a `PING` this often, well inside [`STALL_TIMEOUT`], so a
 /// dead link is noticed while it is quiet and a live one never looks stalled.
 const HEARTBEAT: Duration = Duration::from_millis(2500);
-/// Bytes read from one Redis connection per event.
-const READ_BUDGET: usize = 1 << 20;
 /// After a reconnect, what was published while the link was down waits at
 /// most this long for every node known before the outage to announce itself
 /// again (so that it is subscribed when the backlog arrives).
@@ -154,11 +151,23 @@ pub struct ClusterStats {
     pub nick_unconfirmed: u64,
 }
 
+/// Which of the node's two Redis connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Link {
-    Down,
-    Connecting,
-    Ready,
+pub enum Which {
+    /// Commands and publishing.
+    Cmd,
+    /// Subscriptions.
+    Sub,
+}
+
+/// Socket work the node asks of its caller (see [`Cluster::poll_action`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a TCP connection to the configured address for this link; report
+    /// bytes with [`Cluster::on_bytes`] and failure with [`Cluster::on_closed`].
+    Connect(Which),
+    /// Drop this link's connection (the node has given up on it).
+    Close(Which),
 }
 
 /// What a reply on the command link answers.
@@ -346,26 +355,17 @@ pub struct Cluster {
     /// `NODE ` (registry values start with it).
     node_prefix: String,
     own_channel: Vec<u8>,
-    cmd: RedisConn,
-    sub: RedisConn,
-    cmd_token: Token,
-    sub_token: Token,
-    cmd_link: Link,
-    sub_link: Link,
-    cmd_retry: Option<Instant>,
-    sub_retry: Option<Instant>,
-    cmd_backoff: Duration,
-    sub_backoff: Duration,
+    /// Commands and publishing.
+    cmd: Link,
+    /// Subscriptions.
+    sub: Link,
+    /// Socket work for the caller, oldest first.
+    actions: VecDeque<Action>,
     /// Requests on the command link awaiting their reply, oldest first, with
     /// the time each was queued (stall detection runs from the oldest).
     pending: VecDeque<(Instant, Pending)>,
     /// Replies the subscriber link owes for AUTH / SELECT.
     sub_handshake: usize,
-    /// When the subscriber link's outstanding heartbeat `PING` was sent.
-    sub_ping: Option<Instant>,
-    /// When each link last sent a heartbeat (or was connected).
-    cmd_beat: Instant,
-    sub_beat: Instant,
     /// The time of the current turn or event, stamped on queued requests.
     now: Instant,
     /// PUBLISH commands waiting for the link, oldest first: published while
@@ -398,9 +398,6 @@ pub struct Cluster {
     reported_up: Option<bool>,
     rng: Rng,
     requests: Vec<Request>,
-    /// A read stopped at its budget: read again next turn.
-    cmd_more: bool,
-    sub_more: bool,
     /// When each nick this node holds (folded) was registered, in ms since
     /// the Unix epoch: stored with the key and compared on conflicts.
     registered: HashMap<Box<str>, u64>,
@@ -417,32 +414,25 @@ pub struct Cluster {
 
 impl Cluster {
     /// A node with a fresh random id; it connects on its first [`Cluster::turn`].
-    pub fn new(cfg: ClusterConfig, cmd_token: Token, sub_token: Token) -> Cluster {
-        let id = random_id();
+    pub fn new(cfg: ClusterConfig, now: Instant) -> Cluster {
+        Cluster::with_id(cfg, random_id(), now)
+    }
+
+    /// A node with the given id (nonzero; tests use fixed ones).
+    pub fn with_id(cfg: ClusterConfig, id: u64, now: Instant) -> Cluster {
         let node = format!("{id:016x}");
         let limits = Limits::default();
-        let now = Instant::now();
         let signer = Signer::new(cfg.secret.as_deref());
         Cluster {
             node_prefix: format!("{node} "),
             own_channel: format!("lc:node:{node}").into_bytes(),
-            cmd: RedisConn::new(cmd_token, cfg.max_buffer, limits),
-            sub: RedisConn::new(sub_token, cfg.max_buffer, limits),
-            cmd_token,
-            sub_token,
+            cmd: Link::new(cfg.max_buffer, limits, MIN_BACKOFF, now),
+            sub: Link::new(cfg.max_buffer, limits, MIN_BACKOFF, now),
+            actions: VecDeque::new(),
             node,
             cfg,
-            cmd_link: Link::Down,
-            sub_link: Link::Down,
-            cmd_retry: Some(now),
-            sub_retry: Some(now),
-            cmd_backoff: MIN_BACKOFF,
-            sub_backoff: MIN_BACKOFF,
             pending: VecDeque::new(),
             sub_handshake: 0,
-            sub_ping: None,
-            cmd_beat: now,
-            sub_beat: now,
             now,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
@@ -461,10 +451,8 @@ impl Cluster {
             next_heartbeat: now,
             next_prune: now + FORGET_NODE,
             reported_up: None,
-            rng: Rng(id),
+            rng: Rng(id | 1),
             requests: Vec::new(),
-            cmd_more: false,
-            sub_more: false,
             refresh_queue: Vec::new(),
             registered: HashMap::new(),
             timed_out: 0,
@@ -472,6 +460,11 @@ impl Cluster {
             signer,
             stats: ClusterStats::default(),
         }
+    }
+
+    /// The Redis server's address (where [`Action::Connect`] connects).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.cfg.addr
     }
 
     /// This node's id (16 hex digits).
@@ -487,17 +480,38 @@ impl Cluster {
         }
     }
 
-    /// True when `token` is one of this node's Redis connections.
-    pub fn owns(&self, token: Token) -> bool {
-        token == self.cmd_token || token == self.sub_token
+    /// The next socket operation the caller must carry out, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The bytes to write on `which`'s connection (once it is established).
+    pub fn transmit(&self, which: Which) -> &[u8] {
+        self.link(which).transmit()
+    }
+
+    /// `n` bytes of [`Cluster::transmit`] were written.
+    pub fn advance(&mut self, which: Which, n: usize) {
+        self.link_mut(which).advance(n);
+    }
+
+    fn link(&self, which: Which) -> &Link {
+        match which {
+            Which::Cmd => &self.cmd,
+            Which::Sub => &self.sub,
+        }
+    }
+
+    fn link_mut(&mut self, which: Which) -> &mut Link {
+        match which {
+            Which::Cmd => &mut self.cmd,
+            Which::Sub => &mut self.sub,
+        }
     }
 
     /// When the loop must come back at the latest (the earliest entry of the
     /// node's timers), as seen at `now`.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
-        if self.cmd_more || self.sub_more {
-            return Some(now);
-        }
         let mut at = Some(self.next_heartbeat);
         if !self.refresh_queue.is_empty() || !self.resub.is_empty() || !self.backlog.is_empty() {
             // Come back soon (not at once: the buffer may be full for a while).
@@ -511,8 +525,8 @@ impl Cluster {
                 at = Some(at.map_or(t, |a: Instant| a.min(t)));
             }
         };
-        min(self.cmd_retry);
-        min(self.sub_retry);
+        min(self.cmd.retry);
+        min(self.sub.retry);
         min(Some(self.next_prune));
         for q in self.queries.values() {
             min(Some(q.deadline));
@@ -520,17 +534,17 @@ impl Cluster {
         if let Some((at, _)) = self.pending.front() {
             min(Some(*at + STALL_TIMEOUT));
         }
-        if let Some(at) = self.sub_ping {
+        if let Some(at) = self.sub.ping {
             min(Some(at + STALL_TIMEOUT));
         }
         if let Some((at, _)) = self.pending.get(self.timed_out) {
             min(Some(*at + self.cfg.query_timeout));
         }
-        if self.cmd_link == Link::Ready {
-            min(Some(self.cmd_beat + HEARTBEAT));
+        if self.cmd.state == LinkState::Ready {
+            min(Some(self.cmd.beat + HEARTBEAT));
         }
-        if self.sub_link == Link::Ready {
-            min(Some(self.sub_beat + HEARTBEAT));
+        if self.sub.state == LinkState::Ready {
+            min(Some(self.sub.beat + HEARTBEAT));
         }
         at
     }
@@ -560,7 +574,7 @@ fn nick_key(nick: &str) -> Option<Vec<u8>> {
 impl Cluster {
     /// Both links up (commands and subscriptions).
     pub fn is_up(&self) -> bool {
-        self.cmd_link == Link::Ready && self.sub_link == Link::Ready
+        self.cmd.state == LinkState::Ready && self.sub.state == LinkState::Ready
     }
 
     fn ttl_ms(&self) -> String {
@@ -602,35 +616,28 @@ impl Cluster {
     }
 
     /// Per loop turn, after the hub ran: reconnects and timers that are due,
-    /// the hub's requests turned into commands, and one flush of each link.
-    pub fn turn(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+    /// and the hub's requests turned into commands. Then the caller carries
+    /// out [`Cluster::poll_action`]s and writes [`Cluster::transmit`].
+    pub fn turn(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
         self.now = now;
-        // Input left behind by the read budget (no new edge will announce it).
-        if std::mem::take(&mut self.cmd_more) {
-            self.read_cmd(registry, hub, sink, now);
+        if self.cmd.retry.is_some_and(|t| now >= t) {
+            self.connect_cmd(now);
         }
-        if std::mem::take(&mut self.sub_more) {
-            self.read_sub(registry, hub, sink, now);
+        if self.sub.retry.is_some_and(|t| now >= t) {
+            self.connect_sub(now);
         }
-        if self.cmd_retry.is_some_and(|t| now >= t) {
-            self.cmd_retry = None;
-            self.connect_cmd(registry, hub, sink, now);
-        }
-        if self.sub_retry.is_some_and(|t| now >= t) {
-            self.sub_retry = None;
-            self.connect_sub(registry, now);
-        }
-        if self.cmd_link != Link::Down
+        if self.cmd.state != LinkState::Down
             && self
                 .pending
                 .front()
                 .is_some_and(|(at, _)| now >= *at + STALL_TIMEOUT)
         {
-            self.fail_cmd(registry, hub, sink, now, "no reply within 10s");
+            self.fail_cmd(hub, sink, now, "no reply within 10s");
         }
-        if self.sub_link != Link::Down && self.sub_ping.is_some_and(|at| now >= at + STALL_TIMEOUT)
+        if self.sub.state != LinkState::Down
+            && self.sub.ping.is_some_and(|at| now >= at + STALL_TIMEOUT)
         {
-            self.fail_sub(registry, now, "no heartbeat reply within 10s");
+            self.fail_sub(now, "no heartbeat reply within 10s");
         }
         self.heartbeat(now);
         self.expire_reservations(hub, sink, now);
@@ -650,7 +657,7 @@ impl Cluster {
         }
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + (self.cfg.nick_ttl / 3).max(Duration::from_millis(50));
-            if self.cmd_link == Link::Ready {
+            if self.cmd.state == LinkState::Ready {
                 self.refresh_nicks(hub);
             }
         }
@@ -678,90 +685,54 @@ impl Cluster {
             self.last_seen
                 .retain(|_, (_, t)| now.saturating_duration_since(*t) < FORGET_NODE);
         }
-        self.flush(registry, hub, sink, now);
     }
 
-    fn flush(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
-        if let Err(e) = self.cmd.flush() {
-            self.fail_cmd(registry, hub, sink, now, &e.to_string());
-        }
-        if let Err(e) = self.sub.flush() {
-            self.fail_sub(registry, now, &e.to_string());
-        }
-    }
-
-    /// A poll event for one of the Redis connections.
-    #[allow(clippy::too_many_arguments)]
-    pub fn on_event(
+    /// Bytes read from `which`'s connection: its replies are handled.
+    pub fn on_bytes(
         &mut self,
-        token: Token,
-        readable: bool,
-        writable: bool,
-        registry: &Registry,
+        which: Which,
+        bytes: &[u8],
         hub: &mut Hub,
         sink: &mut impl Sink,
         now: Instant,
     ) {
         self.now = now;
-        if token == self.cmd_token {
-            if writable {
-                if let Err(e) = self.cmd.on_writable() {
-                    self.fail_cmd(registry, hub, sink, now, &e.to_string());
-                    return;
-                }
-            }
-            if readable {
-                self.read_cmd(registry, hub, sink, now);
-            }
-        } else if token == self.sub_token {
-            if writable {
-                if let Err(e) = self.sub.on_writable() {
-                    self.fail_sub(registry, now, &e.to_string());
-                    return;
-                }
-            }
-            if readable {
-                self.read_sub(registry, hub, sink, now);
-            }
+        if !self.link(which).is_open() {
+            return;
         }
-    }
-
-    fn read_cmd(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
-        let res = self.cmd.read(READ_BUDGET);
-        self.cmd_more = matches!(res, Ok(true));
-        // What arrived before an error is handled first.
-        self.cmd_replies(registry, hub, sink, now);
+        let res = self.link_mut(which).receive(bytes);
+        match which {
+            Which::Cmd => self.cmd_replies(hub, sink, now),
+            Which::Sub => self.sub_values(hub, sink, now),
+        }
         if let Err(e) = res {
-            if self.cmd.is_open() {
-                self.fail_cmd(registry, hub, sink, now, &e.to_string());
-            }
+            self.on_closed(which, &e.to_string(), hub, sink, now);
         }
     }
 
-    fn read_sub(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
-        let res = self.sub.read(READ_BUDGET);
-        self.sub_more = matches!(res, Ok(true));
-        self.sub_values(registry, hub, sink, now);
-        if let Err(e) = res {
-            if self.sub.is_open() {
-                self.fail_sub(registry, now, &e.to_string());
-            }
-        }
-    }
-
-    fn connect_cmd(
+    /// `which`'s connection failed or was closed by Redis (or could not be
+    /// opened): the link goes down and reconnects with backoff.
+    pub fn on_closed(
         &mut self,
-        registry: &Registry,
+        which: Which,
+        reason: &str,
         hub: &mut Hub,
         sink: &mut impl Sink,
         now: Instant,
     ) {
-        if let Err(e) = self.cmd.connect(self.cfg.addr, registry) {
-            self.fail_cmd(registry, hub, sink, now, &e.to_string());
+        self.now = now;
+        if !self.link(which).is_open() {
             return;
         }
-        self.cmd_link = Link::Connecting;
-        self.cmd_beat = now;
+        match which {
+            Which::Cmd => self.fail_cmd(hub, sink, now, reason),
+            Which::Sub => self.fail_sub(now, reason),
+        }
+    }
+
+    fn connect_cmd(&mut self, now: Instant) {
+        self.cmd.open(now);
+        self.actions.push_back(Action::Connect(Which::Cmd));
         for p in self.handshake_commands(true) {
             self.expect(p);
         }
@@ -794,12 +765,9 @@ impl Cluster {
         out
     }
 
-    fn connect_sub(&mut self, registry: &Registry, now: Instant) {
-        if let Err(e) = self.sub.connect(self.cfg.addr, registry) {
-            self.fail_sub(registry, now, &e.to_string());
-            return;
-        }
-        self.sub_link = Link::Connecting;
+    fn connect_sub(&mut self, now: Instant) {
+        self.sub.open(now);
+        self.actions.push_back(Action::Connect(Which::Sub));
         self.sub_handshake = self.handshake_commands(false).len();
         // Every channel again, in batches paced by the buffer (see
         // `subscribe_some`); the node's own channels go first.
@@ -837,20 +805,13 @@ impl Cluster {
         }
     }
 
-    fn fail_cmd(
-        &mut self,
-        registry: &Registry,
-        hub: &mut Hub,
-        sink: &mut impl Sink,
-        now: Instant,
-        reason: &str,
-    ) {
+    fn fail_cmd(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant, reason: &str) {
         debug!("redis command link: {reason}");
-        self.cmd.close(registry);
-        self.cmd_link = Link::Down;
-        let delay = self.jittered(self.cmd_backoff);
-        self.cmd_retry = Some(now + delay);
-        self.cmd_backoff = (self.cmd_backoff * 2).min(MAX_BACKOFF);
+        self.cmd.close();
+        self.actions.push_back(Action::Close(Which::Cmd));
+        let delay = self.jittered(self.cmd.backoff);
+        self.cmd.retry = Some(now + delay);
+        self.cmd.backoff = (self.cmd.backoff * 2).min(MAX_BACKOFF);
         self.timed_out = 0;
         self.went_down();
         // Unanswered publishes go back to the front of the backlog, in order
@@ -901,37 +862,30 @@ impl Cluster {
         }
     }
 
-    fn fail_sub(&mut self, registry: &Registry, now: Instant, reason: &str) {
+    fn fail_sub(&mut self, now: Instant, reason: &str) {
         debug!("redis subscriber link: {reason}");
-        self.sub.close(registry);
-        self.sub_link = Link::Down;
-        self.sub_ping = None;
+        self.sub.close();
+        self.actions.push_back(Action::Close(Which::Sub));
         self.went_down();
         self.stats.subscriptions = 0;
-        let delay = self.jittered(self.sub_backoff);
-        self.sub_retry = Some(now + delay);
-        self.sub_backoff = (self.sub_backoff * 2).min(MAX_BACKOFF);
+        let delay = self.jittered(self.sub.backoff);
+        self.sub.retry = Some(now + delay);
+        self.sub.backoff = (self.sub.backoff * 2).min(MAX_BACKOFF);
         self.report(Some(reason));
     }
 
-    fn cmd_replies(
-        &mut self,
-        registry: &Registry,
-        hub: &mut Hub,
-        sink: &mut impl Sink,
-        now: Instant,
-    ) {
+    fn cmd_replies(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
         loop {
             match self.cmd.next_value() {
                 Ok(Some(v)) => {
                     if let Err(reason) = self.on_reply(v, hub, sink, now) {
-                        self.fail_cmd(registry, hub, sink, now, &reason);
+                        self.fail_cmd(hub, sink, now, &reason);
                         return;
                     }
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    self.fail_cmd(registry, hub, sink, now, &e.to_string());
+                    self.fail_cmd(hub, sink, now, &e.to_string());
                     return;
                 }
             }
@@ -959,8 +913,8 @@ impl Cluster {
                 if let Value::Error(e) = v {
                     return Err(format!("PING refused: {}", String::from_utf8_lossy(&e)));
                 }
-                self.cmd_link = Link::Ready;
-                self.cmd_backoff = MIN_BACKOFF;
+                self.cmd.state = LinkState::Ready;
+                self.cmd.backoff = MIN_BACKOFF;
                 self.stats.connects += 1;
                 // Register every local nick again right away.
                 self.next_heartbeat = now;
@@ -1046,35 +1000,37 @@ impl Cluster {
         Ok(())
     }
 
-    fn sub_values(
-        &mut self,
-        registry: &Registry,
-        hub: &mut Hub,
-        sink: &mut impl Sink,
-        now: Instant,
-    ) {
+    fn sub_values(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
         loop {
             let v = match self.sub.next_value() {
                 Ok(Some(v)) => v,
                 Ok(None) => return,
                 Err(e) => {
-                    self.fail_sub(registry, now, &e.to_string());
+                    self.fail_sub(now, &e.to_string());
                     return;
                 }
             };
             if let Err(reason) = self.on_sub_value(v, hub, sink, now) {
-                self.fail_sub(registry, now, &reason);
+                self.fail_sub(now, &reason);
                 return;
             }
         }
     }
 
     /// Feed one value as if the subscriber link had received it; for the
-    /// fuzz target and tests (no socket involved: publishes are dropped and
-    /// counted as while Redis is down).
+    /// fuzz target and tests (with the links down, publishes wait in the
+    /// backlog or are dropped and counted, as while Redis is down).
     #[doc(hidden)]
     pub fn feed_subscriber(&mut self, v: Value, hub: &mut Hub, sink: &mut impl Sink) {
-        let _ = self.on_sub_value(v, hub, sink, Instant::now());
+        let now = self.now;
+        self.feed_at(v, hub, sink, now);
+    }
+
+    /// [`Cluster::feed_subscriber`] at `now`.
+    #[doc(hidden)]
+    pub fn feed_at(&mut self, v: Value, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+        self.now = now;
+        let _ = self.on_sub_value(v, hub, sink, now);
     }
 
     /// One value on the subscriber link: Err fails the link.
@@ -1097,7 +1053,7 @@ impl Cluster {
         };
         let kind = items.first().and_then(Value::as_bytes).unwrap_or(b"");
         match kind {
-            b"pong" => self.sub_ping = None,
+            b"pong" => self.sub.ping = None,
             b"message" => {
                 if let (Some(ch), Some(p)) = (
                     items.get(1).and_then(Value::as_bytes),
@@ -1113,10 +1069,10 @@ impl Cluster {
                 if kind == b"subscribe" {
                     self.sub_confirmed += 1;
                 }
-                if kind == b"subscribe" && self.sub_link != Link::Ready {
-                    self.sub_link = Link::Ready;
-                    self.sub_beat = now;
-                    self.sub_backoff = MIN_BACKOFF;
+                if kind == b"subscribe" && self.sub.state != LinkState::Ready {
+                    self.sub.state = LinkState::Ready;
+                    self.sub.beat = now;
+                    self.sub.backoff = MIN_BACKOFF;
                     self.stats.connects += 1;
                     self.report(None);
                 }
@@ -1359,16 +1315,16 @@ impl Cluster {
     /// Send a `PING` on each ready link that has been quiet for a heartbeat
     /// period (the subscriber link answers it in subscribe mode too).
     fn heartbeat(&mut self, now: Instant) {
-        if self.cmd_link == Link::Ready && now >= self.cmd_beat + HEARTBEAT {
-            self.cmd_beat = now;
+        if self.cmd.state == LinkState::Ready && now >= self.cmd.beat + HEARTBEAT {
+            self.cmd.beat = now;
             if self.pending.is_empty() && self.cmd.queue(&[b"PING"]) {
                 self.expect(Pending::Ping);
             }
         }
-        if self.sub_link == Link::Ready && now >= self.sub_beat + HEARTBEAT {
-            self.sub_beat = now;
-            if self.sub_ping.is_none() && self.sub.queue(&[b"PING"]) {
-                self.sub_ping = Some(now);
+        if self.sub.state == LinkState::Ready && now >= self.sub.beat + HEARTBEAT {
+            self.sub.beat = now;
+            if self.sub.ping.is_none() && self.sub.queue(&[b"PING"]) {
+                self.sub.ping = Some(now);
             }
         }
     }
@@ -1398,7 +1354,10 @@ impl Cluster {
     fn publish(&mut self, channel: &[u8], query: Option<u64>, keep: bool, sender: ConnId) -> bool {
         let mut bytes = Vec::with_capacity(self.payload.len() + channel.len() + 40);
         super::resp::encode_command(&mut bytes, &[b"PUBLISH", channel, &self.payload]);
-        if self.cmd_link == Link::Ready && self.backlog.is_empty() && self.cmd.queue_raw(&bytes) {
+        if self.cmd.state == LinkState::Ready
+            && self.backlog.is_empty()
+            && self.cmd.queue_raw(&bytes)
+        {
             self.stats.published += 1;
             self.expect(Pending::Publish {
                 bytes: bytes.into_boxed_slice(),
@@ -1427,7 +1386,7 @@ impl Cluster {
         let Some(up) = self.up_since else {
             return false;
         };
-        self.cmd_link == Link::Ready
+        self.cmd.state == LinkState::Ready
             && (now >= up + BACKLOG_WAIT
                 || self
                     .peers
@@ -1482,8 +1441,8 @@ impl Cluster {
     /// declare dead the nodes silent for the nick TTL while this one was up
     /// (their members leave, their nicks are freed).
     fn liveness(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
-        let caught_up = self.cmd_link == Link::Ready
-            && self.sub_link == Link::Ready
+        let caught_up = self.cmd.state == LinkState::Ready
+            && self.sub.state == LinkState::Ready
             && self.resub.is_empty()
             && self.sub_confirmed >= self.sub_sent;
         if !caught_up {
@@ -1553,7 +1512,7 @@ impl Cluster {
         if let Some(k) = Folded::new(nick) {
             self.registered.remove(k.as_str());
         }
-        if self.cmd_link == Link::Down {
+        if self.cmd.state == LinkState::Down {
             return;
         }
         let prefix = self.node_prefix.clone();
@@ -1581,7 +1540,7 @@ impl Cluster {
     /// Queue refresh commands while the outgoing buffer is under half full, so
     /// a heartbeat for many nicks never crowds out (or drops) chat traffic.
     fn refresh_some(&mut self) {
-        if self.cmd_link != Link::Ready {
+        if self.cmd.state != LinkState::Ready {
             return;
         }
         let ttl = self.ttl_ms();
@@ -1679,7 +1638,7 @@ impl Cluster {
                 let at = unix_ms();
                 let value = format!("{}{at} {nick}", self.node_prefix);
                 let ttl = self.ttl_ms();
-                if self.cmd_link != Link::Down
+                if self.cmd.state != LinkState::Down
                     && self.cmd.queue(&[
                         b"SET",
                         &key,
@@ -1692,7 +1651,7 @@ impl Cluster {
                     self.expect(Pending::Reserve { id, nick, at });
                 } else {
                     // Nobody can confirm the nick: fail closed.
-                    if self.cmd_link != Link::Down {
+                    if self.cmd.state != LinkState::Down {
                         self.stats.dropped += 1;
                     }
                     self.stats.nick_unconfirmed += 1;
@@ -1703,7 +1662,9 @@ impl Cluster {
             Request::Private { id, from, to, text } => {
                 let key = nick_key(&to);
                 match key {
-                    Some(key) if self.cmd_link != Link::Down && self.cmd.queue(&[b"GET", &key]) => {
+                    Some(key)
+                        if self.cmd.state != LinkState::Down && self.cmd.queue(&[b"GET", &key]) =>
+                    {
                         self.expect(Pending::Lookup { id, from, text });
                     }
                     _ => sink.deliver(&[id], "ERR no-such-nick no such nick"),
@@ -1817,8 +1778,7 @@ mod tests {
         }
         let mut node = Cluster::new(
             ClusterConfig::new("127.0.0.1:9".parse().unwrap()),
-            Token(1),
-            Token(2),
+            Instant::now(),
         );
         sink.0.clear();
         node.feed_subscriber(
@@ -1888,8 +1848,7 @@ mod tests {
         hub.nick_reserved(0, "a", Claim::Granted, &mut sink);
         let mut node = Cluster::new(
             ClusterConfig::new("127.0.0.1:9".parse().unwrap()),
-            Token(1),
-            Token(2),
+            Instant::now(),
         );
         let deadline = Instant::now() + Duration::from_secs(60);
         for (qid, kind) in [
@@ -1928,6 +1887,278 @@ mod tests {
         let who = &sink.0[0].1;
         assert!(who.starts_with("WHO r a b c d +"), "{who}");
         assert_eq!(sink.0[1].1, format!("ROOMS r={huge} x=5"));
+    }
+
+    /// A node driven by hand: replies are fed as bytes, time is advanced
+    /// explicitly, and no socket exists.
+    struct Harness {
+        node: Cluster,
+        hub: Hub,
+        sink: Lines,
+        now: Instant,
+        /// Commands seen on each link (command name and first argument).
+        seen: [Vec<(String, String)>; 2],
+        /// Answer the command link's requests automatically.
+        answer: bool,
+    }
+
+    impl Harness {
+        fn new(ttl: Duration) -> Harness {
+            let now = Instant::now();
+            let mut cfg = ClusterConfig::new("127.0.0.1:9".parse().unwrap());
+            cfg.nick_ttl = ttl;
+            let mut hub = Hub::new(crate::chat::ChatConfig {
+                rate_limit: 0,
+                ..crate::chat::ChatConfig::default()
+            });
+            hub.enable_cluster("me");
+            Harness {
+                node: Cluster::with_id(cfg, 0xabc, now),
+                hub,
+                sink: Lines::default(),
+                now,
+                seen: [Vec::new(), Vec::new()],
+                answer: true,
+            }
+        }
+
+        fn idx(w: Which) -> usize {
+            match w {
+                Which::Cmd => 0,
+                Which::Sub => 1,
+            }
+        }
+
+        /// One turn at `now`, then every action, then the links' output
+        /// read (and answered, on the command link, when `answer`).
+        fn turn(&mut self) -> Vec<Action> {
+            self.node.turn(&mut self.hub, &mut self.sink, self.now);
+            self.io()
+        }
+
+        fn io(&mut self) -> Vec<Action> {
+            let actions: Vec<Action> = std::iter::from_fn(|| self.node.poll_action()).collect();
+            for w in [Which::Cmd, Which::Sub] {
+                let out = self.node.transmit(w).to_vec();
+                self.node.advance(w, out.len());
+                let mut pos = 0;
+                while let Ok(Some((v, used))) =
+                    super::super::resp::parse(&out[pos..], &Limits::default())
+                {
+                    pos += used;
+                    let Value::Array(Some(args)) = v else {
+                        panic!("not a command")
+                    };
+                    let arg = |i: usize| {
+                        args.get(i)
+                            .and_then(Value::as_bytes)
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                            .unwrap_or_default()
+                    };
+                    let (name, first) = (arg(0), arg(1));
+                    let reply: Option<Vec<u8>> = match (w, name.as_str()) {
+                        (Which::Cmd, _) if !self.answer => None,
+                        (Which::Cmd, "PING") => Some(b"+PONG\r\n".to_vec()),
+                        (Which::Cmd, "SET") => Some(b"+OK\r\n".to_vec()),
+                        (Which::Cmd, "EVAL") => Some(b":1\r\n".to_vec()),
+                        (Which::Cmd, "PUBLISH") => Some(b":2\r\n".to_vec()),
+                        (Which::Cmd, _) => Some(b"$-1\r\n".to_vec()),
+                        (Which::Sub, "PING") => Some(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n".to_vec()),
+                        (Which::Sub, "SUBSCRIBE") => {
+                            let mut r = Vec::new();
+                            for i in 1..args.len() {
+                                r.extend_from_slice(
+                                    format!("*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:{i}\r\n")
+                                        .as_bytes(),
+                                );
+                            }
+                            Some(r)
+                        }
+                        _ => None,
+                    };
+                    self.seen[Self::idx(w)].push((name, first));
+                    if let Some(r) = reply {
+                        self.node
+                            .on_bytes(w, &r, &mut self.hub, &mut self.sink, self.now);
+                    }
+                }
+            }
+            let more: Vec<Action> = std::iter::from_fn(|| self.node.poll_action()).collect();
+            actions.into_iter().chain(more).collect()
+        }
+
+        fn advance(&mut self, d: Duration) -> Vec<Action> {
+            self.now += d;
+            self.turn()
+        }
+
+        /// Both links connected and subscribed.
+        fn up(&mut self) {
+            let a = self.turn();
+            assert_eq!(
+                a,
+                vec![Action::Connect(Which::Cmd), Action::Connect(Which::Sub)]
+            );
+            self.turn();
+            assert!(self.node.is_up());
+        }
+
+        /// PUBLISHes to room r.
+        fn room_publishes(&self) -> usize {
+            self.seen[0]
+                .iter()
+                .filter(|(n, c)| n == "PUBLISH" && c == "lc:room:r")
+                .count()
+        }
+
+        fn seen(&self, w: Which, name: &str) -> usize {
+            self.seen[Self::idx(w)]
+                .iter()
+                .filter(|(n, _)| n == name)
+                .count()
+        }
+
+        fn feed(&mut self, channel: &str, payload: &str) {
+            self.node.feed_at(
+                message(channel, payload),
+                &mut self.hub,
+                &mut self.sink,
+                self.now,
+            );
+        }
+    }
+
+    #[test]
+    fn a_quiet_node_keeps_its_links_with_heartbeats() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
+        h.turn();
+        assert_eq!(h.hub.nick(0), Some("alice"));
+        // Two minutes of silence, a turn per second: refreshes every 10 s,
+        // heartbeats every 2.5 s on both links, all answered; no drop.
+        for _ in 0..120 {
+            let a = h.advance(Duration::from_secs(1));
+            assert!(a.is_empty(), "{a:?}");
+        }
+        assert!(
+            h.seen(Which::Cmd, "PING") >= 40,
+            "{}",
+            h.seen(Which::Cmd, "PING")
+        );
+        assert!(h.seen(Which::Sub, "PING") >= 40);
+        assert!(h.seen(Which::Cmd, "EVAL") >= 12);
+        assert_eq!(h.node.stats().connects, 2);
+        assert!(h
+            .node
+            .poll_timeout(h.now)
+            .is_some_and(|t| t <= h.now + HEARTBEAT));
+    }
+
+    #[test]
+    fn a_stall_is_measured_from_the_oldest_request() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
+        // The claim is answered during the first turn, the JOINED goes in the second.
+        h.turn();
+        h.turn();
+        h.answer = false;
+        h.hub.handle(0, "hello", 0, &mut h.sink);
+        h.turn();
+        assert_eq!(h.room_publishes(), 2, "JOINED and MSG");
+        let a = h.advance(STALL_TIMEOUT - Duration::from_millis(1));
+        assert!(a.is_empty(), "{a:?}");
+        let a = h.advance(Duration::from_millis(1));
+        assert_eq!(a, vec![Action::Close(Which::Cmd)]);
+        // The unanswered publish waits in the backlog for the next link.
+        assert!(h.node.stats().backlog_bytes > 0);
+        assert_eq!(h.node.stats().dropped, 0);
+        h.answer = true;
+        h.advance(MAX_BACKOFF);
+        h.advance(Duration::from_millis(10));
+        assert_eq!(h.node.stats().backlog_bytes, 0);
+        assert_eq!(h.room_publishes(), 3);
+    }
+
+    #[test]
+    fn an_unanswered_claim_fails_closed_and_a_late_grant_is_released() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        h.answer = false;
+        h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
+        h.turn();
+        assert!(h.sink.0.is_empty(), "held: {:?}", h.sink.0);
+        assert_eq!(h.seen(Which::Cmd, "SET"), 1);
+        h.advance(h.node.cfg.query_timeout);
+        let lines: Vec<&str> = h.sink.0.iter().map(|(_, l)| l.as_str()).collect();
+        assert!(lines[0].starts_with("WELCOME guest-me-"), "{lines:?}");
+        assert_eq!(
+            lines[1],
+            "ERR nick-unavailable nick registry did not answer in time, using a guest nick"
+        );
+        // The late grant of alice: given back at once.
+        let evals = h.seen(Which::Cmd, "EVAL");
+        h.node
+            .on_bytes(Which::Cmd, b"+OK\r\n", &mut h.hub, &mut h.sink, h.now);
+        h.io();
+        assert_eq!(h.seen(Which::Cmd, "EVAL"), evals + 1, "release");
+        assert_eq!(h.node.stats().nick_unconfirmed, 1);
+    }
+
+    #[test]
+    fn a_silent_node_is_declared_dead_and_its_members_leave() {
+        let ttl = Duration::from_secs(3);
+        let mut h = Harness::new(ttl);
+        h.up();
+        h.hub.connect(0, Some("bob"), Some("r"), 0, &mut h.sink);
+        h.turn();
+        h.feed("lc:all", "H other 1 1");
+        h.feed("lc:room:r", "M other 2 JOINED R alice");
+        h.feed("lc:room:r", "M other 3 JOINED R carol");
+        h.feed("lc:room:r", "M other 4 LEFT R carol");
+        h.sink.0.clear();
+        for _ in 0..5 {
+            h.advance(ttl / 6);
+        }
+        assert!(h.sink.0.is_empty(), "{:?}", h.sink.0);
+        h.advance(ttl / 6 + Duration::from_millis(1));
+        assert_eq!(h.sink.0, vec![(0, "LEFT R alice".to_string())]);
+        assert!(h.seen[0].contains(&("EVAL".to_string(), RELEASE_SCRIPT.to_string())));
+        assert_eq!(h.node.stats().dead_nodes, 1);
+        // Only once.
+        h.advance(ttl);
+        assert_eq!(h.sink.0.len(), 1);
+    }
+
+    #[test]
+    fn the_backlog_waits_for_the_nodes_known_before_the_outage() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
+        h.turn();
+        h.turn();
+        h.feed("lc:all", "H other 1 1");
+        h.node
+            .on_closed(Which::Cmd, "test", &mut h.hub, &mut h.sink, h.now);
+        h.hub.handle(0, "while down", 0, &mut h.sink);
+        h.turn();
+        let published = h.room_publishes();
+        assert!(h.node.stats().backlog_bytes > 0);
+        // Back: but `other` has not announced itself again yet.
+        h.advance(MAX_BACKOFF);
+        h.advance(Duration::from_secs(1));
+        assert!(h.node.is_up());
+        assert_eq!(h.room_publishes(), published);
+        // Queries are answered locally meanwhile.
+        h.sink.0.clear();
+        h.hub.handle(0, "/who", 0, &mut h.sink);
+        h.turn();
+        assert_eq!(h.sink.0, vec![(0, "WHO r alice".to_string())]);
+        h.feed("lc:all", "H other 2 1");
+        h.turn();
+        assert_eq!(h.room_publishes(), published + 1);
+        assert_eq!(h.node.stats().backlog_bytes, 0);
     }
 
     #[test]

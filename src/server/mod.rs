@@ -196,7 +196,7 @@ pub struct Server {
     shutdown_deadline: Option<Instant>,
     fired: Vec<Entry>,
     /// The Redis bridge (`--redis`); `None` runs alone.
-    cluster: Option<Box<crate::cluster::Cluster>>,
+    cluster: Option<Box<cluster_glue::ClusterIo>>,
 }
 
 impl Server {
