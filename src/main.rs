@@ -96,6 +96,18 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
     outbox_hard: usize,
 
+    /// A reader losing lines this long without its outbox draining once is disconnected.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = loopchat::cli::parse_duration)]
+    outbox_grace: Duration,
+
+    /// Bytes all outboxes together may hold; past it, lines to the readers furthest behind are dropped first.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024 * 1024)]
+    outbox_total: usize,
+
+    /// SO_SNDBUF of accepted sockets in bytes (0 = the kernel's self-tuning default).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    send_buffer: usize,
+
     /// Bytes read from one connection per loop turn (fairness against flooders).
     #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024)]
     read_budget: usize,
@@ -107,6 +119,18 @@ struct ServeArgs {
     /// Rooms with more members than this send JOINED/LEFT only to the subject.
     #[arg(long, value_name = "N", default_value_t = 100)]
     presence_limit: usize,
+
+    /// Rooms one connection may be in at once (`ERR bad-room` beyond).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    max_rooms: usize,
+
+    /// Rooms that may exist at once; a join that would create one more gets `ERR bad-room`.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_rooms_total: usize,
+
+    /// Rate-limit tokens one /rooms or /who takes (of the --rate-limit burst).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    query_cost: u32,
 
     /// Interval between WebSocket pings (0 = no pings).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = loopchat::cli::parse_duration)]
@@ -272,6 +296,9 @@ fn serve(cli: ServeArgs) -> ExitCode {
         max_chat_message: cli.max_chat_message,
         outbox_soft: cli.outbox_soft,
         outbox_hard: cli.outbox_hard.max(cli.outbox_soft),
+        outbox_grace: cli.outbox_grace,
+        outbox_total: cli.outbox_total,
+        send_buffer: cli.send_buffer,
         read_budget: cli.read_budget.max(1),
         ping_interval: cli.ping_interval,
         idle_timeout: cli.idle_timeout,
@@ -281,6 +308,9 @@ fn serve(cli: ServeArgs) -> ExitCode {
         handle_signals: true,
         chat: ChatConfig {
             presence_limit: cli.presence_limit,
+            max_rooms: cli.max_rooms.max(1),
+            max_rooms_total: cli.max_rooms_total.max(1),
+            query_cost: cli.query_cost,
             rate_limit: cli.rate_limit,
             max_line: cli.max_line,
             ..ChatConfig::default()

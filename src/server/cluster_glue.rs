@@ -2,8 +2,9 @@
 //! connections with [`Cluster::poll_action`]; its two sockets live here, in
 //! the same `Poll` under their own tokens. Bytes read go to
 //! [`Cluster::on_bytes`], bytes to write come from [`Cluster::transmit`], and
-//! the chat output the cluster produces goes through the same [`Out`] sink as
-//! local output (encoded once, appended to every recipient's outbox).
+//! the chat output the cluster produces goes through the same
+//! [`Out`](super::out::Out) sink as local output (encoded once, appended to
+//! every recipient's outbox).
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
@@ -12,7 +13,8 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use super::{Out, Server};
+use super::out::Out;
+use super::Server;
 use crate::chat::{Hub, Sink};
 use crate::cluster::{Action, Cluster, Which};
 
