@@ -133,7 +133,7 @@ pub struct Server {
     /// harness of [`fuzzing`] drives connections without writing to them.
     capture: Option<Vec<u8>>,
     /// The Redis bridge (`--redis`); `None` runs alone.
-    cluster: Option<Box<crate::cluster::Cluster>>,
+    cluster: Option<Box<cluster_glue::ClusterIo>>,
 }
 
 impl Server {
