@@ -405,6 +405,9 @@ impl Hub {
                 send(sink, &mut self.deliveries, &[id], &self.out);
             }
             Command::Quit(text) => self.quit(id, text, sink),
+            Command::Caps(_) | Command::History { .. } | Command::Resume { .. } => {
+                self.err(id, ErrorCode::BadCommand, "not yet", sink)
+            }
             Command::Help => {
                 for line in HELP {
                     send(sink, &mut self.deliveries, &[id], line);

@@ -9,15 +9,21 @@
 //! - [`command`]: the line parser (a line → a borrowed [`Command`]);
 //! - [`names`]: nick and room validation and case folding;
 //! - [`rate`]: the per-connection token bucket;
+//! - [`line`]: the server→client lines, typed (write and parse);
+//! - [`history`]: message ids, times and the per-room history ring;
+//! - [`session`]: resumable sessions and their secret tokens;
 //! - [`hub`]: users, rooms, membership and the output lines;
 //! - [`remote`]: what a hub that is one node of a cluster asks of the others.
 
 pub mod command;
 pub mod compact;
+pub mod history;
 pub mod hub;
+pub mod line;
 pub mod names;
 pub mod rate;
 pub mod remote;
+pub mod session;
 
 pub use command::{Command, ParseError};
 pub use hub::Hub;
@@ -94,6 +100,16 @@ pub enum ErrorCode {
     TooLong,
     /// Over the per-connection rate; the command was not executed.
     RateLimited,
+    /// The server is at `--max-connections`; sent before the close.
+    ServerFull,
+    /// `/resume` or `?resume=` with an unknown, expired or used token.
+    BadSession,
+    /// A signed token that does not verify.
+    BadToken,
+    /// The connection's role does not allow the action.
+    Forbidden,
+    /// `/history` while the server keeps none (`--history 0`, or a cluster).
+    HistoryOff,
 }
 
 impl ErrorCode {
@@ -108,7 +124,34 @@ impl ErrorCode {
             ErrorCode::NoSuchNick => "no-such-nick",
             ErrorCode::TooLong => "too-long",
             ErrorCode::RateLimited => "rate-limited",
+            ErrorCode::ServerFull => "server-full",
+            ErrorCode::BadSession => "bad-session",
+            ErrorCode::BadToken => "bad-token",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::HistoryOff => "history-off",
         }
+    }
+
+    /// Every code, in the order of PROTOCOL.md.
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::BadCommand,
+        ErrorCode::BadNick,
+        ErrorCode::NickTaken,
+        ErrorCode::BadRoom,
+        ErrorCode::NotInRoom,
+        ErrorCode::NoSuchNick,
+        ErrorCode::TooLong,
+        ErrorCode::RateLimited,
+        ErrorCode::ServerFull,
+        ErrorCode::BadSession,
+        ErrorCode::BadToken,
+        ErrorCode::Forbidden,
+        ErrorCode::HistoryOff,
+    ];
+
+    /// The code with wire spelling `s` (case-sensitive, as sent).
+    pub fn from_wire(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 
