@@ -8,6 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use loopchat::chat::hub::{Caps, Connect};
 use loopchat::chat::{command, ChatConfig, ConnId, Hub, Sink};
 
 const MAX_LINE: usize = 64;
@@ -45,6 +46,11 @@ fuzz_target!(|data: &[u8]| {
         rooms_limit: 3,
         max_line: MAX_LINE,
         max_rooms: 3,
+        history: loopchat::chat::history::HistoryConfig {
+            keep: usize::from(mode >> 6),
+            ttl_ms: u64::from((mode >> 4) & 3) * 100,
+        },
+        session_ttl_ms: u64::from(mode & 0x10) * 10,
         ..ChatConfig::default()
     };
     let mut hub = Hub::new(config);
@@ -68,15 +74,27 @@ fuzz_target!(|data: &[u8]| {
                     Some((n, r)) => (Some(n), Some(r)),
                     None => (Some(&*body), None),
                 };
-                hub.connect(id, nick, room, now, &mut sink);
+                // Odd op bytes connect with v2 capabilities (and `room` as
+                // a resume token), even ones as a v1 client.
+                let args = Connect {
+                    nick,
+                    room,
+                    caps: (op & 0x40 != 0).then(|| Caps::parse("ids,resume")),
+                    resume: (op & 0x20 != 0).then_some(room).flatten(),
+                    since: None,
+                };
+                hub.connect_with(id, &args, now, &mut sink);
             }
             _ => hub.handle(id, &body, now, &mut sink),
         }
+        hub.handle_timeout(now, &mut sink);
         hub.check_invariants();
     }
     for id in 0..4 {
         hub.disconnect(id, &mut sink);
     }
+    // Dropped sessions hold nicks and rooms until they expire.
+    hub.handle_timeout(u64::MAX, &mut sink);
     hub.check_invariants();
     assert_eq!(hub.connections(), 0);
     assert_eq!(hub.rooms(), 0);

@@ -55,6 +55,14 @@ pub struct ChatConfig {
     pub max_rooms: usize,
     /// The room a connection joins when it asks for none (or a bad one).
     pub default_room: String,
+    /// Messages kept per room and for how long (`--history`, `--history-ttl`).
+    pub history: history::HistoryConfig,
+    /// How long a dropped `resume` session keeps its nick and rooms
+    /// (`--session-ttl`); 0 turns the `resume` capability off.
+    pub session_ttl_ms: u64,
+    /// Dropped sessions kept at once (`--max-sessions`); a drop beyond it ends
+    /// the session as a v1 disconnect would.
+    pub max_sessions: usize,
 }
 
 impl Default for ChatConfig {
@@ -67,6 +75,9 @@ impl Default for ChatConfig {
             rooms_limit: 500,
             max_rooms: 32,
             default_room: "lobby".to_string(),
+            history: history::HistoryConfig::default(),
+            session_ttl_ms: 120_000,
+            max_sessions: 100_000,
         }
     }
 }

@@ -193,6 +193,11 @@ impl<T> Sessions<T> {
         }
     }
 
+    /// True when [`Sessions::detach`] of `conn` would keep its session.
+    pub fn can_detach(&self, conn: ConnId) -> bool {
+        self.ttl_ms > 0 && self.detached < self.max_detached && self.by_conn.contains_key(&conn)
+    }
+
     /// `conn` dropped: keep `data` until `now_ms + ttl`. Gives `data` back
     /// when `conn` had no session, the TTL is 0, or the table is full, so the
     /// caller ends it as a plain disconnect.
@@ -238,13 +243,29 @@ impl<T> Sessions<T> {
                 ..
             }) => {
                 self.detached -= 1;
+                self.prune();
                 Ok(Taken::Detached(data))
             }
             _ => Err(Refused::BadSession),
         }
     }
 
-    /// When the next detached session expires (Unix-free: the caller's clock).
+    /// Drop queue entries of sessions resumed meanwhile from the front, so the
+    /// front is always a waiting session and `poll_timeout` is exact.
+    fn prune(&mut self) {
+        while let Some(&(deadline, sel)) = self.expiries.front() {
+            let current = matches!(
+                self.by_selector.get(&sel),
+                Some(Entry { state: State::Detached { deadline: d, .. }, .. }) if *d == deadline
+            );
+            if current {
+                break;
+            }
+            self.expiries.pop_front();
+        }
+    }
+
+    /// When the next detached session expires, on the caller's clock.
     pub fn poll_timeout(&self) -> Option<u64> {
         self.expiries.front().map(|&(d, _)| d)
     }
@@ -269,6 +290,7 @@ impl<T> Sessions<T> {
             }) = self.by_selector.remove(&sel)
             {
                 self.detached -= 1;
+                self.prune();
                 return Some(data);
             }
         }
