@@ -108,6 +108,23 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     presence_limit: usize,
 
+    /// Messages kept per room for /history and resume (0 = no history; at most 100000).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
+    history: usize,
+
+    /// Kept messages older than this are dropped (0 = kept until pushed out).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = loopchat::cli::parse_duration)]
+    history_ttl: Duration,
+
+    /// How long a dropped `resume` session keeps its nick and rooms (0 = no resume).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = loopchat::cli::parse_duration)]
+    session_ttl: Duration,
+
+    /// Dropped sessions kept at once; beyond it a drop ends the session at once.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_sessions: usize,
+
     /// Interval between WebSocket pings (0 = no pings).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = loopchat::cli::parse_duration)]
     ping_interval: Duration,
@@ -246,6 +263,12 @@ fn serve(cli: ServeArgs) -> ExitCode {
         chat: ChatConfig {
             presence_limit: cli.presence_limit,
             rate_limit: cli.rate_limit,
+            history: loopchat::chat::history::HistoryConfig {
+                keep: cli.history,
+                ttl_ms: cli.history_ttl.as_millis() as u64,
+            },
+            session_ttl_ms: cli.session_ttl.as_millis() as u64,
+            max_sessions: cli.max_sessions,
             max_line: cli.max_line,
             ..ChatConfig::default()
         },
