@@ -297,6 +297,20 @@ impl<T> Sessions<T> {
         None
     }
 
+    /// Bytes of one session in the tables, without the heap blocks `T`
+    /// owns and without the hash maps' spare capacity: the selector map's
+    /// slot and control byte, the connection map's (while live) or the expiry
+    /// queue's (while dropped) slot.
+    pub fn slot_bytes(live: bool) -> usize {
+        let by_selector = std::mem::size_of::<(u64, Entry<T>)>() + 1;
+        let side = if live {
+            std::mem::size_of::<(ConnId, u64)>() + 1
+        } else {
+            std::mem::size_of::<(u64, u64)>()
+        };
+        by_selector + side
+    }
+
     /// Sessions of open connections.
     pub fn live(&self) -> usize {
         self.by_conn.len()

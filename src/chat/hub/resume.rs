@@ -939,6 +939,21 @@ mod tests {
         assert_eq!(hub.room_len("lobby"), 2);
     }
 
+    /// The figures quoted in README and BENCHMARKS.md.
+    #[test]
+    fn session_and_message_sizes() {
+        use crate::chat::history::Stored;
+        use crate::chat::session::Sessions;
+        let live = Sessions::<Detached>::slot_bytes(true);
+        let dropped = Sessions::<Detached>::slot_bytes(false);
+        println!(
+            "session slot: live {live} B, dropped {dropped} B (+ nick and 16 B per room on the heap); stored message {} B + nick + text",
+            std::mem::size_of::<Stored>()
+        );
+        assert!(live <= 128 && dropped <= 128, "{live} {dropped}");
+        assert!(std::mem::size_of::<Stored>() <= 40);
+    }
+
     #[test]
     fn a_cluster_node_offers_no_v2_capability() {
         let (mut hub, mut sink) = hub();
