@@ -15,7 +15,11 @@
 //! - a user's rooms are a small ordered `Vec` (join order): the last one is the
 //!   current room, and after leaving it the most recently joined remaining room
 //!   becomes current;
-//! - output lines are written into one reusable `String` owned by the hub.
+//! - output lines are written by [`super::line::Line`] (the one definition
+//!   of the server lines) into one reusable `String` owned by the hub;
+//! - the v2 parts (capabilities, `ids` tags, `/history`, resumable sessions)
+//!   live in `hub/resume.rs`; a connection without capabilities takes
+//!   exactly the v1 paths.
 //!
 //! Semantics where PROTOCOL.md is silent:
 //! - `connect` sends `WELCOME`, then `ERR bad-nick`/`ERR nick-taken` if the
@@ -60,6 +64,7 @@ use std::fmt::Write as _;
 use super::command::{parse, Command};
 use super::compact::{InlineList, NickIndex};
 use super::history::{IdGen, RoomHistory};
+use super::line::Line;
 use super::names::{valid_nick, valid_room, Folded};
 use super::rate::{RateDecision, RateLimiter};
 use super::remote::Request;
@@ -198,17 +203,26 @@ fn presence<S: Sink>(
     out: &mut String,
     deliveries: &mut u64,
     limit: usize,
-    verb: &str,
+    joined: bool,
     room: &Room,
     nick: &str,
     id: ConnId,
     sink: &mut S,
 ) -> bool {
     out.clear();
-    out.push_str(verb);
-    out.push_str(&room.name);
-    out.push(' ');
-    out.push_str(nick);
+    let room_name = &room.name;
+    let line = if joined {
+        Line::Joined {
+            room: room_name,
+            nick,
+        }
+    } else {
+        Line::Left {
+            room: room_name,
+            nick,
+        }
+    };
+    line.write_str(out, None);
     let whole_room = room.members.len() <= limit;
     let to = if whole_room {
         &room.members[..]
@@ -328,8 +342,7 @@ impl Hub {
             nick: chosen.clone(),
         });
         self.out.clear();
-        self.out.push_str("WELCOME ");
-        self.out.push_str(&chosen);
+        Line::Welcome { nick: &chosen }.write_str(&mut self.out, None);
         self.now_ms = now_ms;
         self.users[id] = Some(User {
             nick: chosen,
@@ -480,11 +493,7 @@ impl Hub {
             Command::Who(room) => self.who(id, room, sink),
             Command::Ping(token) => {
                 self.out.clear();
-                self.out.push_str("PONG");
-                if let Some(token) = token {
-                    self.out.push(' ');
-                    push_text(&mut self.out, token);
-                }
+                Line::Pong(token).write_str(&mut self.out, None);
                 send(sink, &mut self.deliveries, &[id], &self.out);
             }
             Command::Quit(text) => self.quit(id, text, sink),
@@ -544,8 +553,7 @@ impl Hub {
                 .filter_map(|(i, u)| u.as_ref().map(|_| i)),
         );
         self.out.clear();
-        self.out.push_str("SYS ");
-        push_text(&mut self.out, text);
+        Line::Sys(text).write_str(&mut self.out, None);
         send(sink, &mut self.deliveries, &to, &self.out);
         self.scratch = to;
     }
@@ -728,10 +736,7 @@ impl Hub {
 
     fn err<S: Sink>(&mut self, id: ConnId, code: ErrorCode, text: &str, sink: &mut S) {
         self.out.clear();
-        self.out.push_str("ERR ");
-        self.out.push_str(code.as_str());
-        self.out.push(' ');
-        self.out.push_str(text);
+        Line::Err { code, text }.write_str(&mut self.out, None);
         send(sink, &mut self.deliveries, &[id], &self.out);
     }
 
@@ -745,12 +750,12 @@ impl Hub {
             return;
         };
         self.out.clear();
-        self.out.push_str("MSG ");
-        self.out.push_str(&room.name);
-        self.out.push(' ');
-        self.out.push_str(&user.nick);
-        self.out.push(' ');
-        push_text(&mut self.out, text);
+        Line::Msg {
+            room: &room.name,
+            nick: &user.nick,
+            text,
+        }
+        .write_str(&mut self.out, None);
         self.messages += 1;
         let id = self.ids.next_id();
         let time_ms = self.ids.epoch().saturating_add(now_ms);
@@ -848,7 +853,7 @@ impl Hub {
             &mut self.out,
             &mut self.deliveries,
             self.config.presence_limit,
-            "JOINED ",
+            true,
             room,
             &user.nick,
             id,
@@ -879,7 +884,7 @@ impl Hub {
             &mut self.out,
             &mut self.deliveries,
             self.config.presence_limit,
-            "LEFT ",
+            false,
             room,
             &user.nick,
             id,
@@ -964,10 +969,11 @@ impl Hub {
             return;
         };
         self.out.clear();
-        self.out.push_str("NICK ");
-        self.out.push_str(&user.nick);
-        self.out.push(' ');
-        self.out.push_str(new);
+        Line::Nick {
+            old: &user.nick,
+            new,
+        }
+        .write_str(&mut self.out, None);
         if &*user.nick == new {
             send(sink, &mut self.deliveries, &[id], &self.out);
             return;
@@ -1031,12 +1037,12 @@ impl Hub {
             return;
         };
         self.out.clear();
-        self.out.push_str("PRIV ");
-        self.out.push_str(&from.nick);
-        self.out.push(' ');
-        self.out.push_str(&to.nick);
-        self.out.push(' ');
-        push_text(&mut self.out, text);
+        Line::Priv {
+            from: &from.nick,
+            to: &to.nick,
+            text,
+        }
+        .write_str(&mut self.out, None);
         self.messages += 1;
         let pair = [target, id];
         let recipients = if target == id { &pair[..1] } else { &pair[..] };
