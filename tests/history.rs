@@ -114,6 +114,18 @@ fn abrupt_drop_then_resume_gets_exactly_the_missed_messages() {
     assert_eq!(third.recv_text(), "CAPS ids,resume");
     session_of(&mut third);
     assert_eq!(third.recv_text(), "RESUMED lobby 21");
+    let (_, metrics) = common::http(
+        server.addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        metrics.contains("\nloopchat_sessions_resumed_total 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nloopchat_sessions_detached 0\n"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -175,6 +175,8 @@ pub struct Hub {
     ids: IdGen,
     /// Resumable sessions (see `hub/resume.rs`).
     sessions: Sessions<Detached>,
+    /// Sessions resumed so far (a metric).
+    resumes: u64,
     /// The `now_ms` of the latest call, for calls that take none (`disconnect`).
     now_ms: u64,
     /// The tagged copy of the line in `out`, for `ids` members.
@@ -270,6 +272,7 @@ impl Hub {
             deliveries: 0,
             ids: IdGen::new(0),
             sessions: Sessions::new(config.session_ttl_ms, config.max_sessions),
+            resumes: 0,
             now_ms: 0,
             tagged: String::new(),
             tagged_to: Vec::new(),

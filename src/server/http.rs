@@ -315,6 +315,8 @@ impl Server {
             line_connections: line,
             chat_users: self.hub.connections(),
             rooms: self.hub.rooms(),
+            sessions_detached: self.hub.detached_sessions(),
+            sessions_resumed: self.hub.resumes(),
             outbox_bytes: outbox,
             rss_bytes: sys::rss_bytes(),
             open_fds: sys::open_fds(),

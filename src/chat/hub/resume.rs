@@ -466,6 +466,7 @@ impl Hub {
             caps: caps & self.offered(),
         });
         self.live += 1;
+        self.resumes += 1;
         send(sink, &mut self.deliveries, &[id], &self.out);
         if announce_caps {
             self.send_caps(id, sink);
@@ -589,6 +590,11 @@ impl Hub {
     /// Dropped sessions waiting to be resumed.
     pub fn detached_sessions(&self) -> usize {
         self.sessions.detached()
+    }
+
+    /// Sessions resumed so far.
+    pub fn resumes(&self) -> u64 {
+        self.resumes
     }
 }
 
