@@ -945,6 +945,104 @@ mod tests {
         assert_eq!(hub.room_len("lobby"), 2);
     }
 
+    proptest::proptest! {
+        /// Any interleaving of messages in two rooms, drops, and resumes (with
+        /// or without the client's positions, at connect or by command): the
+        /// resuming client sees every message of its rooms exactly once, in
+        /// order, and nobody sees it leave.
+        #[test]
+        fn every_message_exactly_once_across_resumes(
+            ops in proptest::collection::vec((0u8..6, proptest::bool::ANY), 1..60),
+        ) {
+            let (mut hub, mut sink) = hub();
+            connect(&mut hub, &mut sink, 0, "bob", None);
+            connect(&mut hub, &mut sink, 1, "ann", Some("ids,resume"));
+            h(&mut hub, &mut sink, 0, "/join dev", 0);
+            h(&mut hub, &mut sink, 1, "/join dev", 0);
+            let mut token = token_of(&take(&mut sink, 1));
+            take(&mut sink, 0);
+            let mut ann: Option<ConnId> = Some(1);
+            let mut next_conn = 2;
+            let mut sent: Vec<(String, String)> = Vec::new();
+            let mut seen: Vec<(String, String)> = Vec::new();
+            let mut last_id: std::collections::HashMap<String, String> = Default::default();
+            let mut now = 1;
+            for (op, flag) in ops {
+                now += 1;
+                match (op, ann) {
+                    (0..=2, _) => {
+                        let room = if flag { "dev" } else { "lobby" };
+                        let text = format!("m{}", sent.len());
+                        h(&mut hub, &mut sink, 0, &format!("/say {room} {text}"), now);
+                        sent.push((room.to_string(), text));
+                    }
+                    (3, Some(id)) => {
+                        hub.disconnect(id, &mut sink);
+                        hub.check_invariants();
+                        ann = None;
+                    }
+                    (4 | 5, None) => {
+                        let id = next_conn;
+                        next_conn += 1;
+                        let pairs: Vec<String> =
+                            last_id.iter().map(|(r, i)| format!("{r}=${i}")).collect();
+                        if op == 4 {
+                            let since = pairs.join(",").replace('=', ":").replace('$', "");
+                            let args = Connect {
+                                resume: Some(&token),
+                                since: flag.then_some(since.as_str()),
+                                ..Connect::default()
+                            };
+                            hub.connect_with(id, &args, now, &mut sink);
+                        } else {
+                            connect(&mut hub, &mut sink, id, "guest", Some("ids"));
+                            let since = if flag { pairs.join(" ").replace('$', "") } else { String::new() };
+                            h(&mut hub, &mut sink, id, format!("/resume {token} {since}").trim_end(), now);
+                        }
+                        hub.check_invariants();
+                        ann = Some(id);
+                    }
+                    _ => {}
+                }
+                if let Some(id) = ann {
+                    for l in take(&mut sink, id) {
+                        if let Some(t) = l.strip_prefix("SESSION ") {
+                            token = t.to_string();
+                        }
+                        proptest::prop_assert!(!l.starts_with("RESUMED") || !l.ends_with("lost"), "{l}");
+                        if let Ok((tags, Line::Msg { room, text, .. })) = parse(&l) {
+                            last_id.insert(room.to_string(), tags.id.unwrap().to_string());
+                            seen.push((room.to_string(), text.to_string()));
+                        }
+                    }
+                }
+                let bob = take(&mut sink, 0);
+                proptest::prop_assert!(
+                    !bob.iter().any(|l| l.starts_with("LEFT") && l.ends_with(" ann")),
+                    "{:?}",
+                    bob
+                );
+            }
+            if ann.is_none() {
+                // Whatever is still missed comes with the next resume.
+                let args = Connect { resume: Some(&token), ..Connect::default() };
+                hub.connect_with(next_conn, &args, now, &mut sink);
+                for l in take(&mut sink, next_conn) {
+                    if let Ok((_, Line::Msg { room, text, .. })) = parse(&l) {
+                        seen.push((room.to_string(), text.to_string()));
+                    }
+                }
+            }
+            // The promise is per room: a resume replays room by room.
+            for room in ["lobby", "dev"] {
+                let of = |v: &[(String, String)]| {
+                    v.iter().filter(|(r, _)| r == room).map(|(_, t)| t.clone()).collect::<Vec<_>>()
+                };
+                proptest::prop_assert_eq!(of(&seen), of(&sent));
+            }
+        }
+    }
+
     /// The figures quoted in README and BENCHMARKS.md.
     #[test]
     fn session_and_message_sizes() {
