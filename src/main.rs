@@ -117,6 +117,10 @@ struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = loopchat::cli::parse_duration)]
     history_ttl: Duration,
 
+    /// Bytes all rooms' history may hold together; a room over it drops its own oldest first.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    history_bytes: usize,
+
     /// How long a dropped `resume` session keeps its nick and rooms (0 = no resume).
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = loopchat::cli::parse_duration)]
     session_ttl: Duration,
@@ -202,6 +206,7 @@ fn serve(cli: ServeArgs) -> ExitCode {
         ("--max-header-bytes", cli.max_header_bytes),
         ("--max-line", cli.max_line),
         ("--read-budget", cli.read_budget),
+        ("--history-bytes", cli.history_bytes),
     ] {
         if v > MAX_BYTES_FLAG {
             eprintln!("loopchat: {flag} {v} is over the limit of {MAX_BYTES_FLAG} bytes (1 GiB)");
@@ -281,6 +286,7 @@ fn serve(cli: ServeArgs) -> ExitCode {
             history: loopchat::chat::history::HistoryConfig {
                 keep: cli.history,
                 ttl_ms: cli.history_ttl.as_millis() as u64,
+                max_bytes: cli.history_bytes,
             },
             session_ttl_ms: cli.session_ttl.as_millis() as u64,
             max_sessions: cli.max_sessions,

@@ -56,6 +56,8 @@ fuzz_target!(|data: &[u8]| {
         history: loopchat::chat::history::HistoryConfig {
             keep: usize::from(mode >> 6),
             ttl_ms: u64::from((mode >> 4) & 3) * 100,
+            // A budget of a few messages in some runs, to exercise sharing it.
+            max_bytes: if mode & 0x20 != 0 { 200 } else { usize::MAX },
         },
         session_ttl_ms: u64::from(mode & 0x10) * 10,
         ..ChatConfig::default()

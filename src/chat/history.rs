@@ -137,6 +137,11 @@ pub struct HistoryConfig {
     pub keep: usize,
     /// Messages older than this many ms are dropped (`--history-ttl`); 0 = no limit.
     pub ttl_ms: u64,
+    /// Bytes all rooms' history may hold together (`--history-bytes`), counted
+    /// as [`Stored::cost`]. A room that would go over it first drops its own
+    /// oldest messages, and keeps nothing new when it has none: memory stays
+    /// bounded whatever the number of rooms and the length of lines.
+    pub max_bytes: usize,
 }
 
 impl Default for HistoryConfig {
@@ -144,6 +149,7 @@ impl Default for HistoryConfig {
         HistoryConfig {
             keep: 100,
             ttl_ms: 0,
+            max_bytes: 64 << 20,
         }
     }
 }
@@ -177,6 +183,12 @@ impl Stored {
     pub fn heap_bytes(&self) -> usize {
         self.body.len()
     }
+
+    /// What a message of `nick` and `text` counts against the byte budget:
+    /// its slot and its body.
+    pub fn cost(nick: &str, text: &str) -> usize {
+        std::mem::size_of::<Stored>() + nick.len() + text.len()
+    }
 }
 
 /// The messages after an id were not all kept.
@@ -193,6 +205,8 @@ pub struct RoomHistory {
     floor: u64,
     /// The sequence number of the room's last message, kept or not.
     last: u64,
+    /// Sum of [`Stored::cost`] over the entries.
+    bytes: usize,
 }
 
 impl RoomHistory {
@@ -202,22 +216,40 @@ impl RoomHistory {
             entries: VecDeque::new(),
             floor: seq_now,
             last: seq_now,
+            bytes: 0,
         }
     }
 
-    /// Record a message. With `keep == 0` nothing is stored, but the room's
-    /// last sequence still advances (resume needs it to say "nothing missed").
-    pub fn push(&mut self, cfg: &HistoryConfig, seq: u64, time_ms: u64, nick: &str, text: &str) {
+    /// Record a message, holding at most `max_bytes` (this room's share of
+    /// the budget) afterwards: older entries go first, and when even an
+    /// empty ring cannot take it the message is not kept. With `keep == 0`
+    /// nothing is stored, but the room's last sequence still advances (resume
+    /// needs it to say "nothing missed").
+    pub fn push(
+        &mut self,
+        cfg: &HistoryConfig,
+        seq: u64,
+        time_ms: u64,
+        nick: &str,
+        text: &str,
+        max_bytes: usize,
+    ) {
         debug_assert!(seq > self.last);
         self.last = seq;
         self.expire(cfg, time_ms);
-        if cfg.keep == 0 {
+        let cost = Stored::cost(nick, text);
+        if cfg.keep == 0 || cost > max_bytes {
+            // Not kept: everything up to here is now older than what is kept.
+            while !self.entries.is_empty() {
+                self.evict();
+            }
             self.floor = seq;
             return;
         }
-        while self.entries.len() >= cfg.keep {
+        while self.entries.len() >= cfg.keep || self.bytes + cost > max_bytes {
             self.evict();
         }
+        self.bytes += cost;
         let mut body = String::with_capacity(nick.len() + text.len());
         body.push_str(nick);
         body.push_str(text);
@@ -232,6 +264,7 @@ impl RoomHistory {
     fn evict(&mut self) {
         if let Some(e) = self.entries.pop_front() {
             self.floor = e.seq;
+            self.bytes -= Stored::cost(e.nick(), e.text());
         }
         // A full ring that shrinks a lot (TTL) gives the memory back.
         if self.entries.capacity() > 16 && self.entries.len() < self.entries.capacity() / 4 {
@@ -251,6 +284,11 @@ impl RoomHistory {
         {
             self.evict();
         }
+    }
+
+    /// What the kept messages count against the byte budget.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The sequence number of the room's last message (kept or not).
@@ -303,6 +341,12 @@ impl RoomHistory {
     #[doc(hidden)]
     pub fn check(&self, cfg: &HistoryConfig) {
         assert!(self.entries.len() <= cfg.keep);
+        let bytes: usize = self
+            .entries
+            .iter()
+            .map(|e| Stored::cost(e.nick(), e.text()))
+            .sum();
+        assert_eq!(bytes, self.bytes, "byte count");
         let mut prev = self.floor;
         for e in &self.entries {
             assert!(e.seq > prev, "increasing, after floor");
@@ -317,7 +361,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const CFG: HistoryConfig = HistoryConfig { keep: 3, ttl_ms: 0 };
+    const CFG: HistoryConfig = HistoryConfig {
+        keep: 3,
+        ttl_ms: 0,
+        max_bytes: usize::MAX,
+    };
 
     fn seqs<'a>(it: impl Iterator<Item = &'a Stored>) -> Vec<u64> {
         it.map(|e| e.seq).collect()
@@ -366,7 +414,7 @@ mod tests {
         assert_eq!(h.count_after(10), Ok(0));
         assert_eq!(h.count_after(9), Err(Lost), "before the room existed");
         for seq in [11, 13, 14, 20] {
-            h.push(&CFG, seq, seq * 100, "ann", "hi");
+            h.push(&CFG, seq, seq * 100, "ann", "hi", usize::MAX);
             h.check(&CFG);
         }
         assert_eq!(seqs(h.recent(10)), [13, 14, 20]);
@@ -387,10 +435,10 @@ mod tests {
 
     #[test]
     fn history_off_still_tracks_the_last_message() {
-        let off = HistoryConfig { keep: 0, ttl_ms: 0 };
+        let off = HistoryConfig { keep: 0, ..CFG };
         let mut h = RoomHistory::new(0);
-        h.push(&off, 1, 0, "a", "x");
-        h.push(&off, 2, 0, "a", "x");
+        h.push(&off, 1, 0, "a", "x", usize::MAX);
+        h.push(&off, 2, 0, "a", "x", usize::MAX);
         assert!(h.is_empty());
         assert_eq!(h.count_after(2), Ok(0), "nothing missed");
         assert_eq!(h.count_after(1), Err(Lost));
@@ -402,16 +450,36 @@ mod tests {
         let cfg = HistoryConfig {
             keep: 10,
             ttl_ms: 1000,
+            ..CFG
         };
         let mut h = RoomHistory::new(0);
-        h.push(&cfg, 1, 0, "a", "old");
-        h.push(&cfg, 2, 500, "a", "mid");
-        h.push(&cfg, 3, 1200, "a", "new");
+        h.push(&cfg, 1, 0, "a", "old", usize::MAX);
+        h.push(&cfg, 2, 500, "a", "mid", usize::MAX);
+        h.push(&cfg, 3, 1200, "a", "new", usize::MAX);
         assert_eq!(seqs(h.recent(10)), [2, 3]);
         h.expire(&cfg, 2300);
         assert!(h.is_empty());
         assert_eq!(h.count_after(3), Ok(0));
         assert_eq!(h.count_after(2), Err(Lost));
+    }
+
+    #[test]
+    fn byte_share_bounds_the_ring() {
+        let cfg = HistoryConfig { keep: 100, ..CFG };
+        let cost = Stored::cost("ann", "0123456789");
+        let mut h = RoomHistory::new(0);
+        for seq in 1..=10 {
+            h.push(&cfg, seq, 0, "ann", "0123456789", 3 * cost);
+            h.check(&cfg);
+        }
+        assert_eq!(seqs(h.recent(100)), [8, 9, 10]);
+        assert_eq!(h.bytes(), 3 * cost);
+        // A share too small for even one message keeps nothing, and says so.
+        h.push(&cfg, 11, 0, "ann", "0123456789", cost - 1);
+        assert!(h.is_empty());
+        assert_eq!(h.bytes(), 0);
+        assert_eq!(h.count_after(10), Err(Lost));
+        assert_eq!(h.count_after(11), Ok(0));
     }
 
     proptest! {
@@ -425,13 +493,13 @@ mod tests {
             probe in 0u64..120,
             n in 0usize..8,
         ) {
-            let cfg = HistoryConfig { keep, ttl_ms: 0 };
+            let cfg = HistoryConfig { keep, ..CFG };
             let mut h = RoomHistory::new(0);
             let mut all = Vec::new();
             let mut seq = 0;
             for g in gaps {
                 seq += g;
-                h.push(&cfg, seq, 0, "n", "t");
+                h.push(&cfg, seq, 0, "n", "t", usize::MAX);
                 all.push(seq);
                 h.check(&cfg);
             }

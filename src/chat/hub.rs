@@ -177,6 +177,8 @@ pub struct Hub {
     sessions: Sessions<Detached>,
     /// Sessions resumed so far (a metric).
     resumes: u64,
+    /// Sum of every room's `log.bytes()`, held under `history.max_bytes`.
+    history_bytes: usize,
     /// The `now_ms` of the latest call, for calls that take none (`disconnect`).
     now_ms: u64,
     /// The tagged copy of the line in `out`, for `ids` members.
@@ -273,6 +275,7 @@ impl Hub {
             ids: IdGen::new(0),
             sessions: Sessions::new(config.session_ttl_ms, config.max_sessions),
             resumes: 0,
+            history_bytes: 0,
             now_ms: 0,
             tagged: String::new(),
             tagged_to: Vec::new(),
@@ -661,6 +664,12 @@ impl Hub {
             members += room.members.len();
         }
         assert_eq!(members, memberships, "member lists match user room lists");
+        let bytes: usize = self.rooms.iter().flatten().map(|r| r.log.bytes()).sum();
+        assert_eq!(bytes, self.history_bytes, "history byte count");
+        assert!(
+            bytes <= self.config.history.max_bytes,
+            "history byte budget"
+        );
         assert_eq!(live_rooms, self.room_index.len(), "room index size");
         assert_eq!(
             live_rooms + self.free_rooms.len(),
@@ -763,8 +772,18 @@ impl Hub {
         let id = self.ids.next_id();
         let time_ms = self.ids.epoch().saturating_add(now_ms);
         if self.remote.is_none() {
-            room.log
-                .push(&self.config.history, id.seq, time_ms, &user.nick, text);
+            let before = room.log.bytes();
+            let others = self.history_bytes - before;
+            let share = self.config.history.max_bytes.saturating_sub(others);
+            room.log.push(
+                &self.config.history,
+                id.seq,
+                time_ms,
+                &user.nick,
+                text,
+                share,
+            );
+            self.history_bytes = others + room.log.bytes();
         }
         if room.ids_members == 0 {
             send(sink, &mut self.deliveries, &room.members, &self.out);
@@ -935,6 +954,7 @@ impl Hub {
                     remote.push(Request::Unsubscribe(key.as_str().into()));
                 }
             }
+            self.history_bytes -= room.log.bytes();
             self.rooms[rid as usize] = None;
             self.free_rooms.push(rid);
             if self.room_index.is_empty() {

@@ -277,7 +277,9 @@ impl Hub {
         let time_now = self.ids.epoch().saturating_add(now_ms);
         let cfg = self.config.history;
         if let Some(room) = self.rooms.get_mut(rid as usize).and_then(Option::as_mut) {
+            let before = room.log.bytes();
             room.log.expire(&cfg, time_now);
+            self.history_bytes -= before - room.log.bytes();
         }
         let from = match after {
             None => None,
@@ -480,7 +482,9 @@ impl Hub {
                 continue;
             };
             room.held = room.held.saturating_sub(1);
+            let before = room.log.bytes();
             room.log.expire(&cfg, time_now);
+            self.history_bytes -= before - room.log.bytes();
             let pos = room.members.len() as u32;
             room.members.push(id);
             room.ids_members += u32::from(ids);
@@ -744,7 +748,10 @@ mod tests {
             ]
         );
         let mut off = Hub::new(ChatConfig {
-            history: crate::chat::history::HistoryConfig { keep: 0, ttl_ms: 0 },
+            history: crate::chat::history::HistoryConfig {
+                keep: 0,
+                ..Default::default()
+            },
             ..ChatConfig::default()
         });
         off.connect(0, Some("a"), None, 0, &mut sink);
@@ -753,6 +760,43 @@ mod tests {
         assert_eq!(
             take(&mut sink, 0),
             ["ERR history-off this server keeps no history"]
+        );
+    }
+
+    #[test]
+    fn rooms_share_the_history_byte_budget() {
+        let cost = crate::chat::history::Stored::cost("a", "0123456789");
+        let mut hub = Hub::new(ChatConfig {
+            rate_limit: 0,
+            history: crate::chat::history::HistoryConfig {
+                max_bytes: 3 * cost,
+                ..Default::default()
+            },
+            ..ChatConfig::default()
+        });
+        let mut sink = Lines::default();
+        hub.connect(0, Some("a"), None, 0, &mut sink);
+        h(&mut hub, &mut sink, 0, "/join dev", 0);
+        for _ in 0..4 {
+            h(&mut hub, &mut sink, 0, "/say lobby 0123456789", 1);
+        }
+        h(&mut hub, &mut sink, 0, "/say dev 0123456789", 2);
+        sink.0.clear();
+        h(&mut hub, &mut sink, 0, "/history dev", 3);
+        h(&mut hub, &mut sink, 0, "/history lobby 1", 3);
+        assert_eq!(
+            take(&mut sink, 0),
+            ["HISTORY dev 0", "HISTORY lobby 1", "MSG lobby a 0123456789"],
+            "lobby holds the budget: dev keeps nothing"
+        );
+        h(&mut hub, &mut sink, 0, "/leave lobby", 4);
+        h(&mut hub, &mut sink, 0, "/say dev 0123456789", 5);
+        sink.0.clear();
+        h(&mut hub, &mut sink, 0, "/history dev", 6);
+        assert_eq!(
+            take(&mut sink, 0).len(),
+            2,
+            "the budget came back with the room"
         );
     }
 
@@ -889,7 +933,10 @@ mod tests {
     fn quit_ends_the_session_and_history_gap_is_lost() {
         let mut hub = Hub::new(ChatConfig {
             rate_limit: 0,
-            history: crate::chat::history::HistoryConfig { keep: 2, ttl_ms: 0 },
+            history: crate::chat::history::HistoryConfig {
+                keep: 2,
+                ..Default::default()
+            },
             ..ChatConfig::default()
         });
         let mut sink = Lines::default();
