@@ -120,6 +120,27 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     presence_limit: usize,
 
+    /// Messages kept per room for /history and resume (0 = no history; at most 100000).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
+    history: usize,
+
+    /// Kept messages older than this are dropped (0 = kept until pushed out).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = loopchat::cli::parse_duration)]
+    history_ttl: Duration,
+
+    /// Bytes all rooms' history may hold together; a room over it drops its own oldest first.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    history_bytes: usize,
+
+    /// How long a dropped `resume` session keeps its nick and rooms (0 = no resume).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = loopchat::cli::parse_duration)]
+    session_ttl: Duration,
+
+    /// Dropped sessions kept at once; beyond it a drop ends the session at once.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_sessions: usize,
+
     /// Rooms one connection may be in at once (`ERR bad-room` beyond).
     #[arg(long, value_name = "N", default_value_t = 32)]
     max_rooms: usize,
@@ -222,6 +243,7 @@ fn serve(cli: ServeArgs) -> ExitCode {
         ("--max-header-bytes", cli.max_header_bytes),
         ("--max-line", cli.max_line),
         ("--read-budget", cli.read_budget),
+        ("--history-bytes", cli.history_bytes),
     ] {
         if v > MAX_BYTES_FLAG {
             eprintln!("loopchat: {flag} {v} is over the limit of {MAX_BYTES_FLAG} bytes (1 GiB)");
@@ -312,6 +334,13 @@ fn serve(cli: ServeArgs) -> ExitCode {
             max_rooms_total: cli.max_rooms_total.max(1),
             query_cost: cli.query_cost,
             rate_limit: cli.rate_limit,
+            history: loopchat::chat::history::HistoryConfig {
+                keep: cli.history,
+                ttl_ms: cli.history_ttl.as_millis() as u64,
+                max_bytes: cli.history_bytes,
+            },
+            session_ttl_ms: cli.session_ttl.as_millis() as u64,
+            max_sessions: cli.max_sessions,
             max_line: cli.max_line,
             ..ChatConfig::default()
         },

@@ -6,6 +6,7 @@ use log::debug;
 use super::conn::{Kind, Then, COUNTED, IN_CHAT, PROXIED};
 use super::out::{finish_with, mark_dirty};
 use super::{client_ip, metrics, sys, Server};
+use crate::chat::hub::{Caps, Connect};
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
 /// The built-in web chat page, its script and its style sheet.
@@ -32,9 +33,40 @@ enum Route {
         kind: Kind,
         nick: Option<String>,
         room: Option<String>,
+        /// The v2 query fields, boxed: absent for v1 clients.
+        v2: Option<Box<V2Query>>,
     },
     /// Answered (or refused); close after the flush.
     Answered,
+}
+
+/// `?caps=`, `?resume=` and `?since=` of a chat upgrade.
+struct V2Query {
+    caps: Option<String>,
+    resume: Option<String>,
+    since: Option<String>,
+}
+
+impl V2Query {
+    /// `None` when the request has none of the three.
+    fn from_request(req: &Request<'_>) -> Option<Box<V2Query>> {
+        // Browsers' URLSearchParams encode the list separators; nothing
+        // else in these values ever needs decoding.
+        let field = |name| {
+            req.query_param(name).map(|v: &str| {
+                v.replace("%2C", ",")
+                    .replace("%2c", ",")
+                    .replace("%3A", ":")
+                    .replace("%3a", ":")
+            })
+        };
+        let q = V2Query {
+            caps: field("caps"),
+            resume: field("resume"),
+            since: field("since"),
+        };
+        (q.caps.is_some() || q.resume.is_some() || q.since.is_some()).then(|| Box::new(q))
+    }
 }
 
 impl Server {
@@ -85,7 +117,13 @@ impl Server {
                 }
             }
         };
-        let Route::Upgraded { kind, nick, room } = route else {
+        let Route::Upgraded {
+            kind,
+            nick,
+            room,
+            v2,
+        } = route
+        else {
             return;
         };
         // Frames pipelined behind the request head.
@@ -98,7 +136,15 @@ impl Server {
             self.conns[id].set(IN_CHAT);
             let now = self.ctx.now_ms;
             let (hub, mut out) = self.chat();
-            hub.connect(id, nick.as_deref(), room.as_deref(), now, &mut out);
+            let v2 = v2.as_deref();
+            let args = Connect {
+                nick: nick.as_deref(),
+                room: room.as_deref(),
+                caps: v2.and_then(|q| q.caps.as_deref()).map(Caps::parse),
+                resume: v2.and_then(|q| q.resume.as_deref()),
+                since: v2.and_then(|q| q.since.as_deref()),
+            };
+            hub.connect_with(id, &args, now, &mut out);
         }
         if rest > 0 {
             if from_scratch {
@@ -178,15 +224,21 @@ impl Server {
             self.ctx.metrics.ws_upgrades_total += 1;
             debug!("{}: upgraded to {kind:?} (id {id})", c.ip);
             self.schedule(id);
-            let (nick, room) = if kind == Kind::Chat {
+            let (nick, room, v2) = if kind == Kind::Chat {
                 (
                     req.query_param("nick").map(str::to_owned),
                     req.query_param("room").map(str::to_owned),
+                    V2Query::from_request(req),
                 )
             } else {
-                (None, None)
+                (None, None, None)
             };
-            return Route::Upgraded { kind, nick, room };
+            return Route::Upgraded {
+                kind,
+                nick,
+                room,
+                v2,
+            };
         }
         self.ctx.metrics.http_requests_total += 1;
         let known = matches!(
@@ -290,6 +342,8 @@ impl Server {
             line_connections: line,
             chat_users: self.hub.connections(),
             rooms: self.hub.rooms(),
+            sessions_detached: self.hub.detached_sessions(),
+            sessions_resumed: self.hub.resumes(),
             outbox_bytes: outbox,
             rss_bytes: sys::rss_bytes(),
             open_fds: sys::open_fds(),

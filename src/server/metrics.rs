@@ -45,6 +45,10 @@ pub struct Gauges {
     pub line_connections: usize,
     pub chat_users: usize,
     pub rooms: usize,
+    /// Dropped `resume` sessions waiting (`--session-ttl`).
+    pub sessions_detached: usize,
+    /// Sessions resumed since start.
+    pub sessions_resumed: u64,
     pub outbox_bytes: usize,
     pub rss_bytes: Option<u64>,
     pub open_fds: Option<u64>,
@@ -253,6 +257,20 @@ impl Metrics {
             gg,
             "Rooms with at least one member.",
             g.rooms,
+        );
+        one(
+            out,
+            "loopchat_sessions_detached",
+            gg,
+            "Dropped resume sessions holding their nick and rooms.",
+            g.sessions_detached,
+        );
+        one(
+            out,
+            "loopchat_sessions_resumed_total",
+            c,
+            "Sessions resumed by a new connection.",
+            g.sessions_resumed,
         );
         one(
             out,

@@ -213,6 +213,12 @@ impl Server {
             capture: None,
             cluster: None,
         };
+        // Message ids are EPOCH-SEQ with EPOCH the start time, and `time` tags
+        // are EPOCH plus the monotonic clock (chat::history).
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        server.hub.set_epoch(epoch);
         server.start_cluster();
         Ok(server)
     }
@@ -310,6 +316,7 @@ impl Server {
                 self.read(id);
             }
             self.timers();
+            self.chat_timers();
             self.finish_turn();
             if self.cluster_turn() {
                 self.finish_turn();
@@ -333,6 +340,15 @@ impl Server {
         }
     }
 
+    /// Dropped chat sessions whose grace period ran out (`--session-ttl`).
+    fn chat_timers(&mut self) {
+        let now = self.ctx.now_ms;
+        if self.hub.poll_timeout().is_some_and(|at| at <= now) {
+            let (hub, mut out) = self.chat();
+            hub.handle_timeout(now, &mut out);
+        }
+    }
+
     fn poll_timeout(&self) -> Option<Duration> {
         if !self.ctx.read_again.is_empty() || self.accept_again {
             return Some(Duration::ZERO);
@@ -341,7 +357,12 @@ impl Server {
             && self.accept_paused_until.is_none()
             && self.shutdown_deadline.is_none()
         {
-            return None;
+            // Only a dropped session's expiry is left to wake up for.
+            let ms = self.ctx.start.elapsed().as_millis() as u64;
+            return self
+                .hub
+                .poll_timeout()
+                .map(|at| Duration::from_millis(at.saturating_sub(ms)));
         }
         let ms = self.ctx.start.elapsed().as_millis() as u64;
         let next_tick = (ms / TICK_MS + 1) * TICK_MS;
