@@ -219,6 +219,18 @@ struct ServeArgs {
         help_heading = "Logging"
     )]
     log_level: LogLevel,
+
+    /// Log line format: `text` (dated lines for people) or `json` (one object per
+    /// line for log shippers such as Filebeat).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "LOOPCHAT_LOG_FORMAT",
+        ignore_case = true,
+        help_heading = "Logging"
+    )]
+    log_format: loopchat::logging::Format,
 }
 
 /// `--log-level` values.
@@ -325,19 +337,7 @@ fn serve(cli: ServeArgs) -> ExitCode {
     if let Err(e) = cfg.validate() {
         refuse(e);
     }
-    let _ = simplelog::TermLogger::init(
-        cli.log_level.into(),
-        simplelog::ConfigBuilder::new()
-            .set_target_level(LevelFilter::Off)
-            .set_thread_level(LevelFilter::Off)
-            .build(),
-        simplelog::TerminalMode::Stderr,
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            simplelog::ColorChoice::Auto
-        } else {
-            simplelog::ColorChoice::Never
-        },
-    );
+    loopchat::logging::Logger::init(cli.log_format, cli.log_level.into());
     match raise_nofile_limit() {
         Ok((old, new)) if old != new => info!("open-file limit raised from {old} to {new}"),
         Ok((_, n)) => info!("open-file limit {n}"),
@@ -356,6 +356,7 @@ fn serve(cli: ServeArgs) -> ExitCode {
         println!("line protocol on {a}");
     }
     info!(
+        version = env!("CARGO_PKG_VERSION"), listen:% = server.local_addr();
         "loopchat {} serving http://{}/ (chat at /ws, echo at /echo)",
         env!("CARGO_PKG_VERSION"),
         server.local_addr()
