@@ -56,6 +56,12 @@ struct ServeArgs {
           value_parser = loopchat::cli::parse_listen, help_heading = "Listeners")]
     line_listen: Option<SocketAddr>,
 
+    /// Serve /metrics and /healthz on this address too (a private one); the public
+    /// listener then answers 404 for /metrics.
+    #[arg(long, value_name = "ADDR", env = "LOOPCHAT_METRICS_LISTEN",
+          value_parser = loopchat::cli::parse_listen, help_heading = "Listeners")]
+    metrics_listen: Option<SocketAddr>,
+
     /// Set SO_REUSEPORT so several processes share the port (one per core).
     #[arg(long, env = "LOOPCHAT_REUSE_PORT", help_heading = "Listeners",
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -308,7 +314,7 @@ fn serve(cli: ServeArgs) -> ExitCode {
     let cfg = Config {
         listen: cli.listen,
         line_listen: cli.line_listen,
-        metrics_listen: None,
+        metrics_listen: cli.metrics_listen,
         reuse_port: cli.reuse_port,
         allow_origin: cli.allow_origin,
         max_connections: cli.max_connections,
@@ -354,6 +360,9 @@ fn serve(cli: ServeArgs) -> ExitCode {
     println!("listening on {}", server.local_addr());
     if let Some(a) = server.line_addr() {
         println!("line protocol on {a}");
+    }
+    if let Some(a) = server.metrics_addr() {
+        println!("metrics on {a}");
     }
     info!(
         version = env!("CARGO_PKG_VERSION"), listen:% = server.local_addr();

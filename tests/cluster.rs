@@ -603,7 +603,7 @@ fn two_processes_share_one_port() {
         let m = metrics(a.addr);
         let id = m
             .lines()
-            .find_map(|l| l.strip_prefix("loopchat_redis_node{node=\""))
+            .find_map(|l| l.strip_prefix("loopchat_redis_node_info{node=\""))
             .and_then(|l| l.split('"').next())
             .expect("node id in /metrics")
             .to_string();
@@ -678,7 +678,7 @@ fn auth_and_select_from_the_url() {
     let id = node
         .metrics()
         .lines()
-        .find_map(|l| l.strip_prefix("loopchat_redis_node{node=\""))
+        .find_map(|l| l.strip_prefix("loopchat_redis_node_info{node=\""))
         .and_then(|l| l.split('"').next())
         .unwrap()
         .to_string();

@@ -169,6 +169,7 @@ impl Server {
             }
             let c = &mut self.conns[id];
             handshake::write_upgrade_response(&mut c.outbox, up.key, None);
+            self.ctx.metrics.changed(c.kind, kind);
             c.kind = kind;
             c.phase = Phase::Open;
             c.last_rx = self.ctx.tick;
@@ -225,7 +226,8 @@ impl Server {
                 self.answer_with(id, 200, t, h, STYLE.as_bytes());
             }
             "/healthz" => self.answer(id, 200, "text/plain", b"ok\n"),
-            "/metrics" => {
+            // With --metrics-listen, only that listener serves it.
+            "/metrics" if self.ctx.cfg.metrics_listen.is_none() => {
                 let body = self.render_metrics();
                 self.answer(id, 200, "text/plain; version=0.0.4", body.as_bytes());
             }

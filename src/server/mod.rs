@@ -8,6 +8,7 @@ mod config;
 mod conn;
 mod http;
 mod metrics;
+mod metrics_port;
 mod sys;
 mod timer;
 
@@ -77,6 +78,8 @@ struct Ctx {
     line_buf: Vec<u8>,
     chat_limits: Limits,
     echo_limits: Limits,
+    /// Bytes left in each outbox after its last flush, for `/metrics`.
+    queued: metrics::Queued,
     /// Milliseconds since start, read once per loop turn.
     now_ms: u64,
     /// `now_ms` in timer-wheel ticks.
@@ -197,6 +200,8 @@ pub struct Server {
     fired: Vec<Entry>,
     /// The Redis bridge (`--redis`); `None` runs alone.
     cluster: Option<Box<crate::cluster::Cluster>>,
+    /// The `--metrics-listen` listener and its scrapers.
+    metrics_port: Option<metrics_port::MetricsPort>,
 }
 
 impl Server {
@@ -216,6 +221,18 @@ impl Server {
                 (Some(l), Some(addr))
             }
             None => (None, None),
+        };
+        let metrics_port = match cfg.metrics_listen {
+            Some(a) => {
+                let mut l = sys::listener(a, false)?;
+                poll.registry().register(
+                    &mut l,
+                    metrics_port::METRICS_LISTENER,
+                    Interest::READABLE,
+                )?;
+                Some(metrics_port::MetricsPort::new(l))
+            }
+            None => None,
         };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let signals = if cfg.handle_signals {
@@ -257,6 +274,7 @@ impl Server {
                 line_buf: Vec::new(),
                 chat_limits,
                 echo_limits,
+                queued: metrics::Queued::default(),
                 now_ms: 0,
                 tick: 0,
                 start: Instant::now(),
@@ -269,6 +287,7 @@ impl Server {
             shutdown_deadline: None,
             fired: Vec::new(),
             cluster: None,
+            metrics_port,
         };
         server.start_cluster();
         Ok(server)
@@ -282,6 +301,11 @@ impl Server {
     /// The line listener's address, if any.
     pub fn line_addr(&self) -> Option<SocketAddr> {
         self.line_addr
+    }
+
+    /// The `--metrics-listen` listener's address, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_port.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     /// A handle that stops the server from another thread.
@@ -319,6 +343,14 @@ impl Server {
                         }
                     }
                     cluster_glue::REDIS_CMD | cluster_glue::REDIS_SUB => self.cluster_event(event),
+                    metrics_port::METRICS_LISTENER => {
+                        if let Some(m) = self.metrics_port.as_mut() {
+                            m.accept(self.poll.registry(), turn_start);
+                        }
+                    }
+                    t if metrics_port::scraper_of(t).is_some() => {
+                        self.scraper_event(metrics_port::scraper_of(t).unwrap_or(0), event);
+                    }
                     Token(id) => {
                         if let Some(c) = self.conns.get_mut(id) {
                             if event.is_writable() {
@@ -351,6 +383,9 @@ impl Server {
                 self.read(id);
             }
             self.timers();
+            if let Some(m) = self.metrics_port.as_mut().filter(|m| m.busy()) {
+                m.expire(self.poll.registry(), turn_start);
+            }
             self.finish_turn();
             if self.cluster_turn() {
                 self.finish_turn();
@@ -377,6 +412,10 @@ impl Server {
     fn poll_timeout(&self) -> Option<Duration> {
         if !self.ctx.read_again.is_empty() || self.accept_again {
             return Some(Duration::ZERO);
+        }
+        if self.metrics_port.as_ref().is_some_and(|m| m.busy()) {
+            // A scraper is open: wake for its timeout even with no timers.
+            return Some(Duration::from_millis(TICK_MS));
         }
         if self.wheel.is_empty()
             && self.accept_paused_until.is_none()
@@ -510,6 +549,7 @@ impl Server {
         c.set(if proxied { PROXIED } else { COUNTED });
         entry.insert(c);
         self.ctx.metrics.connections_total += 1;
+        self.ctx.metrics.opened(kind);
         debug!("{addr}: accepted ({kind:?}, id {id})");
         self.schedule(id);
         if line {
@@ -986,6 +1026,16 @@ impl Server {
     }
 
     fn flush(&mut self, id: usize) {
+        self.write_out(id);
+        let left = self
+            .conns
+            .get(id)
+            .filter(|c| !c.has(DEAD))
+            .map_or(0, |c| c.pending());
+        self.ctx.queued.set(id, left);
+    }
+
+    fn write_out(&mut self, id: usize) {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
@@ -1066,6 +1116,8 @@ impl Server {
         }
         let mut c = self.conns.remove(id);
         let _ = self.poll.registry().deregister(&mut c.sock);
+        self.ctx.metrics.closed(c.kind);
+        self.ctx.queued.set(id, 0);
         debug!("{}: closed (id {id}, {:?})", c.ip, c.kind);
         if c.has(COUNTED) {
             self.forget_ip(c.ip);
@@ -1079,31 +1131,52 @@ impl Server {
         }
     }
 
-    /// Render `/metrics`.
-    fn render_metrics(&self) -> String {
-        let mut ws = 0;
-        let mut line = 0;
-        let mut outbox = 0;
-        for (_, c) in self.conns.iter() {
-            match c.kind {
-                Kind::Chat | Kind::Echo => ws += 1,
-                Kind::Line => line += 1,
-                Kind::Http => {}
-            }
-            outbox += c.pending();
+    /// A scraper on the `--metrics-listen` port is readable or writable.
+    fn scraper_event(&mut self, i: usize, event: &mio::event::Event) {
+        let Some(mut port) = self.metrics_port.take() else {
+            return;
+        };
+        let registry = self.poll.registry();
+        if event.is_writable() {
+            port.write(registry, i);
         }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            match port.read(registry, i) {
+                Some(metrics_port::Ask::Metrics) => {
+                    let body = self.render_metrics();
+                    let ctype = "text/plain; version=0.0.4";
+                    port.answer(registry, i, 200, &[], ctype, body.as_bytes());
+                }
+                Some(metrics_port::Ask::Health) => {
+                    port.answer(registry, i, 200, &[], "text/plain", b"ok\n")
+                }
+                Some(metrics_port::Ask::NotFound) => {
+                    let body = b"not found: this port serves /metrics and /healthz\n";
+                    port.answer(registry, i, 404, &[], "text/plain", body)
+                }
+                Some(metrics_port::Ask::BadMethod) => port.answer(
+                    registry,
+                    i,
+                    405,
+                    &[("Allow", "GET, HEAD")],
+                    "text/plain",
+                    b"method not allowed\n",
+                ),
+                None => {}
+            }
+        }
+        self.metrics_port = Some(port);
+    }
+
+    /// Render `/metrics`: counters kept as traffic flows and O(1) gauges, so the
+    /// cost does not grow with the connections.
+    fn render_metrics(&self) -> String {
         let g = metrics::Gauges {
-            connections: self.conns.len(),
-            ws_connections: ws,
-            line_connections: line,
             chat_users: self.hub.connections(),
             rooms: self.hub.rooms(),
-            outbox_bytes: outbox,
-            rss_bytes: sys::rss_bytes(),
-            open_fds: sys::open_fds(),
-            uptime_seconds: self.ctx.start.elapsed().as_secs_f64(),
+            outbox_bytes: Some(self.ctx.queued.total()),
         };
-        let mut s = String::with_capacity(4096);
+        let mut s = String::with_capacity(8192);
         self.ctx.metrics.render(&g, &mut s);
         self.cluster_metrics(&mut s);
         s
