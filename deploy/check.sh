@@ -4,7 +4,8 @@
 #                       in place of the `# EDIT` paths (as shipped it must fail:
 #                       the certificates of chat.example.com do not exist)
 #   systemd-analyze     deploy/loopchat@.service: `verify`, and `security` at most 3.0
-#   promtool            deploy/prometheus/*.yml: `check rules`, `check config`
+#   promtool            deploy/prometheus/: `check rules`, `test rules` (each
+#                       alert fires above its threshold), `check config`
 #   kubernetes-validate deploy/k8s/*.yaml against the Kubernetes API schemas
 # A missing tool is a loud SKIP, or a failure with LOOPCHAT_REQUIRE_TOOLS=1 (CI).
 # Runs on its own:  bash deploy/check.sh
@@ -67,6 +68,15 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   }
 else
   skip systemd-analyze
+fi
+
+echo "== promtool"
+if command -v promtool >/dev/null 2>&1; then
+  promtool check rules "$deploy/prometheus/alerts.yml"
+  promtool test rules "$deploy/prometheus/alerts_test.yml"
+  promtool check config "$deploy/prometheus/prometheus.yml"
+else
+  skip promtool
 fi
 
 echo "deploy/: ok"
