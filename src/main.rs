@@ -163,6 +163,36 @@ struct ServeArgs {
     )]
     presence_limit: usize,
 
+    /// Rooms one connection may be in at once (`ERR bad-room` beyond).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 32,
+        env = "LOOPCHAT_MAX_ROOMS",
+        help_heading = "Limits"
+    )]
+    max_rooms: usize,
+
+    /// Rooms that may exist at once; a join that would create one more gets `ERR bad-room`.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100_000,
+        env = "LOOPCHAT_MAX_ROOMS_TOTAL",
+        help_heading = "Limits"
+    )]
+    max_rooms_total: usize,
+
+    /// Rate-limit tokens one /rooms or /who takes (of the --rate-limit burst).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10,
+        env = "LOOPCHAT_QUERY_COST",
+        help_heading = "Limits"
+    )]
+    query_cost: u32,
+
     /// Interval between WebSocket pings (0 = no pings); shorter than --idle-timeout.
     #[arg(long, value_name = "DURATION", default_value = "30s", env = "LOOPCHAT_PING_INTERVAL",
           value_parser = loopchat::cli::parse_duration, help_heading = "Timers")]
@@ -334,6 +364,9 @@ fn serve(cli: ServeArgs) -> ExitCode {
         handle_signals: true,
         chat: ChatConfig {
             presence_limit: cli.presence_limit,
+            max_rooms: cli.max_rooms,
+            max_rooms_total: cli.max_rooms_total,
+            query_cost: cli.query_cost,
             rate_limit: cli.rate_limit,
             max_line: cli.max_line,
             ..ChatConfig::default()

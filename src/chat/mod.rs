@@ -47,6 +47,13 @@ pub struct ChatConfig {
     /// Rooms one connection may be in at once; more gets `ERR bad-room`. Keeps
     /// per-connection memory and membership lookups bounded.
     pub max_rooms: usize,
+    /// Rooms that may exist at once; a `/join` that would create one more gets
+    /// `ERR bad-room` (the default room is exempt).
+    pub max_rooms_total: usize,
+    /// Rate-limit tokens a `/rooms` or `/who` takes (at most one burst): they
+    /// answer with up to `rooms_limit` / `who_limit` entries, so a client
+    /// asking in a loop must not cost as much as one sending short lines.
+    pub query_cost: u32,
     /// The room a connection joins when it asks for none (or a bad one).
     pub default_room: String,
 }
@@ -60,6 +67,8 @@ impl Default for ChatConfig {
             max_line: 4096,
             rooms_limit: 500,
             max_rooms: 32,
+            max_rooms_total: 100_000,
+            query_cost: 10,
             default_room: "lobby".to_string(),
         }
     }

@@ -124,6 +124,13 @@ impl Config {
                 self.outbox_hard, self.outbox_soft
             ));
         }
+        if self.chat.max_rooms == 0 || self.chat.max_rooms_total == 0 {
+            return Err(format!(
+                "--max-rooms {} / --max-rooms-total {}: both must be at least 1 \
+                 (every connection starts in a room)",
+                self.chat.max_rooms, self.chat.max_rooms_total
+            ));
+        }
         if self.max_connections == 0 {
             return Err("--max-connections 0 would refuse every client: use at least 1".into());
         }
@@ -263,6 +270,7 @@ mod tests {
         };
         bad(|c| c.chat.max_line = 0, "--max-line");
         bad(|c| c.max_connections = 0, "--max-connections");
+        bad(|c| c.chat.max_rooms = 0, "--max-rooms");
         bad(
             |c| {
                 c.outbox_soft = 8;

@@ -3,8 +3,9 @@
 
 use log::debug;
 
-use super::conn::{Kind, Phase, COUNTED, DRAIN, IN_CHAT, PROXIED};
-use super::{client_ip, mark_dirty, Out, Server};
+use super::conn::{Kind, Then, COUNTED, IN_CHAT, PROXIED};
+use super::out::{finish_with, mark_dirty};
+use super::{client_ip, metrics, Server};
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
 /// The built-in web chat page, its script and its style sheet.
@@ -88,14 +89,10 @@ impl Server {
             buf.len().saturating_sub(head_len)
         };
         if kind == Kind::Chat {
-            self.conns[id].flags |= IN_CHAT;
+            self.conns[id].set(IN_CHAT);
             let now = self.ctx.now_ms;
-            let mut out = Out {
-                conns: &mut self.conns,
-                ctx: &mut self.ctx,
-            };
-            self.hub
-                .connect(id, nick.as_deref(), room.as_deref(), now, &mut out);
+            let (hub, mut out) = self.chat();
+            hub.connect(id, nick.as_deref(), room.as_deref(), now, &mut out);
         }
         if rest > 0 {
             if from_scratch {
@@ -117,10 +114,7 @@ impl Server {
         debug!("{}: bad request: {e:?} (id {id})", c.ip);
         self.ctx.metrics.handshake_failed(e.reason());
         e.write_response(&mut c.outbox);
-        c.phase = Phase::Flushing;
-        c.set(DRAIN);
-        c.since = self.ctx.tick;
-        mark_dirty(&mut self.ctx.dirty, id, c);
+        finish_with(&mut self.ctx, id, c, Then::Drain);
     }
 
     fn route(&mut self, id: usize, req: &Request<'_>) -> Route {
@@ -169,11 +163,11 @@ impl Server {
             }
             let c = &mut self.conns[id];
             handshake::write_upgrade_response(&mut c.outbox, up.key, None);
-            self.ctx.metrics.changed(c.kind, kind);
-            c.kind = kind;
-            c.phase = Phase::Open;
-            c.last_rx = self.ctx.tick;
-            c.last_ping = self.ctx.tick;
+            let was = c.kind;
+            c.upgraded(kind, self.ctx.tick);
+            if c.kind != was {
+                self.ctx.metrics.changed(was, c.kind);
+            }
             mark_dirty(&mut self.ctx.dirty, id, c);
             self.ctx.metrics.ws_upgrades_total += 1;
             debug!("{}: upgraded to {kind:?} (id {id})", c.ip);
@@ -191,8 +185,8 @@ impl Server {
         self.ctx.metrics.http_requests_total += 1;
         let known = matches!(
             req.path,
-            "/" | "/index.html" | "/app.js" | "/app.css" | "/healthz" | "/metrics"
-        );
+            "/" | "/index.html" | "/app.js" | "/app.css" | "/healthz"
+        ) || (req.path == "/metrics" && self.ctx.cfg.metrics_listen.is_none());
         if known && req.method != "GET" {
             self.answer_with(
                 id,
@@ -252,9 +246,20 @@ impl Server {
         write_response(&mut c.outbox, status, ctype, headers, body);
         // Plain HTTP: the client may have sent more than we read (a body, a
         // pipelined request); linger so the answer is not lost to a reset.
-        c.phase = Phase::Flushing;
-        c.set(DRAIN);
-        c.since = self.ctx.tick;
-        mark_dirty(&mut self.ctx.dirty, id, c);
+        finish_with(&mut self.ctx, id, c, Then::Drain);
+    }
+
+    /// Render `/metrics`: counters kept as traffic flows and O(1) gauges, so the
+    /// cost does not grow with the connections.
+    pub(super) fn render_metrics(&self) -> String {
+        let g = metrics::Gauges {
+            chat_users: self.hub.connections(),
+            rooms: self.hub.rooms(),
+            outbox_bytes: Some(self.ctx.queued.total()),
+        };
+        let mut s = String::with_capacity(8192);
+        self.ctx.metrics.render(&g, &mut s);
+        self.cluster_metrics(&mut s);
+        s
     }
 }

@@ -222,22 +222,23 @@ struct Process {
 
 impl Metrics {
     /// Count a connection entering the slab as `kind`.
-    pub fn opened(&mut self, kind: Kind) {
+    pub(crate) fn opened(&mut self, kind: Kind) {
         self.open[kind_index(kind)] += 1;
     }
     /// Count a connection that changed kind (an HTTP request upgraded).
-    pub fn changed(&mut self, from: Kind, to: Kind) {
+    pub(crate) fn changed(&mut self, from: Kind, to: Kind) {
         let f = &mut self.open[kind_index(from)];
         *f = f.saturating_sub(1);
         self.open[kind_index(to)] += 1;
     }
     /// Count a connection leaving the slab.
-    pub fn closed(&mut self, kind: Kind) {
+    pub(crate) fn closed(&mut self, kind: Kind) {
         let n = &mut self.open[kind_index(kind)];
         *n = n.saturating_sub(1);
     }
     /// Open connections of `kind` now.
-    pub fn open(&self, kind: Kind) -> u64 {
+    #[cfg(test)]
+    fn open(&self, kind: Kind) -> u64 {
         self.open[kind_index(kind)]
     }
     /// Count a failed handshake by its reason label.

@@ -17,6 +17,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use super::Server;
 use crate::ws::handshake::write_response;
 
 /// The metrics listener's token.
@@ -235,5 +236,42 @@ impl MetricsPort {
         if let Some(mut s) = self.scrapers.try_remove(i) {
             let _ = registry.deregister(&mut s.sock);
         }
+    }
+}
+
+impl Server {
+    /// A scraper on the `--metrics-listen` port is readable or writable.
+    pub(super) fn scraper_event(&mut self, i: usize, event: &mio::event::Event) {
+        let Some(mut port) = self.metrics_port.take() else {
+            return;
+        };
+        let registry = self.poll.registry();
+        if event.is_writable() {
+            port.write(registry, i);
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            match port.read(registry, i) {
+                Some(Ask::Metrics) => {
+                    let body = self.render_metrics();
+                    let ctype = "text/plain; version=0.0.4";
+                    port.answer(registry, i, 200, &[], ctype, body.as_bytes());
+                }
+                Some(Ask::Health) => port.answer(registry, i, 200, &[], "text/plain", b"ok\n"),
+                Some(Ask::NotFound) => {
+                    let body = b"not found: this port serves /metrics and /healthz\n";
+                    port.answer(registry, i, 404, &[], "text/plain", body)
+                }
+                Some(Ask::BadMethod) => port.answer(
+                    registry,
+                    i,
+                    405,
+                    &[("Allow", "GET, HEAD")],
+                    "text/plain",
+                    b"method not allowed\n",
+                ),
+                None => {}
+            }
+        }
+        self.metrics_port = Some(port);
     }
 }
