@@ -114,6 +114,23 @@ fn json_logs_are_one_object_per_line() {
         n += 1;
     }
     assert!(n >= 3, "too few lines:\n{out}");
+    // Records about a connection carry its fields, numbers as numbers.
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let closed = records
+        .iter()
+        .find(|r| r["message"] == "closed" && r["nick"] == "logbot")
+        .unwrap_or_else(|| panic!("no `closed` record with the nick:\n{out}"));
+    assert!(closed["conn"].is_u64(), "{closed}");
+    assert_eq!(closed["peer"], "127.0.0.1", "{closed}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["message"] == "closing" && r["code"] == 1000 && r["conn"] == closed["conn"]),
+        "no `closing` record with code 1000 for the connection:\n{out}"
+    );
     assert!(out.contains("shutdown complete"), "{out}");
 }
 

@@ -85,7 +85,7 @@ impl Server {
         entry.insert(c);
         self.ctx.metrics.connections_total += 1;
         self.ctx.metrics.opened(kind);
-        debug!("{addr}: accepted ({kind:?}, id {id})");
+        debug!(conn = id, peer:% = addr.ip(), kind:? = kind; "accepted");
         self.schedule(id);
         if line {
             let c = &mut self.conns[id];

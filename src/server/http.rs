@@ -1,7 +1,7 @@
 //! The HTTP side of a new connection: read the request head, then either answer a
 //! plain request (`/`, `/healthz`, `/metrics`, errors) or upgrade to WebSocket.
 
-use log::debug;
+use log::{debug, info};
 
 use super::conn::{Kind, Then, COUNTED, IN_CHAT, PROXIED};
 use super::out::{finish_with, mark_dirty};
@@ -111,7 +111,7 @@ impl Server {
 
     fn refuse_request(&mut self, id: usize, e: &HttpError) {
         let c = &mut self.conns[id];
-        debug!("{}: bad request: {e:?} (id {id})", c.ip);
+        debug!(conn = id, peer:% = c.ip, reason = e.reason(); "bad request: {e}");
         self.ctx.metrics.handshake_failed(e.reason());
         e.write_response(&mut c.outbox);
         finish_with(&mut self.ctx, id, c, Then::Drain);
@@ -158,6 +158,13 @@ impl Server {
                 self.ctx
                     .metrics
                     .handshake_failed(HttpError::OriginForbidden.reason());
+                // At info: a proxy rewriting Host makes every browser look
+                // cross-origin, and the operator needs to see why.
+                info!(
+                    conn = id, peer:% = self.conns[id].ip,
+                    origin = req.origin.unwrap_or(""), host = req.host.unwrap_or("");
+                    "WebSocket upgrade refused: Origin is neither same-origin nor in --allow-origin"
+                );
                 self.answer(id, 403, "text/plain", b"origin not allowed\n");
                 return Route::Answered;
             }
@@ -170,7 +177,7 @@ impl Server {
             }
             mark_dirty(&mut self.ctx.dirty, id, c);
             self.ctx.metrics.ws_upgrades_total += 1;
-            debug!("{}: upgraded to {kind:?} (id {id})", c.ip);
+            debug!(conn = id, peer:% = c.ip, kind:? = kind; "upgraded");
             self.schedule(id);
             let (nick, room) = if kind == Kind::Chat {
                 (

@@ -45,7 +45,7 @@ impl Sink for Out<'_> {
                 c.dropped = c.dropped.saturating_add(bytes.len() as u32);
                 if pending + c.dropped as usize > ctx.cfg.outbox_hard {
                     ctx.metrics.slow_disconnects += 1;
-                    debug!("{}: slow consumer closed ({pending} bytes queued)", c.ip);
+                    debug!(conn = id, peer:% = c.ip, queued = pending; "slow consumer closed");
                     kill(ctx, id, c);
                 }
                 continue;
@@ -77,7 +77,7 @@ pub(super) fn begin_close(ctx: &mut Ctx, id: usize, c: &mut Conn, code: u16, rea
     if c.is_closing() {
         return;
     }
-    debug!("{}: closing with {code} {reason:?} (id {id})", c.ip);
+    debug!(conn = id, peer:% = c.ip, code = code, reason = reason; "closing");
     if c.is_ws() && c.phase() == Phase::Open {
         encode_close(&mut c.outbox, Some(code), reason, None);
         ctx.metrics.close_sent(code);

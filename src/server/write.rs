@@ -66,7 +66,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.clear(WRITABLE),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    debug!("{}: write: {e} (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "write: {e}");
                     kill(&mut self.ctx, id, c);
                     return;
                 }
@@ -130,7 +130,10 @@ impl Server {
         let _ = self.poll.registry().deregister(&mut c.sock);
         self.ctx.metrics.closed(c.kind);
         self.ctx.queued.set(id, 0);
-        debug!("{}: closed (id {id}, {:?})", c.ip, c.kind);
+        match self.hub.nick(id) {
+            Some(nick) => debug!(conn = id, peer:% = c.ip, kind:? = c.kind, nick = nick; "closed"),
+            None => debug!(conn = id, peer:% = c.ip, kind:? = c.kind; "closed"),
+        }
         if c.has(COUNTED) {
             self.forget_ip(c.ip);
         }
