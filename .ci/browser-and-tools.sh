@@ -37,6 +37,11 @@ if ! have_parser; then
     python3 -m pip install --quiet --break-system-packages prometheus_client 2>/dev/null ||
     true
 fi
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "pip install kubernetes-validate"
+  python3 -m pip install --quiet kubernetes-validate 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages kubernetes-validate
+fi
 if ! have_parser; then
   echo "apt-get install prometheus (for promtool)"
   [ "${#need_apt[@]}" -gt 0 ] || apt-get update -qq

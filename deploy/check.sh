@@ -79,4 +79,13 @@ else
   skip promtool
 fi
 
+echo "== kubernetes-validate"
+if command -v kubernetes-validate >/dev/null 2>&1; then
+  # --strict: an unknown or misspelt field fails, not only a wrong type.
+  kubernetes-validate --strict --quiet "$deploy/k8s/loopchat.yaml" "$deploy/k8s/redis.yaml"
+  echo "deploy/k8s: valid"
+else
+  skip kubernetes-validate
+fi
+
 echo "deploy/: ok"
