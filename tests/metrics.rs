@@ -476,3 +476,34 @@ fn close_codes_chosen_by_peers_do_not_grow_the_exposition() {
         n
     );
 }
+
+#[test]
+fn the_metrics_port_holds_a_bounded_number_of_scrapers() {
+    use std::io::Read;
+    let s = WithMetricsPort::start();
+    // Sixteen idle scrapers (no request yet) fill it...
+    let idle: Vec<_> = (0..16).map(|_| raw(s.metrics)).collect();
+    // ...so a seventeenth is closed at once; the server reads a scraper's
+    // request before answering, so wait for the close, not for an answer.
+    let mut extra = raw(s.metrics);
+    extra
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match extra.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the 17th scraper was not closed: {other:?}"),
+    }
+    // Scrapers that leave free their places. Their FINs are on the server's
+    // sockets before our next request is sent, so once a public round trip
+    // completes, the loop has seen them.
+    drop(idle);
+    let (status, _) = http(s.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    let (status, _) = http(s.metrics, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        status, 200,
+        "the metrics port stayed full after its scrapers left"
+    );
+}
