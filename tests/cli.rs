@@ -179,3 +179,35 @@ fn sizes_take_units_on_the_command_line_and_in_the_environment() {
     );
     assert_eq!(status_of_head(s.1, 2000), 200);
 }
+
+#[test]
+fn every_server_flag_has_a_variable_and_a_row_in_the_readme() {
+    let out = loopchat()
+        .arg("--help")
+        .output()
+        .expect("run loopchat --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    // Wrapped help puts `[env: ...]` on a later line: check against the whole text.
+    let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .filter_map(|l| l.split([' ', '<']).next())
+        .filter(|f| !matches!(*f, "help" | "version"))
+        .collect();
+    assert!(flags.len() >= 30, "{flags:?}");
+    for f in flags {
+        let var = format!("LOOPCHAT_{}", f.to_uppercase().replace('-', "_"));
+        assert!(
+            flat.contains(&format!("[env: {var}=]")),
+            "--{f} has no {var}"
+        );
+        assert!(
+            readme.contains(&format!("| `--{f}")),
+            "--{f} is missing from the README's flag table"
+        );
+    }
+}
