@@ -180,6 +180,31 @@ fn json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// At most one record per interval for an event a peer can repeat at will (a
+/// refused Origin): the first is logged, the rest are counted and reported
+/// with the next one logged. `now` is passed in, in milliseconds.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    next_ms: u64,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// Records allowed per second.
+    const INTERVAL_MS: u64 = 1000;
+
+    /// `Some(n)` when this event may be logged (`n` were suppressed since the
+    /// last one); `None` when it is to be counted only.
+    pub fn allow(&mut self, now_ms: u64) -> Option<u64> {
+        if now_ms < self.next_ms {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next_ms = now_ms + Self::INTERVAL_MS;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 /// `2026-11-30T11:34:43.123Z`: RFC 3339, UTC, milliseconds.
 pub fn rfc3339_millis(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -217,6 +242,16 @@ mod tests {
 
     fn at(secs: u64, ms: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn the_throttle_lets_one_through_per_second_and_counts_the_rest() {
+        let mut t = Throttle::default();
+        assert_eq!(t.allow(5_000), Some(0));
+        assert_eq!(t.allow(5_001), None);
+        assert_eq!(t.allow(5_999), None);
+        assert_eq!(t.allow(6_000), Some(2));
+        assert_eq!(t.allow(60_000), Some(0));
     }
 
     #[test]

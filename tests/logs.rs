@@ -61,6 +61,22 @@ fn run_and_collect_stderr(args: &[&str]) -> String {
     }
     drop(ws);
 
+    // A page on another origin: refused, and said so at info.
+    for _ in 0..3 {
+        use std::io::Write;
+        let mut t = std::net::TcpStream::connect(&addr).unwrap();
+        t.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: chat.example\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nOrigin: https://elsewhere.example\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = t.read_to_end(&mut answer);
+        assert!(answer.starts_with(b"HTTP/1.1 403"), "{answer:?}");
+    }
+
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) }, 0);
     let out = rx
@@ -132,6 +148,20 @@ fn json_logs_are_one_object_per_line() {
         "no `closing` record with code 1000 for the connection:\n{out}"
     );
     assert!(out.contains("shutdown complete"), "{out}");
+    // Three refusals in well under a second: logged once or a few times, never
+    // once per request without limit; with the Origin as a field.
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["level"] == "INFO"
+                && r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("WebSocket upgrade refused"))
+        })
+        .collect();
+    assert!((1..=3).contains(&refused.len()), "{out}");
+    assert_eq!(refused[0]["origin"], "https://elsewhere.example", "{out}");
+    assert_eq!(refused[0]["host"], "chat.example", "{out}");
 }
 
 #[test]

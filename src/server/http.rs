@@ -159,12 +159,17 @@ impl Server {
                     .metrics
                     .handshake_failed(HttpError::OriginForbidden.reason());
                 // At info: a proxy rewriting Host makes every browser look
-                // cross-origin, and the operator needs to see why.
-                info!(
-                    conn = id, peer:% = self.conns[id].ip,
-                    origin = req.origin.unwrap_or(""), host = req.host.unwrap_or("");
-                    "WebSocket upgrade refused: Origin is neither same-origin nor in --allow-origin"
-                );
+                // cross-origin, and the operator needs to see why. At most
+                // once a second: any web page can make browsers repeat it.
+                if let Some(more) = self.ctx.origin_log.allow(self.ctx.now_ms) {
+                    info!(
+                        conn = id, peer:% = self.conns[id].ip,
+                        origin = req.origin.unwrap_or(""), host = req.host.unwrap_or(""),
+                        suppressed = more;
+                        "WebSocket upgrade refused: Origin is neither same-origin nor in \
+                         --allow-origin ({more} more since the last such line)"
+                    );
+                }
                 self.answer(id, 403, "text/plain", b"origin not allowed\n");
                 return Route::Answered;
             }

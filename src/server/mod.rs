@@ -84,6 +84,8 @@ struct Ctx {
     echo_limits: Limits,
     /// Bytes left in each outbox after its last flush, for `/metrics`.
     queued: metrics::Queued,
+    /// Refused-Origin log lines, at most one a second.
+    origin_log: crate::logging::Throttle,
     /// Milliseconds since start, read once per loop turn.
     now_ms: u64,
     /// `now_ms` in timer-wheel ticks.
@@ -189,6 +191,7 @@ impl Server {
                 chat_limits,
                 echo_limits,
                 queued: metrics::Queued::default(),
+                origin_log: crate::logging::Throttle::default(),
                 now_ms: 0,
                 tick: 0,
                 start: Instant::now(),
