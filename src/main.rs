@@ -138,6 +138,21 @@ struct ServeArgs {
           value_parser = loopchat::cli::parse_bytes, help_heading = "Limits")]
     outbox_hard: usize,
 
+    /// A reader losing lines this long without its outbox draining once is disconnected.
+    #[arg(long, value_name = "DURATION", default_value = "10s", env = "LOOPCHAT_OUTBOX_GRACE",
+          value_parser = loopchat::cli::parse_duration, help_heading = "Limits")]
+    outbox_grace: Duration,
+
+    /// Bytes all outboxes together may hold; past it, lines to the readers furthest behind are dropped first.
+    #[arg(long, value_name = "BYTES", default_value = "256MiB", env = "LOOPCHAT_OUTBOX_TOTAL",
+          value_parser = loopchat::cli::parse_bytes, help_heading = "Limits")]
+    outbox_total: usize,
+
+    /// SO_SNDBUF of accepted sockets (0 = the kernel's self-tuning default).
+    #[arg(long, value_name = "BYTES", default_value = "0", env = "LOOPCHAT_SEND_BUFFER",
+          value_parser = loopchat::cli::parse_bytes, help_heading = "Limits")]
+    send_buffer: usize,
+
     /// Bytes read from one connection per loop turn (fairness against flooders).
     #[arg(long, value_name = "BYTES", default_value = "256KiB", env = "LOOPCHAT_READ_BUDGET",
           value_parser = loopchat::cli::parse_bytes, help_heading = "Limits")]
@@ -355,6 +370,9 @@ fn serve(cli: ServeArgs) -> ExitCode {
         max_chat_message: cli.max_chat_message,
         outbox_soft: cli.outbox_soft,
         outbox_hard: cli.outbox_hard,
+        outbox_grace: cli.outbox_grace,
+        outbox_total: cli.outbox_total,
+        send_buffer: cli.send_buffer,
         read_budget: cli.read_budget,
         ping_interval: cli.ping_interval,
         idle_timeout: cli.idle_timeout,

@@ -38,6 +38,16 @@ pub struct Config {
     pub outbox_soft: usize,
     /// Outbox bytes (queued plus dropped since it last drained) that close a slow consumer.
     pub outbox_hard: usize,
+    /// A reader that has been losing lines this long without its outbox draining
+    /// once is closed.
+    pub outbox_grace: Duration,
+    /// Bytes all outboxes together may hold (allocated, not only queued); past
+    /// it, lines to the readers furthest behind are dropped first.
+    pub outbox_total: usize,
+    /// SO_SNDBUF of accepted sockets (0 = the kernel's default, which grows to
+    /// megabytes per connection): what a slow reader may hold in the kernel
+    /// besides its outbox.
+    pub send_buffer: usize,
     /// Bytes read from one connection per loop turn, so one flooder cannot starve the rest.
     pub read_budget: usize,
     /// How often an open WebSocket connection is pinged; zero turns pings off.
@@ -74,6 +84,9 @@ impl Default for Config {
             max_chat_message: 64 * 1024,
             outbox_soft: 512 * 1024,
             outbox_hard: 4 * 1024 * 1024,
+            outbox_grace: Duration::from_secs(10),
+            outbox_total: 256 * 1024 * 1024,
+            send_buffer: 0,
             read_budget: 256 * 1024,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
@@ -130,6 +143,20 @@ impl Config {
                  (every connection starts in a room)",
                 self.chat.max_rooms, self.chat.max_rooms_total
             ));
+        }
+        if self.outbox_total == 0 {
+            return Err(
+                "--outbox-total 0 would drop every line to a reader whose socket \
+                        is full: use a size such as 256MiB"
+                    .into(),
+            );
+        }
+        if self.outbox_grace.is_zero() {
+            return Err(
+                "--outbox-grace 0 would close a reader at its first dropped line: \
+                        use a duration such as 10s"
+                    .into(),
+            );
         }
         if self.max_connections == 0 {
             return Err("--max-connections 0 would refuse every client: use at least 1".into());

@@ -210,6 +210,10 @@ pub struct Gauges {
     /// Bytes queued in outboxes, when the server keeps that total (it is never
     /// computed by walking the connections).
     pub outbox_bytes: Option<usize>,
+    /// Bytes allocated by all outboxes (what `--outbox-total` limits).
+    pub outbox_allocated: usize,
+    /// `--outbox-total`.
+    pub outbox_budget: usize,
 }
 
 /// Process figures in the names every Prometheus client library uses.
@@ -448,6 +452,20 @@ impl Metrics {
                 b,
             );
         }
+        one(
+            out,
+            "loopchat_outbox_allocated_bytes",
+            gg,
+            "Bytes allocated by all outboxes (capacity, what --outbox-total limits).",
+            g.outbox_allocated,
+        );
+        one(
+            out,
+            "loopchat_outbox_budget_bytes",
+            gg,
+            "--outbox-total: the most all outboxes may allocate before lines are dropped.",
+            g.outbox_budget,
+        );
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -612,6 +630,8 @@ mod tests {
             chat_users: 0,
             rooms: 0,
             outbox_bytes: None,
+            outbox_allocated: 0,
+            outbox_budget: 0,
         };
         let p = Process {
             cpu_seconds: Some(1.5),
