@@ -279,7 +279,8 @@ struct ServeArgs {
         default_value = "text",
         env = "LOOPCHAT_LOG_FORMAT",
         ignore_case = true,
-        help_heading = "Logging"
+        help_heading = "Logging",
+        hide_possible_values = true
     )]
     log_format: loopchat::logging::Format,
 }

@@ -188,6 +188,8 @@ fn every_server_flag_has_a_variable_and_a_row_in_the_readme() {
         .expect("run loopchat --help");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
+    // One line or two per flag: no flag pushes `--help` into the long form.
+    assert!(!help.contains("see a summary with '-h'"), "{help}");
     // Wrapped help puts `[env: ...]` on a later line: check against the whole text.
     let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
     let readme =
