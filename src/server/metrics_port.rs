@@ -52,7 +52,14 @@ pub(super) enum Ask {
 pub(super) struct MetricsPort {
     listener: TcpListener,
     scrapers: Slab<Scraper>,
+    /// The accept budget ran out with connections possibly left in the
+    /// backlog (edge-triggered: no new event will say so).
+    more: bool,
 }
+
+/// Connections taken from the backlog per call, so a flood of connects on
+/// this port cannot hold the loop.
+const ACCEPT_BUDGET: usize = 4 * MAX_SCRAPERS;
 
 /// Whether `token` belongs to a scraper, and which.
 pub(super) fn scraper_of(token: Token) -> Option<usize> {
@@ -67,6 +74,7 @@ impl MetricsPort {
         MetricsPort {
             listener,
             scrapers: Slab::with_capacity(MAX_SCRAPERS),
+            more: false,
         }
     }
 
@@ -79,15 +87,27 @@ impl MetricsPort {
         !self.scrapers.is_empty()
     }
 
+    /// True when the last accept left connections in the backlog: call
+    /// [`accept`](Self::accept) again next turn without waiting for an event.
+    pub(super) fn accept_pending(&self) -> bool {
+        self.more
+    }
+
     /// Accept every pending scraper (closing those beyond the cap).
     pub(super) fn accept(&mut self, registry: &Registry, now: Instant) {
-        // Bounded: the backlog is finite and each pass takes one from it.
-        loop {
+        self.more = true;
+        for _ in 0..ACCEPT_BUDGET {
             let (mut sock, peer) = match self.listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.more = false;
+                    return;
+                }
                 Err(e) => {
+                    // Out of descriptors, most likely: the main listener's
+                    // back-off applies; retry on the next event.
                     debug!("metrics accept: {e}");
+                    self.more = false;
                     return;
                 }
             };

@@ -338,8 +338,13 @@ impl Server {
                 self.read(id);
             }
             self.timers();
-            if let Some(m) = self.metrics_port.as_mut().filter(|m| m.busy()) {
-                m.expire(self.poll.registry(), turn_start);
+            if let Some(m) = self.metrics_port.as_mut() {
+                if m.accept_pending() {
+                    m.accept(self.poll.registry(), turn_start);
+                }
+                if m.busy() {
+                    m.expire(self.poll.registry(), turn_start);
+                }
             }
             self.finish_turn();
             if self.cluster_turn() {
@@ -365,7 +370,13 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ctx.read_again.is_empty() || self.accept_again {
+        if !self.ctx.read_again.is_empty()
+            || self.accept_again
+            || self
+                .metrics_port
+                .as_ref()
+                .is_some_and(|m| m.accept_pending())
+        {
             return Some(Duration::ZERO);
         }
         if self.metrics_port.as_ref().is_some_and(|m| m.busy()) {
