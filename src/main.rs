@@ -254,11 +254,23 @@ struct ServeArgs {
           value_parser = loopchat::cli::parse_bytes, help_heading = "Cluster")]
     redis_buffer: usize,
 
-    /// Longest wait for the other nodes' answers to /who and /rooms.
+    /// Longest wait for the other nodes' answers to /who and /rooms, and for the
+    /// registry to confirm a requested nick (then: a guest nick, fail closed).
     #[arg(long, value_name = "DURATION", default_value = "500ms",
           env = "LOOPCHAT_REDIS_QUERY_TIMEOUT", value_parser = loopchat::cli::parse_duration,
           help_heading = "Cluster")]
     redis_query_timeout: Duration,
+
+    /// A file holding the cluster's shared secret (at least 16 bytes; one
+    /// trailing newline is ignored): every payload between nodes is signed with
+    /// HMAC-SHA256, unsigned or badly signed ones are dropped and counted.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LOOPCHAT_CLUSTER_SECRET_FILE",
+        help_heading = "Cluster"
+    )]
+    cluster_secret_file: Option<std::path::PathBuf>,
 
     /// Least severe log level written to stderr.
     #[arg(
@@ -317,6 +329,24 @@ e.g. LOOPCHAT_MAX_CONNECTIONS=50000 or LOOPCHAT_REUSE_PORT=true; the command lin
 Settings that cannot work (--max-connections 0, --outbox-hard below --outbox-soft, ...)
 are refused at start with exit status 2.";
 
+/// The cluster secret: the file's bytes without one trailing line ending.
+fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let mut s = std::fs::read(path).map_err(|e| e.to_string())?;
+    if s.last() == Some(&b'\n') {
+        s.pop();
+        if s.last() == Some(&b'\r') {
+            s.pop();
+        }
+    }
+    if s.len() < 16 {
+        return Err(format!(
+            "the secret is {} bytes; at least 16 are needed",
+            s.len()
+        ));
+    }
+    Ok(s)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -346,7 +376,16 @@ fn serve(cli: ServeArgs) -> ExitCode {
             let Some(addr) = addr else {
                 refuse(format!("the Redis host in {url} has no address"));
             };
+            let secret = match &cli.cluster_secret_file {
+                None => None,
+                Some(path) => match read_secret(path) {
+                    Ok(s) => Some(s),
+                    // Before the logger exists: refused like a bad flag.
+                    Err(e) => refuse(format!("--cluster-secret-file {}: {e}", path.display())),
+                },
+            };
             Some(ClusterConfig {
+                secret,
                 username: url.username.clone(),
                 password: url.password.clone(),
                 db: url.db,

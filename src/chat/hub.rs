@@ -59,10 +59,11 @@ use std::fmt::Write as _;
 
 use super::command::{parse, Command};
 use super::compact::{InlineList, NickIndex};
-use super::names::{valid_nick, valid_room, Folded};
+use super::names::{reserved_nick, valid_nick, valid_room, Folded};
 use super::rate::{RateDecision, RateLimiter};
 use super::remote::Request;
 use super::{ChatConfig, ConnId, ErrorCode, Sink};
+use cluster::HoldOutcome;
 
 mod cluster;
 pub use cluster::RemoteState;
@@ -270,14 +271,27 @@ impl Hub {
         if self.users.len() <= id {
             self.users.resize_with(id + 1, || None);
         }
-        let mut nick_err = None;
+        // Clustered, a requested nick is confirmed by the cluster first.
+        let held = self.take_hold_outcome(id);
+        if held.is_none() && self.hold_for_cluster(id, nick, room, now_ms) {
+            return;
+        }
+        let mut nick_err = held.as_ref().and_then(HoldOutcome::error);
+        let nick = if nick_err.is_some() { None } else { nick };
         let chosen: Box<str> = match nick.filter(|n| !n.is_empty()) {
             Some(n) if !valid_nick(n) => {
-                nick_err = Some(ErrorCode::BadNick);
+                nick_err = Some((ErrorCode::BadNick, "bad nick, using a guest nick"));
+                self.guest_nick()
+            }
+            Some(n) if reserved_nick(n) => {
+                nick_err = Some((
+                    ErrorCode::BadNick,
+                    "guest-* nicks are reserved, using a guest nick",
+                ));
                 self.guest_nick()
             }
             Some(n) if Folded::new(n).is_some_and(|k| self.nick_holder(k.as_str()).is_some()) => {
-                nick_err = Some(ErrorCode::NickTaken);
+                nick_err = Some((ErrorCode::NickTaken, "nick taken, using a guest nick"));
                 self.guest_nick()
             }
             Some(n) => n.into(),
@@ -286,10 +300,12 @@ impl Hub {
         if let Some(key) = Folded::new(&chosen) {
             self.nicks.insert(key.as_str(), id);
         }
-        self.request(|| Request::Reserve {
-            id,
-            nick: chosen.clone(),
-        });
+        if held != Some(HoldOutcome::Granted) {
+            self.request(|| Request::Reserve {
+                id,
+                nick: chosen.clone(),
+            });
+        }
         self.out.clear();
         self.out.push_str("WELCOME ");
         self.out.push_str(&chosen);
@@ -302,15 +318,8 @@ impl Hub {
         });
         self.live += 1;
         send(sink, &mut self.deliveries, &[id], &self.out);
-        match nick_err {
-            Some(ErrorCode::NickTaken) => self.err(
-                id,
-                ErrorCode::NickTaken,
-                "nick taken, using a guest nick",
-                sink,
-            ),
-            Some(code) => self.err(id, code, "bad nick, using a guest nick", sink),
-            None => {}
+        if let Some((code, text)) = nick_err {
+            self.err(id, code, text, sink);
         }
         let requested = room.filter(|r| !r.is_empty());
         if let Some(r) = requested.filter(|r| valid_room(r)) {
@@ -356,6 +365,9 @@ impl Hub {
         let line = line
             .strip_suffix('\n')
             .map_or(line, |l| l.strip_suffix('\r').unwrap_or(l));
+        if self.hold_line(id, line, now_ms) {
+            return;
+        }
         let rate = self.config.rate_limit;
         let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
             return;
@@ -467,6 +479,9 @@ impl Hub {
     /// The connection is gone: `LEFT` to its rooms' members (per presence
     /// rules), and the hub forgets it so the id can be reused.
     pub fn disconnect(&mut self, id: ConnId, sink: &mut impl Sink) {
+        if self.drop_held(id) {
+            return;
+        }
         while let Some(n) = self.user(id).map(|u| u.rooms.len()).filter(|&n| n > 0) {
             self.leave(id, n - 1, sink);
         }
@@ -842,6 +857,15 @@ impl Hub {
             self.err(id, ErrorCode::BadNick, "bad nick", sink);
             return;
         };
+        if reserved_nick(new)
+            && !self
+                .user(id)
+                .and_then(|u| Folded::new(&u.nick))
+                .is_some_and(|k| k.as_str() == new_key.as_str())
+        {
+            self.err(id, ErrorCode::BadNick, "guest-* nicks are reserved", sink);
+            return;
+        }
         if matches!(self.nick_holder(new_key.as_str()), Some(owner) if owner != id) {
             self.err(id, ErrorCode::NickTaken, "nick taken", sink);
             return;

@@ -17,6 +17,9 @@ mod timer;
 mod timers;
 mod write;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use config::{client_ip, Config, IpNet};
 pub use metrics::Metrics;
 pub use sys::raise_nofile_limit;
@@ -131,8 +134,11 @@ pub struct Server {
     starved: Option<Starved>,
     shutdown_deadline: Option<Instant>,
     fired: Vec<Entry>,
+    /// Where flushes go instead of the sockets when set: the sans-I/O
+    /// harness of [`fuzzing`] drives connections without writing to them.
+    capture: Option<Vec<u8>>,
     /// The Redis bridge (`--redis`); `None` runs alone.
-    cluster: Option<Box<crate::cluster::Cluster>>,
+    cluster: Option<Box<cluster_glue::ClusterIo>>,
     /// The `--metrics-listen` listener and its scrapers.
     metrics_port: Option<metrics_port::MetricsPort>,
 }
@@ -225,6 +231,7 @@ impl Server {
             starved: None,
             shutdown_deadline: None,
             fired: Vec::new(),
+            capture: None,
             cluster: None,
             metrics_port,
         };
