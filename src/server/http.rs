@@ -1,11 +1,11 @@
 //! The HTTP side of a new connection: read the request head, then either answer a
 //! plain request (`/`, `/healthz`, `/metrics`, errors) or upgrade to WebSocket.
 
-use log::debug;
+use log::{debug, info};
 
 use super::conn::{Kind, Then, COUNTED, IN_CHAT, PROXIED};
 use super::out::{finish_with, mark_dirty};
-use super::{client_ip, metrics, sys, Server};
+use super::{client_ip, metrics, Server};
 use crate::chat::hub::{Caps, Connect};
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
@@ -163,7 +163,7 @@ impl Server {
 
     fn refuse_request(&mut self, id: usize, e: &HttpError) {
         let c = &mut self.conns[id];
-        debug!("{}: bad request: {e:?} (id {id})", c.ip);
+        debug!(conn = id, peer:% = c.ip, reason = e.reason(); "bad request: {e}");
         self.ctx.metrics.handshake_failed(e.reason());
         c.append(&mut self.ctx.outbox_bytes, |o| e.write_response(o));
         finish_with(&mut self.ctx, id, c, Then::Drain);
@@ -212,6 +212,18 @@ impl Server {
                 self.ctx
                     .metrics
                     .handshake_failed(HttpError::OriginForbidden.reason());
+                // At info: a proxy rewriting Host makes every browser look
+                // cross-origin, and the operator needs to see why. At most
+                // once a second: any web page can make browsers repeat it.
+                if let Some(more) = self.ctx.origin_log.allow(self.ctx.now_ms) {
+                    info!(
+                        conn = id, peer:% = self.conns[id].ip,
+                        origin = req.origin.unwrap_or(""), host = req.host.unwrap_or(""),
+                        suppressed = more;
+                        "WebSocket upgrade refused: Origin is neither same-origin nor in \
+                         --allow-origin ({more} more since the last such line)"
+                    );
+                }
                 self.answer(id, head, 403, "text/plain", b"origin not allowed\n");
                 return Route::Answered;
             }
@@ -219,10 +231,14 @@ impl Server {
             c.append(&mut self.ctx.outbox_bytes, |o| {
                 handshake::write_upgrade_response(o, up.key, None)
             });
+            let was = c.kind;
             c.upgraded(kind, self.ctx.tick);
+            if c.kind != was {
+                self.ctx.metrics.changed(was, c.kind);
+            }
             mark_dirty(&mut self.ctx.dirty, id, c);
             self.ctx.metrics.ws_upgrades_total += 1;
-            debug!("{}: upgraded to {kind:?} (id {id})", c.ip);
+            debug!(conn = id, peer:% = c.ip, kind:? = kind; "upgraded");
             self.schedule(id);
             let (nick, room, v2) = if kind == Kind::Chat {
                 (
@@ -243,8 +259,8 @@ impl Server {
         self.ctx.metrics.http_requests_total += 1;
         let known = matches!(
             req.path,
-            "/" | "/index.html" | "/app.js" | "/app.css" | "/favicon.ico" | "/healthz" | "/metrics"
-        );
+            "/" | "/index.html" | "/app.js" | "/app.css" | "/favicon.ico" | "/healthz"
+        ) || (req.path == "/metrics" && self.ctx.cfg.metrics_listen.is_none());
         if known && req.method != "GET" && req.method != "HEAD" {
             self.answer_with(
                 id,
@@ -286,7 +302,8 @@ impl Server {
                 self.answer_with(id, head, 200, "image/svg+xml", h, FAVICON.as_bytes());
             }
             "/healthz" => self.answer(id, head, 200, "text/plain", b"ok\n"),
-            "/metrics" => {
+            // With --metrics-listen, only that listener serves it.
+            "/metrics" if self.ctx.cfg.metrics_listen.is_none() => {
                 let body = self.render_metrics();
                 self.answer(id, head, 200, "text/plain; version=0.0.4", body.as_bytes());
             }
@@ -323,33 +340,19 @@ impl Server {
         finish_with(&mut self.ctx, id, c, Then::Drain);
     }
 
-    /// Render `/metrics`.
-    fn render_metrics(&self) -> String {
-        let mut ws = 0;
-        let mut line = 0;
-        let mut outbox = 0;
-        for (_, c) in self.conns.iter() {
-            match c.kind {
-                Kind::Chat | Kind::Echo => ws += 1,
-                Kind::Line => line += 1,
-                Kind::Http => {}
-            }
-            outbox += c.pending();
-        }
+    /// Render `/metrics`: counters kept as traffic flows and O(1) gauges, so the
+    /// cost does not grow with the connections.
+    pub(super) fn render_metrics(&self) -> String {
         let g = metrics::Gauges {
-            connections: self.conns.len(),
-            ws_connections: ws,
-            line_connections: line,
             chat_users: self.hub.connections(),
             rooms: self.hub.rooms(),
             sessions_detached: self.hub.detached_sessions(),
             sessions_resumed: self.hub.resumes(),
-            outbox_bytes: outbox,
-            rss_bytes: sys::rss_bytes(),
-            open_fds: sys::open_fds(),
-            uptime_seconds: self.ctx.start.elapsed().as_secs_f64(),
+            outbox_bytes: Some(self.ctx.queued.total()),
+            outbox_allocated: self.ctx.outbox_bytes,
+            outbox_budget: self.ctx.cfg.outbox_total,
         };
-        let mut s = String::with_capacity(4096);
+        let mut s = String::with_capacity(8192);
         self.ctx.metrics.render(&g, &mut s);
         self.cluster_metrics(&mut s);
         s
