@@ -184,7 +184,10 @@ fn fanout(c: &mut Criterion) {
                 total
             })
         });
-        println!("fanout {name}: {} bytes per delivery", sink.outboxes[1].len());
+        println!(
+            "fanout {name}: {} bytes per delivery",
+            sink.outboxes[1].len()
+        );
     }
     group.finish();
     assert_eq!(

@@ -29,7 +29,7 @@ impl Server {
             }
             match c.sock.read(&mut self.scratch) {
                 Ok(0) => {
-                    debug!("{}: peer closed its side (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "peer closed its side");
                     if c.peer_ended(self.ctx.tick) {
                         // A half-close (`nc -N`, `shutdown(SHUT_WR)`) still wants
                         // its answers: write them, then close (nothing to drain).
@@ -48,7 +48,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    debug!("{}: read: {e} (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "read: {e}");
                     kill(&mut self.ctx, id, c);
                     return;
                 }
@@ -108,7 +108,7 @@ impl Server {
                 ws.set_closing();
             }
             let was_open = ws.state() == CloseState::Open;
-            let queued = c.outbox.len();
+            let (queued, cap) = (c.outbox.len(), c.outbox.capacity());
             let read = ws.read(
                 &mut data[off..],
                 &limits,
@@ -117,7 +117,12 @@ impl Server {
                 None,
             );
             if c.outbox.len() > queued {
-                // A pong or a close the protocol obliges us to send.
+                // A pong or a close the protocol obliges us to send; its
+                // growth counts in the outbox budget as `Conn::append` would.
+                self.ctx.outbox_bytes = self
+                    .ctx
+                    .outbox_bytes
+                    .saturating_add(c.outbox.capacity().saturating_sub(cap));
                 mark_dirty(&mut self.ctx.dirty, id, c);
             }
             match read {
@@ -133,9 +138,8 @@ impl Server {
                 }
                 Err(e) => {
                     debug!(
-                        "{}: protocol error, closing with {}: {e} (id {id})",
-                        c.ip,
-                        e.close_code()
+                        conn = id, peer:% = c.ip, code = e.close_code();
+                        "protocol error: {e}"
                     );
                     if was_open {
                         self.ctx.metrics.close_sent(e.close_code());
@@ -183,7 +187,7 @@ impl Server {
             // The endpoint queued the pong.
             Message::Ping(_) | Message::Pong(_) => {}
             Message::Close { code, reason } => {
-                debug!("{}: peer closed with {code:?} {reason:?} (id {id})", c.ip);
+                debug!(conn = id, peer:% = c.ip, code = code.unwrap_or(1005), reason = reason; "peer closed");
                 ctx.metrics.close_received(code.unwrap_or(1005));
                 if was_open {
                     // The endpoint echoed it.
@@ -220,9 +224,9 @@ impl Server {
     }
 
     pub(super) fn chat_line(&mut self, id: usize, line: &str) {
-        let now = self.ctx.now_ms;
+        let (arrived, now) = (self.ctx.arrived_ms, self.ctx.now_ms);
         let (hub, mut out) = self.chat();
-        hub.handle(id, line, now, &mut out);
+        hub.handle_arrived(id, line, arrived, now, &mut out);
     }
 
     /// Line-protocol bytes: one command per `\n`-terminated line.
@@ -298,10 +302,15 @@ fn echo(ctx: &mut Ctx, id: usize, c: &mut Conn, op: OpCode, payload: &[u8], poli
         return;
     }
     if policy.compresses(payload.len(), ctx.cfg.compression_threshold) {
-        ctx.deflater.encode_frame(&mut c.outbox, op, payload, None);
+        let z = &mut ctx.deflater;
+        c.append(&mut ctx.outbox_bytes, |o| {
+            z.encode_frame(o, op, payload, None)
+        });
         ctx.metrics.deflated_messages += 1;
     } else {
-        encode_frame(&mut c.outbox, op, true, payload, None);
+        c.append(&mut ctx.outbox_bytes, |o| {
+            encode_frame(o, op, true, payload, None)
+        });
     }
     ctx.metrics.messages_out += 1;
     mark_dirty(&mut ctx.dirty, id, c);
