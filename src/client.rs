@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::ws::frame::{encode_close, encode_frame, OpCode, Role};
+use crate::ws::endpoint::Endpoint;
+use crate::ws::frame::{encode_frame, OpCode, Role};
 use crate::ws::handshake::{generate_key, parse_response, write_client_request, Status};
-use crate::ws::message::{Limits, Message, Receiver};
+use crate::ws::message::{Limits, Message};
 
 const SOCK: Token = Token(0);
 const STDIN: Token = Token(1);
@@ -803,7 +804,8 @@ impl Client {
             key,
             head: Vec::new(),
         };
-        let mut rx = Receiver::new(Role::Client);
+        // Receiver, close state and the replies the protocol obliges.
+        let mut ws = Endpoint::new(Role::Client);
         let limits = Limits {
             max_frame: self.args.max_message as u64,
             max_message: self.args.max_message,
@@ -840,7 +842,9 @@ impl Client {
             if let Phase::Open = phase {
                 self.drain_stdin(Some(&mut wbuf));
                 if self.stdin_done {
-                    encode_close(&mut wbuf, Some(1000), "", Some(mask()));
+                    // The replies to the last lines still count: keep reading
+                    // data until the server answers the close.
+                    ws.close_keep_reading(&mut wbuf, Some(1000), "", Some(mask()));
                     phase = Phase::Closing(Instant::now() + Duration::from_secs(5));
                 }
             } else if !matches!(phase, Phase::Closing(_)) {
@@ -879,7 +883,7 @@ impl Client {
                                     }
                                     let mut rest = rest;
                                     if let Some(end) = self.on_frames(
-                                        &mut rx, &limits, &mut rest, &mut wbuf, &mut phase,
+                                        &mut ws, &limits, &mut rest, &mut wbuf, &mut phase,
                                     ) {
                                         return Ok((end, opened));
                                     }
@@ -906,7 +910,7 @@ impl Client {
                             }
                         }
                         if let Some(end) =
-                            self.on_frames(&mut rx, &limits, data, &mut wbuf, &mut phase)
+                            self.on_frames(&mut ws, &limits, data, &mut wbuf, &mut phase)
                         {
                             return Ok((end, opened));
                         }
@@ -946,7 +950,7 @@ impl Client {
 
     fn on_frames(
         &mut self,
-        rx: &mut Receiver,
+        ws: &mut Endpoint,
         limits: &Limits,
         data: &mut [u8],
         wbuf: &mut Vec<u8>,
@@ -954,7 +958,9 @@ impl Client {
     ) -> Option<End> {
         let mut off = 0;
         while off < data.len() {
-            match rx.feed(&mut data[off..], limits) {
+            // The endpoint writes the pong, the answer to the server's close
+            // and the close for a protocol error into `wbuf`.
+            match ws.read(&mut data[off..], limits, None, wbuf, Some(mask())) {
                 Ok((used, msg)) => {
                     off += used;
                     match msg {
@@ -968,15 +974,11 @@ impl Client {
                             let text = String::from_utf8_lossy(b).into_owned();
                             self.show(&text);
                         }
-                        Some(Message::Ping(p)) => {
-                            encode_frame(wbuf, OpCode::Pong, true, p, Some(mask()))
-                        }
-                        Some(Message::Pong(_)) => {}
+                        Some(Message::Ping(_) | Message::Pong(_)) => {}
                         Some(Message::Close { code, reason }) => {
                             if matches!(phase, Phase::Closing(_)) {
                                 return Some(End::Done);
                             }
-                            encode_close(wbuf, code, "", Some(mask()));
                             let code = code.unwrap_or(1005);
                             let why = if reason.is_empty() {
                                 format!("closed by server ({code})")
@@ -997,7 +999,6 @@ impl Client {
                     }
                 }
                 Err(e) => {
-                    encode_close(wbuf, Some(e.close_code()), "", Some(mask()));
                     return Some(End::Lost(format!("protocol error from server: {e}")));
                 }
             }

@@ -194,6 +194,25 @@ impl Endpoint {
         true
     }
 
+    /// [`Endpoint::close`] that keeps returning the data messages the peer
+    /// sent before it answers the Close: for a client that sent its last
+    /// lines and closed, and still wants their replies. Control frames are
+    /// not answered any more either way.
+    pub fn close_keep_reading(
+        &mut self,
+        out: &mut Vec<u8>,
+        code: Option<u16>,
+        reason: &str,
+        mask: Option<[u8; 4]>,
+    ) -> bool {
+        if self.state() != CloseState::Open {
+            return false;
+        }
+        encode_close(out, code, reason, mask);
+        self.rx.set_close_sent();
+        true
+    }
+
     /// Mark the close as sent by someone else (a caller that wrote the frame
     /// itself, e.g. into a shared buffer).
     pub fn set_closing(&mut self) {
@@ -333,6 +352,31 @@ mod tests {
         assert!(replies.is_empty());
         assert_eq!(ep.state(), CloseState::GotClose);
         assert!(!ep.send(&mut out, OpCode::Text, b"x", None, 0, M));
+    }
+
+    #[test]
+    fn close_keep_reading_still_delivers_data() {
+        let mut ep = Endpoint::new(Role::Client);
+        let mut out = Vec::new();
+        assert!(ep.close_keep_reading(&mut out, Some(1000), "", M));
+        assert_eq!(ep.state(), CloseState::SentClose);
+        assert!(!ep.close(&mut out, Some(1000), "", M));
+        let mut bytes = Vec::new();
+        encode_frame(&mut bytes, OpCode::Text, true, b"reply", None);
+        encode_frame(&mut bytes, OpCode::Ping, true, b"p", None);
+        encode_close(&mut bytes, Some(1000), "", None);
+        let (msgs, replies, err) = read_all(&mut ep, &mut Inflater::new(), &bytes, M);
+        assert_eq!(err, None);
+        assert_eq!(
+            msgs,
+            [
+                Owned::Text("reply".into()),
+                Owned::Ping(b"p".to_vec()),
+                Owned::Close(Some(1000), String::new())
+            ]
+        );
+        assert!(replies.is_empty(), "no pong and no second close");
+        assert_eq!(ep.state(), CloseState::GotClose);
     }
 
     #[test]

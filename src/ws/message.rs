@@ -127,6 +127,9 @@ const COMPRESSED: u8 = 16;
 /// permessage-deflate was negotiated with a narrowed server window: compress
 /// towards this peer only messages of at most `deflate::NARROW_MAX` bytes.
 const NARROW: u8 = 32;
+/// This end sent a Close but still wants the data the peer sent before
+/// answering it (a client that sent its last lines and waits for the replies).
+const SENT_CLOSE: u8 = 64;
 
 /// Largest compressed size accepted for a message of at most `max_message`
 /// inflated bytes: incompressible data grows a little when deflated (stored
@@ -205,9 +208,15 @@ impl Receiver {
         self.failed.get()
     }
 
-    /// True after [`Receiver::set_closing`].
+    /// True after [`Receiver::set_closing`] or [`Receiver::set_close_sent`].
     pub fn is_closing(&self) -> bool {
-        self.flags & CLOSING != 0
+        self.flags & (CLOSING | SENT_CLOSE) != 0
+    }
+
+    /// Record that this end sent a Close, but keep returning data messages
+    /// until the peer's Close (unlike [`Receiver::set_closing`]).
+    pub fn set_close_sent(&mut self) {
+        self.flags |= SENT_CLOSE;
     }
 
     /// Consume bytes from `input` (payload is unmasked in place) until one message completes or input ends.
