@@ -72,6 +72,8 @@ struct Raw {
     buf: Vec<u8>,
     /// `Sec-WebSocket-Extensions` of the 101, if any.
     ext: Option<String>,
+    /// The payload bytes of the last data message as they came off the wire.
+    wire: Vec<u8>,
 }
 
 impl Raw {
@@ -96,7 +98,12 @@ impl Raw {
             .map(|(_, v)| v.trim().to_string());
         let ext = exts.next();
         assert!(exts.next().is_none(), "two extension headers: {head}");
-        Raw { s, buf: rest, ext }
+        Raw {
+            s,
+            buf: rest,
+            ext,
+            wire: Vec::new(),
+        }
     }
 
     fn frame(&mut self, first: u8, payload: &[u8]) {
@@ -181,6 +188,7 @@ impl Raw {
             }
             if f.fin {
                 let (op, z) = first.unwrap();
+                self.wire = data.clone();
                 let payload = if z { inflate(&data) } else { data };
                 return (op, z, payload);
             }
@@ -546,7 +554,7 @@ fn chat_room_mixing_compressing_and_plain_clients() {
         let sender = if i % 2 == 0 { "pat" } else { "zed" };
         let got = plain.recv_until(|l| l.starts_with("MSG "));
         assert_eq!(got, want(sender));
-        let mut wires = Vec::new();
+        let mut wires: Vec<(bool, Vec<u8>)> = Vec::new();
         for (c, narrow) in [(&mut z1, false), (&mut z2, false), (&mut n1, true)] {
             let (z, text) = loop {
                 let (z, t) = c.text();
@@ -561,7 +569,24 @@ fn chat_room_mixing_compressing_and_plain_clients() {
                 big_enough && (!narrow || text.len() <= 512),
                 "{text:.20}"
             );
-            wires.push(z);
+            wires.push((z, c.wire.clone()));
         }
+        // Deflated once: every compressing member got the very same bytes.
+        let compressed: Vec<&Vec<u8>> = wires.iter().filter(|w| w.0).map(|w| &w.1).collect();
+        assert!(compressed.windows(2).all(|w| w[0] == w[1]), "line {i}");
     }
+    // Two lines were long enough to compress; each was deflated once for the
+    // whole room (every other line here is under the 32-byte threshold).
+    let (status, metrics) =
+        common::http(s.addr, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "loopchat_deflated_messages_total 2"),
+        "{metrics}"
+    );
+    assert!(metrics
+        .lines()
+        .any(|l| l == "loopchat_websocket_deflate_total 3"));
 }
