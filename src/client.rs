@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::ws::deflate::{Inflater, CLIENT_OFFER};
 use crate::ws::endpoint::Endpoint;
 use crate::ws::frame::{encode_frame, OpCode, Role};
-use crate::ws::handshake::{generate_key, parse_response, write_client_request, Status};
+use crate::ws::handshake::{generate_key, parse_response_ext, write_client_request_ext, Status};
 use crate::ws::message::{Limits, Message};
 
 const SOCK: Token = Token(0);
@@ -55,6 +56,11 @@ pub struct ClientArgs {
     /// Largest message accepted from the server, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message: usize,
+
+    /// Offer permessage-deflate: the server's lines may then arrive compressed
+    /// (what the client sends stays plain, which RFC 7692 allows).
+    #[arg(long)]
+    pub compression: bool,
 
     /// Prefix printed lines with the time (`HH:MM:SS`, local): the server's
     /// `time=` tag when the line has one (the tag block is then not printed),
@@ -799,13 +805,15 @@ impl Client {
             self.session.rooms.first().map(String::as_str),
         );
         let rejoin: Vec<String> = self.session.rooms.iter().skip(1).cloned().collect();
-        write_client_request(&mut wbuf, &self.url.authority, &target, &key, None);
+        let offer = self.args.compression.then_some(CLIENT_OFFER);
+        write_client_request_ext(&mut wbuf, &self.url.authority, &target, &key, None, offer);
         let mut phase = Phase::Handshake {
             key,
             head: Vec::new(),
         };
         // Receiver, close state and the replies the protocol obliges.
         let mut ws = Endpoint::new(Role::Client);
+        let mut inflater = Inflater::new();
         let limits = Limits {
             max_frame: self.args.max_message as u64,
             max_message: self.args.max_message,
@@ -867,9 +875,11 @@ impl Client {
                         let data = &mut buf[..n];
                         if let Phase::Handshake { key, head } = &mut phase {
                             head.extend_from_slice(data);
-                            match parse_response(head, key, MAX_HEAD) {
+                            let offered = self.args.compression;
+                            match parse_response_ext(head, key, MAX_HEAD, offered) {
                                 Ok(Status::Partial) => continue,
-                                Ok(Status::Complete((101, len))) => {
+                                Ok(Status::Complete((101, len, deflate))) => {
+                                    ws = Endpoint::with_deflate(Role::Client, deflate);
                                     let rest = head.split_off(len);
                                     phase = Phase::Open;
                                     opened = true;
@@ -883,13 +893,18 @@ impl Client {
                                     }
                                     let mut rest = rest;
                                     if let Some(end) = self.on_frames(
-                                        &mut ws, &limits, &mut rest, &mut wbuf, &mut phase,
+                                        &mut ws,
+                                        &mut inflater,
+                                        &limits,
+                                        &mut rest,
+                                        &mut wbuf,
+                                        &mut phase,
                                     ) {
                                         return Ok((end, opened));
                                     }
                                     continue;
                                 }
-                                Ok(Status::Complete((status, len))) => {
+                                Ok(Status::Complete((status, len, _))) => {
                                     let body =
                                         String::from_utf8_lossy(&head[len..]).trim().to_string();
                                     let why = format!("server answered {status}: {body}");
@@ -909,9 +924,14 @@ impl Client {
                                 }
                             }
                         }
-                        if let Some(end) =
-                            self.on_frames(&mut ws, &limits, data, &mut wbuf, &mut phase)
-                        {
+                        if let Some(end) = self.on_frames(
+                            &mut ws,
+                            &mut inflater,
+                            &limits,
+                            data,
+                            &mut wbuf,
+                            &mut phase,
+                        ) {
                             return Ok((end, opened));
                         }
                     }
@@ -951,6 +971,7 @@ impl Client {
     fn on_frames(
         &mut self,
         ws: &mut Endpoint,
+        inflater: &mut Inflater,
         limits: &Limits,
         data: &mut [u8],
         wbuf: &mut Vec<u8>,
@@ -960,7 +981,13 @@ impl Client {
         while off < data.len() {
             // The endpoint writes the pong, the answer to the server's close
             // and the close for a protocol error into `wbuf`.
-            match ws.read(&mut data[off..], limits, None, wbuf, Some(mask())) {
+            match ws.read(
+                &mut data[off..],
+                limits,
+                Some(&mut *inflater),
+                wbuf,
+                Some(mask()),
+            ) {
                 Ok((used, msg)) => {
                     off += used;
                     match msg {

@@ -590,3 +590,51 @@ fn chat_room_mixing_compressing_and_plain_clients() {
         .lines()
         .any(|l| l == "loopchat_websocket_deflate_total 3"));
 }
+
+/// `loopchat client --compression`: negotiates, and prints the compressed
+/// replies intact.
+#[test]
+fn terminal_client_negotiates_and_inflates() {
+    use std::process::{Command, Stdio};
+    let s = server(16);
+    let line = "a chat line long enough to be compressed on its way back to the client";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+        .args([
+            "client",
+            "--compression",
+            "--no-reconnect",
+            &format!("ws://{}/ws?nick=zip&room=z", s.addr),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{line}\n/who z\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = format!("MSG z zip {line}");
+    assert!(stdout.lines().any(|l| l == want), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("WHO z ")), "{stdout}");
+    let (_, metrics) = common::http(s.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(metrics
+        .lines()
+        .any(|l| l == "loopchat_websocket_deflate_total 1"));
+    let deflated = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("loopchat_deflated_messages_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap();
+    assert!(deflated >= 1, "{metrics}");
+}

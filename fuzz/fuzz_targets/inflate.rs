@@ -97,7 +97,11 @@ fuzz_target!(|data: &[u8]| {
         // The compressed size itself passes the wire bound before any inflating.
         (_, Some(Err(1009))) if body.len() > wire_limit(max) => {}
         (Ok(a), Some(Ok(b))) => assert_eq!(a, &b),
-        (Err(e), Some(Err(code))) => assert_eq!(e.close_code(), code),
+        // Data both corrupt and too large may be caught either way first,
+        // depending on where the fragments split it.
+        (Err(e), Some(Err(code))) => {
+            assert!(matches!((e.close_code(), code), (1007 | 1009, 1007 | 1009)))
+        }
         (a, b) => panic!("direct {a:?} vs receiver {b:?}"),
     }
 });
