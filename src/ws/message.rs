@@ -310,10 +310,18 @@ impl Receiver {
         limits: &Limits,
     ) -> Result<(usize, Option<Done>), ProtocolError> {
         let mut pos = 0;
+        // A compressed frame may be a little longer than what it inflates to:
+        // with deflate negotiated, frames get the wire bound; messages are
+        // still held to theirs below.
+        let max_frame = if self.decoder.deflate() {
+            wire_limit(usize::try_from(limits.max_frame).unwrap_or(usize::MAX)) as u64
+        } else {
+            limits.max_frame
+        };
         loop {
             let (n, chunk) = self
                 .decoder
-                .decode(input.get_mut(pos..).unwrap_or_default(), limits.max_frame)?;
+                .decode(input.get_mut(pos..).unwrap_or_default(), max_frame)?;
             pos += n;
             let Some(chunk) = chunk else {
                 return Ok((input.len(), None));
@@ -1138,6 +1146,32 @@ mod tests {
         let mut rx = Receiver::with_deflate(Role::Server, false);
         let (_, err) = run_z(&mut rx, &mut inf, &bytes, 3, &limits);
         assert_eq!(err, Some(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn incompressible_message_at_the_limit_fits() {
+        let limits = Limits {
+            max_frame: 1000,
+            max_message: 1000,
+        };
+        let data: Vec<u8> = (0..1000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut z = crate::ws::deflate::Deflater::with_level(0);
+        let wire = z.compress(&data).to_vec();
+        assert!(wire.len() > 1000);
+        let mut bytes = Vec::new();
+        encode_frame(&mut bytes, B, true, &wire, M);
+        bytes[0] |= 0x40;
+        let mut rx = Receiver::with_deflate(Role::Server, false);
+        let mut inf = Inflater::new();
+        let (msgs, err) = run_z(&mut rx, &mut inf, &bytes, usize::MAX, &limits);
+        assert_eq!((msgs, err), (vec![Owned::Binary(data)], None));
+        // An uncompressed frame on the same connection is still held to 1000.
+        let mut plain = Vec::new();
+        encode_frame(&mut plain, B, true, &[0; 1001], M);
+        let (_, err) = run_z(&mut rx, &mut inf, &plain, usize::MAX, &limits);
+        assert_eq!(err, Some(ProtocolError::MessageTooLarge));
     }
 
     #[test]
