@@ -96,6 +96,18 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
     outbox_hard: usize,
 
+    /// A reader losing lines this long without its outbox draining once is disconnected.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = loopchat::cli::parse_duration)]
+    outbox_grace: Duration,
+
+    /// Bytes all outboxes together may hold; past it, lines to the readers furthest behind are dropped first.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024 * 1024)]
+    outbox_total: usize,
+
+    /// SO_SNDBUF of accepted sockets in bytes (0 = the kernel's self-tuning default).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    send_buffer: usize,
+
     /// Bytes read from one connection per loop turn (fairness against flooders).
     #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024)]
     read_budget: usize,
@@ -270,6 +282,9 @@ fn serve(cli: ServeArgs) -> ExitCode {
         max_chat_message: cli.max_chat_message,
         outbox_soft: cli.outbox_soft,
         outbox_hard: cli.outbox_hard.max(cli.outbox_soft),
+        outbox_grace: cli.outbox_grace,
+        outbox_total: cli.outbox_total,
+        send_buffer: cli.send_buffer,
         read_budget: cli.read_budget.max(1),
         ping_interval: cli.ping_interval,
         idle_timeout: cli.idle_timeout,

@@ -237,14 +237,9 @@ fn presence<S: Sink>(
     whole_room
 }
 
-/// Append TEXT with CR and LF replaced by spaces (one output line stays one line).
+/// Append user TEXT cleaned by the one rule of [`super::line::push_text`].
 fn push_text(out: &mut String, text: &str) {
-    for (i, part) in text.split(['\r', '\n']).enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        out.push_str(part);
-    }
+    super::line::push_text(out, text);
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
@@ -403,6 +398,20 @@ impl Hub {
     /// line without its terminator). One trailing line ending is dropped: line-mode
     /// tools such as websocat send it with each message. Unknown ids are ignored.
     pub fn handle(&mut self, id: ConnId, line: &str, now_ms: u64, sink: &mut impl Sink) {
+        self.handle_arrived(id, line, now_ms, now_ms, sink);
+    }
+
+    /// [`handle`](Self::handle) for a line that arrived no earlier than
+    /// `earliest_ms` (see [`RateLimiter::check_arrived`]): the server passes
+    /// the start of a stall of its loop, so a backlog is not charged as a burst.
+    pub fn handle_arrived(
+        &mut self,
+        id: ConnId,
+        line: &str,
+        earliest_ms: u64,
+        now_ms: u64,
+        sink: &mut impl Sink,
+    ) {
         let line = line
             .strip_suffix('\n')
             .map_or(line, |l| l.strip_suffix('\r').unwrap_or(l));
@@ -421,7 +430,7 @@ impl Hub {
             Ok(Command::Rooms | Command::Who(_)) => self.config.query_cost,
             _ => 1,
         };
-        match user.rate.check(rate, cost, now_ms) {
+        match user.rate.check_arrived(rate, cost, earliest_ms, now_ms) {
             RateDecision::Allow => {}
             RateDecision::Limited => {
                 self.err(
@@ -1166,11 +1175,10 @@ impl Hub {
         if let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) {
             user.closing = true;
         }
-        sink.close(
-            id,
-            1000,
-            truncate_str(text.unwrap_or("bye"), MAX_CLOSE_REASON),
-        );
+        // Clients show the reason too: cleaned like any text.
+        let mut reason = String::new();
+        push_text(&mut reason, text.unwrap_or("bye"));
+        sink.close(id, 1000, truncate_str(&reason, MAX_CLOSE_REASON));
     }
 }
 
@@ -1287,6 +1295,45 @@ mod tests {
         sink.0.clear();
         hub.handle(0, "/rooms", 0, &mut sink);
         assert_eq!(sink.0, [(0, "ROOMS b=1 C=1 +1".to_string())]);
+    }
+
+    #[test]
+    fn control_characters_never_reach_other_clients() {
+        let mut out = String::new();
+        push_text(
+            &mut out,
+            "a\x1b[1G\x1b[2Kb\0c\x0bd\x0ce\u{85}f\u{9b}g\u{2028}h\u{2029}i\x7fj\tk\r\nl",
+        );
+        assert_eq!(
+            out,
+            "a\u{FFFD}[1G\u{FFFD}[2Kb\u{FFFD}c\u{FFFD}d\u{FFFD}e\u{FFFD}f\u{FFFD}g\u{FFFD}h\u{FFFD}i\u{FFFD}j\tk  l"
+        );
+        // Letters that share a lead byte with the replaced ones pass through.
+        let mut out = String::new();
+        push_text(&mut out, "\u{a9}\u{e9}\u{2026}\u{2030}");
+        assert_eq!(out, "\u{a9}\u{e9}\u{2026}\u{2030}");
+        let mut hub = Hub::new(config());
+        let mut sink = Lines(Vec::new());
+        hub.connect(0, Some("a"), None, 0, &mut sink);
+        sink.0.clear();
+        for line in [
+            "hi\x1b[2J",
+            "/say lobby \x07",
+            "/msg a \u{2028}",
+            "/ping \x00",
+        ] {
+            hub.handle(0, line, 0, &mut sink);
+        }
+        let lines: Vec<&str> = sink.0.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                "MSG lobby a hi\u{FFFD}[2J",
+                "MSG lobby a \u{FFFD}",
+                "PRIV a a \u{FFFD}",
+                "PONG \u{FFFD}"
+            ]
+        );
     }
 
     #[test]

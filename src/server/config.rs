@@ -35,6 +35,16 @@ pub struct Config {
     pub outbox_soft: usize,
     /// Outbox bytes (queued plus dropped since it last drained) that close a slow consumer.
     pub outbox_hard: usize,
+    /// A reader that has been losing lines this long without its outbox draining
+    /// once is closed.
+    pub outbox_grace: Duration,
+    /// Bytes all outboxes together may hold (allocated, not only queued); past
+    /// it, lines to the readers furthest behind are dropped first.
+    pub outbox_total: usize,
+    /// SO_SNDBUF of accepted sockets (0 = the kernel's default, which grows to
+    /// megabytes per connection): what a slow reader may hold in the kernel
+    /// besides its outbox.
+    pub send_buffer: usize,
     /// Bytes read from one connection per loop turn, so one flooder cannot starve the rest.
     pub read_budget: usize,
     /// How often an open WebSocket connection is pinged; zero turns pings off.
@@ -70,6 +80,9 @@ impl Default for Config {
             max_chat_message: 64 * 1024,
             outbox_soft: 512 * 1024,
             outbox_hard: 4 * 1024 * 1024,
+            outbox_grace: Duration::from_secs(10),
+            outbox_total: 256 * 1024 * 1024,
+            send_buffer: 0,
             read_budget: 256 * 1024,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),

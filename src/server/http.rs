@@ -14,6 +14,12 @@ const PAGE: &str = include_str!("static/index.html");
 const SCRIPT: &str = include_str!("static/app.js");
 const STYLE: &str = include_str!("static/app.css");
 
+/// The tab icon: a speech bubble, as SVG (browsers take it from
+/// `/favicon.ico` by its content type), so the page loads without a 404.
+const FAVICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\">\
+<path fill=\"#2b6cb0\" d=\"M2 2h12a1 1 0 0 1 1 1v7a1 1 0 0 1-1 1H7l-4 3v-3H2a1 1 0 0 1-1-1V3a1 1 0 0 1 1-1z\"/>\
+</svg>\n";
+
 /// Scripts and styles only from this server, no inline code, no framing: user
 /// text that slipped into markup still could not run.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -159,11 +165,12 @@ impl Server {
         let c = &mut self.conns[id];
         debug!("{}: bad request: {e:?} (id {id})", c.ip);
         self.ctx.metrics.handshake_failed(e.reason());
-        e.write_response(&mut c.outbox);
+        c.append(&mut self.ctx.outbox_bytes, |o| e.write_response(o));
         finish_with(&mut self.ctx, id, c, Then::Drain);
     }
 
     fn route(&mut self, id: usize, req: &Request<'_>) -> Route {
+        let head = req.method == "HEAD";
         if self.conns[id].has(PROXIED) {
             // Behind a trusted proxy: the client is named by X-Forwarded-For, and
             // that address is what per-IP limits and logs see.
@@ -179,6 +186,7 @@ impl Server {
             if !self.count_ip(ip) {
                 self.answer(
                     id,
+                    head,
                     429,
                     "text/plain",
                     b"too many connections from your address\n",
@@ -204,11 +212,13 @@ impl Server {
                 self.ctx
                     .metrics
                     .handshake_failed(HttpError::OriginForbidden.reason());
-                self.answer(id, 403, "text/plain", b"origin not allowed\n");
+                self.answer(id, head, 403, "text/plain", b"origin not allowed\n");
                 return Route::Answered;
             }
             let c = &mut self.conns[id];
-            handshake::write_upgrade_response(&mut c.outbox, up.key, None);
+            c.append(&mut self.ctx.outbox_bytes, |o| {
+                handshake::write_upgrade_response(o, up.key, None)
+            });
             c.upgraded(kind, self.ctx.tick);
             mark_dirty(&mut self.ctx.dirty, id, c);
             self.ctx.metrics.ws_upgrades_total += 1;
@@ -233,14 +243,15 @@ impl Server {
         self.ctx.metrics.http_requests_total += 1;
         let known = matches!(
             req.path,
-            "/" | "/index.html" | "/app.js" | "/app.css" | "/healthz" | "/metrics"
+            "/" | "/index.html" | "/app.js" | "/app.css" | "/favicon.ico" | "/healthz" | "/metrics"
         );
-        if known && req.method != "GET" {
+        if known && req.method != "GET" && req.method != "HEAD" {
             self.answer_with(
                 id,
+                head,
                 405,
                 "text/plain",
-                &[("Allow", "GET")],
+                &[("Allow", "GET, HEAD")],
                 b"method not allowed\n",
             );
             return Route::Answered;
@@ -257,40 +268,56 @@ impl Server {
         match req.path {
             "/" | "/index.html" => {
                 let (t, h) = page("text/html; charset=utf-8");
-                self.answer_with(id, 200, t, h, PAGE.as_bytes());
+                self.answer_with(id, head, 200, t, h, PAGE.as_bytes());
             }
             "/app.js" => {
                 let (t, h) = page("text/javascript; charset=utf-8");
-                self.answer_with(id, 200, t, h, SCRIPT.as_bytes());
+                self.answer_with(id, head, 200, t, h, SCRIPT.as_bytes());
             }
             "/app.css" => {
                 let (t, h) = page("text/css; charset=utf-8");
-                self.answer_with(id, 200, t, h, STYLE.as_bytes());
+                self.answer_with(id, head, 200, t, h, STYLE.as_bytes());
             }
-            "/healthz" => self.answer(id, 200, "text/plain", b"ok\n"),
+            "/favicon.ico" => {
+                let h = &[
+                    ("Cache-Control", "public, max-age=86400"),
+                    ("X-Content-Type-Options", "nosniff"),
+                ];
+                self.answer_with(id, head, 200, "image/svg+xml", h, FAVICON.as_bytes());
+            }
+            "/healthz" => self.answer(id, head, 200, "text/plain", b"ok\n"),
             "/metrics" => {
                 let body = self.render_metrics();
-                self.answer(id, 200, "text/plain; version=0.0.4", body.as_bytes());
+                self.answer(id, head, 200, "text/plain; version=0.0.4", body.as_bytes());
             }
-            _ => self.answer(id, 404, "text/plain", b"not found\n"),
+            _ => self.answer(id, head, 404, "text/plain", b"not found\n"),
         }
         Route::Answered
     }
 
-    fn answer(&mut self, id: usize, status: u16, ctype: &str, body: &[u8]) {
-        self.answer_with(id, status, ctype, &[], body);
+    fn answer(&mut self, id: usize, head: bool, status: u16, ctype: &str, body: &[u8]) {
+        self.answer_with(id, head, status, ctype, &[], body);
     }
 
+    /// Answer and close; for a HEAD request (`head`), everything but the body
+    /// (RFC 9110 9.3.2: the same head, Content-Length included, as for GET).
+    #[allow(clippy::too_many_arguments)]
     fn answer_with(
         &mut self,
         id: usize,
+        head: bool,
         status: u16,
         ctype: &str,
         headers: &[(&str, &str)],
         body: &[u8],
     ) {
         let c = &mut self.conns[id];
-        write_response(&mut c.outbox, status, ctype, headers, body);
+        c.append(&mut self.ctx.outbox_bytes, |o| {
+            write_response(o, status, ctype, headers, body);
+            if head {
+                o.truncate(o.len() - body.len());
+            }
+        });
         // Plain HTTP: the client may have sent more than we read (a body, a
         // pipelined request); linger so the answer is not lost to a reset.
         finish_with(&mut self.ctx, id, c, Then::Drain);

@@ -48,6 +48,9 @@ const SCRATCH: usize = 64 * 1024;
 const KEEP_OUTBOX: usize = 4 * 1024;
 /// Connections accepted per listener per turn before the others get a go.
 const ACCEPT_BUDGET: usize = 1024;
+/// A poll that returns this much later than its timeout was a stall (the
+/// process stopped or starved), not scheduling noise.
+const STALL_SLACK: Duration = Duration::from_millis(10);
 /// Pause after accept() fails for lack of descriptors, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -83,12 +86,25 @@ struct Ctx {
     echo_limits: Limits,
     /// Milliseconds since start, read once per loop turn.
     now_ms: u64,
+    /// The earliest time (as `now_ms`) input read this turn can have arrived:
+    /// `now_ms`, or earlier after a stall of the loop.
+    arrived_ms: u64,
     /// `now_ms` in timer-wheel ticks.
     tick: u32,
     start: Instant,
     /// The configured time limits in ticks.
     timeouts: Timeouts,
+    /// Bytes allocated by all outboxes together (capacity, not length): kept
+    /// exact by [`Conn::append`] and friends, held under `cfg.outbox_total`.
+    outbox_bytes: usize,
 }
+/// An episode of accept() failing for lack of descriptors (or memory).
+struct Starved {
+    since: Instant,
+    /// Failed accepts in it (one per retry).
+    failures: u64,
+}
+
 /// A bound server, ready to `run`.
 pub struct Server {
     poll: Poll,
@@ -106,6 +122,8 @@ pub struct Server {
     scratch: Box<[u8]>,
     accept_paused_until: Option<Instant>,
     accept_again: bool,
+    /// Accepting has been failing for lack of descriptors since then.
+    starved: Option<Starved>,
     shutdown_deadline: Option<Instant>,
     fired: Vec<Entry>,
     /// The Redis bridge (`--redis`); `None` runs alone.
@@ -116,13 +134,13 @@ impl Server {
     /// Bind the listeners (port 0 picks a free port) and set up the loop.
     pub fn bind(cfg: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = sys::listener(cfg.listen, cfg.reuse_port)?;
+        let mut listener = sys::listener(cfg.listen, cfg.reuse_port, cfg.send_buffer)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let (line_listener, line_addr) = match cfg.line_listen {
             Some(a) => {
-                let mut l = sys::listener(a, cfg.reuse_port)?;
+                let mut l = sys::listener(a, cfg.reuse_port, cfg.send_buffer)?;
                 let addr = l.local_addr()?;
                 poll.registry()
                     .register(&mut l, LINE_LISTENER, Interest::READABLE)?;
@@ -172,15 +190,18 @@ impl Server {
                 chat_limits,
                 echo_limits,
                 now_ms: 0,
+                arrived_ms: 0,
                 tick: 0,
                 start: Instant::now(),
                 timeouts,
+                outbox_bytes: 0,
             },
             per_ip: HashMap::new(),
             wheel: Wheel::new(),
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             accept_paused_until: None,
             accept_again: false,
+            starved: None,
             shutdown_deadline: None,
             fired: Vec::new(),
             cluster: None,
@@ -216,6 +237,11 @@ impl Server {
     /// closed or the shutdown timeout has passed.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        // When the last turn ended and how long it took: what the loop needs
+        // to tell a stall (a long turn, or a poll that overslept because the
+        // process was stopped or starved) from waiting for events.
+        let mut last_end = Instant::now();
+        let mut last_took = Duration::ZERO;
         loop {
             let timeout = self.cluster_timeout(self.poll_timeout());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -226,8 +252,19 @@ impl Server {
             }
             let turn_start = Instant::now();
             // One clock read per turn: chat rate limits and timers use it.
-            self.ctx.now_ms = self.ctx.start.elapsed().as_millis() as u64;
+            self.ctx.now_ms = turn_start.duration_since(self.ctx.start).as_millis() as u64;
             self.ctx.tick = (self.ctx.now_ms / TICK_MS) as u32;
+            // Input read this turn arrived during the last turn or the poll,
+            // and no earlier than the start of a stall: that is what the rate
+            // limiter charges it by. Without a poll timeout nothing tells a
+            // stall from an idle wait, so an idle wait is never credited.
+            let overslept = timeout.map_or(Duration::ZERO, |t| {
+                turn_start
+                    .duration_since(last_end)
+                    .saturating_sub(t + STALL_SLACK)
+            });
+            let late = (overslept + last_took).as_millis() as u64;
+            self.ctx.arrived_ms = self.ctx.now_ms.saturating_sub(late);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(false),
@@ -277,9 +314,9 @@ impl Server {
             if self.cluster_turn() {
                 self.finish_turn();
             }
-            self.ctx
-                .metrics
-                .observe_turn(turn_start.elapsed().as_secs_f64());
+            last_end = Instant::now();
+            last_took = last_end.duration_since(turn_start);
+            self.ctx.metrics.observe_turn(last_took.as_secs_f64());
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() {
                     info!("shutdown complete");

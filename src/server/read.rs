@@ -117,7 +117,10 @@ impl Server {
                     );
                     if c.phase() == Phase::Open {
                         let code = e.close_code();
-                        encode_close(&mut c.outbox, Some(code), &e.to_string(), None);
+                        let reason = e.to_string();
+                        c.append(&mut self.ctx.outbox_bytes, |o| {
+                            encode_close(o, Some(code), &reason, None)
+                        });
                         self.ctx.metrics.close_sent(code);
                     }
                     // Fail the connection (RFC 6455 7.1.7): no waiting for the
@@ -150,7 +153,9 @@ impl Server {
         };
         match m {
             Message::Ping(p) => {
-                encode_frame(&mut c.outbox, OpCode::Pong, true, p, None);
+                c.append(&mut ctx.outbox_bytes, |o| {
+                    encode_frame(o, OpCode::Pong, true, p, None)
+                });
                 mark_dirty(&mut ctx.dirty, id, c);
             }
             Message::Pong(_) => {}
@@ -159,7 +164,9 @@ impl Server {
                 ctx.metrics.close_received(code.unwrap_or(1005));
                 if c.phase() == Phase::Open {
                     let echo = code.unwrap_or(1000);
-                    encode_close(&mut c.outbox, Some(echo), "", None);
+                    c.append(&mut ctx.outbox_bytes, |o| {
+                        encode_close(o, Some(echo), "", None)
+                    });
                     ctx.metrics.close_sent(echo);
                 }
                 // Either way the handshake is complete: close once written.
@@ -169,7 +176,9 @@ impl Server {
             Message::Text(t) => {
                 ctx.metrics.messages_in += 1;
                 if c.kind == Kind::Echo {
-                    encode_frame(&mut c.outbox, OpCode::Text, true, t.as_bytes(), None);
+                    c.append(&mut ctx.outbox_bytes, |o| {
+                        encode_frame(o, OpCode::Text, true, t.as_bytes(), None)
+                    });
                     ctx.metrics.messages_out += 1;
                     mark_dirty(&mut ctx.dirty, id, c);
                 } else {
@@ -179,7 +188,9 @@ impl Server {
             Message::Binary(b) => {
                 ctx.metrics.messages_in += 1;
                 if c.kind == Kind::Echo {
-                    encode_frame(&mut c.outbox, OpCode::Binary, true, b, None);
+                    c.append(&mut ctx.outbox_bytes, |o| {
+                        encode_frame(o, OpCode::Binary, true, b, None)
+                    });
                     ctx.metrics.messages_out += 1;
                     mark_dirty(&mut ctx.dirty, id, c);
                 } else {
@@ -197,9 +208,9 @@ impl Server {
     }
 
     pub(super) fn chat_line(&mut self, id: usize, line: &str) {
-        let now = self.ctx.now_ms;
+        let (arrived, now) = (self.ctx.arrived_ms, self.ctx.now_ms);
         let (hub, mut out) = self.chat();
-        hub.handle(id, line, now, &mut out);
+        hub.handle_arrived(id, line, arrived, now, &mut out);
     }
 
     /// Line-protocol bytes: one command per `\n`-terminated line.

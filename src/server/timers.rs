@@ -92,16 +92,15 @@ impl Server {
                 Due::Ping => {
                     c.last_ping = now;
                     let idle = c.pending() == 0;
-                    encode_frame(&mut c.outbox, OpCode::Ping, true, b"", None);
+                    c.append(&mut self.ctx.outbox_bytes, |o| {
+                        encode_frame(o, OpCode::Ping, true, b"", None)
+                    });
                     mark_dirty(&mut self.ctx.dirty, id, c);
                     if idle {
                         self.flush_and_release(id);
                     }
                 }
-                Due::Release => {
-                    c.outbox = Vec::new();
-                    c.out_pos = 0;
-                }
+                Due::Release => c.release_outbox(&mut self.ctx.outbox_bytes),
             }
         }
     }

@@ -63,13 +63,7 @@ impl Server {
             }
         }
         if c.pending() == 0 {
-            c.out_pos = 0;
-            c.dropped = 0;
-            if c.outbox.capacity() > KEEP_OUTBOX {
-                c.outbox = Vec::new();
-            } else {
-                c.outbox.clear();
-            }
+            c.outbox_written(&mut self.ctx.outbox_bytes, KEEP_OUTBOX);
             match c.phase() {
                 Phase::Flushing { then: Then::Close } => {
                     kill(&mut self.ctx, id, c);
@@ -86,9 +80,18 @@ impl Server {
                 _ => c.outbox_emptied(self.ctx.tick),
             }
         } else if c.out_pos as usize > c.outbox.len() / 2 {
-            // Compact so the written prefix does not pin memory.
+            // Compact so the written prefix does not pin memory; a buffer far
+            // larger than what is left gives the difference back.
             c.outbox.drain(..c.out_pos as usize);
             c.out_pos = 0;
+            if c.outbox.capacity() > 4 * c.outbox.len().max(KEEP_OUTBOX) {
+                let before = c.outbox.capacity();
+                c.outbox.shrink_to(2 * c.outbox.len());
+                self.ctx.outbox_bytes = self
+                    .ctx
+                    .outbox_bytes
+                    .saturating_sub(before - c.outbox.capacity());
+            }
         }
         if c.has(PAUSED) && c.pending() <= self.ctx.cfg.outbox_soft / 2 {
             c.clear(PAUSED);
@@ -106,8 +109,7 @@ impl Server {
         self.flush(id);
         if let Some(c) = self.conns.get_mut(id) {
             if c.pending() == 0 && !c.is_dead() {
-                c.outbox = Vec::new();
-                c.out_pos = 0;
+                c.release_outbox(&mut self.ctx.outbox_bytes);
             }
         }
     }
@@ -117,6 +119,12 @@ impl Server {
             return;
         }
         let mut c = self.conns.remove(id);
+        self.ctx.outbox_bytes = self.ctx.outbox_bytes.saturating_sub(c.outbox.capacity());
+        debug_assert!(
+            !self.conns.is_empty() || self.ctx.outbox_bytes == 0,
+            "outbox accounting drifted by {} bytes",
+            self.ctx.outbox_bytes
+        );
         let _ = self.poll.registry().deregister(&mut c.sock);
         debug!("{}: closed (id {id}, {:?})", c.ip, c.kind);
         if c.has(COUNTED) {

@@ -10,6 +10,8 @@
   const PING_EVERY_MS = 20000;
   const PONG_WITHIN_MS = 10000;
   const ROOMS_EVERY_MS = 15000;
+  const NICK_RETRY_BASE_MS = 1000;
+  const NICK_RETRY_CAP_MS = 60000;
   const MAX_LINES_PER_VIEW = 1000;
   const NAME_RE = /^[A-Za-z0-9_.-]{1,32}$/;
   const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -67,6 +69,9 @@
     awaitingPong: null,
     roomsTimer: null,
     roomsSoon: null,
+    nickRetries: 0, // automatic /nick WANTED retries in a row
+    nickTimer: null,
+    nickRetryOut: false, // a retry is out: its ERR nick-taken is not shown
   };
 
   const initialRoom = params.get("room");
@@ -75,11 +80,15 @@
   S.current = lower(firstRoom);
   S.pendingActivate = "#" + lower(firstRoom);
 
+  // Guest nicks are the server's (users cannot choose them): wearing one means
+  // the server picked it, so it is never taken as the user's choice.
+  function isGuest(n) { return /^guest-/i.test(n); }
+
   function pickNick() {
     const fromUrl = params.get("nick");
-    if (fromUrl && NAME_RE.test(fromUrl)) return fromUrl;
+    if (fromUrl && NAME_RE.test(fromUrl) && !isGuest(fromUrl)) return fromUrl;
     const saved = storage.get("loopchat.nick");
-    if (saved && NAME_RE.test(saved)) return saved;
+    if (saved && NAME_RE.test(saved) && !isGuest(saved)) return saved;
     return "";
   }
   el.nick.value = S.wanted;
@@ -213,11 +222,14 @@
     return s;
   }
 
-  // A notice in the active view (or the server view when nothing is open).
+  // A notice in the active view; before any view is open (an ERR right after
+  // WELCOME), in the view of the room being joined, so no stray tab appears.
   function notice(kind, text) {
-    const key = S.active || "*server";
-    const title = S.active ? S.views.get(S.active).title : "server";
-    addLine(key, title, kind, [node("span", "text", text)]);
+    let key = S.active;
+    let title = key ? S.views.get(key).title : null;
+    if (!key && S.current) { key = "#" + S.current; title = roomName(S.current); }
+    if (!key) { key = "*server"; title = "server"; }
+    return addLine(key, title, kind, [node("span", "text", text)]);
   }
 
   // ---- rooms, members -----------------------------------------------------
@@ -368,19 +380,19 @@
     S.me = nick;
     S.connected = true;
     S.attempt = 0;
-    setStatus("connected", "connected as " + nick);
     el.nick.value = nick;
-    if (!S.wanted || lower(S.wanted) === lower(nick)) {
+    if (!isGuest(nick)) {
       S.wanted = nick;
       storage.set("loopchat.nick", nick);
     }
+    S.nickRetryOut = false;
+    checkNick();
     startHeartbeat();
     // The first room came with the URL; join the others, the current one last.
     const cur = S.current;
     const others = S.joined.slice(1).filter((r) => r.key !== cur);
     for (const r of others) send("/join " + r.name);
     if (S.joined.length > 1 && cur) send("/join " + roomName(cur));
-    if (S.wanted && lower(S.wanted) !== lower(nick)) send("/nick " + S.wanted);
     requestRooms();
     clearInterval(S.roomsTimer);
     S.roomsTimer = setInterval(requestRooms, ROOMS_EVERY_MS);
@@ -456,12 +468,17 @@
 
   function onNick(from, to) {
     const oldKey = lower(from);
+    // Ours only when the old nick is the one we wear now: another user's
+    // rename (even to a guest) never changes who we are.
     if (S.me && oldKey === lower(S.me)) {
       S.me = to;
-      S.wanted = to;
       el.nick.value = to;
-      storage.set("loopchat.nick", to);
-      setStatus("connected", "connected as " + to);
+      if (!isGuest(to)) {
+        S.wanted = to;
+        storage.set("loopchat.nick", to);
+      }
+      S.nickRetryOut = false;
+      checkNick();
     }
     let shown = false;
     for (const [room, set] of S.members) {
@@ -509,8 +526,46 @@
 
   function onErr(code, text) {
     if (code === "not-in-room" || code === "bad-room") S.pendingActivate = null;
-    const line = notice("err", "error " + code + ": " + text);
-    return line;
+    if (code === "nick-taken" && S.nickRetryOut) {
+      // The answer to an automatic retry: wait longer, say nothing.
+      S.nickRetryOut = false;
+      checkNick();
+      return null;
+    }
+    if (code === "nick-taken" && S.me && isGuest(S.me) && S.wanted) {
+      if (!S.nickTimer) checkNick();
+      return notice("err", "the nick " + S.wanted + " is taken: you are now " + S.me +
+        "; the page will ask for " + S.wanted + " again");
+    }
+    if (code === "bad-nick" && S.me && isGuest(S.me) && S.wanted && S.nickRetries > 0) {
+      // The wanted nick can never be granted: stop asking for it.
+      S.wanted = "";
+      S.nickRetryOut = false;
+      checkNick();
+    }
+    return notice("err", "error " + code + ": " + text);
+  }
+
+  // A server-forced guest nick is temporary: ask for the wanted nick again
+  // after about 1 s, doubling to 60 s (with jitter), until it is granted.
+  function checkNick() {
+    clearTimeout(S.nickTimer);
+    S.nickTimer = null;
+    const forced = S.me && S.wanted && isGuest(S.me) && lower(S.me) !== lower(S.wanted);
+    document.body.dataset.nickWanted = forced ? S.wanted : "";
+    if (!forced) {
+      S.nickRetries = 0;
+      if (S.connected) setStatus("connected", "connected as " + S.me);
+      return;
+    }
+    S.nickRetries += 1;
+    const d = Math.min(NICK_RETRY_CAP_MS, NICK_RETRY_BASE_MS * Math.pow(2, S.nickRetries - 1));
+    const delay = d / 2 + Math.random() * (d / 2);
+    setStatus("connected", "connected as " + S.me + " (waiting for " + S.wanted + ")");
+    S.nickTimer = setTimeout(() => {
+      S.nickTimer = null;
+      if (send("/nick " + S.wanted)) S.nickRetryOut = true;
+    }, delay);
   }
 
   // ---- connection -------------------------------------------------------------
@@ -559,6 +614,9 @@
     S.connected = false;
     S.ws = null;
     stopHeartbeat();
+    clearTimeout(S.nickTimer);
+    S.nickTimer = null;
+    S.nickRetryOut = false;
     clearInterval(S.roomsTimer);
     if (wasConnected) notice("sys", why + "; reconnecting");
     scheduleReconnect(why);
@@ -668,8 +726,13 @@
       notice("err", "a nick is 1-32 of A-Z a-z 0-9 _ . -");
       return;
     }
+    if (isGuest(n)) {
+      notice("err", "guest-… nicks are the server's; pick another");
+      return;
+    }
     S.wanted = n;
     storage.set("loopchat.nick", n);
+    S.nickRetries = 0;
     if (!send("/nick " + n) && !S.ws) connect();
   });
 
