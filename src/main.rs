@@ -187,13 +187,38 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]
     redis_buffer: usize,
 
-    /// Longest wait for the other nodes' answers to /who and /rooms.
+    /// Longest wait for the other nodes' answers to /who and /rooms, and for the
+    /// registry to confirm a requested nick (then: a guest nick, fail closed).
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = loopchat::cli::parse_duration)]
     redis_query_timeout: Duration,
+
+    /// A file holding the cluster's shared secret (at least 16 bytes; one
+    /// trailing newline is ignored): every payload between nodes is signed with
+    /// HMAC-SHA256, unsigned or badly signed ones are dropped and counted.
+    #[arg(long, value_name = "FILE")]
+    cluster_secret_file: Option<std::path::PathBuf>,
 
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: LevelFilter,
+}
+
+/// The cluster secret: the file's bytes without one trailing line ending.
+fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let mut s = std::fs::read(path).map_err(|e| e.to_string())?;
+    if s.last() == Some(&b'\n') {
+        s.pop();
+        if s.last() == Some(&b'\r') {
+            s.pop();
+        }
+    }
+    if s.len() < 16 {
+        return Err(format!(
+            "the secret is {} bytes; at least 16 are needed",
+            s.len()
+        ));
+    }
+    Ok(s)
 }
 
 fn main() -> ExitCode {
@@ -258,7 +283,18 @@ fn serve(cli: ServeArgs) -> ExitCode {
                 error!("the Redis host in {url} has no address");
                 return ExitCode::FAILURE;
             };
+            let secret = match &cli.cluster_secret_file {
+                None => None,
+                Some(path) => match read_secret(path) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        error!("--cluster-secret-file {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
             Some(ClusterConfig {
+                secret,
                 username: url.username.clone(),
                 password: url.password.clone(),
                 db: url.db,

@@ -65,11 +65,12 @@ use super::command::{parse, Command};
 use super::compact::{InlineList, NickIndex};
 use super::history::{IdGen, RoomHistory};
 use super::line::Line;
-use super::names::{valid_nick, valid_room, Folded};
+use super::names::{reserved_nick, valid_nick, valid_room, Folded};
 use super::rate::{RateDecision, RateLimiter};
 use super::remote::Request;
 use super::session::Sessions;
 use super::{ChatConfig, ConnId, ErrorCode, Sink};
+use cluster::HoldOutcome;
 
 mod cluster;
 mod resume;
@@ -237,9 +238,10 @@ fn presence<S: Sink>(
     whole_room
 }
 
-/// Append user TEXT cleaned by the one rule of [`super::line::push_text`].
+/// Append user TEXT under the one rule of [`super::line`]: one line, no
+/// control characters.
 fn push_text(out: &mut String, text: &str) {
-    super::line::push_text(out, text);
+    super::line::put_text(out, text);
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
@@ -322,14 +324,27 @@ impl Hub {
         if self.users.len() <= id {
             self.users.resize_with(id + 1, || None);
         }
-        let mut nick_err = None;
+        // Clustered, a requested nick is confirmed by the cluster first.
+        let held = self.take_hold_outcome(id);
+        if held.is_none() && self.hold_for_cluster(id, nick, room, now_ms) {
+            return;
+        }
+        let mut nick_err = held.as_ref().and_then(HoldOutcome::error);
+        let nick = if nick_err.is_some() { None } else { nick };
         let chosen: Box<str> = match nick.filter(|n| !n.is_empty()) {
             Some(n) if !valid_nick(n) => {
-                nick_err = Some(ErrorCode::BadNick);
+                nick_err = Some((ErrorCode::BadNick, "bad nick, using a guest nick"));
+                self.guest_nick()
+            }
+            Some(n) if reserved_nick(n) => {
+                nick_err = Some((
+                    ErrorCode::BadNick,
+                    "guest-* nicks are reserved, using a guest nick",
+                ));
                 self.guest_nick()
             }
             Some(n) if Folded::new(n).is_some_and(|k| self.nick_holder(k.as_str()).is_some()) => {
-                nick_err = Some(ErrorCode::NickTaken);
+                nick_err = Some((ErrorCode::NickTaken, "nick taken, using a guest nick"));
                 self.guest_nick()
             }
             Some(n) => n.into(),
@@ -338,10 +353,12 @@ impl Hub {
         if let Some(key) = Folded::new(&chosen) {
             self.nicks.insert(key.as_str(), id);
         }
-        self.request(|| Request::Reserve {
-            id,
-            nick: chosen.clone(),
-        });
+        if held != Some(HoldOutcome::Granted) {
+            self.request(|| Request::Reserve {
+                id,
+                nick: chosen.clone(),
+            });
+        }
         self.out.clear();
         Line::Welcome { nick: &chosen }.write_str(&mut self.out, None);
         self.now_ms = now_ms;
@@ -361,15 +378,8 @@ impl Hub {
         if let Some((code, text)) = extra_err {
             self.err(id, code, text, sink);
         }
-        match nick_err {
-            Some(ErrorCode::NickTaken) => self.err(
-                id,
-                ErrorCode::NickTaken,
-                "nick taken, using a guest nick",
-                sink,
-            ),
-            Some(code) => self.err(id, code, "bad nick, using a guest nick", sink),
-            None => {}
+        if let Some((code, text)) = nick_err {
+            self.err(id, code, text, sink);
         }
         let requested = room.filter(|r| !r.is_empty());
         if let Some(r) = requested.filter(|r| valid_room(r)) {
@@ -415,6 +425,9 @@ impl Hub {
         let line = line
             .strip_suffix('\n')
             .map_or(line, |l| l.strip_suffix('\r').unwrap_or(l));
+        if self.hold_line(id, line, now_ms) {
+            return;
+        }
         let rate = self.config.rate_limit;
         self.now_ms = now_ms;
         let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
@@ -532,7 +545,7 @@ impl Hub {
     /// The connection is gone: `LEFT` to its rooms' members (per presence
     /// rules), and the hub forgets it so the id can be reused.
     pub fn disconnect(&mut self, id: ConnId, sink: &mut impl Sink) {
-        if self.detach(id) {
+        if self.drop_held(id) || self.detach(id) {
             return;
         }
         while let Some(n) = self.user(id).map(|u| u.rooms.len()).filter(|&n| n > 0) {
@@ -980,6 +993,15 @@ impl Hub {
             self.err(id, ErrorCode::BadNick, "bad nick", sink);
             return;
         };
+        if reserved_nick(new)
+            && !self
+                .user(id)
+                .and_then(|u| Folded::new(&u.nick))
+                .is_some_and(|k| k.as_str() == new_key.as_str())
+        {
+            self.err(id, ErrorCode::BadNick, "guest-* nicks are reserved", sink);
+            return;
+        }
         if matches!(self.nick_holder(new_key.as_str()), Some(owner) if owner != id) {
             self.err(id, ErrorCode::NickTaken, "nick taken", sink);
             return;

@@ -190,7 +190,7 @@ pub fn valid_id(id: &str) -> bool {
 
 /// Something a line can be written into: the hub writes into a `String`,
 /// byte-oriented callers into a `Vec<u8>`.
-trait Buf {
+pub(crate) trait Buf {
     fn put(&mut self, s: &str);
 }
 
@@ -207,16 +207,16 @@ impl Buf for Vec<u8> {
 }
 
 /// True for the characters user TEXT may not carry as they are: every
-/// control character but TAB (C0, DEL, C1), and the Unicode line and
-/// paragraph separators.
+/// control character but TAB (C0, DEL, C1; CR and LF included), and the
+/// Unicode line and paragraph separators.
 fn unsafe_char(c: char) -> bool {
     (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}'
 }
 
-/// TEXT so that it stays one line and cannot drive a terminal: CR and LF
-/// become spaces, every other [`unsafe_char`] becomes U+FFFD, so an escape
-/// sequence shows up as what it is instead of rewriting the screen.
-fn put_text<B: Buf>(out: &mut B, text: &str) {
+/// Append user TEXT so that it stays one line and cannot drive a terminal:
+/// CR and LF become spaces; every other [`unsafe_char`] becomes U+FFFD, so an
+/// escape sequence shows up as what it is instead of rewriting the screen.
+pub(crate) fn put_text<B: Buf>(out: &mut B, text: &str) {
     // Fast path: none of those can start with another byte (C1 is C2 80..9F
     // in UTF-8, U+2028/2029 are E2 80 A8/A9).
     if !text
@@ -226,20 +226,17 @@ fn put_text<B: Buf>(out: &mut B, text: &str) {
         out.put(text);
         return;
     }
-    let mut buf = [0u8; 4];
-    for ch in text.chars() {
-        let c = match ch {
-            '\r' | '\n' => ' ',
-            c if unsafe_char(c) => '\u{FFFD}',
-            c => c,
-        };
-        out.put(c.encode_utf8(&mut buf));
+    let mut rest = text;
+    while let Some((i, ch)) = rest.char_indices().find(|&(_, c)| unsafe_char(c)) {
+        out.put(&rest[..i]);
+        out.put(if ch == '\r' || ch == '\n' {
+            " "
+        } else {
+            "\u{FFFD}"
+        });
+        rest = &rest[i + ch.len_utf8()..];
     }
-}
-
-/// Append user TEXT to `out` by the rule of every TEXT field (see `put_text`).
-pub fn push_text(out: &mut String, text: &str) {
-    put_text(out, text);
+    out.put(rest);
 }
 
 fn put_count<B: Buf>(out: &mut B, count: Count) {

@@ -110,6 +110,9 @@ pub enum ErrorCode {
     BadNick,
     /// The nick belongs to another connection (compared case-insensitively).
     NickTaken,
+    /// Clustered: the cluster's nick registry could not confirm the nick
+    /// (Redis down, or no answer within `--redis-query-timeout`).
+    NickUnavailable,
     /// A room name outside 1–64 of `[A-Za-z0-9_.-]`.
     BadRoom,
     /// The command needs a room the connection is not in.
@@ -139,6 +142,7 @@ impl ErrorCode {
             ErrorCode::BadCommand => "bad-command",
             ErrorCode::BadNick => "bad-nick",
             ErrorCode::NickTaken => "nick-taken",
+            ErrorCode::NickUnavailable => "nick-unavailable",
             ErrorCode::BadRoom => "bad-room",
             ErrorCode::NotInRoom => "not-in-room",
             ErrorCode::NoSuchNick => "no-such-nick",

@@ -320,7 +320,7 @@ impl Metrics {
 
 /// The `--redis` lines of `/metrics`.
 pub fn render_cluster(node: &str, s: &crate::cluster::ClusterStats, out: &mut String) {
-    let rows: [(&str, &str, &str, u64); 10] = [
+    let rows: &[(&str, &str, &str, u64)] = &[
         (
             "loopchat_redis_up",
             "gauge",
@@ -381,9 +381,39 @@ pub fn render_cluster(node: &str, s: &crate::cluster::ClusterStats, out: &mut St
             "Nicks lost to another node and renamed.",
             s.nick_conflicts,
         ),
+        (
+            "loopchat_redis_nick_unconfirmed_total",
+            "counter",
+            "Nick reservations the registry could not confirm (Redis down, buffer full, or --redis-query-timeout); a connection asking gets a guest nick.",
+            s.nick_unconfirmed,
+        ),
+        (
+            "loopchat_redis_dead_nodes_total",
+            "counter",
+            "Other nodes declared dead (silent for the nick TTL): their members left, their nicks freed.",
+            s.dead_nodes,
+        ),
+        (
+            "loopchat_redis_backlog_bytes",
+            "gauge",
+            "Bytes published while the Redis link was down or full, waiting to be sent (at most --redis-buffer).",
+            s.backlog_bytes,
+        ),
+        (
+            "loopchat_redis_rejected_total",
+            "counter",
+            "Payloads from Redis dropped as unsigned or badly signed (--cluster-secret-file).",
+            s.rejected,
+        ),
+        (
+            "loopchat_redis_malformed_total",
+            "counter",
+            "Payloads from Redis dropped as not well-formed.",
+            s.malformed,
+        ),
     ];
     let _ = writeln!(out, "# HELP loopchat_redis_node This process's cluster node id.\n# TYPE loopchat_redis_node gauge\nloopchat_redis_node{{node=\"{node}\"}} 1");
-    for (name, kind, help, v) in rows {
+    for &(name, kind, help, v) in rows {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"

@@ -16,6 +16,9 @@ mod timer;
 mod timers;
 mod write;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use config::{client_ip, Config, IpNet};
 pub use metrics::Metrics;
 pub use sys::raise_nofile_limit;
@@ -126,8 +129,11 @@ pub struct Server {
     starved: Option<Starved>,
     shutdown_deadline: Option<Instant>,
     fired: Vec<Entry>,
+    /// Where flushes go instead of the sockets when set: the sans-I/O
+    /// harness of [`fuzzing`] drives connections without writing to them.
+    capture: Option<Vec<u8>>,
     /// The Redis bridge (`--redis`); `None` runs alone.
-    cluster: Option<Box<crate::cluster::Cluster>>,
+    cluster: Option<Box<cluster_glue::ClusterIo>>,
 }
 
 impl Server {
@@ -204,6 +210,7 @@ impl Server {
             starved: None,
             shutdown_deadline: None,
             fired: Vec::new(),
+            capture: None,
             cluster: None,
         };
         // Message ids are EPOCH-SEQ with EPOCH the start time, and `time` tags

@@ -44,7 +44,15 @@ impl Server {
             return;
         }
         while c.has(WRITABLE) && c.pending() > 0 {
-            match c.sock.write(&c.outbox[c.out_pos as usize..]) {
+            let rest = &c.outbox[c.out_pos as usize..];
+            let written = match self.capture.as_mut() {
+                Some(v) => {
+                    v.extend_from_slice(rest);
+                    Ok(rest.len())
+                }
+                None => c.sock.write(rest),
+            };
+            match written {
                 Ok(0) => {
                     kill(&mut self.ctx, id, c);
                     return;
@@ -71,7 +79,8 @@ impl Server {
                 }
                 Phase::Flushing { then: Then::Drain } => {
                     // Half-close and wait for the peer's end (see `Then::Drain`).
-                    if c.sock.shutdown(std::net::Shutdown::Write).is_err() {
+                    if self.capture.is_none() && c.sock.shutdown(std::net::Shutdown::Write).is_err()
+                    {
                         kill(&mut self.ctx, id, c);
                         return;
                     }

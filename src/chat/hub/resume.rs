@@ -1109,7 +1109,12 @@ mod tests {
     fn a_cluster_node_offers_no_v2_capability() {
         let (mut hub, mut sink) = hub();
         hub.enable_cluster("n1");
-        connect(&mut hub, &mut sink, 0, "ann", Some("ids,resume"));
+        // No nick asked for: a guest is not held for the cluster registry.
+        let args = Connect {
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(0, &args, 0, &mut sink);
         assert_eq!(take(&mut sink, 0)[1], "CAPS");
     }
 }
