@@ -248,7 +248,8 @@ impl Session {
                 self.retry_out = false;
                 self.check_nick(now);
             }
-            (Some("ERR"), Some("nick-taken"), _) if self.retry_out => {
+            // nick-unavailable: a cluster whose registry could not confirm it.
+            (Some("ERR"), Some("nick-taken" | "nick-unavailable"), _) if self.retry_out => {
                 self.retry_out = false;
                 self.check_nick(now);
                 return false;

@@ -72,17 +72,17 @@ impl Server {
             }
             match due {
                 Due::Handshake => {
-                    debug!("{}: handshake timeout (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "handshake timeout");
                     self.ctx.metrics.timeout("handshake");
                     kill(&mut self.ctx, id, c);
                 }
                 Due::Close => {
-                    debug!("{}: close timeout (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "close timeout");
                     self.ctx.metrics.timeout("close");
                     kill(&mut self.ctx, id, c);
                 }
                 Due::Idle => {
-                    debug!("{}: idle timeout (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "idle timeout");
                     self.ctx.metrics.timeout("idle");
                     if c.kind == Kind::Line {
                         self.reply(id, "SYS idle timeout");

@@ -610,6 +610,8 @@
 
   function onErr(code, text) {
     if (code === "not-in-room" || code === "bad-room") S.pendingActivate = null;
+    // nick-unavailable: a cluster whose registry could not confirm the nick.
+    const refused = code === "nick-taken" || code === "nick-unavailable";
     if (code === "too-long" && S.lastSent) {
       // The message is not lost: it goes back into the input to be shortened.
       const sent = S.lastSent;
@@ -624,15 +626,16 @@
       return notice("warn", "not sent: the message is " + longest +
         " bytes, longer than the server takes in one line (" + text + "). It is back in the input: shorten it, or split it with Shift+Enter.");
     }
-    if (code === "nick-taken" && S.nickRetryOut) {
+    if (refused && S.nickRetryOut) {
       // The answer to an automatic retry: wait longer, say nothing.
       S.nickRetryOut = false;
       checkNick();
       return null;
     }
-    if (code === "nick-taken" && S.me && isGuest(S.me) && S.wanted) {
+    if (refused && S.me && isGuest(S.me) && S.wanted) {
       if (!S.nickTimer) checkNick();
-      return notice("err", "the nick " + S.wanted + " is taken: you are now " + S.me +
+      const why = code === "nick-taken" ? " is taken" : " could not be confirmed";
+      return notice("err", "the nick " + S.wanted + why + ": you are now " + S.me +
         "; the page will ask for " + S.wanted + " again");
     }
     if (code === "bad-nick" && S.me && isGuest(S.me) && S.wanted && S.nickRetries > 0) {
