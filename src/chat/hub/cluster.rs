@@ -425,6 +425,44 @@ impl Hub {
         false
     }
 
+    /// The cluster found `to` (display spelling) on another node for `id`'s
+    /// [`Request::Private`]: the sender gets its copy of the `PRIV` line, which
+    /// is returned for the recipient's node.
+    pub fn private_found(
+        &mut self,
+        id: ConnId,
+        from: &str,
+        to: &str,
+        text: &str,
+        sink: &mut impl Sink,
+    ) -> String {
+        let line = format!("PRIV {from} {to} {text}");
+        if self.user(id).is_some() {
+            send(sink, &mut self.deliveries, &[id], &line);
+        }
+        line
+    }
+
+    /// The cluster found nobody with the nick of `id`'s [`Request::Private`].
+    pub fn private_not_found(&mut self, id: ConnId, sink: &mut impl Sink) {
+        if self.user(id).is_some() {
+            self.err(id, ErrorCode::NoSuchNick, "no such nick", sink);
+        }
+    }
+
+    /// A line `id` sent could not be carried to the other nodes (the link to
+    /// them is down and the backlog full): tell it.
+    pub fn not_relayed(&mut self, id: ConnId, sink: &mut impl Sink) {
+        if self.user(id).is_some() {
+            send(
+                sink,
+                &mut self.deliveries,
+                &[id],
+                "SYS not delivered to other nodes: the cluster link is down and its buffer is full",
+            );
+        }
+    }
+
     /// A room line from another node: to this node's members of `room`.
     pub fn deliver_room(&mut self, room: &str, line: &str, sink: &mut impl Sink) {
         let Some(rid) = self.room_id(room) else {
