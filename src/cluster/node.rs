@@ -1,26 +1,34 @@
-//! One node of the cluster: two Redis connections (commands and publishing;
-//! subscriptions), the hub's requests turned into RESP, and what arrives from
-//! the other nodes turned back into hub calls.
+//! One node of the cluster, sans-I/O: two Redis links (commands and
+//! publishing; subscriptions, each a [`Link`]), the hub's requests turned into
+//! RESP, and what arrives from the other nodes turned back into hub calls.
+//!
+//! The caller owns the sockets and the clock: it carries out
+//! [`Cluster::poll_action`]s (connect, close), writes [`Cluster::transmit`],
+//! feeds what it reads to [`Cluster::on_bytes`] and failures to
+//! [`Cluster::on_closed`], calls [`Cluster::turn`] once per loop turn with
+//! `now`, and sleeps at most until [`Cluster::poll_timeout`]. Every timer
+//! (reconnects, stall and heartbeat per link, nick refresh, liveness,
+//! reservation and query deadlines, pruning) is a field read there.
 //!
 //! Channels and keys (all names folded to lowercase):
 //! - `lc:room:ROOM`: the lines of a room (`MSG`, `JOINED`, `LEFT`); a node is
 //!   subscribed while it has local members in ROOM;
-//! - `lc:all`: `NICK` notices and `/who`/`/rooms` requests, every node subscribed;
-//! - `lc:node:NODE`: private messages and answers to requests for one node;
-//! - `lc:nick:NICK`: `"NODE DISPLAY"` while NODE holds the nick (set with
-//!   `SET NX PX ttl`, refreshed every ttl/3, so a dead node's nicks expire).
+//! - `lc:all`: `NICK` notices, `/who`/`/rooms` questions and liveness notices,
+//!   every node subscribed;
+//! - `lc:node:NODE`: private messages and answers to questions for one node;
+//! - `lc:nick:NICK`: `"NODE REGISTERED_MS DISPLAY"` while NODE holds the nick
+//!   (set with `SET NX PX ttl`, refreshed every ttl/3, so a dead node's nicks
+//!   expire; on conflict the earlier registration wins).
 //!
-//! Every payload starts with `KIND NODE SEQ `: the publishing node's id and a
-//! per-node sequence number. A node ignores its own payloads, and drops one
-//! whose sequence number is not above the last it saw from that node (a
-//! publish whose reply was lost in a reconnect is sent again; its receivers
-//! drop the duplicate). Kinds: `M` room line, `N` nick notice (`ROOMS LINE`,
-//! rooms comma-separated), `P` private line (`NICK LINE`), `W`/`w` who
-//! request/answer, `R`/`r` rooms request/answer.
+//! Payloads are [`super::wire`] envelopes, signed with a cluster secret. A
+//! node ignores its own, and drops one whose sequence number is not above the
+//! last it saw from that node: what a node publishes while its link is down
+//! waits in a bounded backlog and is sent in order after the reconnect, a
+//! publish whose reply was lost goes again, and receivers drop duplicates.
 //!
-//! `/who` and `/rooms` ask every node over `lc:all`; `PUBLISH` answers how
-//! many subscribers got the request, so the asker knows how many answers to
-//! wait for, and gives up after the query timeout (answering with what it has).
+//! Invariants: a nick is never granted without the registry's answer (held
+//! connections fail closed to a guest nick); every buffer and table is
+//! bounded; what cannot be kept is counted and its sender told.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
