@@ -1454,6 +1454,16 @@ impl Cluster {
             let prefix = format!("{node} ");
             for (room, (display, nicks)) in peer.members {
                 for nick in nicks {
+                    // Someone with that nick is in the room through a live
+                    // node (a user who reconnected elsewhere): not a leave.
+                    let elsewhere = self.peers.values().any(|p| {
+                        p.members
+                            .get(&room)
+                            .is_some_and(|(_, n)| n.iter().any(|n| n.eq_ignore_ascii_case(&nick)))
+                    }) || hub.local_owner(&nick).is_some();
+                    if elsewhere {
+                        continue;
+                    }
                     if hub.room_len(&room) <= hub.config().presence_limit {
                         hub.deliver_room(&room, &format!("LEFT {display} {nick}"), sink);
                     }
@@ -2092,6 +2102,18 @@ mod tests {
         // Only once.
         h.advance(ttl);
         assert_eq!(h.sink.0.len(), 1);
+        // A user who reconnected through another node is not made to leave
+        // when the old node is declared dead.
+        h.feed("lc:room:r", "M old 1 JOINED R dave");
+        h.feed("lc:room:r", "M new 1 JOINED R dave");
+        h.sink.0.clear();
+        for _ in 0..8 {
+            h.feed("lc:all", "H new 2 1");
+            h.feed("lc:all", "H new 3 1");
+            h.advance(ttl / 4);
+        }
+        assert_eq!(h.node.stats().dead_nodes, 2, "old");
+        assert!(h.sink.0.is_empty(), "{:?}", h.sink.0);
     }
 
     #[test]
