@@ -1157,12 +1157,7 @@ impl Cluster {
                     .strip_prefix(b"lc:room:")
                     .and_then(|r| std::str::from_utf8(r).ok())
                 {
-                    // Presence notices obey the presence limit here too,
-                    // counted with this node's members.
-                    let presence = line.starts_with("JOINED ") || line.starts_with("LEFT ");
-                    if !presence || hub.room_len(room) <= hub.config().presence_limit {
-                        hub.deliver_room(room, line, sink);
-                    }
+                    hub.deliver_remote_room(room, line, sink);
                 }
             }
             Body::Nick { rooms, line } => {
@@ -1464,9 +1459,7 @@ impl Cluster {
                     if elsewhere {
                         continue;
                     }
-                    if hub.room_len(&room) <= hub.config().presence_limit {
-                        hub.deliver_room(&room, &format!("LEFT {display} {nick}"), sink);
-                    }
+                    hub.remote_left(&room, &display, &nick, sink);
                     // Free the nick now rather than at its expiry, if the
                     // dead node still holds it.
                     if let Some(key) = nick_key(&nick) {

@@ -463,6 +463,26 @@ impl Hub {
         }
     }
 
+    /// A room line from another node, as [`Hub::deliver_room`], except that
+    /// presence notices (`JOINED`, `LEFT`) obey the presence limit, counted
+    /// with this node's members.
+    pub fn deliver_remote_room(&mut self, room: &str, line: &str, sink: &mut impl Sink) {
+        let presence = line.starts_with("JOINED ") || line.starts_with("LEFT ");
+        if !presence || self.room_len(room) <= self.config.presence_limit {
+            self.deliver_room(room, line, sink);
+        }
+    }
+
+    /// `nick` of another node left `room` (`display`: the room as that node
+    /// spells it) without saying so: that node is dead.
+    pub fn remote_left(&mut self, room: &str, display: &str, nick: &str, sink: &mut impl Sink) {
+        let mut line = std::mem::take(&mut self.out);
+        line.clear();
+        let _ = write!(line, "LEFT {display} {nick}");
+        self.deliver_remote_room(room, &line, sink);
+        self.out = line;
+    }
+
     /// A room line from another node: to this node's members of `room`.
     pub fn deliver_room(&mut self, room: &str, line: &str, sink: &mut impl Sink) {
         let Some(rid) = self.room_id(room) else {
