@@ -209,7 +209,10 @@ struct Session {
 /// Guest nicks are the server's (`guest-N`, `guest-TAG-N` in a cluster); users
 /// cannot choose them, so holding one means the server picked it.
 fn is_guest(nick: &str) -> bool {
-    nick.len() > 6 && nick[..6].eq_ignore_ascii_case("guest-")
+    nick.len() > 6
+        && nick
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("guest-"))
 }
 
 impl Session {
@@ -505,11 +508,20 @@ struct Client {
     _waker: Arc<Waker>,
     lines: Chan<Option<String>>,
     stdin_done: bool,
+    /// The user typed `/quit`: the server's close 1000 ends the client.
+    quit_sent: bool,
     /// Lines typed while not connected, sent once the connection is open.
     queued: Vec<String>,
     session: Session,
     out: Out,
     times: bool,
+}
+
+/// `/quit` or `/quit REASON`, in any letter case.
+fn is_quit(line: &str) -> bool {
+    let l = line.trim_start();
+    l.get(..5).is_some_and(|c| c.eq_ignore_ascii_case("/quit"))
+        && matches!(l[5..].chars().next(), None | Some(' '))
 }
 
 /// Rows a typed line took on the terminal after the prompt `> `.
@@ -609,6 +621,7 @@ impl Client {
             _waker: waker,
             lines: rx,
             stdin_done: false,
+            quit_sent: false,
             queued: Vec::new(),
             session,
             out,
@@ -733,10 +746,13 @@ impl Client {
     fn drain_stdin(&mut self, mut wbuf: Option<&mut Vec<u8>>) {
         loop {
             match self.lines.try_recv() {
-                Ok(Some(line)) => match wbuf.as_deref_mut() {
-                    Some(w) => send_text(w, &line),
-                    None => self.queued.push(line),
-                },
+                Ok(Some(line)) => {
+                    self.quit_sent |= is_quit(&line);
+                    match wbuf.as_deref_mut() {
+                        Some(w) => send_text(w, &line),
+                        None => self.queued.push(line),
+                    }
+                }
                 Ok(None) | Err(TryRecvError::Disconnected) => {
                     self.stdin_done = true;
                     return;
@@ -967,8 +983,8 @@ impl Client {
                             } else {
                                 format!("closed by server ({code} {reason})")
                             };
-                            // 1000 after our /quit or an idle timeout: a clean end.
-                            if code == 1000 && self.stdin_done {
+                            // 1000 after our /quit, or after the input ended: a clean end.
+                            if code == 1000 && (self.stdin_done || self.quit_sent) {
                                 return Some(End::Done);
                             }
                             if code == 1008 || code == 1003 {
@@ -1098,12 +1114,24 @@ mod tests {
     }
 
     #[test]
+    fn quit_is_recognised() {
+        for yes in ["/quit", "/QUIT bye all", "  /quit"] {
+            assert!(is_quit(yes), "{yes}");
+        }
+        for no in ["/quitter", "quit", "/qui", "say /quit", "/quité"] {
+            assert!(!is_quit(no), "{no}");
+        }
+    }
+
+    #[test]
     fn a_bad_wanted_nick_is_not_retried() {
         let mut s = Session::new(Some("no spaces".into()), Duration::from_secs(60));
         let now = Instant::now();
         s.observe("WELCOME guest-1", now);
         assert!(s.observe("ERR bad-nick bad nick, using a guest nick", now));
         assert_eq!((s.wanted.as_deref(), s.retry_at), (None, None));
+        // Whatever a server sends, the check does not panic.
+        assert!(!is_guest("gueß-1") && !is_guest("ü") && is_guest("Guest-7"));
         // Nor is a guest nick asked for in the URL.
         let s = Session::new(Some("guest-4".into()), Duration::from_secs(60));
         assert_eq!(s.wanted, None);

@@ -15,5 +15,6 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod load;
+pub mod logging;
 pub mod server;
 pub mod ws;

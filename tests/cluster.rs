@@ -223,7 +223,7 @@ impl Node {
     fn id(&self) -> String {
         self.metrics()
             .lines()
-            .find_map(|l| l.strip_prefix("loopchat_redis_node{node=\""))
+            .find_map(|l| l.strip_prefix("loopchat_redis_node_info{node=\""))
             .and_then(|l| l.split('"').next())
             .expect("node id in /metrics")
             .to_string()
@@ -661,7 +661,7 @@ fn two_processes_share_one_port() {
         let m = metrics(a.addr);
         let id = m
             .lines()
-            .find_map(|l| l.strip_prefix("loopchat_redis_node{node=\""))
+            .find_map(|l| l.strip_prefix("loopchat_redis_node_info{node=\""))
             .and_then(|l| l.split('"').next())
             .expect("node id in /metrics")
             .to_string();
@@ -736,7 +736,7 @@ fn auth_and_select_from_the_url() {
     let id = node
         .metrics()
         .lines()
-        .find_map(|l| l.strip_prefix("loopchat_redis_node{node=\""))
+        .find_map(|l| l.strip_prefix("loopchat_redis_node_info{node=\""))
         .and_then(|l| l.split('"').next())
         .unwrap()
         .to_string();

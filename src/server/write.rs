@@ -36,6 +36,16 @@ impl Server {
     }
 
     pub(super) fn flush(&mut self, id: usize) {
+        self.write_out(id);
+        let left = self
+            .conns
+            .get(id)
+            .filter(|c| !c.is_dead())
+            .map_or(0, |c| c.pending());
+        self.ctx.queued.set(id, left);
+    }
+
+    fn write_out(&mut self, id: usize) {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
@@ -44,7 +54,15 @@ impl Server {
             return;
         }
         while c.has(WRITABLE) && c.pending() > 0 {
-            match c.sock.write(&c.outbox[c.out_pos as usize..]) {
+            let rest = &c.outbox[c.out_pos as usize..];
+            let written = match self.capture.as_mut() {
+                Some(v) => {
+                    v.extend_from_slice(rest);
+                    Ok(rest.len())
+                }
+                None => c.sock.write(rest),
+            };
+            match written {
                 Ok(0) => {
                     kill(&mut self.ctx, id, c);
                     return;
@@ -56,7 +74,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.clear(WRITABLE),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    debug!("{}: write: {e} (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "write: {e}");
                     kill(&mut self.ctx, id, c);
                     return;
                 }
@@ -71,7 +89,8 @@ impl Server {
                 }
                 Phase::Flushing { then: Then::Drain } => {
                     // Half-close and wait for the peer's end (see `Then::Drain`).
-                    if c.sock.shutdown(std::net::Shutdown::Write).is_err() {
+                    if self.capture.is_none() && c.sock.shutdown(std::net::Shutdown::Write).is_err()
+                    {
                         kill(&mut self.ctx, id, c);
                         return;
                     }
@@ -126,7 +145,12 @@ impl Server {
             self.ctx.outbox_bytes
         );
         let _ = self.poll.registry().deregister(&mut c.sock);
-        debug!("{}: closed (id {id}, {:?})", c.ip, c.kind);
+        self.ctx.metrics.closed(c.kind);
+        self.ctx.queued.set(id, 0);
+        match self.hub.nick(id) {
+            Some(nick) => debug!(conn = id, peer:% = c.ip, kind:? = c.kind, nick = nick; "closed"),
+            None => debug!(conn = id, peer:% = c.ip, kind:? = c.kind; "closed"),
+        }
         if c.has(COUNTED) {
             self.forget_ip(c.ip);
         }
