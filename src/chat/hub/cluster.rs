@@ -52,6 +52,8 @@ impl HoldOutcome {
 struct Held {
     nick: Box<str>,
     room: Option<Box<str>>,
+    /// `?caps=`, answered (with what a cluster node offers) after `WELCOME`.
+    caps: Option<super::Caps>,
     now_ms: u64,
     /// Its lines so far, with their arrival times, replayed after `WELCOME`.
     lines: Vec<(Box<str>, u64)>,
@@ -172,6 +174,7 @@ impl Hub {
         id: ConnId,
         nick: Option<&str>,
         room: Option<&str>,
+        caps: Option<super::Caps>,
         now_ms: u64,
     ) -> bool {
         let Some(nick) = nick.filter(|n| valid_nick(n) && !reserved_nick(n)) else {
@@ -191,6 +194,7 @@ impl Hub {
             Held {
                 nick: nick.into(),
                 room: room.map(Into::into),
+                caps,
                 now_ms,
                 lines: Vec::new(),
                 bytes: 0,
@@ -355,7 +359,13 @@ impl Hub {
             Some(h)
         });
         if let Some(h) = held {
-            self.connect(id, Some(&h.nick), h.room.as_deref(), h.now_ms, sink);
+            let args = super::Connect {
+                nick: Some(&h.nick),
+                room: h.room.as_deref(),
+                caps: h.caps,
+                ..super::Connect::default()
+            };
+            self.connect_with(id, &args, h.now_ms, sink);
             if h.dropped > 0 {
                 let text = format!(
                     "{} lines sent before the nick was confirmed were dropped",
@@ -423,6 +433,64 @@ impl Hub {
         self.apply_nick(id, &guest, sink);
         self.request(|| Request::Reserve { id, nick: guest });
         false
+    }
+
+    /// The cluster found `to` (display spelling) on another node for `id`'s
+    /// [`Request::Private`]: the sender gets its copy of the `PRIV` line, which
+    /// is returned for the recipient's node.
+    pub fn private_found(
+        &mut self,
+        id: ConnId,
+        from: &str,
+        to: &str,
+        text: &str,
+        sink: &mut impl Sink,
+    ) -> String {
+        let line = format!("PRIV {from} {to} {text}");
+        if self.user(id).is_some() {
+            send(sink, &mut self.deliveries, &[id], &line);
+        }
+        line
+    }
+
+    /// The cluster found nobody with the nick of `id`'s [`Request::Private`].
+    pub fn private_not_found(&mut self, id: ConnId, sink: &mut impl Sink) {
+        if self.user(id).is_some() {
+            self.err(id, ErrorCode::NoSuchNick, "no such nick", sink);
+        }
+    }
+
+    /// A line `id` sent could not be carried to the other nodes (the link to
+    /// them is down and the backlog full): tell it.
+    pub fn not_relayed(&mut self, id: ConnId, sink: &mut impl Sink) {
+        if self.user(id).is_some() {
+            send(
+                sink,
+                &mut self.deliveries,
+                &[id],
+                "SYS not delivered to other nodes: the cluster link is down and its buffer is full",
+            );
+        }
+    }
+
+    /// A room line from another node, as [`Hub::deliver_room`], except that
+    /// presence notices (`JOINED`, `LEFT`) obey the presence limit, counted
+    /// with this node's members.
+    pub fn deliver_remote_room(&mut self, room: &str, line: &str, sink: &mut impl Sink) {
+        let presence = line.starts_with("JOINED ") || line.starts_with("LEFT ");
+        if !presence || self.room_len(room) <= self.config.presence_limit {
+            self.deliver_room(room, line, sink);
+        }
+    }
+
+    /// `nick` of another node left `room` (`display`: the room as that node
+    /// spells it) without saying so: that node is dead.
+    pub fn remote_left(&mut self, room: &str, display: &str, nick: &str, sink: &mut impl Sink) {
+        let mut line = std::mem::take(&mut self.out);
+        line.clear();
+        let _ = write!(line, "LEFT {display} {nick}");
+        self.deliver_remote_room(room, &line, sink);
+        self.out = line;
     }
 
     /// A room line from another node: to this node's members of `room`.
