@@ -1108,7 +1108,10 @@
   // Leaving the page ends its session at once (the others see LEFT, as
   // before): the token dies with the page, and a session left behind would
   // hold the nick for --session-ttl against the page that replaces it.
-  addEventListener("pagehide", () => { if (S.token) send("/quit"); });
+  addEventListener("pagehide", () => {
+    if (S.token) send("/quit");
+    S.token = null;
+  });
 
   connect();
   el.input.focus();
