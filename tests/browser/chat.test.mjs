@@ -22,7 +22,7 @@
 // Environment: LOOPCHAT_BIN (default ../../target/release/loopchat),
 // CHROMIUM (default /usr/bin/chromium), TEST_TIMEOUT_MS (default 120000).
 
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync, existsSync } from "node:fs";
 import { createServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
@@ -79,8 +79,8 @@ function waitOn(emitterish, get, ms, what) {
 
 // ---- the server -----------------------------------------------------------------
 
-async function startServer(listen) {
-  const proc = spawn(BIN, ["--listen", listen, "--log-level", "warn"], {
+async function startServer(listen, extra = []) {
+  const proc = spawn(BIN, ["--listen", listen, "--log-level", "warn", ...extra], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   const ev = new EventEmitter();
@@ -107,6 +107,24 @@ async function startServer(listen) {
   };
   cleanups.push(() => server.kill());
   return server;
+}
+
+// A redis-server on a free loopback port, or null when it is not installed.
+async function startRedis() {
+  if (spawnSync("redis-server", ["--version"]).status !== 0) return null;
+  const port = await new Promise((res) => {
+    const probe = createServer();
+    probe.listen(0, "127.0.0.1", () => { const p = probe.address().port; probe.close(() => res(p)); });
+  });
+  const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: ["ignore", "pipe", "ignore"],
+  });
+  const ev = new EventEmitter();
+  let ready = false;
+  createInterface({ input: proc.stdout }).on("line", (l) => { if (/Ready to accept connections/.test(l)) ready = true; ev.emit("line"); });
+  cleanups.push(() => { proc.kill("SIGKILL"); });
+  await waitOn(ev, () => ready, WAIT, "redis-server to be ready");
+  return { url: "redis://127.0.0.1:" + port };
 }
 
 // ---- the terminal client ----------------------------------------------------------
@@ -747,6 +765,45 @@ async function main() {
     if (new Set(ids).size !== ids.length) fail("a message id shown twice on dora's page");
   }
   ok("offline and back: the page resumed (since=dev:ID) and shows all " + N + " lines once, in order, no LEFT/JOINED churn");
+
+  step = "cluster node";
+  // A node started with --redis offers neither ids nor resume: the page must
+  // behave exactly as a v1 page (no history asked, a rejoin after a drop).
+  const redis = await startRedis();
+  if (!redis) {
+    log("# SKIPPED cluster node: redis-server is not installed");
+  } else {
+    const node1 = await startServer("127.0.0.1:0", ["--redis", redis.url]);
+    const walt = startClient("ws://" + node1.addr + "/ws?nick=walt&room=dev");
+    await walt.waitLine("JOINED dev walt");
+    const cut2 = await cuttableProxy(node1);
+    const vic = await openPage("vic", "http://" + cut2.addr, { width: 1024, height: 700 }, { room: "dev" });
+    await waitConnected(vic, "vic");
+    await waitLineIn(vic, "#dev", "vic joined #dev");
+    await waitOn(vic.ev, () => vic.recv.includes("CAPS"), WAIT, "the node's bare CAPS on vic's page");
+    walt.send("hello from the node");
+    await waitLineIn(vic, "#dev", "hello from the node");
+    const waltMark = walt.lines.length;
+    const vicSockets = vic.sockets;
+    cut2.cut();
+    await vic.page.waitForFunction(() => document.getElementById("status").dataset.state !== "connected");
+    walt.send("said while vic is away");
+    await walt.waitLine("MSG dev walt said while vic is away", waltMark);
+    cut2.reopen();
+    await walt.waitLine("JOINED dev vic", waltMark);
+    await waitConnected(vic, "vic");
+    walt.send("after vic is back");
+    await waitLineIn(vic, "#dev", "after vic is back");
+    if (vic.recv.some((l) => /^(SESSION|HISTORY|RESUMED|@)/.test(l))) fail("the node sent v2 lines: " + q(vic.recv));
+    if (vic.sent.some((l) => /^\/history/.test(l))) fail("the page asked a node for history: " + q(vic.sent));
+    if (vic.urls.slice(vicSockets).some((u) => u.includes("resume="))) fail("the page tried to resume on a node: " + q(vic.urls));
+    const texts = (await viewLines(vic, "#dev")).map((l) => l.text);
+    if (texts.filter((t) => t === "vic joined #dev").length !== 2) fail("no v1 rejoin on vic's page: " + q(texts));
+    if (texts.some((t) => t.includes("said while vic is away"))) fail("a v1 reconnect cannot have that line: " + q(texts));
+    ok("on a cluster node (CAPS without ids/resume) the page asks no history and rejoins after a drop, as before");
+    await walt.end();
+    await node1.kill();
+  }
 
   step = "screenshots";
   for (const p of [alice, bob, fp, eve, dora]) {
