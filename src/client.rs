@@ -259,6 +259,8 @@ struct Resume {
     seen_set: std::collections::HashSet<String>,
     /// Lines to send on behalf of the session (rejoins, `/history`).
     outgoing: Vec<String>,
+    /// Things to tell the user about the session (stderr, or above the prompt).
+    notes: Vec<String>,
 }
 
 impl Resume {
@@ -385,7 +387,7 @@ impl Session {
             }
             Line::Err {
                 code: ErrorCode::BadSession,
-                ..
+                text,
             } if self.v2.resuming => {
                 // The session is gone (expired, or the server restarted): the
                 // server made this a new connection in the URL's room; join the
@@ -393,6 +395,9 @@ impl Session {
                 // each room's history for what was said meanwhile.
                 self.v2.resuming = false;
                 self.v2.token = None;
+                self.v2.notes.push(format!(
+                    "the session could not be resumed ({text}): rejoining"
+                ));
                 let rooms = std::mem::take(&mut self.rooms);
                 for room in rooms.iter().skip(1) {
                     self.v2.outgoing.push(format!("/join {room}"));
@@ -1233,6 +1238,9 @@ impl Client {
                             }
                             for line in self.session.v2.outgoing.drain(..) {
                                 send_text(wbuf, &line);
+                            }
+                            for note in std::mem::take(&mut self.session.v2.notes) {
+                                self.note(&note);
                             }
                         }
                         Some(Message::Binary(b)) => {
