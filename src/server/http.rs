@@ -5,7 +5,8 @@ use log::debug;
 
 use super::conn::{Kind, Then, COUNTED, IN_CHAT, PROXIED};
 use super::out::{finish_with, mark_dirty};
-use super::{client_ip, metrics, sys, Server};
+use super::{client_ip, metrics, Server};
+use crate::sys;
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
 /// The built-in web chat page, its script and its style sheet.
