@@ -485,11 +485,13 @@ fn an_echo_client_that_never_reads_is_paused_by_the_budget() {
     cfg.send_buffer = 16 * 1024;
     let s = TestServer::start(cfg);
     let mut c = small_window(s.addr);
-    c.write_all(common::upgrade_request("/echo").as_bytes()).unwrap();
+    c.write_all(common::upgrade_request("/echo").as_bytes())
+        .unwrap();
     let (head, _) = common::read_head(&mut c);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let frame = common::client_frame(0x2, true, &[7u8; 64 * 1024]);
-    c.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    c.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     // Bounded: 64 MiB at most; the server stops reading long before.
     let mut sent = 0;
     for _ in 0..1024 {
