@@ -207,7 +207,10 @@ struct Session {
 /// Guest nicks are the server's (`guest-N`, `guest-TAG-N` in a cluster); users
 /// cannot choose them, so holding one means the server picked it.
 fn is_guest(nick: &str) -> bool {
-    nick.len() > 6 && nick[..6].eq_ignore_ascii_case("guest-")
+    nick.len() > 6
+        && nick
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("guest-"))
 }
 
 impl Session {
@@ -243,7 +246,8 @@ impl Session {
                 self.retry_out = false;
                 self.check_nick(now);
             }
-            (Some("ERR"), Some("nick-taken"), _) if self.retry_out => {
+            // nick-unavailable: a cluster whose registry could not confirm it.
+            (Some("ERR"), Some("nick-taken" | "nick-unavailable"), _) if self.retry_out => {
                 self.retry_out = false;
                 self.check_nick(now);
                 return false;
@@ -477,11 +481,32 @@ struct Client {
     _waker: Arc<Waker>,
     lines: Chan<Option<String>>,
     stdin_done: bool,
+    /// The user typed `/quit`: the server's close 1000 ends the client.
+    quit_sent: bool,
     /// Lines typed while not connected, sent once the connection is open.
     queued: Vec<String>,
     session: Session,
     out: Out,
     times: bool,
+    /// The terminal's settings before line editing, put back when the client
+    /// ends: it may end (server gone, refused) while the editor has the
+    /// terminal in raw mode on its own thread.
+    saved_tty: Option<libc::termios>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.end_prompt();
+    }
+}
+
+use crate::sys::tty_settings;
+
+/// `/quit` or `/quit REASON`, in any letter case.
+fn is_quit(line: &str) -> bool {
+    let l = line.trim_start();
+    l.get(..5).is_some_and(|c| c.eq_ignore_ascii_case("/quit"))
+        && matches!(l[5..].chars().next(), None | Some(' '))
 }
 
 /// Rows a typed line took on the terminal after the prompt `> `.
@@ -538,6 +563,7 @@ impl Client {
         let thread_waker = Arc::clone(&waker);
         let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
         let mut out = Out::Plain(io::stdout());
+        let saved_tty = if interactive { tty_settings() } else { None };
         let editor = if interactive {
             rustyline::DefaultEditor::new().ok()
         } else {
@@ -574,10 +600,12 @@ impl Client {
             _waker: waker,
             lines: rx,
             stdin_done: false,
+            quit_sent: false,
             queued: Vec::new(),
             session,
             out,
             times,
+            saved_tty,
         })
     }
 
@@ -616,63 +644,82 @@ impl Client {
 
     fn run(mut self) -> io::Result<ExitCode> {
         let mut failures = 0u32;
-        let mut first = true;
         loop {
-            if !first {
-                if self.args.no_reconnect {
-                    return Ok(ExitCode::FAILURE);
-                }
-                failures += 1;
-                if self.args.max_attempts > 0 && failures > self.args.max_attempts {
-                    let msg = format!("giving up after {} attempts", self.args.max_attempts);
-                    self.note(&msg);
-                    return Ok(ExitCode::FAILURE);
-                }
-                let wait = backoff(
-                    self.args.reconnect_base,
-                    self.args.reconnect_max,
-                    failures,
-                    random_u64(),
-                );
-                let msg = format!(
-                    "reconnecting in {:.1}s (attempt {failures}{}, base {:?}, cap {:?})",
-                    wait.as_secs_f64(),
-                    if self.args.max_attempts > 0 {
-                        format!(" of {}", self.args.max_attempts)
-                    } else {
-                        String::new()
-                    },
-                    self.args.reconnect_base,
-                    self.args.reconnect_max,
-                );
-                self.note(&msg);
-                if let Some(code) = self.wait(Instant::now() + wait)? {
-                    return Ok(code);
-                }
-            }
-            first = false;
             let (end, opened) = self.session_once()?;
             if opened {
                 failures = 0;
             }
-            match end {
+            let why = match end {
                 End::Done => return Ok(ExitCode::SUCCESS),
-                End::Fatal(why) => {
-                    self.note(&why);
-                    return Ok(ExitCode::FAILURE);
-                }
-                End::Lost(why) => self.note(&format!("connection lost: {why}")),
+                End::Fatal(why) => return Ok(self.exit_with(&[why])),
+                End::Lost(why) => format!("connection lost: {why}"),
                 End::Unreachable(why) => {
-                    let msg = format!("cannot connect to {}: {why}", self.url.authority);
-                    self.note(&msg);
+                    format!("cannot connect to {}: {why}", self.url.authority)
                 }
-            }
-            if self.stdin_done && self.queued.is_empty() {
+            };
+            failures += 1;
+            let stop = if self.args.no_reconnect {
+                Some("not reconnecting (--no-reconnect)".to_string())
+            } else if self.stdin_done && self.queued.is_empty() {
                 // The input has ended and the close handshake did not finish:
                 // what was sent last may not have arrived.
-                self.note("input has ended: not reconnecting");
-                return Ok(ExitCode::FAILURE);
+                Some("input has ended: not reconnecting".to_string())
+            } else if self.args.max_attempts > 0 && failures > self.args.max_attempts {
+                Some(format!(
+                    "giving up after {} attempts",
+                    self.args.max_attempts
+                ))
+            } else {
+                None
+            };
+            if let Some(stop) = stop {
+                return Ok(self.exit_with(&[why, stop]));
             }
+            self.note(&why);
+            let wait = backoff(
+                self.args.reconnect_base,
+                self.args.reconnect_max,
+                failures,
+                random_u64(),
+            );
+            let msg = format!(
+                "reconnecting in {:.1}s (attempt {failures}{}, base {:?}, cap {:?})",
+                wait.as_secs_f64(),
+                if self.args.max_attempts > 0 {
+                    format!(" of {}", self.args.max_attempts)
+                } else {
+                    String::new()
+                },
+                self.args.reconnect_base,
+                self.args.reconnect_max,
+            );
+            self.note(&msg);
+            if let Some(code) = self.wait(Instant::now() + wait)? {
+                return Ok(code);
+            }
+        }
+    }
+
+    /// Give the terminal back (if line editing had it) and say why the client
+    /// ends: printed directly, since the editor's thread may not get to print
+    /// anything more before the process exits. Exit code 1.
+    fn exit_with(&mut self, why: &[String]) -> ExitCode {
+        self.end_prompt();
+        for w in why {
+            self.note(w);
+        }
+        ExitCode::FAILURE
+    }
+
+    /// Restore the terminal's settings and print plainly from now on.
+    fn end_prompt(&mut self) {
+        if let Some(t) = self.saved_tty.take() {
+            crate::sys::restore_tty(&t);
+            // Leave the rest on lines of their own, below the prompt.
+            let _ = writeln!(io::stdout());
+        }
+        if matches!(self.out, Out::Prompt(_)) {
+            self.out = Out::Plain(io::stdout());
         }
     }
 
@@ -688,8 +735,8 @@ impl Client {
             self.poll.poll(&mut events, Some(until - now))?;
             self.drain_stdin(None);
             if self.stdin_done && self.queued.is_empty() {
-                self.note("input has ended while disconnected: not reconnecting");
-                return Ok(Some(ExitCode::FAILURE));
+                let why = "input has ended while disconnected: not reconnecting".to_string();
+                return Ok(Some(self.exit_with(&[why])));
             }
         }
     }
@@ -698,10 +745,13 @@ impl Client {
     fn drain_stdin(&mut self, mut wbuf: Option<&mut Vec<u8>>) {
         loop {
             match self.lines.try_recv() {
-                Ok(Some(line)) => match wbuf.as_deref_mut() {
-                    Some(w) => send_text(w, &line),
-                    None => self.queued.push(line),
-                },
+                Ok(Some(line)) => {
+                    self.quit_sent |= is_quit(&line);
+                    match wbuf.as_deref_mut() {
+                        Some(w) => send_text(w, &line),
+                        None => self.queued.push(line),
+                    }
+                }
                 Ok(None) | Err(TryRecvError::Disconnected) => {
                     self.stdin_done = true;
                     return;
@@ -932,8 +982,8 @@ impl Client {
                             } else {
                                 format!("closed by server ({code} {reason})")
                             };
-                            // 1000 after our /quit or an idle timeout: a clean end.
-                            if code == 1000 && self.stdin_done {
+                            // 1000 after our /quit, or after the input ended: a clean end.
+                            if code == 1000 && (self.stdin_done || self.quit_sent) {
                                 return Some(End::Done);
                             }
                             if code == 1008 || code == 1003 {
@@ -1063,12 +1113,24 @@ mod tests {
     }
 
     #[test]
+    fn quit_is_recognised() {
+        for yes in ["/quit", "/QUIT bye all", "  /quit"] {
+            assert!(is_quit(yes), "{yes}");
+        }
+        for no in ["/quitter", "quit", "/qui", "say /quit", "/quité"] {
+            assert!(!is_quit(no), "{no}");
+        }
+    }
+
+    #[test]
     fn a_bad_wanted_nick_is_not_retried() {
         let mut s = Session::new(Some("no spaces".into()), Duration::from_secs(60));
         let now = Instant::now();
         s.observe("WELCOME guest-1", now);
         assert!(s.observe("ERR bad-nick bad nick, using a guest nick", now));
         assert_eq!((s.wanted.as_deref(), s.retry_at), (None, None));
+        // Whatever a server sends, the check does not panic.
+        assert!(!is_guest("gueß-1") && !is_guest("ü") && is_guest("Guest-7"));
         // Nor is a guest nick asked for in the URL.
         let s = Session::new(Some("guest-4".into()), Duration::from_secs(60));
         assert_eq!(s.wanted, None);

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod load;
+pub mod logging;
 pub mod rng;
 pub mod server;
 #[allow(unsafe_code)]

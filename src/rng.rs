@@ -63,13 +63,12 @@ pub fn with_thread_rng<R>(f: impl FnOnce(&mut Rng) -> R) -> R {
     THREAD_RNG.with(|r| f(&mut r.borrow_mut()))
 }
 
-/// 64 fresh bits: from the OS (`/dev/urandom`) where possible, mixed with
+/// 64 fresh bits: from the OS ([`crate::sys::os_random`]) where possible, mixed with
 /// std's randomly keyed SipHash, the process id and the time, so two calls
 /// (or two processes) never agree even without the OS source.
 pub fn random_u64() -> u64 {
     let mut buf = [0u8; 8];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    let _ = crate::sys::os_random(&mut buf);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(u64::from_le_bytes(buf));
     h.write_u32(std::process::id());

@@ -136,9 +136,74 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * page.max(1) as u64)
 }
 
-/// Open file descriptors of this process.
+/// Open file descriptors of this process: the size `stat` reports for
+/// `/proc/self/fd`, which Linux 6.2 and later set to the count (one system
+/// call, whatever the count). None on older kernels (they report 0), rather
+/// than listing the directory, whose cost grows with the connections.
 pub fn open_fds() -> Option<u64> {
-    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+    let n = std::fs::metadata("/proc/self/fd").ok()?.len();
+    (n > 0).then_some(n)
+}
+
+/// The soft RLIMIT_NOFILE: the most descriptors this process may open.
+pub fn max_fds() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    Some(lim.rlim_cur)
+}
+
+/// User plus system CPU time of this process, in seconds.
+pub fn cpu_seconds() -> Option<f64> {
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes the struct we pass.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return None;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(u.ru_utime) + secs(u.ru_stime))
+}
+
+/// Fill `buf` from the OS's random source (`getrandom(2)`, falling back to
+/// `/dev/urandom`). Errors only when neither works.
+pub fn os_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is a valid writable buffer of `rest.len()` bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n > 0 {
+            filled += n as usize;
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        use std::io::Read as _;
+        return std::fs::File::open("/dev/urandom")?.read_exact(&mut buf[filled..]);
+    }
+    Ok(())
+}
+
+/// The terminal settings of stdin, if it is a terminal.
+pub fn tty_settings() -> Option<libc::termios> {
+    // SAFETY: an all-zero termios is a valid value for tcgetattr to fill.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 0 and a valid pointer; tcgetattr only writes to it.
+    (unsafe { libc::tcgetattr(0, &mut t) } == 0).then_some(t)
+}
+
+/// Put back stdin's terminal settings read by [`tty_settings`].
+pub fn restore_tty(t: &libc::termios) {
+    // SAFETY: fd 0 and a termios read from it by tcgetattr.
+    unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
 }
 
 /// Hour, minute and second of Unix time `secs` in the local time zone.

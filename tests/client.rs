@@ -254,3 +254,97 @@ fn a_taken_nick_is_won_back_when_it_frees_up() {
     b.say("it is me again");
     b.expect("MSG lobby alice it is me again");
 }
+
+#[test]
+fn a_quiet_nc_user_is_told_to_send_ping_before_the_idle_close() {
+    let mut cfg = config();
+    cfg.idle_timeout = std::time::Duration::from_secs(3);
+    cfg.line_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = TestServer::start(cfg);
+    let sock = raw(s.line_addr.unwrap());
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let mut w = sock.try_clone().unwrap();
+    let mut lines = BufReader::new(sock).lines();
+    let mut next = || {
+        lines
+            .next()
+            .expect("connection open")
+            .expect("a line within WAIT")
+    };
+    assert!(next().starts_with("WELCOME guest-"));
+    assert!(next().starts_with("JOINED lobby guest-"));
+    let start = std::time::Instant::now();
+    // At two thirds of the timeout, before any close.
+    let warn = "SYS idle: this connection closes in 1 s (after 3 s without input); send /ping or any line to stay";
+    assert_eq!(next(), warn);
+    assert!(start.elapsed() < std::time::Duration::from_secs(3));
+    // Doing as told keeps it open: the next thing is the next warning, not a close.
+    w.write_all(b"/ping 1\n").unwrap();
+    assert_eq!(next(), "PONG 1");
+    assert_eq!(next(), warn);
+    // Silence after that: closed, as before.
+    assert_eq!(next(), "SYS idle timeout");
+}
+
+#[test]
+fn quit_typed_ends_the_client_without_reconnecting() {
+    let s = TestServer::start(config());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+        .args(["client", &format!("ws://{}/ws?nick=leaver", s.addr)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The input stays open: only the /quit says the user is done.
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "/quit see you").unwrap();
+    stdin.flush().unwrap();
+    let st = wait_bounded(&mut child, WAIT).expect("client still running after /quit");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(st.success(), "{st:?}: {err}");
+    assert!(!err.contains("reconnecting"), "{err}");
+    drop(stdin);
+}
+
+#[test]
+fn times_come_from_the_servers_tags_and_the_tag_block_is_not_printed() {
+    let s = TestServer::start(config());
+    let url = format!("ws://{}/ws?nick=stamp&room=dev&caps=ids", s.addr);
+    let run = |time: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+            .args(["client", &url, "--time", time])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"stamped\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let raw = run("never");
+    let tagged = raw
+        .lines()
+        .find(|l| l.ends_with(" MSG dev stamp stamped"))
+        .unwrap_or_else(|| panic!("{raw}"));
+    assert!(tagged.starts_with("@id="), "the server tags it: {tagged}");
+    let timed = run("always");
+    let line = timed
+        .lines()
+        .find(|l| l.ends_with(" MSG dev stamp stamped"))
+        .unwrap_or_else(|| panic!("{timed}"));
+    let (clock, rest) = line.split_at(8);
+    assert_eq!(rest, " MSG dev stamp stamped", "{line}");
+    assert!(
+        clock.bytes().enumerate().all(|(i, b)| if i == 2 || i == 5 {
+            b == b':'
+        } else {
+            b.is_ascii_digit()
+        }),
+        "{line}"
+    );
+    assert!(timed.lines().all(|l| !l.contains('@')), "{timed}");
+}

@@ -9,15 +9,21 @@
 //! - [`command`]: the line parser (a line → a borrowed [`Command`]);
 //! - [`names`]: nick and room validation and case folding;
 //! - [`rate`]: the per-connection token bucket;
+//! - [`line`](mod@line): the server→client lines, typed (write and parse);
+//! - [`history`]: message ids, times and the per-room history ring;
+//! - [`session`]: resumable sessions and their secret tokens;
 //! - [`hub`]: users, rooms, membership and the output lines;
 //! - [`remote`]: what a hub that is one node of a cluster asks of the others.
 
 pub mod command;
 pub mod compact;
+pub mod history;
 pub mod hub;
+pub mod line;
 pub mod names;
 pub mod rate;
 pub mod remote;
+pub mod session;
 
 pub use command::{Command, ParseError};
 pub use hub::Hub;
@@ -56,6 +62,14 @@ pub struct ChatConfig {
     pub query_cost: u32,
     /// The room a connection joins when it asks for none (or a bad one).
     pub default_room: String,
+    /// Messages kept per room and for how long (`--history`, `--history-ttl`).
+    pub history: history::HistoryConfig,
+    /// How long a dropped `resume` session keeps its nick and rooms
+    /// (`--session-ttl`); 0 turns the `resume` capability off.
+    pub session_ttl_ms: u64,
+    /// Dropped sessions kept at once (`--max-sessions`); a drop beyond it ends
+    /// the session as a v1 disconnect would.
+    pub max_sessions: usize,
 }
 
 impl Default for ChatConfig {
@@ -70,6 +84,9 @@ impl Default for ChatConfig {
             max_rooms_total: 100_000,
             query_cost: 10,
             default_room: "lobby".to_string(),
+            history: history::HistoryConfig::default(),
+            session_ttl_ms: 120_000,
+            max_sessions: 100_000,
         }
     }
 }
@@ -93,6 +110,9 @@ pub enum ErrorCode {
     BadNick,
     /// The nick belongs to another connection (compared case-insensitively).
     NickTaken,
+    /// Clustered: the cluster's nick registry could not confirm the nick
+    /// (Redis down, or no answer within `--redis-query-timeout`).
+    NickUnavailable,
     /// A room name outside 1–64 of `[A-Za-z0-9_.-]`.
     BadRoom,
     /// The command needs a room the connection is not in.
@@ -103,6 +123,16 @@ pub enum ErrorCode {
     TooLong,
     /// Over the per-connection rate; the command was not executed.
     RateLimited,
+    /// The server is at `--max-connections`; sent before the close.
+    ServerFull,
+    /// `/resume` or `?resume=` with an unknown, expired or used token.
+    BadSession,
+    /// A signed token that does not verify.
+    BadToken,
+    /// The connection's role does not allow the action.
+    Forbidden,
+    /// `/history` while the server keeps none (`--history 0`, or a cluster).
+    HistoryOff,
 }
 
 impl ErrorCode {
@@ -112,12 +142,40 @@ impl ErrorCode {
             ErrorCode::BadCommand => "bad-command",
             ErrorCode::BadNick => "bad-nick",
             ErrorCode::NickTaken => "nick-taken",
+            ErrorCode::NickUnavailable => "nick-unavailable",
             ErrorCode::BadRoom => "bad-room",
             ErrorCode::NotInRoom => "not-in-room",
             ErrorCode::NoSuchNick => "no-such-nick",
             ErrorCode::TooLong => "too-long",
             ErrorCode::RateLimited => "rate-limited",
+            ErrorCode::ServerFull => "server-full",
+            ErrorCode::BadSession => "bad-session",
+            ErrorCode::BadToken => "bad-token",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::HistoryOff => "history-off",
         }
+    }
+
+    /// Every code, in the order of PROTOCOL.md.
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::BadCommand,
+        ErrorCode::BadNick,
+        ErrorCode::NickTaken,
+        ErrorCode::BadRoom,
+        ErrorCode::NotInRoom,
+        ErrorCode::NoSuchNick,
+        ErrorCode::TooLong,
+        ErrorCode::RateLimited,
+        ErrorCode::ServerFull,
+        ErrorCode::BadSession,
+        ErrorCode::BadToken,
+        ErrorCode::Forbidden,
+        ErrorCode::HistoryOff,
+    ];
+
+    /// The code with wire spelling `s` (case-sensitive, as sent).
+    pub fn from_wire(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 

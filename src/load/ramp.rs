@@ -498,7 +498,7 @@ mod tests {
         let lossy = slo.broken(&result(&fast, 1000, 980));
         assert_eq!(lossy, vec!["loss<1% (measured 2.00%)".to_string()]);
         let mut slow = fast.clone();
-        slow.extend(std::iter::repeat_n(900_000, 20)); // 2% at 900 ms
+        slow.extend(std::iter::repeat(900_000).take(20)); // 2% at 900 ms
         let broken = slo.broken(&result(&slow, 1020, 1020));
         assert_eq!(broken.len(), 1, "{broken:?}");
         assert!(

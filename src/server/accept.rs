@@ -102,7 +102,8 @@ impl Server {
         c.set(if proxied { PROXIED } else { COUNTED });
         entry.insert(c);
         self.ctx.metrics.connections_total += 1;
-        debug!("{addr}: accepted ({kind:?}, id {id})");
+        self.ctx.metrics.opened(kind);
+        debug!(conn = id, peer:% = addr.ip(), kind:? = kind; "accepted");
         self.schedule(id);
         if line {
             let c = &mut self.conns[id];

@@ -136,6 +136,9 @@ pub(crate) enum Due {
     Close,
     /// Nothing read for `--idle-timeout`: close it.
     Idle,
+    /// A line client (`nc`) has read nothing back for two thirds of
+    /// `--idle-timeout`: tell it how to stay (it gets no pings to answer).
+    IdleWarn,
     /// Time to ping (WebSocket only).
     Ping,
     /// The outbox has been empty for a while: give its capacity back.
@@ -159,7 +162,8 @@ pub(crate) struct Conn {
     pub(crate) over_since: u32,
     /// Tick of the last inbound byte.
     pub(crate) last_rx: u32,
-    /// Tick of the last ping we sent.
+    /// Tick of the last ping we sent; for line clients, which get no pings,
+    /// the tick of the last idle warning.
     pub(crate) last_ping: u32,
     /// Tick the current phase started (accept time for `Handshake`); in
     /// `Open`, the tick the outbox last became empty (see [`Due::Release`]).
@@ -309,6 +313,11 @@ impl Conn {
                 };
                 if let Some(idle) = t.idle {
                     consider(after(self.last_rx, idle), Due::Idle);
+                    // Once per quiet spell: not again until input moves `last_rx`.
+                    let warn = after(self.last_rx, idle / 3 * 2);
+                    if self.kind == Kind::Line && idle >= 3 && self.last_ping < warn {
+                        consider(warn, Due::IdleWarn);
+                    }
                 }
                 if let (true, Some(ping)) = (self.is_ws(), t.ping) {
                     consider(after(self.last_ping, ping), Due::Ping);
@@ -457,9 +466,27 @@ mod tests {
         c.outbox.push(1);
         assert_eq!(
             c.deadline(&t),
-            Some((900, Due::Idle)),
+            Some((600, Due::IdleWarn)),
             "not while it holds bytes"
         );
+    }
+
+    #[test]
+    fn a_quiet_line_client_is_warned_once_before_the_idle_close() {
+        let t = limits();
+        let mut c = conn(Kind::Line);
+        // Two thirds of the 900-tick idle timeout.
+        assert_eq!(c.deadline(&t), Some((600, Due::IdleWarn)));
+        c.last_ping = 600; // warned
+        assert_eq!(c.deadline(&t), Some((900, Due::Idle)));
+        // Input starts a new quiet spell, with a new warning.
+        c.last_rx = 700;
+        assert_eq!(c.deadline(&t), Some((1300, Due::IdleWarn)));
+        // WebSocket clients answer pings instead: no warning.
+        let mut w = conn(Kind::Http);
+        w.upgraded(Kind::Chat, 0);
+        w.last_ping = 900;
+        assert_eq!(w.deadline(&t), Some((900, Due::Idle)));
     }
 
     #[test]

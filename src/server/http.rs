@@ -1,12 +1,12 @@
 //! The HTTP side of a new connection: read the request head, then either answer a
 //! plain request (`/`, `/healthz`, `/metrics`, errors) or upgrade to WebSocket.
 
-use log::debug;
+use log::{debug, info};
 
 use super::conn::{Kind, Then, COUNTED, IN_CHAT, PROXIED};
 use super::out::{finish_with, mark_dirty};
 use super::{client_ip, metrics, Server};
-use crate::sys;
+use crate::chat::hub::{Caps, Connect};
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
 /// The built-in web chat page, its script and its style sheet.
@@ -33,9 +33,40 @@ enum Route {
         kind: Kind,
         nick: Option<String>,
         room: Option<String>,
+        /// The v2 query fields, boxed: absent for v1 clients.
+        v2: Option<Box<V2Query>>,
     },
     /// Answered (or refused); close after the flush.
     Answered,
+}
+
+/// `?caps=`, `?resume=` and `?since=` of a chat upgrade.
+struct V2Query {
+    caps: Option<String>,
+    resume: Option<String>,
+    since: Option<String>,
+}
+
+impl V2Query {
+    /// `None` when the request has none of the three.
+    fn from_request(req: &Request<'_>) -> Option<Box<V2Query>> {
+        // Browsers' URLSearchParams encode the list separators; nothing
+        // else in these values ever needs decoding.
+        let field = |name| {
+            req.query_param(name).map(|v: &str| {
+                v.replace("%2C", ",")
+                    .replace("%2c", ",")
+                    .replace("%3A", ":")
+                    .replace("%3a", ":")
+            })
+        };
+        let q = V2Query {
+            caps: field("caps"),
+            resume: field("resume"),
+            since: field("since"),
+        };
+        (q.caps.is_some() || q.resume.is_some() || q.since.is_some()).then(|| Box::new(q))
+    }
 }
 
 impl Server {
@@ -86,7 +117,13 @@ impl Server {
                 }
             }
         };
-        let Route::Upgraded { kind, nick, room } = route else {
+        let Route::Upgraded {
+            kind,
+            nick,
+            room,
+            v2,
+        } = route
+        else {
             return;
         };
         // Frames pipelined behind the request head.
@@ -99,7 +136,15 @@ impl Server {
             self.conns[id].set(IN_CHAT);
             let now = self.ctx.now_ms;
             let (hub, mut out) = self.chat();
-            hub.connect(id, nick.as_deref(), room.as_deref(), now, &mut out);
+            let v2 = v2.as_deref();
+            let args = Connect {
+                nick: nick.as_deref(),
+                room: room.as_deref(),
+                caps: v2.and_then(|q| q.caps.as_deref()).map(Caps::parse),
+                resume: v2.and_then(|q| q.resume.as_deref()),
+                since: v2.and_then(|q| q.since.as_deref()),
+            };
+            hub.connect_with(id, &args, now, &mut out);
         }
         if rest > 0 {
             if from_scratch {
@@ -118,7 +163,7 @@ impl Server {
 
     fn refuse_request(&mut self, id: usize, e: &HttpError) {
         let c = &mut self.conns[id];
-        debug!("{}: bad request: {e:?} (id {id})", c.ip);
+        debug!(conn = id, peer:% = c.ip, reason = e.reason(); "bad request: {e}");
         self.ctx.metrics.handshake_failed(e.reason());
         c.append(&mut self.ctx.outbox_bytes, |o| e.write_response(o));
         finish_with(&mut self.ctx, id, c, Then::Drain);
@@ -167,6 +212,18 @@ impl Server {
                 self.ctx
                     .metrics
                     .handshake_failed(HttpError::OriginForbidden.reason());
+                // At info: a proxy rewriting Host makes every browser look
+                // cross-origin, and the operator needs to see why. At most
+                // once a second: any web page can make browsers repeat it.
+                if let Some(more) = self.ctx.origin_log.allow(self.ctx.now_ms) {
+                    info!(
+                        conn = id, peer:% = self.conns[id].ip,
+                        origin = req.origin.unwrap_or(""), host = req.host.unwrap_or(""),
+                        suppressed = more;
+                        "WebSocket upgrade refused: Origin is neither same-origin nor in \
+                         --allow-origin ({more} more since the last such line)"
+                    );
+                }
                 self.answer(id, head, 403, "text/plain", b"origin not allowed\n");
                 return Route::Answered;
             }
@@ -174,26 +231,36 @@ impl Server {
             c.append(&mut self.ctx.outbox_bytes, |o| {
                 handshake::write_upgrade_response(o, up.key, None)
             });
+            let was = c.kind;
             c.upgraded(kind, self.ctx.tick);
+            if c.kind != was {
+                self.ctx.metrics.changed(was, c.kind);
+            }
             mark_dirty(&mut self.ctx.dirty, id, c);
             self.ctx.metrics.ws_upgrades_total += 1;
-            debug!("{}: upgraded to {kind:?} (id {id})", c.ip);
+            debug!(conn = id, peer:% = c.ip, kind:? = kind; "upgraded");
             self.schedule(id);
-            let (nick, room) = if kind == Kind::Chat {
+            let (nick, room, v2) = if kind == Kind::Chat {
                 (
                     req.query_param("nick").map(str::to_owned),
                     req.query_param("room").map(str::to_owned),
+                    V2Query::from_request(req),
                 )
             } else {
-                (None, None)
+                (None, None, None)
             };
-            return Route::Upgraded { kind, nick, room };
+            return Route::Upgraded {
+                kind,
+                nick,
+                room,
+                v2,
+            };
         }
         self.ctx.metrics.http_requests_total += 1;
         let known = matches!(
             req.path,
-            "/" | "/index.html" | "/app.js" | "/app.css" | "/favicon.ico" | "/healthz" | "/metrics"
-        );
+            "/" | "/index.html" | "/app.js" | "/app.css" | "/favicon.ico" | "/healthz"
+        ) || (req.path == "/metrics" && self.ctx.cfg.metrics_listen.is_none());
         if known && req.method != "GET" && req.method != "HEAD" {
             self.answer_with(
                 id,
@@ -235,7 +302,8 @@ impl Server {
                 self.answer_with(id, head, 200, "image/svg+xml", h, FAVICON.as_bytes());
             }
             "/healthz" => self.answer(id, head, 200, "text/plain", b"ok\n"),
-            "/metrics" => {
+            // With --metrics-listen, only that listener serves it.
+            "/metrics" if self.ctx.cfg.metrics_listen.is_none() => {
                 let body = self.render_metrics();
                 self.answer(id, head, 200, "text/plain; version=0.0.4", body.as_bytes());
             }
@@ -272,31 +340,19 @@ impl Server {
         finish_with(&mut self.ctx, id, c, Then::Drain);
     }
 
-    /// Render `/metrics`.
-    fn render_metrics(&self) -> String {
-        let mut ws = 0;
-        let mut line = 0;
-        let mut outbox = 0;
-        for (_, c) in self.conns.iter() {
-            match c.kind {
-                Kind::Chat | Kind::Echo => ws += 1,
-                Kind::Line => line += 1,
-                Kind::Http => {}
-            }
-            outbox += c.pending();
-        }
+    /// Render `/metrics`: counters kept as traffic flows and O(1) gauges, so the
+    /// cost does not grow with the connections.
+    pub(super) fn render_metrics(&self) -> String {
         let g = metrics::Gauges {
-            connections: self.conns.len(),
-            ws_connections: ws,
-            line_connections: line,
             chat_users: self.hub.connections(),
             rooms: self.hub.rooms(),
-            outbox_bytes: outbox,
-            rss_bytes: sys::rss_bytes(),
-            open_fds: sys::open_fds(),
-            uptime_seconds: self.ctx.start.elapsed().as_secs_f64(),
+            sessions_detached: self.hub.detached_sessions(),
+            sessions_resumed: self.hub.resumes(),
+            outbox_bytes: Some(self.ctx.queued.total()),
+            outbox_allocated: self.ctx.outbox_bytes,
+            outbox_budget: self.ctx.cfg.outbox_total,
         };
-        let mut s = String::with_capacity(4096);
+        let mut s = String::with_capacity(8192);
         self.ctx.metrics.render(&g, &mut s);
         self.cluster_metrics(&mut s);
         s

@@ -9,6 +9,7 @@ mod config;
 mod conn;
 mod http;
 mod metrics;
+mod metrics_port;
 mod out;
 mod read;
 mod timer;
@@ -87,6 +88,10 @@ struct Ctx {
     line_buf: Vec<u8>,
     chat_limits: Limits,
     echo_limits: Limits,
+    /// Bytes left in each outbox after its last flush, for `/metrics`.
+    queued: metrics::Queued,
+    /// Refused-Origin log lines, at most one a second.
+    origin_log: crate::logging::Throttle,
     /// Milliseconds since start, read once per loop turn.
     now_ms: u64,
     /// The earliest time (as `now_ms`) input read this turn can have arrived:
@@ -133,7 +138,9 @@ pub struct Server {
     /// harness of [`fuzzing`] drives connections without writing to them.
     capture: Option<Vec<u8>>,
     /// The Redis bridge (`--redis`); `None` runs alone.
-    cluster: Option<Box<crate::cluster::Cluster>>,
+    cluster: Option<Box<cluster_glue::ClusterIo>>,
+    /// The `--metrics-listen` listener and its scrapers.
+    metrics_port: Option<metrics_port::MetricsPort>,
 }
 
 impl Server {
@@ -153,6 +160,18 @@ impl Server {
                 (Some(l), Some(addr))
             }
             None => (None, None),
+        };
+        let metrics_port = match cfg.metrics_listen {
+            Some(a) => {
+                let mut l = sys::listener(a, false, 0)?;
+                poll.registry().register(
+                    &mut l,
+                    metrics_port::METRICS_LISTENER,
+                    Interest::READABLE,
+                )?;
+                Some(metrics_port::MetricsPort::new(l))
+            }
+            None => None,
         };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let signals = if cfg.handle_signals {
@@ -195,6 +214,8 @@ impl Server {
                 line_buf: Vec::new(),
                 chat_limits,
                 echo_limits,
+                queued: metrics::Queued::default(),
+                origin_log: crate::logging::Throttle::default(),
                 now_ms: 0,
                 arrived_ms: 0,
                 tick: 0,
@@ -212,7 +233,14 @@ impl Server {
             fired: Vec::new(),
             capture: None,
             cluster: None,
+            metrics_port,
         };
+        // Message ids are EPOCH-SEQ with EPOCH the start time, and `time` tags
+        // are EPOCH plus the monotonic clock (chat::history).
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        server.hub.set_epoch(epoch);
         server.start_cluster();
         Ok(server)
     }
@@ -225,6 +253,11 @@ impl Server {
     /// The line listener's address, if any.
     pub fn line_addr(&self) -> Option<SocketAddr> {
         self.line_addr
+    }
+
+    /// The `--metrics-listen` listener's address, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_port.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     /// A handle that stops the server from another thread.
@@ -278,6 +311,14 @@ impl Server {
                         }
                     }
                     cluster_glue::REDIS_CMD | cluster_glue::REDIS_SUB => self.cluster_event(event),
+                    metrics_port::METRICS_LISTENER => {
+                        if let Some(m) = self.metrics_port.as_mut() {
+                            m.accept(self.poll.registry(), turn_start);
+                        }
+                    }
+                    t if metrics_port::scraper_of(t).is_some() => {
+                        self.scraper_event(metrics_port::scraper_of(t).unwrap_or(0), event);
+                    }
                     Token(id) => {
                         if let Some(c) = self.conns.get_mut(id) {
                             if event.is_writable() {
@@ -310,6 +351,15 @@ impl Server {
                 self.read(id);
             }
             self.timers();
+            self.chat_timers();
+            if let Some(m) = self.metrics_port.as_mut() {
+                if m.accept_pending() {
+                    m.accept(self.poll.registry(), turn_start);
+                }
+                if m.busy() {
+                    m.expire(self.poll.registry(), turn_start);
+                }
+            }
             self.finish_turn();
             if self.cluster_turn() {
                 self.finish_turn();
@@ -333,15 +383,39 @@ impl Server {
         }
     }
 
+    /// Dropped chat sessions whose grace period ran out (`--session-ttl`).
+    fn chat_timers(&mut self) {
+        let now = self.ctx.now_ms;
+        if self.hub.poll_timeout().is_some_and(|at| at <= now) {
+            let (hub, mut out) = self.chat();
+            hub.handle_timeout(now, &mut out);
+        }
+    }
+
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ctx.read_again.is_empty() || self.accept_again {
+        if !self.ctx.read_again.is_empty()
+            || self.accept_again
+            || self
+                .metrics_port
+                .as_ref()
+                .is_some_and(|m| m.accept_pending())
+        {
             return Some(Duration::ZERO);
+        }
+        if self.metrics_port.as_ref().is_some_and(|m| m.busy()) {
+            // A scraper is open: wake for its timeout even with no timers.
+            return Some(Duration::from_millis(TICK_MS));
         }
         if self.wheel.is_empty()
             && self.accept_paused_until.is_none()
             && self.shutdown_deadline.is_none()
         {
-            return None;
+            // Only a dropped session's expiry is left to wake up for.
+            let ms = self.ctx.start.elapsed().as_millis() as u64;
+            return self
+                .hub
+                .poll_timeout()
+                .map(|at| Duration::from_millis(at.saturating_sub(ms)));
         }
         let ms = self.ctx.start.elapsed().as_millis() as u64;
         let next_tick = (ms / TICK_MS + 1) * TICK_MS;

@@ -54,7 +54,7 @@ impl Sink for Out<'_> {
                 let too_long = ctx.tick >= c.over_since.saturating_add(ctx.timeouts.grace);
                 if pending + c.dropped as usize > ctx.cfg.outbox_hard || too_long {
                     ctx.metrics.slow_disconnects += 1;
-                    debug!("{}: slow consumer closed ({pending} bytes queued)", c.ip);
+                    debug!(conn = id, peer:% = c.ip, queued = pending; "slow consumer closed");
                     kill(ctx, id, c);
                 }
                 continue;
@@ -106,7 +106,7 @@ pub(super) fn begin_close(ctx: &mut Ctx, id: usize, c: &mut Conn, code: u16, rea
     if c.is_closing() {
         return;
     }
-    debug!("{}: closing with {code} {reason:?} (id {id})", c.ip);
+    debug!(conn = id, peer:% = c.ip, code = code, reason = reason; "closing");
     if c.is_ws() && c.phase() == Phase::Open {
         c.append(&mut ctx.outbox_bytes, |o| {
             encode_close(o, Some(code), reason, None)

@@ -28,7 +28,7 @@ impl Server {
             }
             match c.sock.read(&mut self.scratch) {
                 Ok(0) => {
-                    debug!("{}: peer closed its side (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "peer closed its side");
                     if c.peer_ended(self.ctx.tick) {
                         // A half-close (`nc -N`, `shutdown(SHUT_WR)`) still wants
                         // its answers: write them, then close (nothing to drain).
@@ -47,7 +47,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    debug!("{}: read: {e} (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "read: {e}");
                     kill(&mut self.ctx, id, c);
                     return;
                 }
@@ -115,9 +115,8 @@ impl Server {
                         break;
                     };
                     debug!(
-                        "{}: protocol error, closing with {}: {e} (id {id})",
-                        c.ip,
-                        e.close_code()
+                        conn = id, peer:% = c.ip, code = e.close_code();
+                        "protocol error: {e}"
                     );
                     if c.phase() == Phase::Open {
                         let code = e.close_code();
@@ -164,7 +163,7 @@ impl Server {
             }
             Message::Pong(_) => {}
             Message::Close { code, reason } => {
-                debug!("{}: peer closed with {code:?} {reason:?} (id {id})", c.ip);
+                debug!(conn = id, peer:% = c.ip, code = code.unwrap_or(1005), reason = reason; "peer closed");
                 ctx.metrics.close_received(code.unwrap_or(1005));
                 if c.phase() == Phase::Open {
                     let echo = code.unwrap_or(1000);

@@ -36,6 +36,16 @@ impl Server {
     }
 
     pub(super) fn flush(&mut self, id: usize) {
+        self.write_out(id);
+        let left = self
+            .conns
+            .get(id)
+            .filter(|c| !c.is_dead())
+            .map_or(0, |c| c.pending());
+        self.ctx.queued.set(id, left);
+    }
+
+    fn write_out(&mut self, id: usize) {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
@@ -64,7 +74,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.clear(WRITABLE),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    debug!("{}: write: {e} (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "write: {e}");
                     kill(&mut self.ctx, id, c);
                     return;
                 }
@@ -139,7 +149,12 @@ impl Server {
             self.ctx.outbox_bytes
         );
         let _ = self.poll.registry().deregister(&mut c.sock);
-        debug!("{}: closed (id {id}, {:?})", c.ip, c.kind);
+        self.ctx.metrics.closed(c.kind);
+        self.ctx.queued.set(id, 0);
+        match self.hub.nick(id) {
+            Some(nick) => debug!(conn = id, peer:% = c.ip, kind:? = c.kind, nick = nick; "closed"),
+            None => debug!(conn = id, peer:% = c.ip, kind:? = c.kind; "closed"),
+        }
         if c.has(COUNTED) {
             self.forget_ip(c.ip);
         }
