@@ -1,11 +1,12 @@
 //! The one pseudo-random generator, and the one backoff.
 //!
-//! Everything random in loopchat only has to differ, not be secret: WebSocket
-//! masks (RFC 6455 10.3 asks for unpredictability against proxies, not
-//! cryptographic strength), `Sec-WebSocket-Key`s, reconnect jitter, cluster
-//! node ids. So one small generator (xorshift64*) seeded once from the OS
-//! serves them all, and one backoff formula ("equal jitter": half the delay
-//! fixed, half random) spreads reconnecting clients and nodes alike.
+//! Most random numbers in loopchat only have to differ, not be secret:
+//! WebSocket masks (RFC 6455 10.3 asks for unpredictability against proxies,
+//! not cryptographic strength), `Sec-WebSocket-Key`s, reconnect jitter, cluster
+//! node ids. One small generator (xorshift64*) seeded from the OS serves them
+//! all, and one backoff formula ("equal jitter": half the delay fixed, half
+//! random) spreads reconnecting clients and nodes alike. Secrets (resume
+//! tokens) take their bytes straight from the OS ([`crate::sys::os_random`]).
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
