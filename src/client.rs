@@ -18,8 +18,6 @@
 //! characters, escape sequences and line separators are shown as escapes).
 
 use std::borrow::Cow;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufRead, ErrorKind, IsTerminal, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -557,14 +555,8 @@ pub fn parse_utc(s: &str) -> Option<i64> {
 
 /// `HH:MM:SS` of Unix time `secs` in the local time zone (UTC if unknown).
 fn clock(secs: i64) -> String {
-    let t = secs as libc::time_t;
-    // SAFETY: an all-zero `tm` is a valid value; `localtime_r` only writes to it.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are valid for the call; `localtime_r` is the
-    // thread-safe variant and keeps no reference to them.
-    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
-    if ok {
-        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    if let Some((h, m, s)) = crate::sys::local_time_of_day(secs) {
+        format!("{h:02}:{m:02}:{s:02}")
     } else {
         let s = secs.rem_euclid(86_400);
         format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
@@ -616,29 +608,10 @@ pub fn render_line(line: &str, times: bool, now_unix: i64) -> String {
     format!("{} {}", clock(secs), escape_for_terminal(body))
 }
 
-/// Exponential backoff with jitter: attempt `n` (from 1) waits a random time in
-/// `[d/2, d]` where `d = min(max, base * 2^(n-1))`, so many clients dropped at
-/// once do not come back in lockstep.
-pub fn backoff(base: Duration, max: Duration, attempt: u32, rand: u64) -> Duration {
-    let exp = attempt.saturating_sub(1).min(30);
-    let d = base.saturating_mul(1u32 << exp).min(max);
-    let half = d / 2;
-    let jitter_ns = if half.is_zero() {
-        0
-    } else {
-        rand % (half.as_nanos() as u64 + 1)
-    };
-    half + Duration::from_nanos(jitter_ns)
-}
+pub use crate::rng::backoff;
 
 fn random_u64() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
+    crate::rng::with_thread_rng(|r| r.next_u64())
 }
 
 enum Phase {
@@ -716,13 +689,7 @@ impl Drop for Client {
     }
 }
 
-/// The terminal settings of stdin, if it is a terminal.
-fn tty_settings() -> Option<libc::termios> {
-    // SAFETY: an all-zero termios is a valid value for tcgetattr to fill.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: fd 0 and a valid pointer; tcgetattr only writes to it.
-    (unsafe { libc::tcgetattr(0, &mut t) } == 0).then_some(t)
-}
+use crate::sys::tty_settings;
 
 /// `/quit` or `/quit REASON`, in any letter case.
 fn is_quit(line: &str) -> bool {
@@ -733,14 +700,7 @@ fn is_quit(line: &str) -> bool {
 
 /// Rows a typed line took on the terminal after the prompt `> `.
 fn typed_rows(line: &str) -> usize {
-    // SAFETY: an all-zero winsize is valid; TIOCGWINSZ only writes to it.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: fd 1 and a valid pointer to a winsize, as TIOCGWINSZ expects.
-    let cols = if unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0 {
-        usize::from(ws.ws_col)
-    } else {
-        80
-    };
+    let cols = crate::sys::terminal_columns().unwrap_or(80);
     (2 + line.chars().count()).div_ceil(cols).max(1)
 }
 
@@ -955,8 +915,7 @@ impl Client {
     /// Restore the terminal's settings and print plainly from now on.
     fn end_prompt(&mut self) {
         if let Some(t) = self.saved_tty.take() {
-            // SAFETY: fd 0 and a termios read from it by tcgetattr.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+            crate::sys::restore_tty(&t);
             // Leave the rest on lines of their own, below the prompt.
             let _ = writeln!(io::stdout());
         }
@@ -1286,7 +1245,7 @@ impl Client {
 }
 
 fn mask() -> [u8; 4] {
-    (random_u64() as u32).to_ne_bytes()
+    crate::rng::with_thread_rng(|r| r.mask())
 }
 
 fn send_text(wbuf: &mut Vec<u8>, line: &str) {

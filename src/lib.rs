@@ -9,6 +9,11 @@
 //! - [`cluster`]: the Redis pub/sub bridge between processes (`--redis`).
 //! - [`client`]: the terminal client (`loopchat client URL`), `ws` in the client role.
 //! - [`load`]: the load generator (`loopchat load`), `ws` in the client role.
+//!
+//! Beneath them all: [`sys`], the system calls beyond std and mio (the only
+//! module allowed `unsafe`), and [`rng`], the one pseudo-random generator and
+//! backoff.
+#![deny(unsafe_code)]
 
 pub mod chat;
 pub mod cli;
@@ -16,5 +21,8 @@ pub mod client;
 pub mod cluster;
 pub mod load;
 pub mod logging;
+pub mod rng;
 pub mod server;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod ws;

@@ -12,8 +12,8 @@ use slab::Slab;
 
 use super::payload::{classify, parse_payload, write_payload, Line};
 use super::report::{Latency, LoadResult, Sample, ServerStats};
-use super::sys::{self, ProcSample};
 use super::{Mode, Plan, Protocol};
+use crate::sys::{self, ProcSample};
 use crate::ws::frame::{encode_close, encode_frame, OpCode, Role};
 use crate::ws::handshake::{generate_key, parse_response, write_client_request, Status};
 use crate::ws::message::{Limits, Message, Receiver};
@@ -118,7 +118,7 @@ struct Engine<'p> {
     limits: Limits,
     epoch: Instant,
     phase: Phase,
-    rng: u64,
+    rng: crate::rng::Rng,
     // Connection bookkeeping.
     started_conns: usize,
     pending: usize,
@@ -173,7 +173,7 @@ pub fn run(plan: &Plan) -> io::Result<LoadResult> {
         },
         epoch: now,
         phase: Phase::Connecting,
-        rng: (now.elapsed().as_nanos() as u64 ^ u64::from(std::process::id())) | 1,
+        rng: crate::rng::Rng::from_entropy(),
         started_conns: 0,
         pending: 0,
         open: 0,
@@ -226,11 +226,7 @@ impl Engine<'_> {
     }
 
     fn mask(&mut self) -> [u8; 4] {
-        // xorshift64: masks need only differ, not be secret.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng as u32).to_ne_bytes()
+        self.rng.mask()
     }
 
     fn planned(&self) -> usize {
@@ -915,10 +911,7 @@ impl Engine<'_> {
                             }
                             Some(Message::Binary(_)) => {}
                             Some(Message::Ping(p)) => {
-                                *rng ^= *rng << 13;
-                                *rng ^= *rng >> 7;
-                                *rng ^= *rng << 17;
-                                let mask = (*rng as u32).to_ne_bytes();
+                                let mask = rng.mask();
                                 encode_frame(wbuf, OpCode::Pong, true, p, Some(mask));
                                 mark_dirty(dirty, c, t);
                             }
@@ -929,10 +922,7 @@ impl Engine<'_> {
                                 } else {
                                     close_code =
                                         Some(code.map_or("1005".to_string(), |c| c.to_string()));
-                                    *rng ^= *rng << 13;
-                                    *rng ^= *rng >> 7;
-                                    *rng ^= *rng << 17;
-                                    let mask = (*rng as u32).to_ne_bytes();
+                                    let mask = rng.mask();
                                     encode_close(&mut c.wbuf, code, "", Some(mask));
                                     c.state = State::Closing;
                                     mark_dirty(dirty, c, t);
@@ -944,10 +934,7 @@ impl Engine<'_> {
                         }
                     }
                     Err(e) => {
-                        *rng ^= *rng << 13;
-                        *rng ^= *rng >> 7;
-                        *rng ^= *rng << 17;
-                        let mask = (*rng as u32).to_ne_bytes();
+                        let mask = rng.mask();
                         encode_close(wbuf, Some(e.close_code()), "", Some(mask));
                         outcome = Some("protocol-error");
                         break;

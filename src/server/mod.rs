@@ -12,7 +12,6 @@ mod metrics;
 mod metrics_port;
 mod out;
 mod read;
-mod sys;
 mod timer;
 mod timers;
 mod write;
@@ -20,9 +19,9 @@ mod write;
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use crate::sys::raise_nofile_limit;
 pub use config::{client_ip, Config, IpNet};
 pub use metrics::Metrics;
-pub use sys::raise_nofile_limit;
 
 use std::collections::HashMap;
 use std::io;
@@ -36,6 +35,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::chat::{Hub, Sink};
+use crate::sys;
 use crate::ws::message::Limits;
 use conn::{Conn, Phase, Timeouts, WRITABLE};
 use out::{begin_close, kill, mark_dirty, Out};
