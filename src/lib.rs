@@ -3,6 +3,7 @@
 //! Layers (a lower layer never imports a higher one):
 //! - [`ws`]: RFC 6455 without I/O — handshake, frame decoder and encoder,
 //!   message assembly, close handshake.
+//! - [`auth`]: signed identity (HS256 JWT) without I/O.
 //! - [`chat`]: nicks, rooms and the text commands of the chat protocol,
 //!   without sockets or frames.
 //! - [`server`]: the mio event loop that drives both.
@@ -10,6 +11,7 @@
 //! - [`client`]: the terminal client (`loopchat client URL`), `ws` in the client role.
 //! - [`load`]: the load generator (`loopchat load`), `ws` in the client role.
 
+pub mod auth;
 pub mod chat;
 pub mod cli;
 pub mod client;

@@ -12,6 +12,7 @@
 //! - [`hub`]: users, rooms, membership and the output lines;
 //! - [`remote`]: what a hub that is one node of a cluster asks of the others.
 
+pub mod access;
 pub mod command;
 pub mod compact;
 pub mod hub;
