@@ -10,6 +10,7 @@
 //! - [`cluster`]: the Redis pub/sub bridge between processes (`--redis`).
 //! - [`client`]: the terminal client (`loopchat client URL`), `ws` in the client role.
 //! - [`load`]: the load generator (`loopchat load`), `ws` in the client role.
+//! - [`token_tool`]: `loopchat token`, which signs a token with a key file.
 
 pub mod auth;
 pub mod chat;
@@ -18,4 +19,5 @@ pub mod client;
 pub mod cluster;
 pub mod load;
 pub mod server;
+pub mod token_tool;
 pub mod ws;

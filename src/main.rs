@@ -38,6 +38,10 @@ enum Cmd {
     ///
     /// Example: loopchat load --mode broadcast -c 1000 -s 10 --duration 10s --json
     Load(loopchat::load::LoadArgs),
+    /// Print an HS256 token for `--auth-key` servers, signed with a key file.
+    ///
+    /// Example: loopchat token --key chat.key --sub alice --ttl 1h --role mod --rooms 'dev,ops-*'
+    Token(loopchat::token_tool::TokenArgs),
 }
 
 /// Server flags (the default command).
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Cmd::Client(args)) => loopchat::client::run(args),
         Some(Cmd::Load(args)) => loopchat::load::run(args),
+        Some(Cmd::Token(args)) => loopchat::token_tool::run(args),
         None => serve(cli.serve),
     }
 }
