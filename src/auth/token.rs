@@ -218,18 +218,22 @@ pub struct Policy {
     pub audience: Option<String>,
     /// Required `iss`, when set.
     pub issuer: Option<String>,
-    /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds (at most
+    /// [`MAX_LEEWAY`]).
     pub leeway: u64,
     /// Longest accepted token in bytes.
     pub max_len: usize,
-    /// Longest accepted `exp - now`, in seconds (at most 65535, see
-    /// [`MAX_TTL_LIMIT`]).
+    /// Longest accepted `exp - now`, in seconds (at most [`MAX_TTL_LIMIT`]).
     pub max_ttl: u64,
 }
 
-/// The upper bound of [`Policy::max_ttl`]: the hub tells live expiry times of
-/// one connection apart by their low 16 bits.
-pub const MAX_TTL_LIMIT: u64 = 65_535;
+/// The upper bound of [`Policy::max_ttl`] (18 h): the hub tells live expiry
+/// times of one connection apart by their low 16 bits, so every live `exp`
+/// plus the leeway (at most [`MAX_LEEWAY`]) must lie within 65,535 s of now.
+pub const MAX_TTL_LIMIT: u64 = 64_800;
+
+/// The upper bound of [`Policy::leeway`] (10 min).
+pub const MAX_LEEWAY: u64 = 600;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -408,7 +412,8 @@ fn check_claims(json: &[u8], policy: &Policy, now: u64) -> Result<Claims, TokenE
         return Err(TokenError::BadSubject);
     }
     c.exp = exp.ok_or(TokenError::MissingExp)?;
-    if now >= c.exp.saturating_add(policy.leeway) {
+    let leeway = policy.leeway.min(MAX_LEEWAY);
+    if now >= c.exp.saturating_add(leeway) {
         return Err(TokenError::Expired);
     }
     if c.exp > now.saturating_add(policy.max_ttl.min(MAX_TTL_LIMIT)) {

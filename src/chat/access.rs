@@ -38,6 +38,39 @@ impl Role {
     }
 }
 
+/// A user's role and whether a token vouches for its nick, packed in one byte
+/// so it fits in the padding of the hub's per-user entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access(u8);
+
+const SIGNED: u8 = 4;
+
+impl Access {
+    /// A guest with `role`.
+    pub fn guest(role: Role) -> Access {
+        Access(role as u8)
+    }
+
+    /// A token holder with `role`.
+    pub fn signed(role: Role) -> Access {
+        Access(role as u8 | SIGNED)
+    }
+
+    /// The role.
+    pub fn role(self) -> Role {
+        match self.0 & 3 {
+            0 => Role::Viewer,
+            2 => Role::Mod,
+            _ => Role::Member,
+        }
+    }
+
+    /// True for a token holder.
+    pub fn is_signed(self) -> bool {
+        self.0 & SIGNED != 0
+    }
+}
+
 /// What the hub keeps of a verified token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
@@ -109,6 +142,12 @@ mod tests {
         assert!(!room_allowed(&list, "lobby"));
         assert_eq!(Role::parse("mod"), Some(Role::Mod));
         assert_eq!(Role::parse("admin"), None);
+        for r in [Role::Viewer, Role::Member, Role::Mod] {
+            assert_eq!(Access::guest(r).role(), r);
+            assert_eq!(Access::signed(r).role(), r);
+            assert!(Access::signed(r).is_signed());
+            assert!(!Access::guest(r).is_signed());
+        }
     }
 
     proptest::proptest! {

@@ -52,6 +52,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use super::access::Access;
 use super::command::{parse, Command};
 use super::compact::{InlineList, NickIndex};
 use super::names::{cmp_folded, valid_nick, valid_room, Folded};
@@ -59,7 +60,9 @@ use super::rate::{RateDecision, RateLimiter};
 use super::remote::Request;
 use super::{ChatConfig, ConnId, ErrorCode, Sink};
 
+mod auth;
 mod cluster;
+pub use auth::{AuthState, Identity};
 pub use cluster::RemoteState;
 
 /// An interned room: an index into `Hub::rooms`.
@@ -85,6 +88,11 @@ struct User {
     seen: u32,
     /// A close was requested (quit or rate abuse): further lines are ignored.
     closing: bool,
+    /// Role, and whether a token vouches for the nick.
+    access: Access,
+    /// The low 16 bits of the token's `exp`: tells the live entry of the
+    /// expiry queue from superseded ones (see `hub/auth.rs`).
+    exp_tag: u16,
 }
 
 #[derive(Debug)]
@@ -107,6 +115,8 @@ const HELP: &[&str] = &[
     "SYS /who [ROOM] - list members",
     "SYS /ping [TOKEN] - answered with PONG [TOKEN]",
     "SYS /quit [TEXT] - leave and close",
+    "SYS /auth TOKEN - sign in, or refresh a token before it expires",
+    "SYS /kick ROOM NICK [TEXT] - moderators: remove NICK from ROOM",
     "SYS /help - this list",
 ];
 
@@ -141,6 +151,8 @@ pub struct Hub {
     /// other nodes (see [`super::remote`]). `None` keeps single-process
     /// behaviour exactly.
     remote: Option<Box<RemoteState>>,
+    /// Signed sessions: expiry queue, room grants, kick bans.
+    auth: AuthState,
 }
 
 /// Deliver `line` to `to` (nothing when `to` is empty) and count the deliveries.
@@ -218,6 +230,7 @@ impl Hub {
             messages: 0,
             deliveries: 0,
             remote: None,
+            auth: AuthState::default(),
         }
     }
 
@@ -234,6 +247,27 @@ impl Hub {
     pub fn connect(
         &mut self,
         id: ConnId,
+        nick: Option<&str>,
+        room: Option<&str>,
+        now_ms: u64,
+        sink: &mut impl Sink,
+    ) {
+        self.connect_with(
+            id,
+            Access::guest(Default::default()),
+            nick,
+            room,
+            now_ms,
+            sink,
+        );
+    }
+
+    /// [`Hub::connect`] with a role; a signed `access` must come with the
+    /// token's nick, which the caller (`connect_as`) has already freed.
+    fn connect_with(
+        &mut self,
+        id: ConnId,
+        access: Access,
         nick: Option<&str>,
         room: Option<&str>,
         now_ms: u64,
@@ -274,6 +308,8 @@ impl Hub {
             rate: RateLimiter::new(self.config.rate_limit, now_ms),
             seen: 0,
             closing: false,
+            access,
+            exp_tag: 0,
         });
         self.live += 1;
         send(sink, &mut self.deliveries, &[id], &self.out);
@@ -289,17 +325,25 @@ impl Hub {
         }
         let requested = room.filter(|r| !r.is_empty());
         if let Some(r) = requested.filter(|r| valid_room(r)) {
-            if self.join(id, r, sink) {
-                return;
+            match self.join_refusal(id, r, now_ms) {
+                None if self.join(id, r, sink) => return,
+                None => {}
+                Some(why) => {
+                    self.err(id, ErrorCode::Forbidden, why, sink);
+                    self.join_first_allowed(id, now_ms, sink);
+                    return;
+                }
             }
         }
         // Taken out and put back so `join` can borrow the hub mutably; no copy.
         let default = std::mem::take(&mut self.config.default_room);
-        let joined = valid_room(&default) && self.join(id, &default, sink);
-        if !joined {
+        let joined = valid_room(&default)
+            && self.join_refusal(id, &default, now_ms).is_none()
+            && self.join(id, &default, sink);
+        self.config.default_room = default;
+        if !joined && !self.join_first_allowed(id, now_ms, sink) {
             self.join(id, "lobby", sink);
         }
-        self.config.default_room = default;
         if requested.is_some() {
             self.err(
                 id,
@@ -354,6 +398,10 @@ impl Hub {
                 return;
             }
         };
+        if let Some(why) = self.refusal(id, &cmd, now_ms) {
+            self.err(id, ErrorCode::Forbidden, why, sink);
+            return;
+        }
         match cmd {
             Command::Empty => {}
             Command::Say(text) => match self.current_room_id(id) {
@@ -410,6 +458,7 @@ impl Hub {
                     send(sink, &mut self.deliveries, &[id], line);
                 }
             }
+            Command::Kick { room, nick, text } => self.kick(id, room, nick, text, now_ms, sink),
         }
     }
 
@@ -430,6 +479,7 @@ impl Hub {
         }
         self.request(|| Request::Gone(id));
         self.forget_pending(id);
+        self.forget_grant(id, user.access);
         self.live -= 1;
         // Trailing free slots are given back so a burst of connections does not
         // pin the table at its peak forever.

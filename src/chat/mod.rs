@@ -20,6 +20,7 @@ pub mod names;
 pub mod rate;
 pub mod remote;
 
+pub use access::{Grant, Role};
 pub use command::{Command, ParseError};
 pub use hub::Hub;
 pub use rate::{RateDecision, RateLimiter};
@@ -50,6 +51,11 @@ pub struct ChatConfig {
     pub max_rooms: usize,
     /// The room a connection joins when it asks for none (or a bad one).
     pub default_room: String,
+    /// How long a user removed by `/kick` may not rejoin that room, in ms.
+    pub kick_ban_ms: u64,
+    /// Seconds a token is still honoured after its `exp` (clock skew); at most
+    /// 600, which the expiry queue relies on (see `hub/auth.rs`).
+    pub token_leeway: u64,
 }
 
 impl Default for ChatConfig {
@@ -62,6 +68,8 @@ impl Default for ChatConfig {
             rooms_limit: 500,
             max_rooms: 32,
             default_room: "lobby".to_string(),
+            kick_ban_ms: 5 * 60 * 1000,
+            token_leeway: 30,
         }
     }
 }
@@ -72,7 +80,8 @@ pub trait Sink {
     /// Deliver one server→client line (no trailing newline) to each connection in `to`.
     fn deliver(&mut self, to: &[ConnId], line: &str);
     /// Close `id` once its queued output is flushed: 1000 for /quit, 1008 for
-    /// sustained rate abuse.
+    /// sustained rate abuse, 4001 for a signed session that ended (replaced by
+    /// a newer sign-in, or its token expired).
     fn close(&mut self, id: ConnId, code: u16, reason: &str);
 }
 
@@ -95,6 +104,10 @@ pub enum ErrorCode {
     TooLong,
     /// Over the per-connection rate; the command was not executed.
     RateLimited,
+    /// The connection's role, token or a kick does not allow the command.
+    Forbidden,
+    /// An `/auth` token was refused (the connection is then closed with 1008).
+    BadToken,
 }
 
 impl ErrorCode {
@@ -109,6 +122,8 @@ impl ErrorCode {
             ErrorCode::NoSuchNick => "no-such-nick",
             ErrorCode::TooLong => "too-long",
             ErrorCode::RateLimited => "rate-limited",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::BadToken => "bad-token",
         }
     }
 }

@@ -679,3 +679,5 @@ mod props {
         }
     }
 }
+
+mod auth;
