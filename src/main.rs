@@ -150,6 +150,9 @@ struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = loopchat::cli::parse_duration)]
     redis_query_timeout: Duration,
 
+    #[command(flatten)]
+    auth: loopchat::server::AuthArgs,
+
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: LevelFilter,
@@ -228,7 +231,7 @@ fn serve(cli: ServeArgs) -> ExitCode {
             })
         }
     };
-    let cfg = Config {
+    let mut cfg = Config {
         listen: cli.listen,
         line_listen: cli.line_listen,
         reuse_port: cli.reuse_port,
@@ -255,7 +258,12 @@ fn serve(cli: ServeArgs) -> ExitCode {
             ..ChatConfig::default()
         },
         redis,
+        auth: None,
     };
+    if let Err(e) = cli.auth.apply(&mut cfg) {
+        eprintln!("loopchat: {e}");
+        return ExitCode::from(2);
+    }
     let server = match Server::bind(cfg) {
         Ok(s) => s,
         Err(e) => {

@@ -3,8 +3,10 @@
 
 use log::debug;
 
+use super::auth_glue::Admission;
 use super::conn::{Kind, Phase, COUNTED, DRAIN, IN_CHAT, PROXIED};
 use super::{client_ip, mark_dirty, Out, Server};
+use crate::chat::hub::Identity;
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
 /// The built-in web chat page, its script and its style sheet.
@@ -25,6 +27,8 @@ enum Route {
         kind: Kind,
         nick: Option<String>,
         room: Option<String>,
+        /// With `--auth-key`: who the connection is (`None`: a guest).
+        who: Option<Identity>,
     },
     /// Answered (or refused); close after the flush.
     Answered,
@@ -78,7 +82,13 @@ impl Server {
                 }
             }
         };
-        let Route::Upgraded { kind, nick, room } = route else {
+        let Route::Upgraded {
+            kind,
+            nick,
+            room,
+            who,
+        } = route
+        else {
             return;
         };
         // Frames pipelined behind the request head.
@@ -94,8 +104,9 @@ impl Server {
                 conns: &mut self.conns,
                 ctx: &mut self.ctx,
             };
+            let who = who.unwrap_or(Identity::Guest(Default::default()));
             self.hub
-                .connect(id, nick.as_deref(), room.as_deref(), now, &mut out);
+                .connect_as(id, who, nick.as_deref(), room.as_deref(), now, &mut out);
         }
         if rest > 0 {
             if from_scratch {
@@ -167,6 +178,24 @@ impl Server {
                 self.answer(id, 403, "text/plain", b"origin not allowed\n");
                 return Route::Answered;
             }
+            let admission = match kind {
+                Kind::Chat => self.admission(id, req.query_param("token")),
+                _ => None,
+            };
+            let who = match admission {
+                Some(Admission::Refuse(why)) => {
+                    self.answer_with(
+                        id,
+                        401,
+                        "text/plain",
+                        &[("WWW-Authenticate", "Bearer realm=\"loopchat\"")],
+                        why.as_bytes(),
+                    );
+                    return Route::Answered;
+                }
+                Some(Admission::Admit(who)) => Some(who),
+                None => None,
+            };
             let c = &mut self.conns[id];
             handshake::write_upgrade_response(&mut c.outbox, up.key, None);
             c.kind = kind;
@@ -185,7 +214,12 @@ impl Server {
             } else {
                 (None, None)
             };
-            return Route::Upgraded { kind, nick, room };
+            return Route::Upgraded {
+                kind,
+                nick,
+                room,
+                who,
+            };
         }
         self.ctx.metrics.http_requests_total += 1;
         let known = matches!(

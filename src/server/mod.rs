@@ -3,6 +3,7 @@
 //! to per-connection outboxes and flushes every dirty connection once at the end
 //! of the loop turn.
 
+mod auth_glue;
 mod cluster_glue;
 mod config;
 mod conn;
@@ -11,6 +12,7 @@ mod metrics;
 mod sys;
 mod timer;
 
+pub use auth_glue::{AuthArgs, AuthConfig, GuestPolicy};
 pub use config::{client_ip, Config, IpNet};
 pub use conn::{Conn, Kind, Phase};
 pub use metrics::Metrics;
@@ -197,6 +199,8 @@ pub struct Server {
     fired: Vec<Entry>,
     /// The Redis bridge (`--redis`); `None` runs alone.
     cluster: Option<Box<crate::cluster::Cluster>>,
+    /// Signed tokens (`--auth-key`); `None` admits everyone as a guest.
+    auth: Option<Box<auth_glue::Auth>>,
 }
 
 impl Server {
@@ -222,6 +226,7 @@ impl Server {
             let mut s = signal_hook_mio::v1_0::Signals::new([
                 signal_hook::consts::SIGINT,
                 signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGHUP,
             ])?;
             poll.registry()
                 .register(&mut s, SIGNALS, Interest::READABLE)?;
@@ -269,7 +274,9 @@ impl Server {
             shutdown_deadline: None,
             fired: Vec::new(),
             cluster: None,
+            auth: None,
         };
+        server.start_auth()?;
         server.start_cluster();
         Ok(server)
     }
@@ -297,6 +304,10 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.cluster_timeout(self.poll_timeout());
+            let timeout = match (timeout, self.auth_timeout()) {
+                (Some(t), Some(a)) => Some(t.min(a)),
+                (t, a) => t.or(a),
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -351,6 +362,7 @@ impl Server {
                 self.read(id);
             }
             self.timers();
+            self.expire_tokens();
             self.finish_turn();
             if self.cluster_turn() {
                 self.finish_turn();
@@ -395,8 +407,15 @@ impl Server {
             return false;
         };
         let mut got = false;
-        for _ in signals.pending() {
-            got = true;
+        let mut hup = false;
+        for s in signals.pending() {
+            match s {
+                signal_hook::consts::SIGHUP => hup = true,
+                _ => got = true,
+            }
+        }
+        if hup {
+            self.reload_auth();
         }
         if !got {
             return false;
@@ -513,14 +532,7 @@ impl Server {
         debug!("{addr}: accepted ({kind:?}, id {id})");
         self.schedule(id);
         if line {
-            let c = &mut self.conns[id];
-            c.set(IN_CHAT);
-            let now = self.ctx.now_ms;
-            let mut out = Out {
-                conns: &mut self.conns,
-                ctx: &mut self.ctx,
-            };
-            self.hub.connect(id, None, None, now, &mut out);
+            self.admit_line(id);
         }
     }
 
@@ -755,6 +767,9 @@ impl Server {
     }
 
     fn chat_line(&mut self, id: usize, line: &str) {
+        if self.auth_line(id, line) {
+            return;
+        }
         let now = self.ctx.now_ms;
         let mut out = Out {
             conns: &mut self.conns,
