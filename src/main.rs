@@ -112,6 +112,18 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     presence_limit: usize,
 
+    /// Rooms one connection may be in at once (`ERR bad-room` beyond).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    max_rooms: usize,
+
+    /// Rooms that may exist at once; a join that would create one more gets `ERR bad-room`.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_rooms_total: usize,
+
+    /// Rate-limit tokens one /rooms or /who takes (of the --rate-limit burst).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    query_cost: u32,
+
     /// Interval between WebSocket pings (0 = no pings).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = loopchat::cli::parse_duration)]
     ping_interval: Duration,
@@ -253,6 +265,9 @@ fn serve(cli: ServeArgs) -> ExitCode {
         handle_signals: true,
         chat: ChatConfig {
             presence_limit: cli.presence_limit,
+            max_rooms: cli.max_rooms.max(1),
+            max_rooms_total: cli.max_rooms_total.max(1),
+            query_cost: cli.query_cost,
             rate_limit: cli.rate_limit,
             max_line: cli.max_line,
             ..ChatConfig::default()

@@ -5,7 +5,9 @@
 //! - users live in a `Vec<Option<User>>` indexed by [`ConnId`] (the server's
 //!   dense slab key), grown on demand;
 //! - rooms are interned as `u32` ids in a slab-like `Vec<Option<Room>>` with a
-//!   free list, plus a map from the case-folded name to the id;
+//!   free list, plus an ordered map from the case-folded name to the id, which
+//!   is also `/rooms`' sorted index: listing the first `rooms_limit` rooms
+//!   walks that many entries, whatever the number of rooms;
 //! - a room's members are a `Vec<ConnId>`, so a broadcast is one
 //!   [`Sink::deliver`] with that slice; each user keeps, per room, its position
 //!   in that vector, so leaving is a `swap_remove` plus fixing the moved
@@ -30,9 +32,12 @@
 //!   is listed as empty (`WHO ROOM`).
 //! - `/rooms` lists rooms sorted case-insensitively, at most `rooms_limit`, then
 //!   `+N`; `/who` lists members in room order, at most `who_limit`, then `+N`.
+//!   Both cost O(what they list) and take `query_cost` rate-limit tokens.
 //! - `/help` answers with one `SYS` line per command.
 //! - A connection is in at most `max_rooms` rooms; one more `/join` gets
-//!   `ERR bad-room` and changes nothing.
+//!   `ERR bad-room` and changes nothing. At most `max_rooms_total` rooms exist;
+//!   a `/join` that would create one more gets `ERR bad-room` too (the default
+//!   room is exempt, so a new connection always has somewhere to be).
 //! - `/quit [TEXT]` sends `LEFT` to its rooms at once and asks the sink to close
 //!   with 1000 and TEXT (default `bye`, cut to 123 bytes) as the reason; the
 //!   nick stays taken until [`Hub::disconnect`]. Lines that arrive after a
@@ -49,13 +54,13 @@
 //! `/rooms` are answered by [`Hub::answer_who`] / [`Hub::answer_rooms`], and
 //! guest nicks carry the node's tag. Without it nothing changes.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::access::Access;
 use super::command::{parse, Command};
 use super::compact::{InlineList, NickIndex};
-use super::names::{cmp_folded, valid_nick, valid_room, Folded};
+use super::names::{valid_nick, valid_room, Folded};
 use super::rate::{RateDecision, RateLimiter};
 use super::remote::Request;
 use super::{ChatConfig, ConnId, ErrorCode, Sink};
@@ -120,6 +125,15 @@ const HELP: &[&str] = &[
     "SYS /help - this list",
 ];
 
+/// Why a `/join` changed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refused {
+    /// The connection is in `max_rooms` rooms already.
+    Yours,
+    /// The room would be new and `max_rooms_total` rooms exist.
+    Total,
+}
+
 /// Longest close reason: a close frame's payload is at most 125 bytes, two of
 /// which are the code.
 const MAX_CLOSE_REASON: usize = 123;
@@ -135,14 +149,12 @@ pub struct Hub {
     nicks: NickIndex,
     rooms: Vec<Option<Room>>,
     free_rooms: Vec<RoomId>,
-    /// Folded room name → id.
-    room_index: HashMap<Box<str>, RoomId>,
+    /// Folded room name → id, in `/rooms` order.
+    room_index: BTreeMap<Box<str>, RoomId>,
     /// The line being built; reused so steady-state output allocates nothing.
     out: String,
     /// Reusable recipient list (NICK propagation, SYS broadcast).
     scratch: Vec<ConnId>,
-    /// Reusable room list for `/rooms`.
-    room_scratch: Vec<RoomId>,
     generation: u32,
     next_guest: u64,
     messages: u64,
@@ -221,10 +233,9 @@ impl Hub {
             nicks: NickIndex::default(),
             rooms: Vec::new(),
             free_rooms: Vec::new(),
-            room_index: HashMap::new(),
+            room_index: BTreeMap::new(),
             out: String::new(),
             scratch: Vec::new(),
-            room_scratch: Vec::new(),
             generation: 0,
             next_guest: 0,
             messages: 0,
@@ -252,14 +263,8 @@ impl Hub {
         now_ms: u64,
         sink: &mut impl Sink,
     ) {
-        self.connect_with(
-            id,
-            Access::guest(Default::default()),
-            nick,
-            room,
-            now_ms,
-            sink,
-        );
+        let guest = Access::guest(Default::default());
+        self.connect_with(id, guest, nick, room, now_ms, sink);
     }
 
     /// [`Hub::connect`] with a role; a signed `access` must come with the
@@ -324,14 +329,14 @@ impl Hub {
             None => {}
         }
         let requested = room.filter(|r| !r.is_empty());
+        let mut forbidden = false;
         if let Some(r) = requested.filter(|r| valid_room(r)) {
             match self.join_refusal(id, r, now_ms) {
-                None if self.join(id, r, sink) => return,
+                None if self.join(id, r, false, sink).is_ok() => return,
                 None => {}
                 Some(why) => {
                     self.err(id, ErrorCode::Forbidden, why, sink);
-                    self.join_first_allowed(id, now_ms, sink);
-                    return;
+                    forbidden = true;
                 }
             }
         }
@@ -339,12 +344,15 @@ impl Hub {
         let default = std::mem::take(&mut self.config.default_room);
         let joined = valid_room(&default)
             && self.join_refusal(id, &default, now_ms).is_none()
-            && self.join(id, &default, sink);
+            && self.join(id, &default, true, sink).is_ok();
         self.config.default_room = default;
-        if !joined && !self.join_first_allowed(id, now_ms, sink) {
-            self.join(id, "lobby", sink);
+        if !joined
+            && !self.join_first_allowed(id, now_ms, sink)
+            && self.join_refusal(id, "lobby", now_ms).is_none()
+        {
+            let _ = self.join(id, "lobby", true, sink);
         }
-        if requested.is_some() {
+        if requested.is_some() && !forbidden {
             self.err(
                 id,
                 ErrorCode::BadRoom,
@@ -368,7 +376,14 @@ impl Hub {
         if user.closing {
             return;
         }
-        match user.rate.check(rate, now_ms) {
+        // Parsing is bounded by `max_line` and has no effect: it comes first so
+        // the rate limiter can charge what the command will cost.
+        let parsed = parse(line, self.config.max_line);
+        let cost = match parsed {
+            Ok(Command::Rooms | Command::Who(_)) => self.config.query_cost,
+            _ => 1,
+        };
+        match user.rate.check(rate, cost, now_ms) {
             RateDecision::Allow => {}
             RateDecision::Limited => {
                 self.err(
@@ -391,7 +406,7 @@ impl Hub {
                 return;
             }
         }
-        let cmd = match parse(line, self.config.max_line) {
+        let cmd = match parsed {
             Ok(cmd) => cmd,
             Err(e) => {
                 self.err(id, e.code(), e.text(), sink);
@@ -409,16 +424,21 @@ impl Hub {
                 None => self.err(id, ErrorCode::NotInRoom, "join a room first", sink),
             },
             Command::Nick(nick) => self.change_nick(id, nick, sink),
-            Command::Join(room) => {
-                if !self.join(id, room, sink) {
-                    self.err(
-                        id,
-                        ErrorCode::BadRoom,
-                        "too many rooms, leave one first",
-                        sink,
-                    );
-                }
-            }
+            Command::Join(room) => match self.join(id, room, false, sink) {
+                Ok(()) => {}
+                Err(Refused::Yours) => self.err(
+                    id,
+                    ErrorCode::BadRoom,
+                    "too many rooms, leave one first",
+                    sink,
+                ),
+                Err(Refused::Total) => self.err(
+                    id,
+                    ErrorCode::BadRoom,
+                    "the server has too many rooms, join an existing one",
+                    sink,
+                ),
+            },
             Command::Leave(room) => {
                 let idx = match room {
                     None => self.user(id).and_then(|u| u.rooms.len().checked_sub(1)),
@@ -697,26 +717,36 @@ impl Hub {
         self.publish_room(rid);
     }
 
-    /// Join (creating the room if needed) and make it current. False, with
-    /// nothing changed, when the connection is in `max_rooms` rooms already or
-    /// no room id is left.
-    fn join<S: Sink>(&mut self, id: ConnId, name: &str, sink: &mut S) -> bool {
+    /// Join (creating the room if needed) and make it current. Refused, with
+    /// nothing changed, when the connection is in `max_rooms` rooms already,
+    /// or the room would be new and `max_rooms_total` exist (unless
+    /// `default` says this is the default room) or no room id is left.
+    fn join<S: Sink>(
+        &mut self,
+        id: ConnId,
+        name: &str,
+        default: bool,
+        sink: &mut S,
+    ) -> Result<(), Refused> {
         let Some(key) = Folded::new(name) else {
-            return false;
+            return Err(Refused::Yours);
         };
         let existing = self.room_index.get(key.as_str()).copied();
         let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
-            return true;
+            return Ok(());
         };
         if let Some(i) = existing.and_then(|rid| user.rooms.iter().position(|m| m.room == rid)) {
             let m = user.rooms.remove(i);
             user.rooms.push(m);
-            return true;
+            return Ok(());
         }
         // Every check comes before the room is created, so a refused join
         // never leaves an empty room behind.
         if user.rooms.len() >= self.config.max_rooms {
-            return false;
+            return Err(Refused::Yours);
+        }
+        if existing.is_none() && !default && self.room_index.len() >= self.config.max_rooms_total {
+            return Err(Refused::Total);
         }
         let rid = match existing {
             Some(rid) => rid,
@@ -725,7 +755,7 @@ impl Hub {
                     Some(rid) => rid,
                     None => {
                         let Ok(rid) = RoomId::try_from(self.rooms.len()) else {
-                            return false;
+                            return Err(Refused::Total);
                         };
                         self.rooms.push(None);
                         rid
@@ -744,7 +774,7 @@ impl Hub {
             self.users.get_mut(id).and_then(Option::as_mut),
             self.rooms.get_mut(rid as usize).and_then(Option::as_mut),
         ) else {
-            return true;
+            return Ok(());
         };
         // Positions are u32 to keep memberships at 8 bytes; a room cannot hold
         // 4 billion connections, the process runs out of descriptors long before.
@@ -764,7 +794,7 @@ impl Hub {
         if told_room {
             self.publish_room(rid);
         }
-        true
+        Ok(())
     }
 
     /// Leave the room at `idx` of `id`'s room list: `LEFT` (per presence rules)
@@ -932,41 +962,26 @@ impl Hub {
     }
 
     /// `ROOMS ROOM=COUNT ...`, case-insensitively sorted, at most `rooms_limit`
-    /// then `+N`. Only the listed rooms are sorted (a partial selection first),
-    /// so the cost is O(rooms + limit log limit).
+    /// then `+N`: the first entries of the sorted index, so the cost is
+    /// O(rooms_limit) however many rooms exist.
     fn list_rooms<S: Sink>(&mut self, id: ConnId, sink: &mut S) {
         if self.remote.is_some() {
             self.request(|| Request::Rooms { id });
             return;
         }
-        let mut ids = std::mem::take(&mut self.room_scratch);
-        ids.clear();
-        ids.extend(
-            self.rooms
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.is_some())
-                .map(|(i, _)| i as RoomId),
-        );
-        let rooms = &self.rooms;
-        let name = |rid: &RoomId| rooms[*rid as usize].as_ref().map_or("", |r| &*r.name);
-        let limit = self.config.rooms_limit.min(ids.len());
-        if limit < ids.len() && limit > 0 {
-            ids.select_nth_unstable_by(limit - 1, |a, b| cmp_folded(name(a), name(b)));
-        }
-        ids[..limit].sort_unstable_by(|a, b| cmp_folded(name(a), name(b)));
+        let limit = self.config.rooms_limit;
         self.out.clear();
         self.out.push_str("ROOMS");
-        for rid in &ids[..limit] {
-            if let Some(room) = rooms[*rid as usize].as_ref() {
+        for &rid in self.room_index.values().take(limit) {
+            if let Some(room) = self.rooms.get(rid as usize).and_then(Option::as_ref) {
                 let _ = write!(self.out, " {}={}", room.name, room.members.len());
             }
         }
-        if ids.len() > limit {
-            let _ = write!(self.out, " +{}", ids.len() - limit);
+        let total = self.room_index.len();
+        if total > limit {
+            let _ = write!(self.out, " +{}", total - limit);
         }
         send(sink, &mut self.deliveries, &[id], &self.out);
-        self.room_scratch = ids;
     }
 
     /// `WHO ROOM NICK ...`, at most `who_limit` nicks then `+N`.
@@ -1070,6 +1085,78 @@ mod tests {
         hub.check_invariants();
         assert!(hub.rooms.is_empty() && hub.free_rooms.is_empty());
         assert!(hub.users.is_empty());
+    }
+
+    #[test]
+    fn rooms_in_total_are_capped_but_the_default_room_is_not() {
+        let mut hub = Hub::new(ChatConfig {
+            max_rooms_total: 2,
+            ..config()
+        });
+        let mut sink = Lines(Vec::new());
+        hub.connect(0, Some("a"), Some("x"), 0, &mut sink);
+        hub.handle(0, "/join y", 0, &mut sink);
+        sink.0.clear();
+        hub.handle(0, "/join z", 0, &mut sink);
+        assert_eq!(
+            sink.0,
+            [(
+                0,
+                "ERR bad-room the server has too many rooms, join an existing one".to_string()
+            )]
+        );
+        assert_eq!(hub.rooms(), 2, "the refused room was not created");
+        // An existing room is joined as usual, and a newcomer still lands in
+        // the default room, which is created past the cap.
+        hub.connect(1, Some("b"), Some("new"), 0, &mut sink);
+        assert_eq!(hub.current_room(1), Some("lobby"));
+        hub.handle(1, "/join x", 0, &mut sink);
+        assert_eq!(hub.current_room(1), Some("x"));
+        hub.check_invariants();
+    }
+
+    #[test]
+    fn queries_take_query_cost_tokens() {
+        let mut hub = Hub::new(ChatConfig {
+            rate_limit: 20,
+            query_cost: 10,
+            ..ChatConfig::default()
+        });
+        let mut sink = Lines(Vec::new());
+        hub.connect(0, Some("a"), None, 0, &mut sink);
+        hub.handle(0, "/rooms", 0, &mut sink);
+        hub.handle(0, "/who", 0, &mut sink);
+        sink.0.clear();
+        hub.handle(0, "/rooms", 0, &mut sink);
+        assert_eq!(
+            sink.0,
+            [(
+                0,
+                "ERR rate-limited too many commands, slow down".to_string()
+            )]
+        );
+        // The refusal took one token; 550 ms refill eleven: one more query.
+        sink.0.clear();
+        hub.handle(0, "/rooms", 550, &mut sink);
+        assert_eq!(sink.0, [(0, "ROOMS lobby=1".to_string())]);
+    }
+
+    #[test]
+    fn rooms_lists_the_first_rooms_of_the_index() {
+        let mut hub = Hub::new(ChatConfig {
+            rooms_limit: 2,
+            max_rooms: 10,
+            ..config()
+        });
+        let mut sink = Lines(Vec::new());
+        hub.connect(0, Some("a"), Some("b"), 0, &mut sink);
+        for r in ["/join C", "/join a", "/join D"] {
+            hub.handle(0, r, 0, &mut sink);
+        }
+        hub.handle(0, "/leave a", 0, &mut sink);
+        sink.0.clear();
+        hub.handle(0, "/rooms", 0, &mut sink);
+        assert_eq!(sink.0, [(0, "ROOMS b=1 C=1 +1".to_string())]);
     }
 
     #[test]

@@ -49,6 +49,13 @@ pub struct ChatConfig {
     /// Rooms one connection may be in at once; more gets `ERR bad-room`. Keeps
     /// per-connection memory and membership lookups bounded.
     pub max_rooms: usize,
+    /// Rooms that may exist at once; a `/join` that would create one more gets
+    /// `ERR bad-room` (the default room is exempt).
+    pub max_rooms_total: usize,
+    /// Rate-limit tokens a `/rooms` or `/who` takes (at most one burst): they
+    /// answer with up to `rooms_limit` / `who_limit` entries, so a client
+    /// asking in a loop must not cost as much as one sending short lines.
+    pub query_cost: u32,
     /// The room a connection joins when it asks for none (or a bad one).
     pub default_room: String,
     /// How long a user removed by `/kick` may not rejoin that room, in ms.
@@ -67,6 +74,8 @@ impl Default for ChatConfig {
             max_line: 4096,
             rooms_limit: 500,
             max_rooms: 32,
+            max_rooms_total: 100_000,
+            query_cost: 10,
             default_room: "lobby".to_string(),
             kick_ban_ms: 5 * 60 * 1000,
             token_leeway: 30,

@@ -43,9 +43,13 @@ impl RateLimiter {
         }
     }
 
-    /// Account for one command at `now_ms` under `rate` commands per second
-    /// (0 = unlimited). A clock that goes backwards refills nothing.
-    pub fn check(&mut self, rate: u32, now_ms: u64) -> RateDecision {
+    /// Account for one command costing `cost` tokens (clamped to 1..=`rate`,
+    /// so any command fits a full bucket) at `now_ms` under `rate` commands
+    /// per second (0 = unlimited). An allowed command takes `cost` tokens; a
+    /// refused one takes one, whatever it would have cost: refusing is cheap,
+    /// and the debt measures how often the client ignores refusals. A clock
+    /// that goes backwards refills nothing.
+    pub fn check(&mut self, rate: u32, cost: u32, now_ms: u64) -> RateDecision {
         if rate == 0 {
             return RateDecision::Allow;
         }
@@ -55,9 +59,11 @@ impl RateLimiter {
         let elapsed = now_ms.saturating_sub(self.last_ms).min(1000) as i64;
         self.last_ms = self.last_ms.max(now_ms);
         self.tokens = (self.tokens + elapsed * i64::from(rate)).min(cap);
-        let allowed = self.tokens >= COST;
+        let price = i64::from(cost.clamp(1, rate)) * COST;
+        let allowed = self.tokens >= price;
+        let charge = if allowed { price } else { COST };
         // The floor only bounds the value; the connection is closed long before.
-        self.tokens = (self.tokens - COST).max(-cap - COST);
+        self.tokens = (self.tokens - charge).max(-cap - COST);
         if allowed {
             RateDecision::Allow
         } else if self.tokens < -cap {
@@ -80,7 +86,7 @@ mod tests {
     fn off_when_zero() {
         let mut r = RateLimiter::new(0, 0);
         for _ in 0..10_000 {
-            assert_eq!(r.check(0, 0), RateDecision::Allow);
+            assert_eq!(r.check(0, 1, 0), RateDecision::Allow);
         }
     }
 
@@ -88,37 +94,37 @@ mod tests {
     fn burst_then_limited_then_abuse() {
         let mut r = RateLimiter::new(5, 1000);
         for _ in 0..5 {
-            assert_eq!(r.check(5, 1000), RateDecision::Allow);
+            assert_eq!(r.check(5, 1, 1000), RateDecision::Allow);
         }
         for _ in 0..5 {
-            assert_eq!(r.check(5, 1000), RateDecision::Limited);
+            assert_eq!(r.check(5, 1, 1000), RateDecision::Limited);
         }
-        assert_eq!(r.check(5, 1000), RateDecision::Abuse);
+        assert_eq!(r.check(5, 1, 1000), RateDecision::Abuse);
     }
 
     #[test]
     fn refill_is_exact_and_capped() {
         let mut r = RateLimiter::new(5, 0);
         for _ in 0..5 {
-            assert_eq!(r.check(5, 0), RateDecision::Allow);
+            assert_eq!(r.check(5, 1, 0), RateDecision::Allow);
         }
         // 5 per second = one token per 200 ms.
-        assert_eq!(r.check(5, 199), RateDecision::Limited);
+        assert_eq!(r.check(5, 1, 199), RateDecision::Limited);
         // 995 milli-tokens were short and are now owed; 401 ms later 2005 came in.
-        assert_eq!(r.check(5, 600), RateDecision::Allow);
+        assert_eq!(r.check(5, 1, 600), RateDecision::Allow);
         // A long pause refills exactly one burst, not more.
         let mut r = RateLimiter::new(5, 0);
         for t in 0..5 {
-            assert_eq!(r.check(5, 1_000_000 + t), RateDecision::Allow);
+            assert_eq!(r.check(5, 1, 1_000_000 + t), RateDecision::Allow);
         }
-        assert_eq!(r.check(5, 1_000_004), RateDecision::Limited);
+        assert_eq!(r.check(5, 1, 1_000_004), RateDecision::Limited);
     }
 
     #[test]
     fn steady_at_rate_is_never_limited() {
         let mut r = RateLimiter::new(10, 0);
         for i in 0..10_000u64 {
-            assert_eq!(r.check(10, i * 100), RateDecision::Allow);
+            assert_eq!(r.check(10, 1, i * 100), RateDecision::Allow);
         }
     }
 
@@ -128,7 +134,7 @@ mod tests {
         let mut closed_at = None;
         // 20 per second against a limit of 10.
         for i in 0..1000u64 {
-            if r.check(10, i * 50) == RateDecision::Abuse {
+            if r.check(10, 1, i * 50) == RateDecision::Abuse {
                 closed_at = Some(i);
                 break;
             }
@@ -137,9 +143,24 @@ mod tests {
     }
 
     #[test]
+    fn expensive_commands_take_their_cost_and_refusals_take_one() {
+        let mut r = RateLimiter::new(10, 0);
+        assert_eq!(r.check(10, 4, 0), RateDecision::Allow);
+        assert_eq!(r.check(10, 4, 0), RateDecision::Allow);
+        // Two tokens left: a third costs four and is refused, taking one.
+        assert_eq!(r.check(10, 4, 0), RateDecision::Limited);
+        assert_eq!(r.check(10, 1, 0), RateDecision::Allow);
+        assert_eq!(r.check(10, 1, 0), RateDecision::Limited);
+        // A cost over the burst is clamped to it: a full bucket always pays.
+        let mut r = RateLimiter::new(3, 0);
+        assert_eq!(r.check(3, 100, 0), RateDecision::Allow);
+        assert_eq!(r.check(3, 1, 0), RateDecision::Limited);
+    }
+
+    #[test]
     fn clock_going_backwards_does_not_refill() {
         let mut r = RateLimiter::new(1, 10_000);
-        assert_eq!(r.check(1, 10_000), RateDecision::Allow);
-        assert_eq!(r.check(1, 0), RateDecision::Limited);
+        assert_eq!(r.check(1, 1, 10_000), RateDecision::Allow);
+        assert_eq!(r.check(1, 1, 0), RateDecision::Limited);
     }
 }

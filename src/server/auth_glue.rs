@@ -24,7 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use log::{error, info, warn};
 
 use super::conn::{Kind, IN_CHAT};
-use super::{begin_close, Out, Server};
+use super::out::{begin_close, Out};
+use super::Server;
 use crate::auth::token::{Key, KeySet, Policy, TokenError, MAX_LEEWAY, MAX_TTL_LIMIT};
 use crate::auth::{auth_command, verify};
 use crate::chat::access::{Grant, Role};
@@ -265,11 +266,8 @@ impl Server {
         };
         self.conns[id].set(IN_CHAT);
         let now = self.ctx.now_ms;
-        let mut out = Out {
-            conns: &mut self.conns,
-            ctx: &mut self.ctx,
-        };
-        self.hub.connect_as(id, who, None, None, now, &mut out);
+        let (hub, mut out) = self.chat();
+        hub.connect_as(id, who, None, None, now, &mut out);
     }
 
     /// Handle `line` if it is the server's business (`/auth`, or any line of
@@ -328,22 +326,21 @@ impl Server {
         }
         let now = unix_now();
         if self.hub.poll_expiry().is_some_and(|at| at <= now) {
-            let mut out = Out {
-                conns: &mut self.conns,
-                ctx: &mut self.ctx,
-            };
-            self.hub.expire(now, &mut out);
+            let (hub, mut out) = self.chat();
+            hub.expire(now, &mut out);
         }
     }
 
-    /// How long the loop may sleep before a token expires.
-    pub(super) fn auth_timeout(&self) -> Option<Duration> {
-        self.auth.as_ref()?;
-        let at = self.hub.poll_expiry()?;
+    /// `timeout`, shortened to the next token expiry when that comes first.
+    pub(super) fn auth_timeout(&self, timeout: Option<Duration>) -> Option<Duration> {
+        let Some(at) = self.auth.as_ref().and(self.hub.poll_expiry()) else {
+            return timeout;
+        };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        Some(Duration::from_secs(at).saturating_sub(now))
+        let d = Duration::from_secs(at).saturating_sub(now);
+        Some(timeout.map_or(d, |t| t.min(d)))
     }
 }
 

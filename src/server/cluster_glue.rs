@@ -1,6 +1,6 @@
 //! The server's side of `--redis`: the node's two connections live in the same
 //! `Poll` under their own tokens, and the chat output the cluster produces
-//! goes through the same [`Out`] sink as local output (encoded once, appended
+//! goes through the same [`Out`](super::out::Out) sink as local output (encoded once, appended
 //! to every recipient's outbox).
 
 use std::time::{Duration, Instant};
@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::Token;
 
-use super::{Out, Server};
+use super::out::Out;
+use super::Server;
 use crate::cluster::Cluster;
 
 /// The command/publish connection to Redis.

@@ -3,15 +3,17 @@
 //! buffer (reads go through the loop's shared scratch buffer).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use mio::net::TcpStream;
 
+use super::timer::TICK_MS;
 use crate::ws::frame::Role;
 use crate::ws::message::Receiver;
 
 /// What the connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Waiting for (or answering) an HTTP request.
     Http,
     /// WebSocket on `/ws`: the chat.
@@ -22,78 +24,150 @@ pub enum Kind {
     Line,
 }
 
-/// Where the connection is in its life. Transitions:
-/// `Handshake → Open` (upgrade or line accept), `Handshake → Flushing` (HTTP answer
-/// or refused upgrade), `Open → Closing` (we sent a close frame), `Open → Flushing`
-/// (we answered the peer's close, or a line client quit), `Closing → Flushing`
-/// (the peer answered, or its input broke the protocol). `Flushing` ends with the
-/// socket closed once the outbox is written (the server closes first after a
-/// close handshake, RFC 6455 7.1.1), or, when the connection is marked `DRAIN`,
-/// in `Draining`: our side shut down, the peer's input read and discarded until
-/// it goes. `Closing`, `Flushing` and `Draining` all end at the close timeout.
+/// What a `Flushing` connection does once its outbox is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Then {
+    /// Close the socket: the close handshake is complete, or the peer has
+    /// already ended its side (RFC 6455 7.1.1: the server closes first).
+    Close,
+    /// Half-close and discard the peer's input until it goes (`Draining`):
+    /// our last bytes answer input the peer may still be sending, and closing
+    /// with unread input makes the kernel reset the connection under the answer.
+    Drain,
+}
+
+/// Where the connection is in its life. The transition table, enforced by
+/// [`Conn`]'s transition methods (the only code that changes the phase):
+///
+/// | from | to | when |
+/// |---|---|---|
+/// | `Handshake` | `Open` | upgrade ([`Conn::upgraded`]); line clients start `Open` |
+/// | `Open` | `Closing` | we sent a close frame ([`Conn::closing`]) |
+/// | `Handshake`, `Open`, `Closing` | `Flushing` | an HTTP answer or refusal, our answer to the peer's close, a protocol error, a line client's end ([`Conn::flush_then`]) |
+/// | `Flushing { then: Drain }` | `Flushing { then: Close }` | the peer ended its side while we flush ([`Conn::peer_ended`]) |
+/// | `Flushing { then: Drain }` | `Draining` | the outbox is written and our side shut down ([`Conn::draining`]) |
+/// | any but `Dead` | `Dead` | removed at the end of the turn ([`Conn::die`]) |
+///
+/// `Flushing { then: Close }` ends in `Dead` once the outbox is written.
+/// `Closing`, `Flushing` and `Draining` all end at the close timeout,
+/// `Handshake` at the handshake timeout (see [`Conn::deadline`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
     /// Reading the HTTP request head.
     Handshake,
     /// Exchanging messages.
     Open,
     /// We sent a close frame and wait for the peer's.
     Closing,
-    /// Input is discarded; shut down our side once the outbox is written.
-    Flushing,
+    /// Input is discarded; once the outbox is written, `then`.
+    Flushing { then: Then },
     /// Our side is shut down; discard input until the peer closes.
     Draining,
+    /// Queued for removal at the end of the turn; nothing more happens to it.
+    Dead,
+}
+
+impl Phase {
+    /// The transition table above, as code.
+    fn allows(self, to: Phase) -> bool {
+        use Phase::*;
+        match (self, to) {
+            (Dead, _) => false,
+            (_, Dead) => true,
+            (Handshake, Open) | (Open, Closing) => true,
+            (Handshake | Open | Closing, Flushing { .. }) => true,
+            (Flushing { then: Then::Drain }, Flushing { then: Then::Close } | Draining) => true,
+            _ => false,
+        }
+    }
 }
 
 /// In the dirty list: flush at the end of the turn.
-pub const DIRTY: u16 = 1;
+pub(crate) const DIRTY: u16 = 1;
 /// The socket accepted all we wrote last time (no `WouldBlock` since the last writable event).
-pub const WRITABLE: u16 = 2;
+pub(crate) const WRITABLE: u16 = 2;
 /// Not read from while its own outbox is over the soft cap.
-pub const PAUSED: u16 = 4;
-/// Queued for removal at the end of the turn.
-pub const DEAD: u16 = 8;
+pub(crate) const PAUSED: u16 = 4;
 /// Registered with the chat hub (must be disconnected from it on close).
-pub const IN_CHAT: u16 = 16;
+pub(crate) const IN_CHAT: u16 = 16;
 /// A line client whose current line overflowed the limit; skip to the next newline.
-pub const LINE_OVERFLOW: u16 = 32;
+pub(crate) const LINE_OVERFLOW: u16 = 32;
 /// Counted in the per-IP table under `ip` (must be uncounted on close).
-pub const COUNTED: u16 = 64;
+pub(crate) const COUNTED: u16 = 64;
 /// Came from a trusted proxy: `ip` is replaced by the `X-Forwarded-For` client.
-pub const PROXIED: u16 = 128;
-/// Our last bytes answer bad input: after the flush, half-close and discard the
-/// peer's input until it goes (`Phase::Draining`), since closing with unread
-/// input makes the kernel reset the connection and can destroy the answer.
-pub const DRAIN: u16 = 256;
+pub(crate) const PROXIED: u16 = 128;
+
+/// The per-connection time limits in timer ticks, computed once from the
+/// configuration; `None` is off.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    pub(crate) handshake: u32,
+    pub(crate) close: u32,
+    pub(crate) idle: Option<u32>,
+    pub(crate) ping: Option<u32>,
+    /// How long a drained outbox keeps its capacity for the next message.
+    pub(crate) release: u32,
+}
+
+impl Timeouts {
+    /// Tick counts for `cfg`'s durations (at least one tick each).
+    pub(crate) fn new(cfg: &super::Config) -> Self {
+        let ticks = |d: Duration| (d.as_millis() as u64).div_ceil(TICK_MS).max(1) as u32;
+        let opt = |d: Duration| (!d.is_zero()).then(|| ticks(d));
+        Timeouts {
+            handshake: ticks(cfg.handshake_timeout),
+            close: ticks(cfg.close_timeout),
+            idle: opt(cfg.idle_timeout),
+            ping: opt(cfg.ping_interval),
+            release: ticks(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// What a connection's next deadline is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// The request head did not arrive in time: drop it.
+    Handshake,
+    /// The close handshake or the final flush did not finish in time: drop it.
+    Close,
+    /// Nothing read for `--idle-timeout`: close it.
+    Idle,
+    /// Time to ping (WebSocket only).
+    Ping,
+    /// The outbox has been empty for a while: give its capacity back.
+    Release,
+}
 
 /// A connection entry in the slab.
-pub struct Conn {
-    pub sock: TcpStream,
-    pub rx: Receiver,
+pub(crate) struct Conn {
+    pub(crate) sock: TcpStream,
+    pub(crate) rx: Receiver,
     /// Bytes queued for the socket; `out_pos` of them are already written.
-    pub outbox: Vec<u8>,
+    pub(crate) outbox: Vec<u8>,
     /// Partial HTTP request head or partial line; empty (no heap) otherwise.
-    pub inbuf: Vec<u8>,
-    pub ip: IpAddr,
-    pub out_pos: u32,
+    pub(crate) inbuf: Vec<u8>,
+    pub(crate) ip: IpAddr,
+    pub(crate) out_pos: u32,
     /// Chat bytes dropped since the outbox last drained (slow-consumer accounting).
-    pub dropped: u32,
+    pub(crate) dropped: u32,
     /// Tick of the last inbound byte.
-    pub last_rx: u32,
+    pub(crate) last_rx: u32,
     /// Tick of the last ping we sent.
-    pub last_ping: u32,
-    /// Tick the current phase started (accept time for `Handshake`).
-    pub since: u32,
+    pub(crate) last_ping: u32,
+    /// Tick the current phase started (accept time for `Handshake`); in
+    /// `Open`, the tick the outbox last became empty (see [`Due::Release`]).
+    since: u32,
     /// Tick of this connection's live timer-wheel entry.
-    pub timer_at: u32,
-    pub kind: Kind,
-    pub phase: Phase,
-    pub flags: u16,
+    pub(crate) timer_at: u32,
+    pub(crate) kind: Kind,
+    phase: Phase,
+    flags: u16,
 }
 
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(sock: TcpStream, ip: IpAddr, kind: Kind, now: u32) -> Self {
+    pub(crate) fn new(sock: TcpStream, ip: IpAddr, kind: Kind, now: u32) -> Self {
         Conn {
             sock,
             rx: Receiver::new(Role::Server),
@@ -116,28 +190,152 @@ impl Conn {
         }
     }
 
+    /// Where the connection is in its life.
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// True once queued for removal.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.phase == Phase::Dead
+    }
+
+    /// True while it may be read from for messages (`Open` or `Closing`).
+    pub(crate) fn is_live(&self) -> bool {
+        matches!(self.phase, Phase::Open | Phase::Closing)
+    }
+
+    /// True from the moment the close began (any phase past `Open`).
+    pub(crate) fn is_closing(&self) -> bool {
+        !matches!(self.phase, Phase::Handshake | Phase::Open)
+    }
+
+    /// Move to `to` if the table allows it; false (and no change) otherwise.
+    fn go(&mut self, to: Phase, now: u32) -> bool {
+        if !self.phase.allows(to) {
+            // Only a dead connection may be asked to move and refuse: it is
+            // gone for every purpose but its removal.
+            debug_assert!(
+                self.phase == Phase::Dead,
+                "illegal transition {:?} -> {to:?}",
+                self.phase
+            );
+            return false;
+        }
+        self.phase = to;
+        self.since = now;
+        true
+    }
+
+    /// `Handshake → Open` as `kind`: the upgrade was accepted.
+    pub(crate) fn upgraded(&mut self, kind: Kind, now: u32) {
+        if self.go(Phase::Open, now) {
+            self.kind = kind;
+            self.last_rx = now;
+            self.last_ping = now;
+        }
+    }
+
+    /// `Open → Closing`: our close frame is queued; the receiver now expects
+    /// only the peer's answer.
+    pub(crate) fn closing(&mut self, now: u32) {
+        if self.go(Phase::Closing, now) {
+            self.rx.set_closing();
+        }
+    }
+
+    /// `→ Flushing { then }`: write what is queued, then close or drain.
+    pub(crate) fn flush_then(&mut self, then: Then, now: u32) -> bool {
+        self.go(Phase::Flushing { then }, now)
+    }
+
+    /// The peer ended its side (read returned 0). True when there is still
+    /// output to write (now `Flushing { then: Close }`); false when the
+    /// connection should simply go.
+    pub(crate) fn peer_ended(&mut self, now: u32) -> bool {
+        if self.pending() == 0 {
+            return false;
+        }
+        match self.phase {
+            Phase::Flushing { then: Then::Close } => true,
+            Phase::Draining | Phase::Dead => false,
+            _ => self.go(Phase::Flushing { then: Then::Close }, now),
+        }
+    }
+
+    /// `Flushing { then: Drain } → Draining`, once our side is shut down.
+    pub(crate) fn draining(&mut self, now: u32) {
+        self.go(Phase::Draining, now);
+    }
+
+    /// `→ Dead`. True the first time (the caller queues it for removal).
+    pub(crate) fn die(&mut self) -> bool {
+        let since = self.since;
+        self.go(Phase::Dead, since)
+    }
+
+    /// The outbox just became empty: in `Open`, the release clock starts.
+    pub(crate) fn outbox_emptied(&mut self, now: u32) {
+        if self.phase == Phase::Open {
+            self.since = now;
+        }
+    }
+
+    /// The next deadline and what it is for; `None` when nothing is due ever.
+    /// Both filing the timer and acting on it use this one function, so they
+    /// cannot disagree. When deadlines tie, the first listed wins (idle before
+    /// ping before release).
+    pub(crate) fn deadline(&self, t: &Timeouts) -> Option<(u32, Due)> {
+        let after = |from: u32, ticks: u32| from.saturating_add(ticks);
+        match self.phase {
+            Phase::Handshake => Some((after(self.since, t.handshake), Due::Handshake)),
+            Phase::Closing | Phase::Flushing { .. } | Phase::Draining => {
+                Some((after(self.since, t.close), Due::Close))
+            }
+            Phase::Dead => None,
+            Phase::Open => {
+                let mut next: Option<(u32, Due)> = None;
+                let mut consider = |at: u32, due: Due| {
+                    if next.map_or(true, |(n, _)| at < n) {
+                        next = Some((at, due));
+                    }
+                };
+                if let Some(idle) = t.idle {
+                    consider(after(self.last_rx, idle), Due::Idle);
+                }
+                if let (true, Some(ping)) = (self.is_ws(), t.ping) {
+                    consider(after(self.last_ping, ping), Due::Ping);
+                }
+                if self.outbox.capacity() > 0 && self.pending() == 0 {
+                    consider(after(self.since, t.release), Due::Release);
+                }
+                next
+            }
+        }
+    }
+
     /// Bytes queued and not yet written.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.outbox.len() - self.out_pos as usize
     }
 
     /// True for a WebSocket connection past its handshake.
-    pub fn is_ws(&self) -> bool {
+    pub(crate) fn is_ws(&self) -> bool {
         matches!(self.kind, Kind::Chat | Kind::Echo)
     }
 
     /// Set a flag.
-    pub fn set(&mut self, f: u16) {
+    pub(crate) fn set(&mut self, f: u16) {
         self.flags |= f;
     }
 
     /// Clear a flag.
-    pub fn clear(&mut self, f: u16) {
+    pub(crate) fn clear(&mut self, f: u16) {
         self.flags &= !f;
     }
 
     /// Test a flag.
-    pub fn has(&self, f: u16) -> bool {
+    pub(crate) fn has(&self, f: u16) -> bool {
         self.flags & f != 0
     }
 }
@@ -145,6 +343,99 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn conn(kind: Kind) -> Conn {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let ip = s.local_addr().unwrap().ip();
+        Conn::new(TcpStream::from_std(s), ip, kind, 0)
+    }
+
+    fn limits() -> Timeouts {
+        Timeouts {
+            handshake: 100,
+            close: 50,
+            idle: Some(900),
+            ping: Some(300),
+            release: 100,
+        }
+    }
+
+    #[test]
+    fn the_table_allows_only_its_rows() {
+        use Phase::*;
+        let drain = Flushing { then: Then::Drain };
+        let close = Flushing { then: Then::Close };
+        let all = [Handshake, Open, Closing, drain, close, Draining, Dead];
+        let legal = [
+            (Handshake, Open),
+            (Open, Closing),
+            (Handshake, drain),
+            (Handshake, close),
+            (Open, drain),
+            (Open, close),
+            (Closing, drain),
+            (Closing, close),
+            (drain, close),
+            (drain, Draining),
+        ];
+        for from in all {
+            for to in all {
+                let want = legal.contains(&(from, to)) || (to == Dead && from != Dead);
+                assert_eq!(from.allows(to), want, "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_life_from_upgrade_to_removal() {
+        let t = limits();
+        let mut c = conn(Kind::Http);
+        assert_eq!(c.deadline(&t), Some((100, Due::Handshake)));
+        c.upgraded(Kind::Chat, 10);
+        assert_eq!((c.phase(), c.kind), (Phase::Open, Kind::Chat));
+        // Ping (10 + 300) comes before idle (10 + 900).
+        assert_eq!(c.deadline(&t), Some((310, Due::Ping)));
+        c.last_ping = 620;
+        c.last_rx = 20;
+        // Idle wins a tie with ping.
+        assert_eq!(c.deadline(&t), Some((920, Due::Idle)));
+        c.closing(400);
+        assert_eq!(c.deadline(&t), Some((450, Due::Close)));
+        assert!(c.flush_then(Then::Close, 420));
+        assert_eq!(c.deadline(&t), Some((470, Due::Close)));
+        assert!(c.die());
+        assert!(!c.die(), "dies once");
+        assert_eq!(c.deadline(&t), None);
+    }
+
+    #[test]
+    fn a_drained_outbox_is_released_after_a_while() {
+        let t = limits();
+        let mut c = conn(Kind::Line);
+        c.outbox.reserve(64);
+        c.outbox_emptied(40);
+        assert_eq!(c.deadline(&t), Some((140, Due::Release)));
+        c.outbox.push(1);
+        assert_eq!(
+            c.deadline(&t),
+            Some((900, Due::Idle)),
+            "not while it holds bytes"
+        );
+    }
+
+    #[test]
+    fn a_peer_that_ends_while_we_flush_is_closed_after_the_flush() {
+        let mut c = conn(Kind::Line);
+        assert!(!c.peer_ended(5), "nothing queued: just go");
+        c.outbox.push(b'x');
+        assert!(c.flush_then(Then::Drain, 5));
+        assert!(c.peer_ended(6));
+        assert_eq!(c.phase(), Phase::Flushing { then: Then::Close });
+        assert!(c.peer_ended(7));
+        c.outbox.clear();
+        assert!(!c.peer_ended(8));
+    }
 
     /// Every connection pays for this entry (plus its socket in the kernel);
     /// density depends on keeping it small. Raise the bound only on purpose.

@@ -4,8 +4,9 @@
 use log::debug;
 
 use super::auth_glue::Admission;
-use super::conn::{Kind, Phase, COUNTED, DRAIN, IN_CHAT, PROXIED};
-use super::{client_ip, mark_dirty, Out, Server};
+use super::conn::{Kind, Then, COUNTED, IN_CHAT, PROXIED};
+use super::out::{finish_with, mark_dirty};
+use super::{client_ip, metrics, sys, Server};
 use crate::chat::hub::Identity;
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
@@ -98,15 +99,11 @@ impl Server {
             buf.len().saturating_sub(head_len)
         };
         if kind == Kind::Chat {
-            self.conns[id].flags |= IN_CHAT;
+            self.conns[id].set(IN_CHAT);
             let now = self.ctx.now_ms;
-            let mut out = Out {
-                conns: &mut self.conns,
-                ctx: &mut self.ctx,
-            };
             let who = who.unwrap_or(Identity::Guest(Default::default()));
-            self.hub
-                .connect_as(id, who, nick.as_deref(), room.as_deref(), now, &mut out);
+            let (hub, mut out) = self.chat();
+            hub.connect_as(id, who, nick.as_deref(), room.as_deref(), now, &mut out);
         }
         if rest > 0 {
             if from_scratch {
@@ -128,10 +125,7 @@ impl Server {
         debug!("{}: bad request: {e:?} (id {id})", c.ip);
         self.ctx.metrics.handshake_failed(e.reason());
         e.write_response(&mut c.outbox);
-        c.phase = Phase::Flushing;
-        c.set(DRAIN);
-        c.since = self.ctx.tick;
-        mark_dirty(&mut self.ctx.dirty, id, c);
+        finish_with(&mut self.ctx, id, c, Then::Drain);
     }
 
     fn route(&mut self, id: usize, req: &Request<'_>) -> Route {
@@ -198,10 +192,7 @@ impl Server {
             };
             let c = &mut self.conns[id];
             handshake::write_upgrade_response(&mut c.outbox, up.key, None);
-            c.kind = kind;
-            c.phase = Phase::Open;
-            c.last_rx = self.ctx.tick;
-            c.last_ping = self.ctx.tick;
+            c.upgraded(kind, self.ctx.tick);
             mark_dirty(&mut self.ctx.dirty, id, c);
             self.ctx.metrics.ws_upgrades_total += 1;
             debug!("{}: upgraded to {kind:?} (id {id})", c.ip);
@@ -284,9 +275,36 @@ impl Server {
         write_response(&mut c.outbox, status, ctype, headers, body);
         // Plain HTTP: the client may have sent more than we read (a body, a
         // pipelined request); linger so the answer is not lost to a reset.
-        c.phase = Phase::Flushing;
-        c.set(DRAIN);
-        c.since = self.ctx.tick;
-        mark_dirty(&mut self.ctx.dirty, id, c);
+        finish_with(&mut self.ctx, id, c, Then::Drain);
+    }
+
+    /// Render `/metrics`.
+    fn render_metrics(&self) -> String {
+        let mut ws = 0;
+        let mut line = 0;
+        let mut outbox = 0;
+        for (_, c) in self.conns.iter() {
+            match c.kind {
+                Kind::Chat | Kind::Echo => ws += 1,
+                Kind::Line => line += 1,
+                Kind::Http => {}
+            }
+            outbox += c.pending();
+        }
+        let g = metrics::Gauges {
+            connections: self.conns.len(),
+            ws_connections: ws,
+            line_connections: line,
+            chat_users: self.hub.connections(),
+            rooms: self.hub.rooms(),
+            outbox_bytes: outbox,
+            rss_bytes: sys::rss_bytes(),
+            open_fds: sys::open_fds(),
+            uptime_seconds: self.ctx.start.elapsed().as_secs_f64(),
+        };
+        let mut s = String::with_capacity(4096);
+        self.ctx.metrics.render(&g, &mut s);
+        self.cluster_metrics(&mut s);
+        s
     }
 }

@@ -347,7 +347,9 @@ impl Hub {
             .cloned()
             .collect();
         for room in literal {
-            if self.join_refusal(id, &room, now_ms).is_none() && self.join(id, &room, sink) {
+            if self.join_refusal(id, &room, now_ms).is_none()
+                && self.join(id, &room, true, sink).is_ok()
+            {
                 return true;
             }
         }

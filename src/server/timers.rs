@@ -1,0 +1,108 @@
+//! Per-connection deadlines: handshake, idle, ping and close timeouts, filed
+//! in the timer wheel and acted on when they fire. Both sides ask
+//! [`Conn::deadline`](super::conn::Conn::deadline) what is due and when.
+
+use log::debug;
+
+use super::conn::{Due, Kind};
+use super::out::{begin_close, kill, mark_dirty};
+use super::timer::Entry;
+use super::Server;
+use crate::ws::frame::{encode_frame, OpCode};
+
+impl Server {
+    /// File connection `id` under its next deadline (if it changed).
+    pub(super) fn schedule(&mut self, id: usize) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Some((at, _)) = c.deadline(&self.ctx.timeouts) else {
+            c.timer_at = u32::MAX;
+            return;
+        };
+        if c.timer_at != at {
+            c.timer_at = at;
+            self.wheel.insert(
+                at as u64,
+                Entry {
+                    key: id as u32,
+                    tick: at,
+                },
+            );
+        }
+    }
+
+    /// Act on every connection whose deadline has come, and file it again.
+    pub(super) fn timers(&mut self) {
+        let now = self.ctx.tick;
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.expire(now as u64, &mut fired);
+        for e in &fired {
+            let id = e.key as usize;
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if c.timer_at != e.tick || c.is_dead() {
+                continue;
+            }
+            c.timer_at = u32::MAX;
+            // An entry clamped into the wheel's span fires early: nothing is
+            // due yet and it is simply filed again.
+            self.on_timer(id, now);
+            self.schedule(id);
+        }
+        fired.clear();
+        self.fired = fired;
+    }
+
+    /// Everything due for `id` at `now`, earliest first.
+    fn on_timer(&mut self, id: usize, now: u32) {
+        // Bounded: every action moves its own deadline past `now` or ends the
+        // phase, and there are four kinds of deadline in `Open`.
+        for _ in 0..4 {
+            let Some(c) = self.conns.get_mut(id) else {
+                return;
+            };
+            let Some((at, due)) = c.deadline(&self.ctx.timeouts) else {
+                return;
+            };
+            if at > now {
+                return;
+            }
+            match due {
+                Due::Handshake => {
+                    debug!("{}: handshake timeout (id {id})", c.ip);
+                    self.ctx.metrics.timeout("handshake");
+                    kill(&mut self.ctx, id, c);
+                }
+                Due::Close => {
+                    debug!("{}: close timeout (id {id})", c.ip);
+                    self.ctx.metrics.timeout("close");
+                    kill(&mut self.ctx, id, c);
+                }
+                Due::Idle => {
+                    debug!("{}: idle timeout (id {id})", c.ip);
+                    self.ctx.metrics.timeout("idle");
+                    if c.kind == Kind::Line {
+                        self.reply(id, "SYS idle timeout");
+                    }
+                    let c = &mut self.conns[id];
+                    begin_close(&mut self.ctx, id, c, 1000, "idle timeout");
+                }
+                Due::Ping => {
+                    c.last_ping = now;
+                    let idle = c.pending() == 0;
+                    encode_frame(&mut c.outbox, OpCode::Ping, true, b"", None);
+                    mark_dirty(&mut self.ctx.dirty, id, c);
+                    if idle {
+                        self.flush_and_release(id);
+                    }
+                }
+                Due::Release => {
+                    c.outbox = Vec::new();
+                    c.out_pos = 0;
+                }
+            }
+        }
+    }
+}
