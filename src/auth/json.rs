@@ -11,7 +11,12 @@
 //! no allocation beyond the strings it returns.
 //!
 //! Numbers are kept as `f64` (JWT NumericDate may carry a fraction); the claim
-//! checks turn them into whole seconds and refuse what does not fit.
+//! checks turn them into whole seconds and refuse what does not fit. Strings
+//! without escapes borrow from the input (a token check is on the connection
+//! path: allocation is most of its cost); the input is validated as UTF-8 once,
+//! so every slice between ASCII delimiters is valid UTF-8 too.
+
+use std::borrow::Cow;
 
 /// Most members in one object.
 pub const MAX_MEMBERS: usize = 64;
@@ -20,9 +25,9 @@ pub const MAX_ARRAY: usize = 256;
 
 /// One member's value.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Value {
+pub enum Value<'a> {
     /// A string, unescaped.
-    Str(String),
+    Str(Cow<'a, str>),
     /// A number.
     Num(f64),
     /// `true` or `false`.
@@ -30,7 +35,7 @@ pub enum Value {
     /// `null`.
     Null,
     /// An array of strings.
-    Strs(Vec<String>),
+    Strs(Vec<Cow<'a, str>>),
 }
 
 /// Why the bytes are not an accepted object; `&'static str` so the error never
@@ -45,11 +50,16 @@ impl std::fmt::Display for JsonError {
 }
 
 /// Parse `input` as one flat object into (name, value) pairs in input order.
-pub fn parse_object(input: &[u8]) -> Result<Vec<(String, Value)>, JsonError> {
-    let mut p = Parser { s: input, i: 0 };
+pub fn parse_object(input: &[u8]) -> Result<Vec<(Cow<'_, str>, Value<'_>)>, JsonError> {
+    let text = std::str::from_utf8(input).map_err(|_| JsonError("not UTF-8"))?;
+    let mut p = Parser {
+        s: input,
+        t: text,
+        i: 0,
+    };
     p.ws();
     p.expect(b'{')?;
-    let mut members: Vec<(String, Value)> = Vec::new();
+    let mut members: Vec<(Cow<'_, str>, Value<'_>)> = Vec::with_capacity(8);
     p.ws();
     if p.peek() == Some(b'}') {
         p.i += 1;
@@ -85,10 +95,12 @@ pub fn parse_object(input: &[u8]) -> Result<Vec<(String, Value)>, JsonError> {
 
 struct Parser<'a> {
     s: &'a [u8],
+    /// `s` as text (validated once).
+    t: &'a str,
     i: usize,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
     }
@@ -122,7 +134,7 @@ impl Parser<'_> {
         }
     }
 
-    fn value(&mut self) -> Result<Value, JsonError> {
+    fn value(&mut self) -> Result<Value<'a>, JsonError> {
         match self.peek() {
             Some(b'"') => self.string().map(Value::Str),
             Some(b'-' | b'0'..=b'9') => self.number().map(Value::Num),
@@ -135,7 +147,7 @@ impl Parser<'_> {
         }
     }
 
-    fn strings(&mut self) -> Result<Vec<String>, JsonError> {
+    fn strings(&mut self) -> Result<Vec<Cow<'a, str>>, JsonError> {
         self.expect(b'[')?;
         let mut out = Vec::new();
         self.ws();
@@ -219,15 +231,36 @@ impl Parser<'_> {
         Ok(v)
     }
 
-    fn string(&mut self) -> Result<String, JsonError> {
+    fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.expect(b'"')?;
-        let mut out = Vec::new();
+        let first = self.i;
+        while matches!(self.peek(), Some(c) if c != b'"' && c != b'\\' && c >= 0x20) {
+            self.i += 1;
+        }
+        if self.peek() == Some(b'"') {
+            self.i += 1;
+            // Between two ASCII bytes of valid UTF-8: a char boundary on both ends.
+            return self
+                .t
+                .get(first..self.i - 1)
+                .map(Cow::Borrowed)
+                .ok_or(JsonError("string is not UTF-8"));
+        }
+        let mut out = String::from(
+            self.t
+                .get(first..self.i)
+                .ok_or(JsonError("string is not UTF-8"))?,
+        );
         loop {
             let start = self.i;
             while matches!(self.peek(), Some(c) if c != b'"' && c != b'\\' && c >= 0x20) {
                 self.i += 1;
             }
-            out.extend_from_slice(&self.s[start..self.i]);
+            out.push_str(
+                self.t
+                    .get(start..self.i)
+                    .ok_or(JsonError("string is not UTF-8"))?,
+            );
             match self.next() {
                 Some(b'"') => break,
                 Some(b'\\') => {
@@ -258,14 +291,13 @@ impl Parser<'_> {
                         }
                         _ => return Err(JsonError("bad escape")),
                     };
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    out.push(c);
                 }
                 Some(_) => return Err(JsonError("control character in a string")),
                 None => return Err(JsonError("unterminated string")),
             }
         }
-        String::from_utf8(out).map_err(|_| JsonError("string is not UTF-8"))
+        Ok(Cow::Owned(out))
     }
 }
 
@@ -273,8 +305,23 @@ impl Parser<'_> {
 mod tests {
     use super::*;
 
-    fn ok(s: &str) -> Vec<(String, Value)> {
-        parse_object(s.as_bytes()).unwrap()
+    fn ok(s: &str) -> Vec<(String, Value<'static>)> {
+        parse_object(s.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::Str(s) => Value::Str(Cow::Owned(s.into_owned())),
+                    Value::Strs(v) => {
+                        Value::Strs(v.into_iter().map(|s| Cow::Owned(s.into_owned())).collect())
+                    }
+                    Value::Num(n) => Value::Num(n),
+                    Value::Bool(b) => Value::Bool(b),
+                    Value::Null => Value::Null,
+                };
+                (k.into_owned(), v)
+            })
+            .collect()
     }
 
     #[test]
@@ -349,7 +396,7 @@ mod tests {
             let mut enc = String::from("{\"k\":\"");
             super::super::token::push_json_str(&mut enc, &s);
             enc.push_str("\"}");
-            proptest::prop_assert_eq!(ok(&enc), vec![("k".to_string(), Value::Str(s))]);
+            proptest::prop_assert_eq!(ok(&enc), vec![("k".to_string(), Value::Str(s.into()))]);
         }
     }
 }

@@ -20,6 +20,8 @@
 //! `exp` further ahead than the policy's `max_ttl` is refused, which keeps a
 //! leaked token's lifetime bounded and lets the hub keep a 16-bit tag of `exp`.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -283,6 +285,18 @@ impl Claims {
         }
     }
 
+    /// What the chat keeps of these claims, moved out.
+    pub fn into_grant(self) -> Grant {
+        Grant {
+            nick: self.sub,
+            role: self.role,
+            rooms: self
+                .rooms
+                .map(|r| r.into_iter().map(String::into_boxed_str).collect()),
+            exp: self.exp,
+        }
+    }
+
     /// What the chat keeps of these claims.
     pub fn grant(&self) -> Grant {
         Grant {
@@ -322,15 +336,24 @@ pub fn verify(
         return Err(TokenError::Malformed);
     };
     let mut buf = Vec::with_capacity(token.len());
-    decode_part(h, &mut buf)?;
-    check_header(&buf)?;
-    decode_part(s, &mut buf)?;
+    if !COMMON_HEADERS.contains(&h) {
+        decode_part(h, &mut buf)?;
+        check_header(&buf)?;
+    }
+    // An HS256 MAC is 32 bytes: 43 base64url characters. The decoder refuses
+    // non-canonical trailing bits, so each MAC has exactly one spelling.
+    let mut mac = [0u8; 33];
+    let sig = match URL_SAFE_NO_PAD.decode_slice(s, &mut mac) {
+        Ok(32) => &mac[..32],
+        Ok(_) => return Err(TokenError::BadSignature),
+        Err(_) => return Err(TokenError::BadBase64),
+    };
     let signing_input = &token[..h.len() + 1 + p.len()];
-    let good = keys.current.verify(signing_input, &buf)
+    let good = keys.current.verify(signing_input, sig)
         || keys
             .previous
             .as_ref()
-            .is_some_and(|(k, until)| now <= *until && k.verify(signing_input, &buf));
+            .is_some_and(|(k, until)| now <= *until && k.verify(signing_input, sig));
     if !good {
         return Err(TokenError::BadSignature);
     }
@@ -338,11 +361,19 @@ pub fn verify(
     check_claims(&buf, policy, now)
 }
 
+/// The encoded headers nearly every HS256 library writes, accepted without
+/// decoding (`header_fast_path_is_exact` checks each against `check_header`).
+const COMMON_HEADERS: [&[u8]; 3] = [
+    b"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9", // {"alg":"HS256","typ":"JWT"}
+    b"eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9", // {"typ":"JWT","alg":"HS256"}
+    b"eyJhbGciOiJIUzI1NiJ9",                 // {"alg":"HS256"}
+];
+
 fn check_header(json: &[u8]) -> Result<(), TokenError> {
     let members = parse_object(json).map_err(|e| TokenError::BadJson(e.0))?;
     let mut alg_ok = false;
     for (name, value) in &members {
-        match (name.as_str(), value) {
+        match (name.as_ref(), value) {
             ("alg", Value::Str(a)) => alg_ok = a == "HS256",
             ("alg", _) => return Err(TokenError::BadAlgorithm),
             // RFC 7519 section 5.1: "JWT" is recommended, case-insensitively.
@@ -372,21 +403,21 @@ fn check_claims(json: &[u8], policy: &Policy, now: u64) -> Result<Claims, TokenE
     let mut c = Claims::new("", 0);
     let mut exp = None;
     for (name, value) in members {
-        match name.as_str() {
+        match name.as_ref() {
             "sub" => match value {
-                Value::Str(s) if valid_nick(&s) => c.sub = s,
+                Value::Str(s) if valid_nick(&s) => c.sub = s.into_owned(),
                 _ => return Err(TokenError::BadSubject),
             },
             "exp" => exp = Some(seconds(&value)?),
             "nbf" => c.nbf = Some(seconds(&value)?),
             "iat" => c.iat = Some(seconds(&value)?),
             "aud" => match value {
-                Value::Str(s) => c.aud = vec![s],
-                Value::Strs(v) => c.aud = v,
+                Value::Str(s) => c.aud = vec![s.into_owned()],
+                Value::Strs(v) => c.aud = v.into_iter().map(Cow::into_owned).collect(),
                 _ => return Err(TokenError::BadAudience),
             },
             "iss" => match value {
-                Value::Str(s) => c.iss = Some(s),
+                Value::Str(s) => c.iss = Some(s.into_owned()),
                 _ => return Err(TokenError::BadIssuer),
             },
             "role" => match value {
@@ -394,8 +425,8 @@ fn check_claims(json: &[u8], policy: &Policy, now: u64) -> Result<Claims, TokenE
                 _ => return Err(TokenError::BadRole),
             },
             "rooms" => {
-                let list = match value {
-                    Value::Strs(v) => v,
+                let list: Vec<String> = match value {
+                    Value::Strs(v) => v.into_iter().map(Cow::into_owned).collect(),
                     // A comma-separated string, as `loopchat token --rooms` takes it.
                     Value::Str(s) => s.split(',').map(str::to_string).collect(),
                     _ => return Err(TokenError::BadRooms),
@@ -689,6 +720,19 @@ mod tests {
             Key::from_file_bytes(b"0123456789abcdef0123456789abcde\n\n").unwrap_err(),
             KeyError::TooShort(31)
         );
+    }
+
+    #[test]
+    fn header_fast_path_is_exact() {
+        for h in COMMON_HEADERS {
+            let json = URL_SAFE_NO_PAD.decode(h).unwrap();
+            assert_eq!(
+                check_header(&json),
+                Ok(()),
+                "{}",
+                String::from_utf8_lossy(&json)
+            );
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use log::{error, info, warn};
 use super::conn::{Kind, IN_CHAT};
 use super::out::{begin_close, Out};
 use super::Server;
-use crate::auth::token::{Key, KeySet, Policy, TokenError, MAX_LEEWAY, MAX_TTL_LIMIT};
+use crate::auth::token::{Claims, Key, KeySet, Policy, TokenError, MAX_LEEWAY, MAX_TTL_LIMIT};
 use crate::auth::{auth_command, verify};
 use crate::chat::access::{Grant, Role};
 use crate::chat::hub::Identity;
@@ -194,7 +194,7 @@ impl Auth {
     }
 
     fn check(&self, token: &str, now: u64) -> Result<Grant, TokenError> {
-        verify(token.as_bytes(), &self.keys, &self.cfg.policy, now).map(|c| c.grant())
+        verify(token.as_bytes(), &self.keys, &self.cfg.policy, now).map(Claims::into_grant)
     }
 }
 
