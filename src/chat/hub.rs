@@ -67,7 +67,7 @@ use super::{ChatConfig, ConnId, ErrorCode, Sink};
 
 mod auth;
 mod cluster;
-pub use auth::{AuthState, Identity};
+pub use auth::{full_exp, AuthState, Identity};
 pub use cluster::RemoteState;
 
 /// An interned room: an index into `Hub::rooms`.
@@ -95,8 +95,7 @@ struct User {
     closing: bool,
     /// Role, and whether a token vouches for the nick.
     access: Access,
-    /// The low 16 bits of the token's `exp`: tells the live entry of the
-    /// expiry queue from superseded ones (see `hub/auth.rs`).
+    /// The low 16 bits of the token's `exp` (see `hub/auth.rs`).
     exp_tag: u16,
 }
 
@@ -499,7 +498,7 @@ impl Hub {
         }
         self.request(|| Request::Gone(id));
         self.forget_pending(id);
-        self.forget_grant(id, user.access);
+        self.forget_grant(id);
         self.live -= 1;
         // Trailing free slots are given back so a burst of connections does not
         // pin the table at its peak forever.

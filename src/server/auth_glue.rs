@@ -25,6 +25,7 @@ use log::{error, info, warn};
 
 use super::conn::{Kind, IN_CHAT};
 use super::out::{begin_close, Out};
+use super::timer::TICK_MS;
 use super::Server;
 use crate::auth::token::{Claims, Key, KeySet, Policy, TokenError, MAX_LEEWAY, MAX_TTL_LIMIT};
 use crate::auth::{auth_command, verify};
@@ -316,31 +317,37 @@ impl Server {
             (false, Some(Ok(grant))) => self.hub.sign_in(id, grant, &mut out),
             (false, None) => return false,
         }
+        // A new or refreshed token: file the connection under its expiry.
+        self.schedule(id);
         true
     }
 
-    /// End signed sessions whose tokens expired.
-    pub(super) fn expire_tokens(&mut self) {
+    /// The wheel tick at which `id`'s token expires, for a signed chat
+    /// connection: the first tick at or after `exp` plus the leeway.
+    pub(super) fn token_tick(&self, id: usize) -> Option<u32> {
+        self.auth.as_ref()?;
+        if !self.conns.get(id)?.has(IN_CHAT) {
+            return None;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let at = self.hub.token_deadline(id, now.as_secs())?;
+        let ms = (at * 1000).saturating_sub(now.as_millis() as u64);
+        let ticks = ms.div_ceil(TICK_MS).min(u64::from(u32::MAX));
+        Some(self.ctx.tick.saturating_add(ticks as u32))
+    }
+
+    /// `id`'s timer fired: end its session if its token expired (the wheel
+    /// works in monotonic ticks, the token in wall-clock seconds, so the check
+    /// is made again against the wall clock).
+    pub(super) fn expire_token(&mut self, id: usize) {
         if self.auth.is_none() {
             return;
         }
         let now = unix_now();
-        if self.hub.poll_expiry().is_some_and(|at| at <= now) {
-            let (hub, mut out) = self.chat();
-            hub.expire(now, &mut out);
-        }
-    }
-
-    /// `timeout`, shortened to the next token expiry when that comes first.
-    pub(super) fn auth_timeout(&self, timeout: Option<Duration>) -> Option<Duration> {
-        let Some(at) = self.auth.as_ref().and(self.hub.poll_expiry()) else {
-            return timeout;
-        };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let d = Duration::from_secs(at).saturating_sub(now);
-        Some(timeout.map_or(d, |t| t.min(d)))
+        let (hub, mut out) = self.chat();
+        hub.expire_if_due(id, now, &mut out);
     }
 }
 

@@ -104,6 +104,7 @@ impl Server {
             let who = who.unwrap_or(Identity::Guest(Default::default()));
             let (hub, mut out) = self.chat();
             hub.connect_as(id, who, nick.as_deref(), room.as_deref(), now, &mut out);
+            self.schedule(id);
         }
         if rest > 0 {
             if from_scratch {

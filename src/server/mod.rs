@@ -218,7 +218,7 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.auth_timeout(self.cluster_timeout(self.poll_timeout()));
+            let timeout = self.cluster_timeout(self.poll_timeout());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -273,7 +273,6 @@ impl Server {
                 self.read(id);
             }
             self.timers();
-            self.expire_tokens();
             self.finish_turn();
             if self.cluster_turn() {
                 self.finish_turn();

@@ -2,18 +2,16 @@
 //! `/kick` bans and token expiry (PROTOCOL.md "Signed tokens"). The token
 //! itself is verified by `crate::auth`; the hub receives a [`Grant`].
 //!
-//! Memory, since tens of thousands of signed users may be idle at once: the
-//! role and the signed flag share one byte of the user entry's padding, and
-//! the token's expiry lives in a min-heap of `(exp, id)` pairs (8 bytes per
-//! signed user) instead of the entry. A refresh pushes a new pair and leaves
-//! the old one in the heap; the user entry keeps the low 16 bits of its live
-//! `exp`, and a popped pair whose bits differ is stale. That is exact because
-//! every live `exp` lies within 65,535 s of now: the token checks refuse a
-//! lifetime over 18 h and a leeway over 10 min (`crate::auth::token::MAX_TTL_LIMIT`,
-//! `MAX_LEEWAY`), so a stale pair, which pops at or after its own `exp` plus
-//! leeway, cannot share its low bits with the live `exp` of the same user (or
-//! of a later user of the same id). Stale pairs are compacted away when they
-//! outnumber the live ones.
+//! Memory, since tens of thousands of signed users may be idle at once: a
+//! signed session costs no byte more than a guest. The role and the signed
+//! flag share one byte of the user entry's padding, and the token's `exp` is
+//! kept as its low 16 bits in the rest of it. The full `exp` is rebuilt from
+//! those bits and the clock ([`full_exp`]): every live `exp` lies in a window
+//! of 65,536 s around now, because the token checks refuse a lifetime over
+//! 18 h and a leeway over 10 min (`crate::auth::token::MAX_TTL_LIMIT`,
+//! `MAX_LEEWAY`). The hub keeps no expiry queue: the server files each signed
+//! connection in its timer wheel under [`Hub::token_deadline`] and calls
+//! [`Hub::expire_if_due`] when it fires.
 //!
 //! Choices where PROTOCOL.md is silent:
 //! - a token holder arriving while a guest uses its nick wins: the guest is
@@ -29,8 +27,7 @@
 //!   without `*`, else no room;
 //! - `/auth` with a token for another nick is refused like a bad token.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 
 use log::info;
 
@@ -50,13 +47,10 @@ pub enum Identity {
     Signed(Grant),
 }
 
-/// The hub's side tables for signed sessions.
+/// The hub's side tables for signed sessions (only for what some sessions
+/// have: a `rooms` claim, a kick ban).
 #[derive(Debug, Default)]
 pub struct AuthState {
-    /// `(exp, id)` of signed users, earliest first; may hold stale pairs.
-    expiries: BinaryHeap<Reverse<(u32, u32)>>,
-    /// Signed users connected.
-    signed: usize,
     /// Room patterns of signed users whose token limits rooms.
     rooms: HashMap<ConnId, Box<[Box<str>]>>,
     /// (folded room, folded nick) → `now_ms` until which rejoining is refused.
@@ -65,9 +59,21 @@ pub struct AuthState {
     bans_pruned: usize,
 }
 
-/// `exp` as stored in the heap: Unix seconds fit 32 bits until 2106.
-fn exp32(exp: u64) -> u32 {
-    exp.min(u64::from(u32::MAX)) as u32
+/// How far back from now a live `exp` may lie: the longest leeway plus 135 s
+/// for a late timer. With the longest lifetime ahead (64,800 s) the window is
+/// exactly 65,536 s wide, so 16 bits name one `exp` in it.
+const EXP_WINDOW_BACK: u64 = 735;
+
+/// The one `exp` in `[now - EXP_WINDOW_BACK, now - EXP_WINDOW_BACK + 65535]`
+/// whose low 16 bits are `tag`.
+pub fn full_exp(tag: u16, now: u64) -> u64 {
+    let lo = now.saturating_sub(EXP_WINDOW_BACK);
+    let candidate = (lo & !0xFFFF) | u64::from(tag);
+    if candidate < lo {
+        candidate + 0x1_0000
+    } else {
+        candidate
+    }
 }
 
 impl Hub {
@@ -99,10 +105,9 @@ impl Hub {
         if let Some(rooms) = grant.rooms.clone() {
             self.auth.rooms.insert(id, rooms);
         }
-        self.auth.signed += 1;
         let access = Access::signed(grant.role);
         self.connect_with(id, access, Some(&grant.nick), room, now_ms, sink);
-        self.track_expiry(id, grant.exp, false);
+        self.set_exp(id, grant.exp);
         info!("auth: {} signed in as {}", grant.nick, grant.role.as_str());
         self.signed_in_line(id, sink);
     }
@@ -135,7 +140,6 @@ impl Hub {
                 id,
                 nick: grant.nick.as_str().into(),
             });
-            self.auth.signed += 1;
         }
         match grant.rooms {
             Some(rooms) => {
@@ -163,7 +167,7 @@ impl Hub {
                 }
             }
         }
-        self.track_expiry(id, grant.exp, was_signed);
+        self.set_exp(id, grant.exp);
         info!(
             "auth: {} {} as {}",
             grant.nick,
@@ -189,44 +193,33 @@ impl Hub {
             .map(|u| (u.access.role(), u.access.is_signed()))
     }
 
-    /// When [`Hub::expire`] next has work: the earliest `exp` plus leeway
-    /// (Unix seconds), possibly of a stale entry (a harmless early wake-up).
-    pub fn poll_expiry(&self) -> Option<u64> {
-        self.auth
-            .expiries
-            .peek()
-            .map(|Reverse((exp, _))| u64::from(*exp) + self.config.token_leeway)
-    }
-
-    /// End every signed session whose token expired by `now_s` (Unix seconds)
-    /// without a refresh: `SYS token expired`, close 4001.
-    pub fn expire(&mut self, now_s: u64, sink: &mut impl Sink) {
-        let leeway = self.config.token_leeway;
-        while let Some(&Reverse((exp, id))) = self.auth.expiries.peek() {
-            if u64::from(exp) + leeway > now_s {
-                break;
-            }
-            self.auth.expiries.pop();
-            let id = id as ConnId;
-            let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
-                continue;
-            };
-            if !user.access.is_signed() || user.exp_tag != exp as u16 || user.closing {
-                continue;
-            }
-            user.closing = true;
-            info!("auth: {} token expired", user.nick);
-            self.out.clear();
-            self.out.push_str("SYS token expired");
-            send(sink, &mut self.deliveries, &[id], &self.out);
-            sink.close(id, 4001, "token expired");
+    /// When `id`'s session ends unless refreshed: its token's `exp` plus the
+    /// leeway, in Unix seconds (`now_s` is needed to rebuild `exp`). `None`
+    /// for a guest, an unknown id, or a session already closing.
+    pub fn token_deadline(&self, id: ConnId, now_s: u64) -> Option<u64> {
+        let user = self.user(id)?;
+        if !user.access.is_signed() || user.closing {
+            return None;
         }
+        Some(full_exp(user.exp_tag, now_s) + self.config.token_leeway)
     }
 
-    /// Entries in the expiry queue, stale ones included (for tests).
-    #[cfg(test)]
-    pub(crate) fn auth_queue_len(&self) -> usize {
-        self.auth.expiries.len()
+    /// End `id`'s signed session if its token expired by `now_s` without a
+    /// refresh: `SYS token expired`, close 4001. True when it did.
+    pub fn expire_if_due(&mut self, id: ConnId, now_s: u64, sink: &mut impl Sink) -> bool {
+        if !self.token_deadline(id, now_s).is_some_and(|at| at <= now_s) {
+            return false;
+        }
+        let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
+            return false;
+        };
+        user.closing = true;
+        info!("auth: {} token expired", user.nick);
+        self.out.clear();
+        self.out.push_str("SYS token expired");
+        send(sink, &mut self.deliveries, &[id], &self.out);
+        sink.close(id, 4001, "token expired");
+        true
     }
 
     fn signed_in_line(&mut self, id: ConnId, sink: &mut impl Sink) {
@@ -241,29 +234,9 @@ impl Hub {
         send(sink, &mut self.deliveries, &[id], &self.out);
     }
 
-    /// Queue `id`'s expiry; `refresh` when `id` was signed already, in which
-    /// case the same `exp` again (the same token sent twice) queues nothing.
-    fn track_expiry(&mut self, id: ConnId, exp: u64, refresh: bool) {
-        let exp = exp32(exp);
-        let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
-            return;
-        };
-        if refresh && user.exp_tag == exp as u16 {
-            return;
-        }
-        user.exp_tag = exp as u16;
-        let Ok(id32) = u32::try_from(id) else {
-            return;
-        };
-        self.auth.expiries.push(Reverse((exp, id32)));
-        if self.auth.expiries.len() > 2 * self.auth.signed + 64 {
-            let users = &self.users;
-            self.auth.expiries.retain(|Reverse((exp, id))| {
-                users
-                    .get(*id as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|u| u.access.is_signed() && u.exp_tag == *exp as u16)
-            });
+    fn set_exp(&mut self, id: ConnId, exp: u64) {
+        if let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) {
+            user.exp_tag = exp as u16;
         }
     }
 
@@ -453,11 +426,8 @@ impl Hub {
         self.leave(target, idx, sink);
     }
 
-    /// The hub forgets `id`: its room grant, and its count as a signed user.
-    pub(super) fn forget_grant(&mut self, id: ConnId, access: Access) {
+    /// The hub forgets `id`'s room grant.
+    pub(super) fn forget_grant(&mut self, id: ConnId) {
         self.auth.rooms.remove(&id);
-        if access.is_signed() {
-            self.auth.signed = self.auth.signed.saturating_sub(1);
-        }
     }
 }

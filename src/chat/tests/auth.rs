@@ -227,25 +227,22 @@ fn tokens_expire_unless_refreshed() {
         grant("cy", Role::Member, None, T0 + 70),
         None,
     );
-    assert_eq!(hub.poll_expiry(), Some(T0 + 65));
-    hub.expire(T0 + 64, &mut rec);
-    assert!(rec.closes.is_empty());
-    // al refreshes (twice with the same token: one queue entry).
+    assert_eq!(hub.token_deadline(0, T0), None, "a guest never expires");
+    assert_eq!(hub.token_deadline(1, T0), Some(T0 + 65));
+    assert!(!hub.expire_if_due(1, T0 + 64, &mut rec));
     rec.clear();
-    for _ in 0..2 {
-        hub.sign_in(1, grant("al", Role::Member, None, T0 + 120), &mut rec);
-        assert_eq!(rec.take(1), ["SYS signed in as al, role member"]);
-    }
-    hub.expire(T0 + 80, &mut rec);
+    hub.sign_in(1, grant("al", Role::Member, None, T0 + 120), &mut rec);
+    assert_eq!(rec.take(1), ["SYS signed in as al, role member"]);
+    assert_eq!(hub.token_deadline(1, T0 + 64), Some(T0 + 125));
+    assert!(!hub.expire_if_due(1, T0 + 80, &mut rec), "refreshed");
+    assert!(hub.expire_if_due(2, T0 + 80, &mut rec));
     assert_eq!(rec.take(2), ["SYS token expired"]);
     assert_eq!(rec.closes, [(2, 4001, "token expired".to_string())]);
-    assert!(rec.take(1).is_empty());
+    assert_eq!(hub.token_deadline(2, T0 + 80), None, "closing already");
     hub.handle(2, "still here?", 0, &mut rec);
     assert!(rec.take(2).is_empty(), "lines after expiry are ignored");
-    assert_eq!(hub.poll_expiry(), Some(T0 + 125));
-    hub.expire(T0 + 125, &mut rec);
+    assert!(hub.expire_if_due(1, T0 + 125, &mut rec));
     assert_eq!(rec.take(1), ["SYS token expired"]);
-    assert_eq!(hub.poll_expiry(), None);
     // A token for another nick is refused.
     hub.connect_as(
         3,
@@ -262,6 +259,24 @@ fn tokens_expire_unless_refreshed() {
 }
 
 #[test]
+fn the_full_exp_comes_back_from_16_bits() {
+    use crate::chat::hub::full_exp;
+    for now in [T0, T0 + 65_535, 1_000, 0x1_0000 * 30_000 + 7] {
+        for exp in [
+            now.saturating_sub(735),
+            now,
+            now + 1,
+            now + 30_000,
+            now + 64_800,
+        ] {
+            if exp >= now.saturating_sub(735) {
+                assert_eq!(full_exp(exp as u16, now), exp, "now {now} exp {exp}");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_guest_signs_in_with_auth() {
     let (mut hub, mut rec) = hub_with(cfg(), &["guesty", "bob"]);
     hub.sign_in(0, grant("ann", Role::Viewer, None, T0 + 60), &mut rec);
@@ -272,25 +287,4 @@ fn a_guest_signs_in_with_auth() {
     assert_eq!(rec.take(1), ["NICK guesty ann"]);
     assert_eq!(hub.access(0), Some((Role::Viewer, true)));
     hub.check_invariants();
-}
-
-#[test]
-fn the_expiry_queue_stays_bounded_under_refreshes() {
-    let (mut hub, mut rec) = hub_with(cfg(), &[]);
-    signed(
-        &mut hub,
-        &mut rec,
-        0,
-        grant("al", Role::Member, None, T0 + 60),
-        None,
-    );
-    for i in 0..10_000 {
-        hub.sign_in(0, grant("al", Role::Member, None, T0 + 61 + i), &mut rec);
-    }
-    rec.clear();
-    assert!(hub.auth_queue_len() <= 2 + 64, "{}", hub.auth_queue_len());
-    hub.expire(T0 + 10_060 + 29, &mut rec);
-    assert!(rec.take(0).is_empty(), "only the live exp counts");
-    hub.expire(T0 + 10_060 + 30, &mut rec);
-    assert_eq!(rec.take(0), ["SYS token expired"]);
 }

@@ -69,6 +69,14 @@
     roomsSoon: null,
   };
 
+  // A token from the embedding application (`?token=`): the server then names
+  // us after it and tells our role; the nick field is fixed.
+  const TOKEN = params.get("token");
+  if (TOKEN) {
+    el.nick.disabled = true;
+    el.nick.title = "your nick comes from your sign-in token";
+  }
+
   const initialRoom = params.get("room");
   const firstRoom = initialRoom && ROOM_RE.test(initialRoom) ? initialRoom : "lobby";
   S.joined.push({ key: lower(firstRoom), name: firstRoom });
@@ -181,6 +189,7 @@
     } else {
       el.input.placeholder = "a command, e.g. /join ROOM or /help";
     }
+    if (el.input.disabled) el.input.placeholder = el.input.title;
     renderMembers();
     renderRooms();
     if (fromUser) closeMenuOnPhone();
@@ -359,12 +368,30 @@
       case "WHO": { const parts = line.split(" "); return onWho(parts[1], parts.slice(2)); }
       case "PONG": return onPong(split(line, 2)[1]);
       case "ERR": { const [, code, text] = split(line, 3); return onErr(code, text || ""); }
-      case "SYS": return notice("sys", split(line, 2)[1] || "");
+      case "SYS": return onSys(split(line, 2)[1] || "");
       default: return notice("sys", line);
     }
   }
 
+  // `SYS signed in as NICK, role ROLE`: show the role; a viewer may not speak.
+  function onSys(text) {
+    const m = /^signed in as (\S+), role (\S+)$/.exec(text);
+    if (m) {
+      setStatus("connected", "connected as " + m[1] + " (" + m[2] + ")");
+      setReadOnly(m[2] === "viewer" ? "read only: your role is viewer" : null);
+    }
+    return notice("sys", text);
+  }
+
+  function setReadOnly(reason) {
+    el.input.disabled = !!reason;
+    $("send").disabled = !!reason;
+    el.input.title = reason || "";
+    if (reason) el.input.placeholder = reason;
+  }
+
   function onWelcome(nick) {
+    if (TOKEN) S.wanted = nick;
     S.me = nick;
     S.connected = true;
     S.attempt = 0;
@@ -509,6 +536,7 @@
 
   function onErr(code, text) {
     if (code === "not-in-room" || code === "bad-room") S.pendingActivate = null;
+    if (code === "forbidden" && /^viewers /.test(text)) setReadOnly("read only: " + text);
     const line = notice("err", "error " + code + ": " + text);
     return line;
   }
@@ -523,6 +551,7 @@
   function wsUrl() {
     const q = new URLSearchParams();
     if (S.wanted) q.set("nick", S.wanted);
+    if (TOKEN) q.set("token", TOKEN);
     if (S.joined.length) q.set("room", S.joined[0].name);
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     return scheme + location.host + "/ws?" + q.toString();
