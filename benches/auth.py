@@ -10,7 +10,7 @@ the server's) or as a guest, and reads each WELCOME. Reports, from
 then closes them all. Run it against a server started with and without
 --auth-key in the same session and compare the ratios (see BENCHMARKS.md).
 
-usage: benches/auth.py --addr 127.0.0.1:9000 --pid PID -n 10000 [--key FILE]
+usage: benches/auth.py --addr 127.0.0.1:9000 --pid PID -n 10000 [--key FILE] [--rooms N]
 """
 import argparse, base64, hashlib, hmac, json, os, resource, socket, sys, time
 
@@ -65,14 +65,16 @@ def main():
     ap.add_argument("-n", type=int, default=10000)
     ap.add_argument("--key", help="key file: connect with tokens")
     ap.add_argument("--hold", type=float, default=3.0, help="seconds idle before RSS is read")
+    ap.add_argument("--rooms", type=int, default=1, help="spread the connections over this many rooms")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     host, port = a.addr.rsplit(":", 1)
     addr = (host, int(port))
     key = open(a.key, "rb").read().rstrip() if a.key else None
+    # Guests take guest-N nicks, as the load generator's connections do.
     targets = [
-        f"/ws?token={token(key, f'user{i}')}&room=r{i % 100}" if key else f"/ws?nick=user{i}&room=r{i % 100}"
+        f"/ws?token={token(key, f'user{i}')}&room=r{i % a.rooms}" if key else f"/ws?room=r{i % a.rooms}"
         for i in range(a.n)
     ]
     rss0, cpu0, t0 = rss(a.pid), cpu(a.pid), time.time()
