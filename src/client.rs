@@ -2,10 +2,16 @@
 //! sends each as a text message, and prints every line that arrives. It works in
 //! a pipe as well as a terminal, reconnects with exponential backoff and jitter,
 //! and rejoins its rooms. It speaks the `ws` client role (masked frames).
+//!
+//! In a terminal it reads with `rustyline`, so arriving lines are printed above
+//! the prompt instead of splicing into what is being typed; in a pipe it reads
+//! plain lines. Whatever it prints is made safe for a terminal first (control
+//! characters, escape sequences and line separators are shown as escapes).
 
+use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, BufRead, ErrorKind, Read, Write};
+use std::io::{self, BufRead, ErrorKind, IsTerminal, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver as Chan, TryRecvError};
@@ -57,6 +63,28 @@ pub struct ClientArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+
+    /// Prefix printed lines with the time (`HH:MM:SS`, local): the server's
+    /// `time=` tag when the line has one (the tag block is then not printed),
+    /// else the time it arrived. `auto`: when stdout is a terminal.
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = Times::Auto)]
+    pub time: Times,
+
+    /// Longest wait between retries of the wanted nick while the server has
+    /// given a guest nick instead (the first retry comes after about 1 s).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::cli::parse_duration)]
+    pub nick_retry_max: Duration,
+}
+
+/// When `loopchat client` prefixes lines with the time.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Times {
+    /// When stdout is a terminal.
+    Auto,
+    /// Always (tag blocks are stripped).
+    Always,
+    /// Never: lines are printed as they came (still escaped).
+    Never,
 }
 
 /// A parsed `ws://host:port/path?query` URL.
@@ -162,23 +190,84 @@ impl WsUrl {
     }
 }
 
-/// What the client remembers about its chat session, to restore it after a reconnect.
-#[derive(Default, Debug)]
+/// What the client remembers about its chat session, to restore it after a
+/// reconnect, and the nick its user asked for.
+///
+/// A guest nick the server forces on us (the wanted nick was taken, e.g. by our
+/// own previous connection that the server has not noticed is gone yet) is
+/// temporary: `wanted` keeps the user's choice, and `/nick WANTED` is retried
+/// with backoff until the server grants it. Only a rename the user got to a
+/// non-guest nick changes `wanted`.
+#[derive(Debug)]
 struct Session {
+    /// The nick the server says we have now.
     nick: Option<String>,
+    /// The nick the user asked for (URL or a granted `/nick`); never a guest nick.
+    wanted: Option<String>,
     /// Rooms in join order; the last is the current room.
     rooms: Vec<String>,
+    /// Automatic retries of `wanted` in a row, and when the next one is due.
+    retries: u32,
+    retry_at: Option<Instant>,
+    /// An automatic `/nick` is out: its `ERR nick-taken` answer is not printed.
+    retry_out: bool,
+    retry_base: Duration,
+    retry_max: Duration,
+}
+
+/// Guest nicks are the server's (`guest-N`, `guest-TAG-N` in a cluster); users
+/// cannot choose them, so holding one means the server picked it.
+fn is_guest(nick: &str) -> bool {
+    nick.len() > 6
+        && nick
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("guest-"))
 }
 
 impl Session {
-    /// Follow the server's lines that change who we are and where we are.
-    fn observe(&mut self, line: &str) {
+    fn new(wanted: Option<String>, retry_max: Duration) -> Session {
+        Session {
+            nick: None,
+            wanted: wanted.filter(|n| !n.is_empty() && !is_guest(n)),
+            rooms: Vec::new(),
+            retries: 0,
+            retry_at: None,
+            retry_out: false,
+            retry_base: Duration::from_secs(1),
+            retry_max: retry_max.max(Duration::from_millis(1)),
+        }
+    }
+
+    /// Follow the server's lines that change who we are and where we are;
+    /// false for a line not worth printing (the refusal of an automatic retry).
+    fn observe(&mut self, line: &str, now: Instant) -> bool {
         let mut it = line.splitn(3, ' ');
         let (kind, a, b) = (it.next(), it.next(), it.next());
         match (kind, a, b) {
-            (Some("WELCOME"), Some(n), None) => self.nick = Some(n.to_string()),
+            (Some("WELCOME"), Some(n), None) => {
+                self.nick = Some(n.to_string());
+                self.retry_out = false;
+                self.check_nick(now);
+            }
             (Some("NICK"), Some(old), Some(new)) if self.is_me(old) => {
-                self.nick = Some(new.to_string())
+                self.nick = Some(new.to_string());
+                if !is_guest(new) {
+                    self.wanted = Some(new.to_string());
+                }
+                self.retry_out = false;
+                self.check_nick(now);
+            }
+            // nick-unavailable: a cluster whose registry could not confirm it.
+            (Some("ERR"), Some("nick-taken" | "nick-unavailable"), _) if self.retry_out => {
+                self.retry_out = false;
+                self.check_nick(now);
+                return false;
+            }
+            (Some("ERR"), Some("bad-nick"), _) if self.retry_out || self.retries > 0 => {
+                // The wanted nick can never be granted: stop asking.
+                self.wanted = None;
+                self.retry_out = false;
+                self.check_nick(now);
             }
             (Some("JOINED"), Some(room), Some(n)) if self.is_me(n) => {
                 self.rooms.retain(|r| !r.eq_ignore_ascii_case(room));
@@ -189,6 +278,40 @@ impl Session {
             }
             _ => {}
         }
+        true
+    }
+
+    /// Schedule the next retry while we wear a guest nick instead of the wanted one.
+    fn check_nick(&mut self, now: Instant) {
+        let forced = match (&self.nick, &self.wanted) {
+            (Some(n), Some(w)) => is_guest(n) && !n.eq_ignore_ascii_case(w),
+            _ => false,
+        };
+        if forced {
+            self.retries = self.retries.saturating_add(1);
+            let wait = backoff(self.retry_base, self.retry_max, self.retries, random_u64());
+            self.retry_at = Some(now + wait);
+        } else {
+            self.retries = 0;
+            self.retry_at = None;
+        }
+    }
+
+    /// The `/nick` line to send now, if a retry is due.
+    fn due_retry(&mut self, now: Instant) -> Option<String> {
+        match (self.retry_at, &self.wanted) {
+            (Some(at), Some(w)) if now >= at && !self.retry_out => {
+                self.retry_at = None;
+                self.retry_out = true;
+                Some(format!("/nick {w}"))
+            }
+            _ => None,
+        }
+    }
+
+    /// The nick to ask for when connecting again.
+    fn connect_nick(&self) -> Option<&str> {
+        self.wanted.as_deref().or(self.nick.as_deref())
     }
 
     fn is_me(&self, nick: &str) -> bool {
@@ -196,6 +319,121 @@ impl Session {
             .as_deref()
             .is_some_and(|n| n.eq_ignore_ascii_case(nick))
     }
+}
+
+/// An IRCv3-style tag block (`@k=v;k=v ` in front of a line): the value of its
+/// `time` tag, and the line without the block. A line without one is returned whole.
+pub fn split_tags(line: &str) -> (Option<&str>, &str) {
+    let Some(rest) = line.strip_prefix('@') else {
+        return (None, line);
+    };
+    let Some((tags, body)) = rest.split_once(' ') else {
+        return (None, line);
+    };
+    (
+        tags.split(';').find_map(|kv| kv.strip_prefix("time=")),
+        body,
+    )
+}
+
+/// Unix seconds of an RFC 3339 UTC time `YYYY-MM-DDTHH:MM:SS[.frac]Z`; None for
+/// anything else (other offsets included: the protocol sends UTC).
+pub fn parse_utc(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || *b.last()? != b'Z' {
+        return None;
+    }
+    let shape_ok = b[..19].iter().enumerate().all(|(i, &c)| match i {
+        4 | 7 => c == b'-',
+        10 => c == b'T' || c == b't',
+        13 | 16 => c == b':',
+        _ => c.is_ascii_digit(),
+    });
+    let frac = &b[19..b.len() - 1];
+    let frac_ok = frac.is_empty()
+        || (frac.len() > 1 && frac[0] == b'.' && frac[1..].iter().all(u8::is_ascii_digit));
+    if !shape_ok || !frac_ok {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> i64 {
+        b[from..to]
+            .iter()
+            .fold(0, |acc, &c| acc * 10 + i64::from(c - b'0'))
+    };
+    let (y, m, d) = (num(0, 4), num(5, 7), num(8, 10));
+    let (hh, mm, ss) = (num(11, 13), num(14, 16), num(17, 19));
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from the civil date (H. Hinnant's algorithm), valid for any year here.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// `HH:MM:SS` of Unix time `secs` in the local time zone (UTC if unknown).
+fn clock(secs: i64) -> String {
+    let t = secs as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value; `localtime_r` only writes to it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; `localtime_r` is the
+    // thread-safe variant and keeps no reference to them.
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if ok {
+        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    } else {
+        let s = secs.rem_euclid(86_400);
+        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What a terminal would act on instead of showing: C0 and C1 controls and DEL
+/// (so every escape sequence starts with one), the Unicode line and paragraph
+/// separators, and the bidirectional overrides and isolates that reorder text.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `line` with every character a terminal would interpret shown as an escape
+/// (`\x1b`, `\u{2028}`), so a message cannot move the cursor, retitle the
+/// window or hide text. Borrowed when there is nothing to escape.
+pub fn escape_for_terminal(line: &str) -> Cow<'_, str> {
+    if !line.chars().any(needs_escape) {
+        return Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if !needs_escape(c) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The text to print for an arriving line: escaped, and with the time in front
+/// (from its `time=` tag, whose block is then dropped, else `now`) when `times`.
+pub fn render_line(line: &str, times: bool, now_unix: i64) -> String {
+    if !times {
+        return escape_for_terminal(line).into_owned();
+    }
+    let (time, body) = split_tags(line);
+    let secs = time.and_then(parse_utc).unwrap_or(now_unix);
+    format!("{} {}", clock(secs), escape_for_terminal(body))
 }
 
 /// Exponential backoff with jitter: attempt `n` (from 1) waits a random time in
@@ -238,6 +476,8 @@ enum End {
     Done,
     /// Lost; try again unless told not to.
     Lost(String),
+    /// The connection never got an answer (refused, unreachable); retried like `Lost`.
+    Unreachable(String),
     /// Refused in a way retrying cannot fix (e.g. 403): exit 1.
     Fatal(String),
 }
@@ -271,16 +511,90 @@ pub fn run(args: ClientArgs) -> ExitCode {
     }
 }
 
+/// Where printed lines go: straight to stdout, or through the line editor so
+/// they appear above the prompt and what is being typed stays intact.
+enum Out {
+    Plain(io::Stdout),
+    Prompt(Box<dyn rustyline::ExternalPrinter>),
+}
+
 struct Client {
     args: ClientArgs,
     url: WsUrl,
     poll: Poll,
+    /// Kept so the waker's fd outlives the stdin thread: that thread wakes the
+    /// loop once more as it ends, and if it held the only reference the fd
+    /// would be closed (and the wake-up lost) before the loop saw it.
+    _waker: Arc<Waker>,
     lines: Chan<Option<String>>,
     stdin_done: bool,
+    /// The user typed `/quit`: the server's close 1000 ends the client.
+    quit_sent: bool,
     /// Lines typed while not connected, sent once the connection is open.
     queued: Vec<String>,
     session: Session,
-    out: std::io::Stdout,
+    out: Out,
+    times: bool,
+}
+
+/// `/quit` or `/quit REASON`, in any letter case.
+fn is_quit(line: &str) -> bool {
+    let l = line.trim_start();
+    l.get(..5).is_some_and(|c| c.eq_ignore_ascii_case("/quit"))
+        && matches!(l[5..].chars().next(), None | Some(' '))
+}
+
+/// Rows a typed line took on the terminal after the prompt `> `.
+fn typed_rows(line: &str) -> usize {
+    // SAFETY: an all-zero winsize is valid; TIOCGWINSZ only writes to it.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 1 and a valid pointer to a winsize, as TIOCGWINSZ expects.
+    let cols = if unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0 {
+        usize::from(ws.ws_col)
+    } else {
+        80
+    };
+    (2 + line.chars().count()).div_ceil(cols).max(1)
+}
+
+/// Read typed lines in a terminal: the editor keeps the prompt and the line
+/// being typed intact while other lines are printed above it. A chat message
+/// (not a `/command`) is erased once entered, since the server echoes it back:
+/// it is shown once, as the room saw it.
+fn read_terminal(
+    mut editor: rustyline::DefaultEditor,
+    tx: mpsc::Sender<Option<String>>,
+    waker: Arc<Waker>,
+) {
+    // Ctrl-C and Ctrl-D end the input like the end of a pipe.
+    while let Ok(line) = editor.readline("> ") {
+        if !line.is_empty() && !line.starts_with('/') {
+            let mut out = io::stdout();
+            let _ = write!(out, "\x1b[{}A\x1b[J", typed_rows(&line));
+            let _ = out.flush();
+        }
+        let _ = editor.add_history_entry(line.as_str());
+        if tx.send(Some(line)).is_err() {
+            return;
+        }
+        let _ = waker.wake();
+    }
+    let _ = tx.send(None);
+    let _ = waker.wake();
+}
+
+/// Read lines from a pipe or file.
+fn read_plain(tx: mpsc::Sender<Option<String>>, waker: Arc<Waker>) {
+    let stdin = io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(l) = line else { break };
+        if tx.send(Some(l)).is_err() {
+            return;
+        }
+        let _ = waker.wake();
+    }
+    let _ = tx.send(None);
+    let _ = waker.wake();
 }
 
 impl Client {
@@ -288,34 +602,84 @@ impl Client {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), STDIN)?);
         let (tx, rx) = mpsc::channel();
+        let thread_waker = Arc::clone(&waker);
+        let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
+        let mut out = Out::Plain(io::stdout());
+        let editor = if interactive {
+            rustyline::DefaultEditor::new().ok()
+        } else {
+            None
+        };
         // Stdin may be a terminal, a pipe or a file; a blocking reader thread
-        // handles all three, and wakes the loop for each line.
-        std::thread::spawn(move || {
-            let stdin = io::stdin();
-            for line in stdin.lock().lines() {
-                match line {
-                    Ok(l) => {
-                        if tx.send(Some(l)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => break,
+        // handles each, and wakes the loop for each line.
+        match editor {
+            Some(mut ed) => {
+                if let Ok(p) = ed.create_external_printer() {
+                    out = Out::Prompt(Box::new(p));
                 }
-                let _ = waker.wake();
+                std::thread::spawn(move || read_terminal(ed, tx, thread_waker));
             }
-            let _ = tx.send(None);
-            let _ = waker.wake();
-        });
+            None => {
+                std::thread::spawn(move || read_plain(tx, thread_waker));
+            }
+        }
+        let times = match args.time {
+            Times::Always => true,
+            Times::Never => false,
+            Times::Auto => io::stdout().is_terminal(),
+        };
+        let wanted = url
+            .query
+            .split('&')
+            .find_map(|p| p.strip_prefix("nick="))
+            .map(str::to_owned);
+        let session = Session::new(wanted, args.nick_retry_max);
         Ok(Client {
             args,
             url,
             poll,
+            _waker: waker,
             lines: rx,
             stdin_done: false,
+            quit_sent: false,
             queued: Vec::new(),
-            session: Session::default(),
-            out: io::stdout(),
+            session,
+            out,
+            times,
         })
+    }
+
+    /// Print a line from the server.
+    fn show(&mut self, line: &str) {
+        let text = render_line(line, self.times, now_unix());
+        match &mut self.out {
+            Out::Plain(o) => {
+                let _ = writeln!(o, "{text}");
+            }
+            Out::Prompt(p) => {
+                // Outside a prompt (between lines) the printer writes as is.
+                let _ = p.print(text + "\n");
+            }
+        }
+    }
+
+    /// Say something about the client itself (stderr, or above the prompt).
+    fn note(&mut self, msg: &str) {
+        match &mut self.out {
+            Out::Plain(o) => {
+                let _ = o.flush();
+                eprintln!("loopchat client: {msg}");
+            }
+            Out::Prompt(p) => {
+                let _ = p.print(format!("-- {msg}\n"));
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Out::Plain(o) = &mut self.out {
+            let _ = o.flush();
+        }
     }
 
     fn run(mut self) -> io::Result<ExitCode> {
@@ -328,10 +692,8 @@ impl Client {
                 }
                 failures += 1;
                 if self.args.max_attempts > 0 && failures > self.args.max_attempts {
-                    eprintln!(
-                        "loopchat client: giving up after {} attempts",
-                        self.args.max_attempts
-                    );
+                    let msg = format!("giving up after {} attempts", self.args.max_attempts);
+                    self.note(&msg);
                     return Ok(ExitCode::FAILURE);
                 }
                 let wait = backoff(
@@ -340,8 +702,8 @@ impl Client {
                     failures,
                     random_u64(),
                 );
-                eprintln!(
-                    "loopchat client: reconnecting in {:.1}s (attempt {failures}{}, base {:?}, cap {:?})",
+                let msg = format!(
+                    "reconnecting in {:.1}s (attempt {failures}{}, base {:?}, cap {:?})",
                     wait.as_secs_f64(),
                     if self.args.max_attempts > 0 {
                         format!(" of {}", self.args.max_attempts)
@@ -351,6 +713,7 @@ impl Client {
                     self.args.reconnect_base,
                     self.args.reconnect_max,
                 );
+                self.note(&msg);
                 if let Some(code) = self.wait(Instant::now() + wait)? {
                     return Ok(code);
                 }
@@ -363,22 +726,26 @@ impl Client {
             match end {
                 End::Done => return Ok(ExitCode::SUCCESS),
                 End::Fatal(why) => {
-                    eprintln!("loopchat client: {why}");
+                    self.note(&why);
                     return Ok(ExitCode::FAILURE);
                 }
-                End::Lost(why) => {
-                    eprintln!("loopchat client: connection lost: {why}");
-                    if self.stdin_done && self.queued.is_empty() {
-                        // Nothing left to say: a script's pipe has ended.
-                        return Ok(ExitCode::SUCCESS);
-                    }
+                End::Lost(why) => self.note(&format!("connection lost: {why}")),
+                End::Unreachable(why) => {
+                    let msg = format!("cannot connect to {}: {why}", self.url.authority);
+                    self.note(&msg);
                 }
+            }
+            if self.stdin_done && self.queued.is_empty() {
+                // The input has ended and the close handshake did not finish:
+                // what was sent last may not have arrived.
+                self.note("input has ended: not reconnecting");
+                return Ok(ExitCode::FAILURE);
             }
         }
     }
 
     /// Sleep until `until`, still collecting stdin; Some(exit) if stdin ended
-    /// with nothing left to send.
+    /// while disconnected (a failure: the last connection did not end cleanly).
     fn wait(&mut self, until: Instant) -> io::Result<Option<ExitCode>> {
         let mut events = Events::with_capacity(8);
         loop {
@@ -389,7 +756,8 @@ impl Client {
             self.poll.poll(&mut events, Some(until - now))?;
             self.drain_stdin(None);
             if self.stdin_done && self.queued.is_empty() {
-                return Ok(Some(ExitCode::SUCCESS));
+                self.note("input has ended while disconnected: not reconnecting");
+                return Ok(Some(ExitCode::FAILURE));
             }
         }
     }
@@ -398,10 +766,13 @@ impl Client {
     fn drain_stdin(&mut self, mut wbuf: Option<&mut Vec<u8>>) {
         loop {
             match self.lines.try_recv() {
-                Ok(Some(line)) => match wbuf.as_deref_mut() {
-                    Some(w) => send_text(w, &line),
-                    None => self.queued.push(line),
-                },
+                Ok(Some(line)) => {
+                    self.quit_sent |= is_quit(&line);
+                    match wbuf.as_deref_mut() {
+                        Some(w) => send_text(w, &line),
+                        None => self.queued.push(line),
+                    }
+                }
                 Ok(None) | Err(TryRecvError::Disconnected) => {
                     self.stdin_done = true;
                     return;
@@ -426,7 +797,7 @@ impl Client {
         };
         let mut sock = match TcpStream::connect(addr) {
             Ok(s) => s,
-            Err(e) => return Ok((End::Lost(format!("connect {addr}: {e}")), false)),
+            Err(e) => return Ok((End::Unreachable(e.to_string()), false)),
         };
         self.poll
             .registry()
@@ -443,7 +814,7 @@ impl Client {
         // the first through the URL, the others by /join in their old order, so the
         // room that was current (joined last) is current again.
         let target = self.url.target_with(
-            self.session.nick.as_deref(),
+            self.session.connect_nick(),
             self.session.rooms.first().map(String::as_str),
         );
         let rejoin: Vec<String> = self.session.rooms.iter().skip(1).cloned().collect();
@@ -467,10 +838,18 @@ impl Client {
                 Phase::Handshake { .. } => {
                     Some(handshake_deadline.saturating_duration_since(Instant::now()))
                 }
-                _ => None,
+                Phase::Open => self
+                    .session
+                    .retry_at
+                    .map(|t| t.saturating_duration_since(Instant::now())),
             };
             self.poll.poll(&mut events, timeout)?;
             let now = Instant::now();
+            if let Phase::Open = phase {
+                if let Some(line) = self.session.due_retry(now) {
+                    send_text(&mut wbuf, &line);
+                }
+            }
             match &phase {
                 Phase::Closing(t) if now >= *t => return Ok((End::Done, opened)),
                 Phase::Handshake { .. } if now >= handshake_deadline => {
@@ -491,10 +870,13 @@ impl Client {
             loop {
                 match sock.read(&mut buf) {
                     Ok(0) => {
-                        return Ok(if matches!(phase, Phase::Closing(_)) {
-                            (End::Done, opened)
-                        } else {
-                            (End::Lost("server closed the connection".into()), opened)
+                        return Ok(match &phase {
+                            Phase::Closing(_) => (End::Done, opened),
+                            Phase::Handshake { head, .. } if head.is_empty() => (
+                                End::Lost("server closed the connection before answering".into()),
+                                opened,
+                            ),
+                            _ => (End::Lost("server closed the connection".into()), opened),
                         })
                     }
                     Ok(n) => {
@@ -551,7 +933,16 @@ impl Client {
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => return Ok((End::Lost(format!("read: {e}")), opened)),
+                    Err(e) => {
+                        // Before any answer, an error is the connect's own
+                        // (refused, unreachable): say so, not "lost".
+                        return Ok(match &phase {
+                            Phase::Handshake { head, .. } if head.is_empty() => {
+                                (End::Unreachable(e.to_string()), opened)
+                            }
+                            _ => (End::Lost(format!("read: {e}")), opened),
+                        });
+                    }
                 }
             }
             // Write what we can.
@@ -562,11 +953,14 @@ impl Client {
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == ErrorKind::NotConnected => break,
+                    Err(e) if matches!(phase, Phase::Handshake { .. }) => {
+                        return Ok((End::Unreachable(e.to_string()), opened))
+                    }
                     Err(e) => return Ok((End::Lost(format!("write: {e}")), opened)),
                 }
             }
             wbuf.drain(..written);
-            let _ = self.out.flush();
+            self.flush();
         }
     }
 
@@ -584,12 +978,15 @@ impl Client {
                 Ok((used, msg)) => {
                     off += used;
                     match msg {
-                        Some(Message::Text(t)) => {
-                            self.session.observe(t);
-                            let _ = writeln!(self.out, "{t}");
+                        Some(Message::Text(t))
+                            if self.session.observe(split_tags(t).1, Instant::now()) =>
+                        {
+                            self.show(t);
                         }
+                        Some(Message::Text(_)) => {}
                         Some(Message::Binary(b)) => {
-                            let _ = writeln!(self.out, "{}", String::from_utf8_lossy(b));
+                            let text = String::from_utf8_lossy(b).into_owned();
+                            self.show(&text);
                         }
                         Some(Message::Ping(p)) => {
                             encode_frame(wbuf, OpCode::Pong, true, p, Some(mask()))
@@ -606,8 +1003,8 @@ impl Client {
                             } else {
                                 format!("closed by server ({code} {reason})")
                             };
-                            // 1000 after our /quit or an idle timeout: a clean end.
-                            if code == 1000 && self.stdin_done {
+                            // 1000 after our /quit, or after the input ended: a clean end.
+                            if code == 1000 && (self.stdin_done || self.quit_sent) {
                                 return Some(End::Done);
                             }
                             if code == 1008 || code == 1003 {
@@ -674,7 +1071,8 @@ mod tests {
 
     #[test]
     fn session_follows_nick_and_rooms() {
-        let mut s = Session::default();
+        let mut s = Session::new(None, Duration::from_secs(60));
+        let now = Instant::now();
         for l in [
             "WELCOME guest-1",
             "JOINED lobby guest-1",
@@ -685,10 +1083,132 @@ mod tests {
             "LEFT lobby me",
             "MSG dev me JOINED x me",
         ] {
-            s.observe(l);
+            assert!(s.observe(l, now));
         }
         assert_eq!(s.nick.as_deref(), Some("me"));
+        assert_eq!(s.wanted.as_deref(), Some("me"));
         assert_eq!(s.rooms, vec!["dev".to_string(), "ops".to_string()]);
+        assert_eq!(s.retry_at, None);
+    }
+
+    #[test]
+    fn a_forced_guest_nick_is_temporary_and_retried_with_backoff() {
+        let max = Duration::from_secs(8);
+        let mut s = Session::new(Some("alice".into()), max);
+        let t0 = Instant::now();
+        assert!(s.observe("WELCOME guest-7", t0));
+        // The server's own ERR after WELCOME is shown; the retry is scheduled.
+        assert!(s.observe("ERR nick-taken nick taken, using a guest nick", t0));
+        let at = s.retry_at.expect("retry scheduled");
+        assert!(at > t0 && at <= t0 + Duration::from_secs(1));
+        assert_eq!(s.due_retry(t0), None, "not before its time");
+        assert_eq!(s.due_retry(at).as_deref(), Some("/nick alice"));
+        assert_eq!(s.due_retry(at + max), None, "one retry out at a time");
+        // Its refusal is not printed, and the next wait is longer (up to the cap).
+        assert!(!s.observe("ERR nick-taken nick taken", at));
+        let next = s.retry_at.unwrap() - at;
+        assert!(next >= Duration::from_secs(1) && next <= Duration::from_secs(2));
+        for _ in 0..10 {
+            let t = s.retry_at.unwrap();
+            assert!(s.due_retry(t).is_some());
+            assert!(!s.observe("ERR nick-taken nick taken", t));
+            assert!(s.retry_at.unwrap() - t <= max);
+        }
+        // A reconnect asks for the wanted nick, not the guest one.
+        assert_eq!(s.connect_nick(), Some("alice"));
+        // Granted at last: retries stop.
+        let t = s.retry_at.unwrap();
+        s.due_retry(t);
+        assert!(s.observe("NICK guest-7 alice", t));
+        assert_eq!((s.nick.as_deref(), s.retry_at), (Some("alice"), None));
+        // Someone else's rename to a guest is not ours.
+        assert!(s.observe("NICK bob guest-9", t));
+        assert_eq!((s.nick.as_deref(), s.retry_at), (Some("alice"), None));
+        // A server-forced rename of us is temporary too; the wanted nick stays.
+        assert!(s.observe("NICK alice guest-3", t));
+        assert_eq!(s.wanted.as_deref(), Some("alice"));
+        assert!(s.retry_at.is_some());
+        // A nick the user picked and got replaces the wanted one.
+        assert!(s.observe("NICK guest-3 carol", t));
+        assert_eq!((s.wanted.as_deref(), s.retry_at), (Some("carol"), None));
+    }
+
+    #[test]
+    fn quit_is_recognised() {
+        for yes in ["/quit", "/QUIT bye all", "  /quit"] {
+            assert!(is_quit(yes), "{yes}");
+        }
+        for no in ["/quitter", "quit", "/qui", "say /quit", "/quité"] {
+            assert!(!is_quit(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn a_bad_wanted_nick_is_not_retried() {
+        let mut s = Session::new(Some("no spaces".into()), Duration::from_secs(60));
+        let now = Instant::now();
+        s.observe("WELCOME guest-1", now);
+        assert!(s.observe("ERR bad-nick bad nick, using a guest nick", now));
+        assert_eq!((s.wanted.as_deref(), s.retry_at), (None, None));
+        // Whatever a server sends, the check does not panic.
+        assert!(!is_guest("gueß-1") && !is_guest("ü") && is_guest("Guest-7"));
+        // Nor is a guest nick asked for in the URL.
+        let s = Session::new(Some("guest-4".into()), Duration::from_secs(60));
+        assert_eq!(s.wanted, None);
+    }
+
+    #[test]
+    fn tag_blocks_and_times() {
+        assert_eq!(
+            split_tags("@id=5;time=2026-11-30T10:00:00.123Z MSG dev alice hi"),
+            (Some("2026-11-30T10:00:00.123Z"), "MSG dev alice hi")
+        );
+        assert_eq!(split_tags("@id=5 MSG dev a b"), (None, "MSG dev a b"));
+        assert_eq!(split_tags("MSG dev a @x"), (None, "MSG dev a @x"));
+        assert_eq!(split_tags("@lonely"), (None, "@lonely"));
+        assert_eq!(parse_utc("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_utc("2026-11-30T10:00:00.123Z"), Some(1_796_032_800));
+        assert_eq!(parse_utc("2000-03-01T00:00:01Z"), Some(951_868_801));
+        for bad in [
+            "2026-11-30T10:00:00",
+            "2026-11-30 10:00:00Z",
+            "2026-13-30T10:00:00Z",
+            "2026-11-30T10:00:00.Z",
+            "2026-11-30T10:00:00+01:00",
+            "+026-11-30T10:00:00Z",
+            "",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+        // Times shown: the tag's time replaces the block; without, the given now.
+        let tagged = render_line("@id=1;time=1970-01-01T00:00:07Z MSG d a hi", true, 0);
+        assert!(
+            tagged.ends_with(" MSG d a hi") && !tagged.contains('@'),
+            "{tagged}"
+        );
+        assert_eq!(tagged.len(), "HH:MM:SS MSG d a hi".len());
+        assert_eq!(tagged[6..8].to_string(), "07");
+        let plain = render_line("MSG d a hi", true, 59);
+        assert_eq!(&plain[6..], "59 MSG d a hi");
+        // Not shown: the line as it came.
+        assert_eq!(
+            render_line("@id=1 MSG d a hi", false, 0),
+            "@id=1 MSG d a hi"
+        );
+    }
+
+    #[test]
+    fn nothing_a_terminal_would_interpret_gets_through() {
+        assert!(matches!(escape_for_terminal("plain é ✓"), Cow::Borrowed(_)));
+        let evil = "a\x1b]0;owned\x07b\x1b[2Jc\rd\u{2028}e\u{202e}f\u{9b}g\x7f";
+        let safe = escape_for_terminal(evil);
+        assert!(!safe.chars().any(needs_escape), "{safe}");
+        assert_eq!(
+            safe,
+            "a\\x1b]0;owned\\x07b\\x1b[2Jc\\x0dd\\u{2028}e\\u{202e}f\\u{9b}g\\x7f"
+        );
+        let shown = render_line(evil, true, 0);
+        assert!(!shown.chars().any(needs_escape));
     }
 
     #[test]

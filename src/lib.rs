@@ -18,6 +18,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod load;
+pub mod logging;
 pub mod server;
 pub mod token_tool;
 pub mod ws;

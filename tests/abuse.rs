@@ -159,3 +159,316 @@ fn a_rooms_flood_over_30000_rooms_does_not_delay_a_bystander() {
         "bystander p99 {p99:?} (p50 {p50:?})"
     );
 }
+
+/// Resident memory of this process (the server runs in it), from /proc.
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kb: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// A client socket with a tiny receive buffer, so that what it does not read
+/// piles up in the server's outbox instead of the kernel (loopback would
+/// otherwise take most of a megabyte per connection).
+fn small_window(addr: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 expected")
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns; the
+    // sockaddr is a fully initialised local.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// The issue's fan-out scenario, scaled down: hundreds of clients that never
+/// read, in one room with a sender of 4 KB lines within its rate limit. Each
+/// may hold its own cap (512 KiB), far more than the budget in all; the budget
+/// holds, and a reader that keeps up still gets every line.
+#[test]
+fn fan_out_to_readers_that_never_read_stays_under_the_outbox_budget() {
+    let _ = loopchat::server::raise_nofile_limit();
+    const SILENT: usize = 300;
+    const LINES: usize = 200;
+    const BUDGET: usize = 16 << 20;
+    let mut cfg = common::config();
+    cfg.line_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.chat.rate_limit = 200;
+    cfg.chat.presence_limit = 0;
+    cfg.outbox_total = BUDGET;
+    cfg.outbox_grace = Duration::from_secs(60);
+    // What a reader does not take stays in the process, not in the kernel.
+    cfg.send_buffer = 16 * 1024;
+    let s = TestServer::start(cfg);
+    let line = s.line_addr.unwrap();
+    let mut reader = Line::connect(line);
+    reader.recv_until("JOINED lobby");
+    let mut sender = Line::connect(line);
+    sender.recv_until("JOINED lobby");
+    let silent: Vec<TcpStream> = (0..SILENT).map(|_| small_window(line)).collect();
+    // Every silent client is in once the sender's /who counts them all.
+    for _ in 0..100 {
+        sender.send("/who\n");
+        let who = sender.recv_until("WHO ");
+        let listed = who.split(' ').count() - 2;
+        let more: usize = who.rsplit_once(" +").map_or(0, |(_, n)| n.parse().unwrap());
+        if listed + more == SILENT + 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The sender's own copies are read and thrown away, so it is never paused.
+    let mut discard = sender.r.get_ref().try_clone().unwrap();
+    let draining = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(discard.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let base = rss_bytes();
+
+    let text = "x".repeat(4000);
+    let reading = std::thread::spawn(move || {
+        for k in 0..LINES {
+            let l = reader.recv_until("MSG lobby ");
+            assert!(
+                l.ends_with(&format!("{k} {text}")),
+                "line {k} lost or reordered"
+            );
+        }
+    });
+    let text = "x".repeat(4000);
+    let mut w = sender.r.get_ref().try_clone().unwrap();
+    for k in 0..LINES {
+        w.write_all(format!("{k} {text}\n").as_bytes()).unwrap();
+        if k % 10 == 9 {
+            // 100 lines a second, half the rate limit.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    reading
+        .join()
+        .expect("the reader that keeps up got every line");
+    let grown = rss_bytes().saturating_sub(base);
+    let mut metrics = common::http(s.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").1;
+    metrics.retain(|c| c != '\r');
+    let drops = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("loopchat_slow_consumer_drops_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("drops counter");
+    println!(
+        "RSS grew {} KiB for {} KiB of fan-out to {SILENT} silent readers (budget {} KiB, {drops} lines dropped)",
+        grown >> 10,
+        (SILENT * LINES * 4000) >> 10,
+        BUDGET >> 10
+    );
+    assert!(drops > 0, "the silent readers lost lines");
+    // The budget, an eighth over it, a few KiB per reader and allocator slack
+    // (without the budget: 160 MB).
+    assert!(
+        grown < BUDGET * 2 + SILENT * 8192,
+        "RSS grew by {grown} bytes"
+    );
+    drop(silent);
+    drop(sender);
+    drop(s);
+    draining.join().unwrap();
+}
+
+fn metric(s: &TestServer, name: &str) -> u64 {
+    let body = common::http(s.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").1;
+    body.lines()
+        .find_map(|l| l.trim_end().strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// A reader that stays behind its own cap longer than `--outbox-grace` is
+/// closed, even far below `--outbox-hard`.
+#[test]
+fn a_reader_behind_longer_than_the_grace_period_is_closed() {
+    let mut cfg = common::config();
+    cfg.line_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.chat.rate_limit = 0;
+    cfg.outbox_soft = 64 * 1024;
+    cfg.outbox_hard = 1 << 30;
+    cfg.outbox_grace = Duration::from_millis(500);
+    cfg.send_buffer = 16 * 1024;
+    let s = TestServer::start(cfg);
+    let line = s.line_addr.unwrap();
+    let mut sender = Line::connect(line);
+    sender.recv_until("JOINED lobby");
+    let mut silent = small_window(line);
+    sender.recv_until("JOINED lobby");
+    let mut discard = sender.r.get_ref().try_clone().unwrap();
+    let draining = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(discard.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let text = "y".repeat(4000);
+    let start = Instant::now();
+    let mut closed = false;
+    // Bounded: ten seconds at most.
+    while start.elapsed() < WAIT {
+        for k in 0..20 {
+            sender.send(&format!("{k} {text}\n"));
+        }
+        if metric(&s, "loopchat_slow_consumer_disconnects_total") == 1 {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = start.elapsed();
+    assert!(closed, "still connected after {took:?}");
+    // Deadlines are accurate to one 100 ms tick.
+    assert!(
+        took >= Duration::from_millis(400),
+        "closed before the grace period: {took:?}"
+    );
+    // The server's side is gone: reading reaches the end.
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut ended = false;
+    for _ in 0..10_000 {
+        match silent.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                ended = true;
+                break;
+            }
+            Ok(_) => {}
+        }
+    }
+    assert!(ended);
+    drop(sender);
+    drop(s);
+    draining.join().unwrap();
+}
+
+/// Nothing another user types can drive a terminal: control characters,
+/// DEL and the Unicode line separators arrive replaced, over WebSocket and
+/// over the line protocol alike.
+#[test]
+fn control_characters_are_replaced_in_what_others_see() {
+    let mut cfg = common::config();
+    cfg.line_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = TestServer::start(cfg);
+    let (mut mallory, _) = common::Client::chat(&s, "?nick=mallory");
+    let mut nc = Line::connect(s.line_addr.unwrap());
+    nc.recv_until("JOINED lobby");
+    mallory.recv_until(|l| l.starts_with("JOINED lobby guest"));
+    let evil =
+        "\x1b[1G\x1b[2KSYS mallory is now an operator\0\x0b\x0c\u{85}\u{2028}\u{2029}\x7f\tok\r";
+    mallory.send(evil);
+    let want = "MSG lobby mallory \u{FFFD}[1G\u{FFFD}[2KSYS mallory is now an operator\
+                \u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\tok ";
+    assert_eq!(nc.recv_until("MSG "), want);
+    assert_eq!(mallory.recv_until(|l| l.starts_with("MSG ")), want);
+}
+
+/// The real binary, killed on drop (even while stopped).
+struct Proc {
+    child: std::process::Child,
+    line: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_line_server() -> Proc {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+        .args(["--listen", "127.0.0.1:0", "--line-listen", "127.0.0.1:0"])
+        .args(["--log-level", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn loopchat");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = None;
+    for _ in 0..2 {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        if let Some(a) = l.trim().strip_prefix("line protocol on ") {
+            line = Some(a.parse().unwrap());
+        }
+    }
+    Proc {
+        child,
+        line: line.expect("line listener address on stdout"),
+    }
+}
+
+fn signal(p: &Proc, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(p.child.id() as i32, sig) };
+    assert_eq!(rc, 0);
+}
+
+/// A client sending at half the rate limit is not punished for a backlog
+/// that built up while the server was stopped: its commands are charged by
+/// when they arrived, not when the server got to them.
+#[test]
+fn a_backlog_from_a_stopped_server_is_not_rate_limited() {
+    let p = spawn_line_server();
+    let mut c = Line::connect(p.line);
+    c.recv_until("JOINED lobby");
+    c.send("/ping start\n");
+    c.recv_until("PONG start");
+    signal(&p, libc::SIGSTOP);
+    // 25 lines a second (the limit is 50) for 4.5 s: 112 lines queue up.
+    let sent = 112;
+    for k in 0..sent {
+        c.send(&format!("line {k}\n"));
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    signal(&p, libc::SIGCONT);
+    c.send("/ping end\n");
+    let mut got = 0;
+    for _ in 0..10_000 {
+        let l = c.recv();
+        assert!(
+            !l.starts_with("ERR"),
+            "punished for the server's stall: {l}"
+        );
+        if l.starts_with("MSG lobby ") {
+            got += 1;
+        }
+        if l == "PONG end" {
+            break;
+        }
+    }
+    assert_eq!(got, sent, "every line was said");
+}

@@ -150,3 +150,160 @@ fn reconnects_across_a_server_restart_and_rejoins() {
     b.say("back again");
     watcher.recv_until(|l| l == "MSG dev bot back again");
 }
+
+/// Wait for `child` to exit, at most `limit`; None if it is still running.
+fn wait_bounded(child: &mut Child, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return Some(st);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn exits_promptly_when_input_ends_without_pings() {
+    // With no server pings nothing else would wake the client: the end of stdin
+    // alone must. Repeated, because the lost wake-up was a race.
+    let mut cfg = config();
+    cfg.ping_interval = std::time::Duration::ZERO;
+    let s = TestServer::start(cfg);
+    for round in 0..5 {
+        let mut b = bot(&format!("ws://{}/ws?nick=bot{round}", s.addr), &[]);
+        b.expect(&format!("JOINED lobby bot{round}"));
+        drop(b.child.stdin.take());
+        let st =
+            wait_bounded(&mut b.child, std::time::Duration::from_secs(5)).unwrap_or_else(|| {
+                panic!("round {round}: client still running 5 s after its input ended")
+            });
+        assert!(st.success(), "round {round}: {st:?}");
+    }
+}
+
+#[test]
+fn a_dead_server_is_reported_as_unreachable_and_exits_1() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    // Input already ended: one attempt, then a failure.
+    let out = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+        .args(["client", &url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot connect to 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(err.contains("refused"), "{err}");
+    assert!(!err.contains("connection lost"), "{err}");
+    // Input still open: it retries, then gives up with 1.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+        .args([
+            "client",
+            &url,
+            "--max-attempts",
+            "2",
+            "--reconnect-base",
+            "10ms",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = wait_bounded(&mut child, WAIT).expect("client never gave up");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("giving up after 2 attempts"), "{err}");
+    assert_eq!(err.matches("cannot connect").count(), 3, "{err}");
+}
+
+#[test]
+fn a_taken_nick_is_won_back_when_it_frees_up() {
+    let s = TestServer::start(config());
+    let (mut holder, _) = Client::chat(&s, "?nick=alice");
+    holder.recv_until(|l| l == "JOINED lobby alice");
+    let mut b = bot(
+        &format!("ws://{}/ws?nick=alice", s.addr),
+        &["--nick-retry-max", "100ms"],
+    );
+    let welcome = b.lines.recv_timeout(WAIT).expect("no WELCOME");
+    let guest = welcome
+        .strip_prefix("WELCOME ")
+        .filter(|n| n.starts_with("guest-"))
+        .unwrap_or_else(|| panic!("expected a guest nick, got {welcome:?}"))
+        .to_string();
+    b.expect("ERR nick-taken nick taken, using a guest nick");
+    // Retries while alice is here are refused quietly; once she leaves, the
+    // client gets its nick back by itself.
+    holder.send("/quit");
+    holder.expect_close();
+    b.expect(&format!("NICK {guest} alice"));
+    b.say("it is me again");
+    b.expect("MSG lobby alice it is me again");
+}
+
+#[test]
+fn a_quiet_nc_user_is_told_to_send_ping_before_the_idle_close() {
+    let mut cfg = config();
+    cfg.idle_timeout = std::time::Duration::from_secs(3);
+    cfg.line_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = TestServer::start(cfg);
+    let sock = raw(s.line_addr.unwrap());
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let mut w = sock.try_clone().unwrap();
+    let mut lines = BufReader::new(sock).lines();
+    let mut next = || {
+        lines
+            .next()
+            .expect("connection open")
+            .expect("a line within WAIT")
+    };
+    assert!(next().starts_with("WELCOME guest-"));
+    assert!(next().starts_with("JOINED lobby guest-"));
+    let start = std::time::Instant::now();
+    // At two thirds of the timeout, before any close.
+    let warn = "SYS idle: this connection closes in 1 s (after 3 s without input); send /ping or any line to stay";
+    assert_eq!(next(), warn);
+    assert!(start.elapsed() < std::time::Duration::from_secs(3));
+    // Doing as told keeps it open: the next thing is the next warning, not a close.
+    w.write_all(b"/ping 1\n").unwrap();
+    assert_eq!(next(), "PONG 1");
+    assert_eq!(next(), warn);
+    // Silence after that: closed, as before.
+    assert_eq!(next(), "SYS idle timeout");
+}
+
+#[test]
+fn quit_typed_ends_the_client_without_reconnecting() {
+    let s = TestServer::start(config());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+        .args(["client", &format!("ws://{}/ws?nick=leaver", s.addr)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The input stays open: only the /quit says the user is done.
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "/quit see you").unwrap();
+    stdin.flush().unwrap();
+    let st = wait_bounded(&mut child, WAIT).expect("client still running after /quit");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(st.success(), "{st:?}: {err}");
+    assert!(!err.contains("reconnecting"), "{err}");
+    drop(stdin);
+}

@@ -3,6 +3,8 @@
 //! tungstenite clients. Every wait is bounded; synchronisation is on messages
 //! and on `/metrics` (subscription counts), never on a fixed sleep.
 //!
+//! `LOOPCHAT_TEST_BIN=path` runs them against another `loopchat` binary.
+//!
 //! Without `redis-server` these tests print `SKIPPED: redis-server not
 //! installed`; with `LOOPCHAT_REQUIRE_TOOLS=1` they fail instead.
 
@@ -111,6 +113,19 @@ impl Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGSTOP (`false`) or SIGCONT (`true`): a Redis that stops answering.
+    fn run(&self, go: bool) {
+        signal(&self.child, go);
+    }
+}
+
+/// SIGCONT or SIGSTOP to a child.
+fn signal(child: &Child, go: bool) {
+    let sig = if go { libc::SIGCONT } else { libc::SIGSTOP };
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({sig})");
 }
 
 impl Drop for Redis {
@@ -135,7 +150,11 @@ impl Node {
     }
 
     fn start_url(url: &str, listen: &str, extra: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+        // `LOOPCHAT_TEST_BIN` runs the scenarios against another build (say,
+        // an older one, to see a test fail there).
+        let bin = std::env::var_os("LOOPCHAT_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_loopchat").into());
+        let mut child = Command::new(bin)
             .args(["--listen", listen, "--redis", url, "--rate-limit", "0"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -172,7 +191,11 @@ impl Node {
     /// Wait until the subscriber link has confirmed `n` channels
     /// (`lc:all`, the node's own, and one per local room).
     fn wait_subscriptions(&self, n: u64) {
-        let deadline = Instant::now() + WAIT;
+        self.wait_subscriptions_within(n, WAIT);
+    }
+
+    fn wait_subscriptions_within(&self, n: u64, wait: Duration) {
+        let deadline = Instant::now() + wait;
         loop {
             let m = self.metrics();
             if metric(&m, "loopchat_redis_up") == 1.0
@@ -192,6 +215,27 @@ impl Node {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    /// This node's id, from `/metrics`.
+    fn id(&self) -> String {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("loopchat_redis_node_info{node=\""))
+            .and_then(|l| l.split('"').next())
+            .expect("node id in /metrics")
+            .to_string()
+    }
+
+    /// Wait (bounded) until `name` reaches at least `v`.
+    fn wait_metric(&self, name: &str, v: f64) {
+        let deadline = Instant::now() + WAIT;
+        while self.metric(name) < v {
+            assert!(Instant::now() < deadline, "{name} never reached {v}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -246,6 +290,29 @@ impl Client {
 
     fn send(&mut self, text: &str) {
         self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// Connect and send `lines` at once, before reading anything (pipelined
+    /// behind the handshake); then read `WELCOME`.
+    fn connect_pipelined(addr: SocketAddr, query: &str, lines: &[String]) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let (mut ws, _) =
+            tungstenite::client(format!("ws://{addr}/ws{query}"), stream).expect("handshake");
+        for l in lines {
+            ws.write(Message::text(l.as_str())).expect("write");
+        }
+        ws.flush().expect("flush");
+        let mut c = Client {
+            ws,
+            nick: String::new(),
+        };
+        let w = c.recv();
+        c.nick = w
+            .strip_prefix("WELCOME ")
+            .unwrap_or_else(|| panic!("expected WELCOME, got {w:?}"))
+            .to_string();
+        c
     }
 
     /// The next text line, or None when nothing arrives within `timeout`.
@@ -444,15 +511,16 @@ fn nicks_are_unique_across_nodes() {
     alice.send("/rooms");
     alice.until(|l| l.starts_with("ROOMS"));
 
-    // Asking for a taken nick at connect: a node guest nick instead.
+    // Asking for a taken nick at connect: a node guest nick from the start,
+    // and the reason; the taken nick is never announced.
     let mut other = Client::connect(b.addr, "?nick=ALICE&room=rb");
-    let lines = other.until(|l| l.starts_with("NICK ALICE "));
-    assert!(
-        lines.iter().any(|l| l.starts_with("ERR nick-taken")),
-        "{lines:?}"
-    );
-    let guest = lines.last().unwrap()["NICK ALICE ".len()..].to_string();
+    let guest = other.nick.clone();
     assert!(guest.starts_with("guest-"), "{guest}");
+    assert_eq!(
+        other.recv(),
+        "ERR nick-taken nick taken on another node, using a guest nick"
+    );
+    assert_eq!(other.recv(), format!("JOINED rb {guest}"));
     // ...and by /nick.
     other.send("/nick Alice");
     assert_eq!(other.recv(), "ERR nick-taken nick taken");
@@ -498,50 +566,40 @@ fn cluster_recovers_after_redis_restarts() {
         assert!(Instant::now() < deadline, "node never noticed Redis down");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // Once the publishing link has noticed too, remote delivery is dropped and counted.
-    let mut dropped = false;
-    for i in 0..500 {
+    // What alice says while Redis is gone waits in her node's backlog.
+    let down: Vec<String> = (0..20)
+        .map(|i| format!("MSG r alice while down {i}"))
+        .collect();
+    for i in 0..20 {
         alice.send(&format!("while down {i}"));
-        alice.until(|l| l == format!("MSG r alice while down {i}"));
-        if a.metric("loopchat_redis_dropped_total") >= 1.0 {
-            dropped = true;
-            break;
-        }
     }
-    assert!(dropped, "no drop counted while Redis was down");
+    alice.until_all(&down);
     // Queries answer for this node alone, without waiting.
     alice.send("/who");
     assert_eq!(
         alice.until(|l| l.starts_with("WHO ")).last().unwrap(),
         "WHO r alice"
     );
+    assert!(a.metric("loopchat_redis_backlog_bytes") > 0.0);
 
     let _redis = Redis::start_on(redis.port);
-    // Resubscribed and re-registered by themselves: probe until a message crosses.
-    let mut crossed = false;
-    'probe: for i in 0..100 {
-        alice.send(&format!("probe {i}"));
-        while let Some(l) = bob.try_recv(Duration::from_millis(200)) {
-            assert!(l.starts_with("MSG r alice "), "{l}");
-            if l.starts_with("MSG r alice probe ") {
-                crossed = true;
-                break 'probe;
-            }
-        }
-    }
-    assert!(crossed, "no message crossed after Redis came back");
+    // Resubscribed and re-registered by themselves; the backlog arrives
+    // exactly once, in order, before anything said after.
     a.wait_subscriptions(3);
     b.wait_subscriptions(3);
-    // Exactly once again, both ways.
     alice.send("after");
-    bob.until(|l| l == "MSG r alice after");
+    let lines = bob.until(|l| l == "MSG r alice after");
+    let got: Vec<&String> = lines.iter().filter(|l| l.contains("while down")).collect();
+    assert_eq!(got, down.iter().collect::<Vec<_>>(), "{lines:?}");
     bob.send("reply");
     let lines = alice.until(|l| l == "MSG r bob reply");
     assert_eq!(count(&lines, "MSG r alice after"), 1, "{lines:?}");
     assert_eq!(count(&bob.sync("s"), "MSG r bob reply"), 1);
+    assert_eq!(a.metric("loopchat_redis_dropped_total"), 0.0);
+    assert_eq!(a.metric("loopchat_redis_backlog_bytes"), 0.0);
     // The nicks were registered again: bob cannot be taken from node a.
-    let mut thief = Client::connect(a.addr, "?nick=bob");
-    thief.until(|l| l.starts_with("NICK bob guest-"));
+    let thief = Client::connect(a.addr, "?nick=bob");
+    assert!(thief.nick.starts_with("guest-"), "{}", thief.nick);
     assert!(a.metric("loopchat_redis_connects_total") >= 4.0);
 }
 
@@ -603,7 +661,7 @@ fn two_processes_share_one_port() {
         let m = metrics(a.addr);
         let id = m
             .lines()
-            .find_map(|l| l.strip_prefix("loopchat_redis_node{node=\""))
+            .find_map(|l| l.strip_prefix("loopchat_redis_node_info{node=\""))
             .and_then(|l| l.split('"').next())
             .expect("node id in /metrics")
             .to_string();
@@ -678,7 +736,7 @@ fn auth_and_select_from_the_url() {
     let id = node
         .metrics()
         .lines()
-        .find_map(|l| l.strip_prefix("loopchat_redis_node{node=\""))
+        .find_map(|l| l.strip_prefix("loopchat_redis_node_info{node=\""))
         .and_then(|l| l.split('"').next())
         .unwrap()
         .to_string();
@@ -690,15 +748,349 @@ fn auth_and_select_from_the_url() {
             &["GET", "lc:nick:alice"],
         ],
     );
+    // `NODE REGISTERED_MS DISPLAY`.
     assert!(
-        reply.contains(&format!("{id} Alice")),
+        reply.contains(&format!("{id} ")) && reply.contains(" Alice\r\n"),
         "registration not in db 2: {reply:?}"
     );
     // A wrong password: the node runs alone and says Redis is down.
     let bad = format!("redis://:wrong@127.0.0.1:{}", redis.port);
     let lone = Node::start_url(&bad, "127.0.0.1:0", &[]);
+    // Nobody can confirm a nick there: a guest nick, and why.
     let mut bob = Client::connect(lone.addr, "?nick=bob&room=x");
+    assert!(bob.nick.starts_with("guest-"), "{}", bob.nick);
+    assert_eq!(
+        bob.recv(),
+        "ERR nick-unavailable nick registry unreachable, using a guest nick"
+    );
     bob.send("hello");
-    bob.until(|l| l == "MSG x bob hello");
+    let guest = bob.nick.clone();
+    bob.until(|l| l == format!("MSG x {guest} hello"));
     assert_eq!(lone.metric("loopchat_redis_up"), 0.0);
+}
+
+#[test]
+fn an_idle_node_keeps_its_link_and_loses_nothing() {
+    let Some(()) = need_redis("an_idle_node_keeps_its_link_and_loses_nothing") else {
+        return;
+    };
+    let redis = Redis::start();
+    // The default nick TTL (30 s): registrations are refreshed every 10 s.
+    let a = Node::start(&redis, &[]);
+    let b = Node::start(&redis, &[]);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=idle");
+    a.wait_subscriptions(3);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=idle");
+    b.wait_subscriptions(3);
+    alice.until(|l| l == "JOINED idle bob");
+    let connects = [
+        a.metric("loopchat_redis_connects_total"),
+        b.metric("loopchat_redis_connects_total"),
+    ];
+    // The scenario is the quiet time itself (three refresh periods and more),
+    // not a synchronisation: nothing is expected to happen during it.
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(35) {
+        std::thread::sleep(Duration::from_millis(2_500));
+        // A message now and then, at moments a refresh may be in flight.
+        if i % 4 == 3 {
+            alice.send(&format!("quiet {i}"));
+            bob.until(|l| l == format!("MSG idle alice quiet {i}"));
+        }
+        i += 1;
+    }
+    alice.send("after the quiet");
+    bob.until(|l| l == "MSG idle alice after the quiet");
+    for (n, before) in [&a, &b].iter().zip(connects) {
+        assert_eq!(n.metric("loopchat_redis_connects_total"), before);
+        assert_eq!(n.metric("loopchat_redis_dropped_total"), 0.0);
+        assert_eq!(n.metric("loopchat_redis_up"), 1.0);
+    }
+}
+
+#[test]
+fn an_impostor_never_wears_a_taken_nick() {
+    let Some(()) = need_redis("an_impostor_never_wears_a_taken_nick") else {
+        return;
+    };
+    let redis = Redis::start();
+    let timeout = ["--redis-query-timeout", "400ms"];
+    let a = Node::start(&redis, &timeout);
+    let b = Node::start(&redis, &timeout);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=dev");
+    a.wait_subscriptions(3);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=dev");
+    b.wait_subscriptions(3);
+    alice.until(|l| l == "JOINED dev carol");
+
+    // Frames pipelined behind the handshake run under the granted nick only.
+    let forged: Vec<String> = (0..20).map(|i| format!("forged {i}")).collect();
+    let mut imp = Client::connect_pipelined(b.addr, "?nick=alice&room=dev", &forged);
+    let guest = imp.nick.clone();
+    assert!(guest.starts_with("guest-"), "{guest}");
+    assert_eq!(
+        imp.recv(),
+        "ERR nick-taken nick taken on another node, using a guest nick"
+    );
+    let seen = alice.until(|l| l == format!("MSG dev {guest} forged 19"));
+    assert!(seen.iter().all(|l| !l.contains(" alice")), "{seen:?}");
+    assert_eq!(count(&seen, &format!("JOINED dev {guest}")), 1, "{seen:?}");
+
+    // Redis stops answering: nobody gets an unconfirmed nick, within the
+    // query timeout; /nick fails closed too.
+    redis.run(false);
+    let started = Instant::now();
+    let mut imp2 = Client::connect_pipelined(b.addr, "?nick=Alice&room=dev", &forged);
+    let waited = started.elapsed();
+    let guest2 = imp2.nick.clone();
+    assert!(guest2.starts_with("guest-"), "{guest2}");
+    assert_eq!(
+        imp2.recv(),
+        "ERR nick-unavailable nick registry did not answer in time, using a guest nick"
+    );
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    imp.send("/nick alice");
+    assert_eq!(
+        imp.until(|l| l.starts_with("ERR ")).last().unwrap(),
+        "ERR nick-unavailable nick registry unreachable, nick unchanged"
+    );
+    // A private message for alice never reaches an impostor.
+    carol.send("/msg alice for alice only");
+    redis.run(true);
+    let lines = alice.until(|l| l == "PRIV carol alice for alice only");
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.starts_with("MSG dev alice") && !l.starts_with("JOINED dev alice")),
+        "{lines:?}"
+    );
+    for c in [&mut imp, &mut imp2] {
+        let l = c.sync("p");
+        assert!(l.iter().all(|l| !l.contains("for alice only")), "{l:?}");
+    }
+    assert!(b.metric("loopchat_redis_nick_unconfirmed_total") >= 1.0);
+}
+
+#[test]
+fn the_earlier_registration_wins_after_a_redis_restart() {
+    let Some(()) = need_redis("the_earlier_registration_wins_after_a_redis_restart") else {
+        return;
+    };
+    let mut redis = Redis::start();
+    let ttl = ["--redis-nick-ttl", "3s"];
+    let a = Node::start(&redis, &ttl);
+    let b = Node::start(&redis, &ttl);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r");
+    assert_eq!(alice.nick, "alice");
+    let mut watcher = Client::connect(b.addr, "?nick=watcher&room=r");
+    let a_id = a.id();
+    for round in 0..3 {
+        // Node a is frozen while Redis restarts empty, so the node that
+        // comes back first is b, and b's impostor gets the free key.
+        let connects = b.metric("loopchat_redis_connects_total");
+        signal(&a.child, false);
+        redis.kill();
+        redis = Redis::start_on(redis.port);
+        b.wait_metric("loopchat_redis_connects_total", connects + 2.0);
+        b.wait_subscriptions(3);
+        let mut imp = Client::connect(b.addr, "?nick=alice&room=r");
+        assert_eq!(imp.nick, "alice", "round {round}: the key was free");
+        signal(&a.child, true);
+        // a registers alice again with her earlier registration time: the
+        // impostor is renamed, told first; alice is never renamed.
+        let lines = imp.until(|l| l.starts_with("NICK alice guest-"));
+        assert!(
+            lines.contains(&"ERR nick-taken nick taken on another node, using a guest nick".into()),
+            "round {round}: {lines:?}"
+        );
+        let reply = redis_cmd(redis.port, &[&["GET", "lc:nick:alice"]]);
+        assert!(reply.contains(&format!("{a_id} ")), "{reply:?}");
+        alice.send(&format!("still me {round}"));
+        watcher.until(|l| l == format!("MSG r alice still me {round}"));
+        let mine = alice.sync(&format!("s{round}"));
+        assert!(
+            mine.iter().all(|l| !l.starts_with("NICK alice ")),
+            "round {round}: {mine:?}"
+        );
+        imp.send("/quit");
+    }
+}
+
+#[test]
+fn forged_payloads_are_dropped_and_counted() {
+    let Some(()) = need_redis("forged_payloads_are_dropped_and_counted") else {
+        return;
+    };
+    let redis = Redis::start();
+    let dir = std::env::temp_dir().join(format!("loopchat-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "correct horse battery staple\n").unwrap();
+    let flag = ["--cluster-secret-file", secret.to_str().unwrap()];
+    let a = Node::start(&redis, &flag);
+    let b = Node::start(&redis, &flag);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=poison");
+    a.wait_subscriptions(3);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=poison");
+    b.wait_subscriptions(3);
+    alice.until(|l| l == "JOINED poison bob");
+    alice.send("signed 1");
+    bob.until(|l| l == "MSG poison alice signed 1");
+
+    // Anyone with access to Redis publishes as node a, with the largest
+    // sequence number (which used to silence a for ten minutes), unsigned
+    // and with a made-up tag.
+    let a_id = a.id();
+    let forged = format!("M {a_id} 18446744073709551615 MSG poison alice forged");
+    let tagged = format!("#{} {forged}", "0".repeat(64));
+    let reply = redis_cmd(
+        redis.port,
+        &[
+            &["PUBLISH", "lc:room:poison", &forged],
+            &["PUBLISH", "lc:room:poison", &tagged],
+        ],
+    );
+    assert!(reply.starts_with(":2\r\n:2\r\n"), "{reply:?}");
+    b.wait_metric("loopchat_redis_rejected_total", 2.0);
+    a.wait_metric("loopchat_redis_rejected_total", 2.0);
+    // a's real traffic still flows, and nothing forged reached anyone.
+    alice.send("signed 2");
+    let lines = bob.until(|l| l == "MSG poison alice signed 2");
+    assert!(lines.iter().all(|l| !l.contains("forged")), "{lines:?}");
+    let lines = alice.sync("a");
+    assert!(lines.iter().all(|l| !l.contains("forged")), "{lines:?}");
+    assert_eq!(b.metric("loopchat_redis_duplicates_total"), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn what_cannot_be_kept_is_dropped_counted_and_told() {
+    let Some(()) = need_redis("what_cannot_be_kept_is_dropped_counted_and_told") else {
+        return;
+    };
+    let mut redis = Redis::start();
+    let a = Node::start(&redis, &["--redis-buffer", "65536"]);
+    let b = Node::start(&redis, &[]);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r");
+    a.wait_subscriptions(3);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=r");
+    b.wait_subscriptions(3);
+    alice.until(|l| l == "JOINED r bob");
+    redis.kill();
+    let deadline = Instant::now() + WAIT;
+    while a.metric("loopchat_redis_up") != 0.0 {
+        assert!(Instant::now() < deadline, "node never noticed Redis down");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // 3 KB lines into a 64 KiB backlog: some fit, then the sender is told.
+    let pad = "x".repeat(3000);
+    let mut kept = Vec::new();
+    let mut told = None;
+    for i in 0..100 {
+        alice.send(&format!("big {i} {pad}"));
+        let lines = alice.until(|l| l.starts_with(&format!("MSG r alice big {i} ")));
+        if let Some(sys) = lines.iter().find(|l| l.starts_with("SYS ")) {
+            told = Some((i, sys.clone()));
+            break;
+        }
+        // The SYS line for a message comes right after its echo.
+        if let Some(l) = alice.try_recv(Duration::from_millis(100)) {
+            assert!(l.starts_with("SYS "), "{l}");
+            told = Some((i, l));
+            break;
+        }
+        kept.push(format!("MSG r alice big {i} {pad}"));
+    }
+    let (first_lost, sys) = told.expect("never told that a line was not delivered");
+    assert_eq!(
+        sys,
+        "SYS not delivered to other nodes: the cluster link is down and its buffer is full"
+    );
+    assert!(first_lost >= 10, "only {first_lost} kept");
+    assert!(a.metric("loopchat_redis_dropped_total") >= 1.0);
+    let _redis = Redis::start_on(redis.port);
+    a.wait_subscriptions(3);
+    b.wait_subscriptions(3);
+    alice.send("after");
+    let lines = bob.until(|l| l == "MSG r alice after");
+    let got: Vec<&String> = lines.iter().filter(|l| l.contains(" big ")).collect();
+    assert_eq!(got, kept.iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn twenty_thousand_rooms_are_resubscribed() {
+    let Some(()) = need_redis("twenty_thousand_rooms_are_resubscribed") else {
+        return;
+    };
+    let mut redis = Redis::start();
+    let a = Node::start(&redis, &["--redis-buffer", "1048576"]);
+    let b = Node::start(&redis, &[]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    // 625 connections of 32 rooms each (the per-connection cap); long names
+    // so that the SUBSCRIBEs (about 1.4 MB) do not fit the 1 MiB buffer.
+    let room = |i: usize| format!("a-room-with-a-rather-long-name-for-the-test-{i:05}");
+    let mut clients = Vec::new();
+    for c in 0..625 {
+        let mut cl = Client::connect(a.addr, &format!("?room={}", room(c * 32)));
+        for j in 1..32 {
+            cl.send(&format!("/join {}", room(c * 32 + j)));
+        }
+        clients.push(cl);
+    }
+    a.wait_subscriptions_within(20_002, Duration::from_secs(60));
+    let mut bob = Client::connect(b.addr, &format!("?nick=bob&room={}", room(19_999)));
+    b.wait_subscriptions(3);
+    redis.kill();
+    let _redis = Redis::start_on(redis.port);
+    a.wait_subscriptions_within(20_002, Duration::from_secs(60));
+    b.wait_subscriptions(3);
+    // The last room hears the other node again.
+    bob.send("still there?");
+    let last = clients.last_mut().unwrap();
+    last.until(|l| l == format!("MSG {} bob still there?", room(19_999)));
+}
+
+#[test]
+fn a_killed_nodes_members_leave_within_the_ttl() {
+    let Some(()) = need_redis("a_killed_nodes_members_leave_within_the_ttl") else {
+        return;
+    };
+    let redis = Redis::start();
+    let ttl = ["--redis-nick-ttl", "2s"];
+    let mut a = Node::start(&redis, &ttl);
+    let b = Node::start(&redis, &ttl);
+    a.wait_subscriptions(2);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=r");
+    b.wait_subscriptions(3);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r");
+    bob.until(|l| l == "JOINED r alice");
+    // alice was in s before bob's node subscribed to it: bob's node learns
+    // of her from /who.
+    alice.send("/join s");
+    alice.until(|l| l == "JOINED s alice");
+    a.wait_subscriptions(4);
+    bob.send("/join s");
+    bob.until(|l| l == "JOINED s bob");
+    alice.until(|l| l == "JOINED s bob");
+    bob.send("/who s");
+    let who = bob.until(|l| l.starts_with("WHO s"));
+    assert!(who.last().unwrap().contains("alice"), "{who:?}");
+    a.kill();
+    let killed = Instant::now();
+    // Both of alice's rooms, once each, within the TTL (plus one liveness
+    // period of slack).
+    let lines = bob.until_all(&["LEFT r alice".into(), "LEFT s alice".into()]);
+    let took = killed.elapsed();
+    assert!(took < Duration::from_millis(2_600), "{took:?}");
+    assert_eq!(count(&lines, "LEFT r alice"), 1, "{lines:?}");
+    // ...and her nick is free at once for someone connecting elsewhere.
+    let again = Client::connect(b.addr, "?nick=alice");
+    assert_eq!(again.nick, "alice");
+    assert_eq!(b.metric("loopchat_redis_dead_nodes_total"), 1.0);
 }

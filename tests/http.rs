@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use std::io::Write;
+use std::time::Duration;
 
 #[test]
 fn plain_endpoints() {
@@ -191,4 +192,124 @@ fn a_client_that_half_closes_still_gets_its_answers() {
     let frames = read_frames_until_close(&mut w, rest);
     assert_eq!(frames[0], (10, b"still there?".to_vec()));
     assert_eq!(close_code(&frames), 1000);
+}
+
+/// RFC 9110 9.3.2: HEAD wherever GET works, with GET's head (Content-Length
+/// included) and no body.
+#[test]
+fn head_answers_like_get_without_the_body() {
+    let s = TestServer::start(config());
+    for path in [
+        "/",
+        "/app.js",
+        "/app.css",
+        "/favicon.ico",
+        "/healthz",
+        "/metrics",
+        "/nope",
+    ] {
+        let (st_get, get) = http(s.addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        let (st_head, head) = http(s.addr, &format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(st_head, st_get, "{path}");
+        let (get_head, get_body) = get.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.ends_with("\r\n\r\n"),
+            "{path}: a body after HEAD: {head:?}"
+        );
+        let length = |h: &str| {
+            h.lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        };
+        if path != "/metrics" {
+            // /metrics changes between two scrapes; every other head is equal.
+            assert_eq!(head.trim_end(), get_head, "{path}");
+        }
+        assert_eq!(length(get_head), Some(get_body.len()), "{path}");
+        assert!(length(&head).unwrap() > 0, "{path}");
+    }
+    let (st, resp) = http(
+        s.addr,
+        "DELETE /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(st, 405);
+    assert!(resp.contains("Allow: GET, HEAD"), "{resp}");
+}
+
+/// The page's tab icon is served, so browsers log no error on every load.
+#[test]
+fn favicon_is_served() {
+    let s = TestServer::start(config());
+    let (st, resp) = http(s.addr, "GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(st, 200);
+    assert!(resp.contains("Content-Type: image/svg+xml"), "{resp}");
+    assert!(resp.contains("Cache-Control: public"), "{resp}");
+    let body = resp.split_once("\r\n\r\n").unwrap().1;
+    assert!(
+        body.starts_with("<svg") && body.trim_end().ends_with("</svg>"),
+        "{body}"
+    );
+}
+
+/// Out of descriptors, the server says so once per episode with a count,
+/// not every 100 ms while it lasts.
+#[test]
+fn emfile_is_logged_once_per_episode() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loopchat"));
+    cmd.args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn loopchat");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("address line")
+        .parse()
+        .unwrap();
+    // More connections than descriptors, held for a second: ten retries.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(std::net::TcpStream::connect(addr).unwrap());
+    }
+    // The server answers again once connections go: a request gets through.
+    std::thread::sleep(Duration::from_secs(1));
+    drop(held);
+    let (st, _) = http(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(st, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let starts = err.matches("pausing accepts").count();
+    let ends = err.matches("descriptors available again after").count();
+    assert_eq!((starts, ends), (1, 1), "{err}");
+    let failures: u64 = err
+        .split("descriptors available again after ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(
+        failures >= 5,
+        "{failures} failures in a second of retries: {err}"
+    );
 }

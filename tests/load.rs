@@ -40,30 +40,11 @@ fn object<'a>(json: &'a str, name: &str) -> Option<&'a str> {
     Some(&json[start..end])
 }
 
-#[test]
-fn broadcast_delivers_every_message_to_every_receiver() {
-    let srv = server();
-    let url = srv.url("/ws");
+/// Run the `loopchat load` binary with `args`, at most RUN_LIMIT.
+fn run_load(args: &[&str]) -> std::process::Output {
     let child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
-        .args([
-            "load",
-            "--mode",
-            "broadcast",
-            "--url",
-            &url,
-            "-c",
-            "50",
-            "-s",
-            "2",
-            "--warmup",
-            "500ms",
-            "--duration",
-            "2s",
-            "--timeout",
-            "10s",
-            "--json",
-            "--quiet",
-        ])
+        .arg("load")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -73,14 +54,38 @@ fn broadcast_delivers_every_message_to_every_receiver() {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = match rx.recv_timeout(RUN_LIMIT) {
+    match rx.recv_timeout(RUN_LIMIT) {
         Ok(out) => out.expect("wait for loopchat load"),
         Err(_) => {
             // SAFETY: kill(2) on the child we spawned, still unreaped.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             panic!("loopchat load did not finish within {RUN_LIMIT:?}");
         }
-    };
+    }
+}
+
+#[test]
+fn broadcast_delivers_every_message_to_every_receiver() {
+    let srv = server();
+    let url = srv.url("/ws");
+    let out = run_load(&[
+        "--mode",
+        "broadcast",
+        "--url",
+        &url,
+        "-c",
+        "50",
+        "-s",
+        "2",
+        "--warmup",
+        "500ms",
+        "--duration",
+        "2s",
+        "--timeout",
+        "10s",
+        "--json",
+        "--quiet",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -252,4 +257,152 @@ fn bad_servers_are_counted_not_fatal() {
     assert_eq!(r.closes.get("protocol-error"), Some(&4), "{}", r.to_json());
     // The last kind stays open, answers the ping and is closed by us at the end.
     assert!(r.measure_secs > 0.0, "{}", r.to_json());
+}
+
+#[test]
+fn a_rate_limited_run_fails_and_says_how_to_fix_it() {
+    // The default server limits each connection to 50 commands/s; a closed-loop
+    // sender goes far past that.
+    let mut cfg = config();
+    cfg.chat.rate_limit = 50;
+    let srv = TestServer::start(cfg);
+    let url = srv.url("/ws");
+    let out = run_load(&[
+        "--mode",
+        "broadcast",
+        "--url",
+        &url,
+        "-c",
+        "2",
+        "-s",
+        "1",
+        "--warmup",
+        "0s",
+        "--duration",
+        "1s",
+        "--timeout",
+        "2s",
+        "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("FAILED"), "{stderr}");
+    assert!(stderr.contains("start it with --rate-limit 0"), "{stderr}");
+    assert!(stdout.contains("rate-limited"), "{stdout}");
+}
+
+#[test]
+fn a_wrong_server_pid_is_an_error() {
+    // A child that has exited and been reaped: its pid names no process.
+    let mut gone = Command::new("true").spawn().expect("spawn true");
+    let pid = gone.id().to_string();
+    gone.wait().unwrap();
+    let out = run_load(&["--mode", "idle", "-n", "1", "--server-pid", &pid]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--server-pid {pid}: no such process")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_short_ramp_reports_its_capacity_and_an_offline_html_report() {
+    let srv = server();
+    let url = srv.url("/ws");
+    let dir = std::env::temp_dir().join(format!("loopchat-ramp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("ramp.html");
+    let report_s = report.to_str().unwrap();
+    // Three steps of 0.5 s: 50, 100, 150 messages/s to 5 receivers.
+    let common = [
+        "--mode",
+        "latency",
+        "--url",
+        &url,
+        "-c",
+        "5",
+        "--ramp",
+        "rate",
+        "--ramp-start",
+        "50",
+        "--ramp-step",
+        "50",
+        "--ramp-limit",
+        "150",
+        "--step-duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "--quiet",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--slo", "p99<5s,loss<1%", "--report", report_s]);
+    let out = run_load(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("capacity: at least 150 messages/s"),
+        "{stdout}"
+    );
+    let rows = stdout
+        .lines()
+        .filter(|l| l.trim_end().ends_with(" ok"))
+        .count();
+    assert_eq!(rows, 3, "{stdout}");
+    let html = std::fs::read_to_string(&report).expect("report written");
+    assert_eq!(html.matches("<svg").count(), 3, "three plots");
+    assert!(!html.contains("<script") && !html.contains("<link"));
+
+    // A threshold nothing can meet: the first step fails, exit 1, JSON says so.
+    let mut args = common.to_vec();
+    args.extend(["--slo", "p50<1us", "--json"]);
+    let out = run_load(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("\"capacity\":null"), "{stdout}");
+    assert_eq!(
+        stdout.matches("\"passed\":false").count(),
+        1,
+        "stops at the first failure: {stdout}"
+    );
+    assert!(
+        stderr.contains("the first step (50 messages/s) already failed"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ramp_flags_are_checked() {
+    for (args, want) in [
+        (
+            &["--ramp", "rate", "--mode", "idle"][..],
+            "--ramp needs --mode broadcast or latency",
+        ),
+        (
+            &["--ramp", "rate", "--slo", "p99=1s"][..],
+            "bad threshold `p99=1s`",
+        ),
+        (
+            &[
+                "--ramp",
+                "rate",
+                "--ramp-start",
+                "500",
+                "--ramp-limit",
+                "100",
+            ][..],
+            "below --ramp-start",
+        ),
+        (&["--report", "/tmp/x.html"][..], "--report needs --ramp"),
+    ] {
+        let out = run_load(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
 }

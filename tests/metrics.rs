@@ -2,7 +2,8 @@
 //! parses with a real Prometheus parser (`promtool check metrics`, or the
 //! Python `prometheus_client` parser).
 //!
-//! Without either tool the parser check is skipped loudly, unless
+//! Without either tool the parser check is skipped loudly (written straight to
+//! the process's stderr, which the test harness does not capture), unless
 //! `LOOPCHAT_REQUIRE_TOOLS=1` (set in CI), which turns the skip into a failure.
 
 mod common;
@@ -10,11 +11,16 @@ use common::*;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 /// `GET /metrics`: the body of a 200 answer.
 fn scrape(s: &TestServer) -> String {
-    let (status, resp) = http(s.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    scrape_at(s.addr)
+}
+
+fn scrape_at(addr: SocketAddr) -> String {
+    let (status, resp) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, 200, "{resp}");
     assert!(
         resp.contains("Content-Type: text/plain; version=0.0.4"),
@@ -38,6 +44,14 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
             (name.to_string(), value)
         })
         .collect()
+}
+
+/// `loopchat_connections` summed over its kinds.
+fn connections(m: &BTreeMap<String, f64>) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with("loopchat_connections{kind="))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 fn get(m: &BTreeMap<String, f64>, name: &str) -> f64 {
@@ -156,7 +170,7 @@ fn counters_move_with_traffic() {
     // Gauges: m_bob and the echo client are still connected, m_bob in one room.
     assert!(get(&after, "loopchat_chat_users") >= 1.0, "{text}");
     assert!(get(&after, "loopchat_rooms") >= 1.0, "{text}");
-    assert!(get(&after, "loopchat_connections") >= 2.0, "{text}");
+    assert!(connections(&after) >= 2.0, "{text}");
     // The loop-turn histogram counts turns, and its buckets are cumulative.
     let count = get(&after, "loopchat_loop_turn_seconds_count");
     assert!(count > get(&before, "loopchat_loop_turn_seconds_count"));
@@ -283,7 +297,10 @@ fn check_with_real_parser(text: &str) {
             "LOOPCHAT_REQUIRE_TOOLS=1 but neither `promtool` nor python3's `prometheus_client` \
              is available: install prometheus (apt) or prometheus_client (pip)"
         );
-        eprintln!(
+        // Straight to fd 2: `eprintln!` would be captured by the test harness
+        // and shown only on failure, hiding the skip.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n******** SKIPPED: the /metrics parser check: install prometheus (apt) or \
              prometheus_client (pip) ********\n"
         );
@@ -308,4 +325,185 @@ fn check_with_real_parser(text: &str) {
         "{what} rejected /metrics:\n{stdout}{stderr}\n--- the exposition ---\n{text}"
     );
     eprintln!("{what}: ok {}{}", stdout.trim(), stderr.trim());
+}
+
+/// A server with `--metrics-listen` on a port of its own.
+struct WithMetricsPort {
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    handle: loopchat::server::Handle,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl WithMetricsPort {
+    fn start() -> Self {
+        let mut cfg = config();
+        cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        let server = loopchat::server::Server::bind(cfg).expect("bind");
+        let addr = server.local_addr();
+        let metrics = server.metrics_addr().expect("a metrics address");
+        let handle = server.handle();
+        let thread = Some(std::thread::spawn(move || server.run()));
+        WithMetricsPort {
+            addr,
+            metrics,
+            handle,
+            thread,
+        }
+    }
+}
+
+impl Drop for WithMetricsPort {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_metrics_port_serves_metrics_and_health_and_the_public_port_stops() {
+    let s = WithMetricsPort::start();
+    let (status, _) = http(s.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 404, "the public port must not serve /metrics");
+    let (status, body) = http(s.metrics, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(body.ends_with("ok\n"), "{body}");
+    let (status, _) = http(s.metrics, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 404);
+    let (status, head) = http(s.metrics, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(head.ends_with("\r\n\r\n"), "HEAD carries no body: {head}");
+    let (status, _) = http(s.metrics, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 405);
+
+    // Scrapes through the metrics port are not connections: the sum of
+    // `loopchat_connections` is exactly the clients open.
+    let first = samples(&scrape_at(s.metrics));
+    assert_eq!(connections(&first), 0.0, "{first:?}");
+    let mut clients: Vec<_> = (0..3)
+        .map(|i| {
+            let url = format!("ws://{}/ws?nick=mp{i}&room=mp", s.addr);
+            let (mut ws, _) = tungstenite::connect(url).expect("connect");
+            // WELCOME: the upgrade is complete on the server's side.
+            ws.read().expect("WELCOME");
+            ws
+        })
+        .collect();
+    let echo_url = format!("ws://{}/echo", s.addr);
+    let (mut echo, _) = tungstenite::connect(echo_url).expect("connect");
+    echo.send(tungstenite::Message::text("x")).unwrap();
+    echo.read().expect("the echo");
+    let m = samples(&scrape_at(s.metrics));
+    assert_eq!(get(&m, "loopchat_connections{kind=\"chat\"}"), 3.0, "{m:?}");
+    assert_eq!(get(&m, "loopchat_connections{kind=\"echo\"}"), 1.0, "{m:?}");
+    assert_eq!(connections(&m), 4.0, "{m:?}");
+    assert_eq!(get(&m, "loopchat_chat_users"), 3.0);
+    for ws in &mut clients {
+        ws.close(None).unwrap();
+    }
+}
+
+#[test]
+fn standard_process_metrics_and_build_info_are_there() {
+    let s = TestServer::start(config());
+    let text = scrape(&s);
+    let m = samples(&text);
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(get(&m, name) > 0.0, "{name} missing or zero:\n{text}");
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        get(&m, &format!("loopchat_build_info{{version=\"{version}\"}}")),
+        1.0,
+        "{text}"
+    );
+    assert!(!text.contains("_by_kind"), "{text}");
+    // Labelled counters have every series before the first event.
+    for series in [
+        "loopchat_timeouts_total{kind=\"idle\"}",
+        "loopchat_connections_refused_total{reason=\"max_per_ip\"}",
+        "loopchat_handshake_failures_total{reason=\"bad_key\"}",
+        "loopchat_close_codes_received_total{code=\"other\"}",
+        "loopchat_close_codes_sent_total{code=\"1000\"}",
+    ] {
+        assert_eq!(m.get(series), Some(&0.0), "{series}:\n{text}");
+    }
+    check_with_real_parser(&text);
+}
+
+#[test]
+fn close_codes_chosen_by_peers_do_not_grow_the_exposition() {
+    let s = TestServer::start(config());
+    let before = scrape(&s);
+    // 3000–4999 are valid on the wire (registered and private use): sample them.
+    let codes: Vec<u16> = (3000..5000).step_by(20).collect();
+    for &code in &codes {
+        let mut r = raw(s.addr);
+        r.write_all(upgrade_request("/echo").as_bytes()).unwrap();
+        let (head, rest) = read_head(&mut r);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        r.write_all(&client_frame(8, true, &code.to_be_bytes()))
+            .unwrap();
+        let frames = read_frames_until_close(&mut r, rest);
+        assert_eq!(close_code(&frames), code, "the close is echoed");
+    }
+    let after = scrape(&s);
+    assert_eq!(
+        before.lines().count(),
+        after.lines().count(),
+        "new series appeared:\n{after}"
+    );
+    let (b, a) = (samples(&before), samples(&after));
+    let n = codes.len() as f64;
+    assert_eq!(
+        delta(
+            &b,
+            &a,
+            "loopchat_close_codes_received_total{code=\"other\"}"
+        ),
+        n
+    );
+    assert_eq!(
+        delta(&b, &a, "loopchat_close_codes_sent_total{code=\"other\"}"),
+        n
+    );
+}
+
+#[test]
+fn the_metrics_port_holds_a_bounded_number_of_scrapers() {
+    use std::io::Read;
+    let s = WithMetricsPort::start();
+    // Sixteen idle scrapers (no request yet) fill it...
+    let idle: Vec<_> = (0..16).map(|_| raw(s.metrics)).collect();
+    // ...so a seventeenth is closed at once; the server reads a scraper's
+    // request before answering, so wait for the close, not for an answer.
+    let mut extra = raw(s.metrics);
+    extra
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match extra.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the 17th scraper was not closed: {other:?}"),
+    }
+    // Scrapers that leave free their places. Their FINs are on the server's
+    // sockets before our next request is sent, so once a public round trip
+    // completes, the loop has seen them.
+    drop(idle);
+    let (status, _) = http(s.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    let (status, _) = http(s.metrics, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        status, 200,
+        "the metrics port stayed full after its scrapers left"
+    );
 }

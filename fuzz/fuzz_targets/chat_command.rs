@@ -8,12 +8,16 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use loopchat::chat::hub::{Caps, Connect};
 use loopchat::chat::{command, ChatConfig, ConnId, Hub, Sink};
 
 const MAX_LINE: usize = 64;
 
 struct Checker {
     calls: u64,
+    /// The latest `SESSION` token sent, so inputs can resume real sessions
+    /// (the fuzzer could never guess one).
+    token: String,
 }
 
 impl Sink for Checker {
@@ -23,6 +27,10 @@ impl Sink for Checker {
         assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
         // Longest: a ROOMS or WHO line with a few names, or a MSG/PRIV line.
         assert!(line.len() <= 2 * MAX_LINE + 4 * 80, "{} bytes", line.len());
+        if let Some(t) = line.strip_prefix("SESSION ") {
+            self.token.clear();
+            self.token.push_str(t);
+        }
     }
     fn close(&mut self, _id: ConnId, code: u16, reason: &str) {
         assert!(code == 1000 || code == 1008);
@@ -45,10 +53,20 @@ fuzz_target!(|data: &[u8]| {
         rooms_limit: 3,
         max_line: MAX_LINE,
         max_rooms: 3,
+        history: loopchat::chat::history::HistoryConfig {
+            keep: usize::from(mode >> 6),
+            ttl_ms: u64::from((mode >> 4) & 3) * 100,
+            // A budget of a few messages in some runs, to exercise sharing it.
+            max_bytes: if mode & 0x20 != 0 { 200 } else { usize::MAX },
+        },
+        session_ttl_ms: u64::from(mode & 0x10) * 10,
         ..ChatConfig::default()
     };
     let mut hub = Hub::new(config);
-    let mut sink = Checker { calls: 0 };
+    let mut sink = Checker {
+        calls: 0,
+        token: String::new(),
+    };
     let mut now = 0u64;
     for id in 0..3 {
         hub.connect(id, None, None, now, &mut sink);
@@ -68,15 +86,34 @@ fuzz_target!(|data: &[u8]| {
                     Some((n, r)) => (Some(n), Some(r)),
                     None => (Some(&*body), None),
                 };
-                hub.connect(id, nick, room, now, &mut sink);
+                // Bit 0x40 asks for the v2 capabilities, bit 0x20 resumes
+                // the latest session (`room` doubles as `since`).
+                let token = sink.token.clone();
+                let args = Connect {
+                    nick,
+                    room,
+                    caps: (op & 0x40 != 0).then(|| Caps::parse("ids,resume")),
+                    resume: (op & 0x20 != 0).then_some(token.as_str()),
+                    since: room,
+                };
+                hub.connect_with(id, &args, now, &mut sink);
+            }
+            // A line starting with `~` resumes the latest session, with the
+            // rest of the line as `ROOM=ID` pairs.
+            _ if body.starts_with('~') => {
+                let line = format!("/resume {}{}", sink.token, &body[1..]);
+                hub.handle(id, &line, now, &mut sink);
             }
             _ => hub.handle(id, &body, now, &mut sink),
         }
+        hub.handle_timeout(now, &mut sink);
         hub.check_invariants();
     }
     for id in 0..4 {
         hub.disconnect(id, &mut sink);
     }
+    // Dropped sessions hold nicks and rooms until they expire.
+    hub.handle_timeout(u64::MAX, &mut sink);
     hub.check_invariants();
     assert_eq!(hub.connections(), 0);
     assert_eq!(hub.rooms(), 0);

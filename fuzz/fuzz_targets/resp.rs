@@ -10,6 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use loopchat::chat::remote::Claim;
 use loopchat::chat::{ChatConfig, ConnId, Hub, Sink};
 use loopchat::cluster::resp::{encode_value, parse, Limits, Value};
 use loopchat::cluster::{Cluster, ClusterConfig};
@@ -86,10 +87,13 @@ fuzz_target!(|input: &[u8]| {
     });
     let mut sink = Checker;
     hub.enable_cluster("fz");
+    // Clustered, a requested nick waits for the registry: grant it.
     hub.connect(0, Some("a"), Some("r"), 0, &mut sink);
+    hub.nick_reserved(0, "a", Claim::Granted, &mut sink);
     hub.connect(1, Some("b"), Some("s"), 0, &mut sink);
+    hub.nick_reserved(1, "b", Claim::Granted, &mut sink);
     let addr = "127.0.0.1:9".parse().unwrap();
-    let mut node = Cluster::new(ClusterConfig::new(addr), mio::Token(1), mio::Token(2));
+    let mut node = Cluster::new(ClusterConfig::new(addr), std::time::Instant::now());
     for v in all {
         let mut enc = Vec::new();
         encode_value(&mut enc, &v);

@@ -38,12 +38,14 @@ impl Role {
     }
 }
 
-/// A user's role and whether a token vouches for its nick, packed in one byte
-/// so it fits in the padding of the hub's per-user entry.
+/// A user's role, whether a token vouches for its nick, and whether its close
+/// was requested, packed in one byte so it fits in the padding of the hub's
+/// per-user entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Access(u8);
 
 const SIGNED: u8 = 4;
+const CLOSING: u8 = 8;
 
 impl Access {
     /// A guest with `role`.
@@ -68,6 +70,22 @@ impl Access {
     /// True for a token holder.
     pub fn is_signed(self) -> bool {
         self.0 & SIGNED != 0
+    }
+
+    /// True once a close was requested (quit, rate abuse, expiry): further
+    /// lines are ignored.
+    pub fn closing(self) -> bool {
+        self.0 & CLOSING != 0
+    }
+
+    /// Mark the close requested.
+    pub fn set_closing(&mut self) {
+        self.0 |= CLOSING;
+    }
+
+    /// `to`'s role and signed flag, keeping this one's closing flag.
+    pub fn become_(&mut self, to: Access) {
+        self.0 = (self.0 & CLOSING) | (to.0 & !CLOSING);
     }
 }
 
@@ -147,6 +165,10 @@ mod tests {
             assert_eq!(Access::signed(r).role(), r);
             assert!(Access::signed(r).is_signed());
             assert!(!Access::guest(r).is_signed());
+            let mut a = Access::guest(r);
+            a.set_closing();
+            a.become_(Access::signed(Role::Viewer));
+            assert!(a.closing() && a.is_signed() && a.role() == Role::Viewer);
         }
     }
 

@@ -8,11 +8,16 @@
 //! - a trailing space after a command word counts as no argument (`/leave `);
 //! - `/say` and `/msg` need a non-empty TEXT;
 //! - `/rooms` and `/help` take no argument;
-//! - `/ping` and `/quit` take the whole rest of the line as TOKEN / TEXT.
+//! - `/ping` and `/quit` take the whole rest of the line as TOKEN / TEXT;
+//! - `/history ROOM after ID`: the word `after` is matched case-insensitively;
+//!   N is a decimal count (the hub caps it at what it keeps);
+//! - `/resume` checks the shape of TOKEN and of every `ROOM=ID` here, so the
+//!   hub sees only well-formed pairs.
 //!
 //! CR and LF inside TEXT are left as they are here; the hub replaces them by
 //! spaces while it writes the output line, which costs no extra copy.
 
+use super::line::valid_id;
 use super::names::{valid_nick, valid_room};
 use super::ErrorCode;
 
@@ -61,6 +66,26 @@ pub enum Command<'a> {
         nick: &'a str,
         /// The reason, if any.
         text: Option<&'a str>,
+    },
+    /// `/caps [LIST]`: replace the capabilities with LIST (comma-separated,
+    /// unknown names ignored); without LIST, report them.
+    Caps(Option<&'a str>),
+    /// `/history ROOM [N]` or `/history ROOM after ID [N]`.
+    History {
+        /// The room.
+        room: &'a str,
+        /// `after ID`: only messages after this id.
+        after: Option<&'a str>,
+        /// At most this many (default and maximum: the history kept).
+        limit: Option<u32>,
+    },
+    /// `/resume TOKEN [ROOM=ID ...]`.
+    Resume {
+        /// The session token.
+        token: &'a str,
+        /// The `ROOM=ID` pairs, space-separated, already validated; iterate
+        /// them with [`since_pairs`].
+        since: Option<&'a str>,
     },
 }
 
@@ -121,6 +146,78 @@ const USAGE_MSG: &str = "usage: /msg NICK TEXT";
 const USAGE_ROOMS: &str = "usage: /rooms";
 const USAGE_HELP: &str = "usage: /help";
 const USAGE_KICK: &str = "usage: /kick ROOM NICK [TEXT]";
+const USAGE_HISTORY: &str = "usage: /history ROOM [N] or /history ROOM after ID [N]";
+const USAGE_RESUME: &str = "usage: /resume TOKEN [ROOM=ID ...]";
+
+/// Longest session token accepted.
+pub const MAX_TOKEN: usize = 64;
+
+/// True when `token` could be a session token: 1–64 of the URL-safe base64
+/// alphabet (`[A-Za-z0-9_-]`).
+pub fn valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The `ROOM=ID` pairs of `/resume` (`sep` = `' '`, `kv` = `'='`) or the
+/// `ROOM:ID` pairs of `?since=` (`sep` = `','`, `kv` = `':'`). A malformed
+/// pair is `None`; empty items (`a:1,,b:2`) are skipped.
+pub fn since_pairs(
+    s: &str,
+    sep: char,
+    kv: char,
+) -> impl Iterator<Item = Option<(&str, &str)>> + '_ {
+    s.split(sep).filter(|p| !p.is_empty()).map(move |p| {
+        let (room, id) = p.split_once(kv)?;
+        (valid_room(room) && valid_id(id)).then_some((room, id))
+    })
+}
+
+/// A decimal count for `/history`, at most `u32::MAX`.
+fn count_arg(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn history_args(rest: Option<&str>) -> Result<Command<'_>, ParseError> {
+    let missing = ParseError::MissingArgument(USAGE_HISTORY);
+    let (room, rest) = split_arg(rest.ok_or(missing)?);
+    let room = room_arg(room)?;
+    let (after, rest) = match rest.map(split_arg) {
+        Some((word, tail)) if word.eq_ignore_ascii_case("after") => {
+            let (id, tail) = split_arg(tail.ok_or(missing)?);
+            if !valid_id(id) {
+                return Err(missing);
+            }
+            (Some(id), tail)
+        }
+        _ => (None, rest),
+    };
+    let limit = match rest {
+        None => None,
+        Some(n) => Some(count_arg(n).ok_or(missing)?),
+    };
+    Ok(Command::History { room, after, limit })
+}
+
+fn resume_args(rest: Option<&str>) -> Result<Command<'_>, ParseError> {
+    let usage = ParseError::MissingArgument(USAGE_RESUME);
+    let (token, since) = split_arg(rest.ok_or(usage)?);
+    if !valid_token(token) {
+        return Err(usage);
+    }
+    if let Some(since) = since {
+        if since_pairs(since, ' ', '=').any(|p| p.is_none()) {
+            return Err(usage);
+        }
+    }
+    Ok(Command::Resume { token, since })
+}
 
 /// Split at the first space: `("a", Some("b c"))`; a missing or empty rest is `None`.
 fn split_arg(s: &str) -> (&str, Option<&str>) {
@@ -205,6 +302,12 @@ pub fn parse(line: &str, max_line: usize) -> Result<Command<'_>, ParseError> {
         let (nick, text) = split_arg(rest.ok_or(ParseError::MissingArgument(USAGE_KICK))?);
         let nick = nick_arg(nick)?;
         Ok(Command::Kick { room, nick, text })
+    } else if is("caps") {
+        Ok(Command::Caps(rest))
+    } else if is("history") {
+        history_args(rest)
+    } else if is("resume") {
+        resume_args(rest)
     } else {
         Err(ParseError::UnknownCommand)
     }
@@ -332,6 +435,60 @@ mod tests {
             ParseError::UnknownCommand.to_string(),
             "bad-command unknown command, try /help"
         );
+    }
+
+    #[test]
+    fn v2_commands() {
+        assert_eq!(p("/caps"), Ok(Command::Caps(None)));
+        assert_eq!(p("/CAPS ids,resume"), Ok(Command::Caps(Some("ids,resume"))));
+        let hist = |room, after, limit| Ok(Command::History { room, after, limit });
+        assert_eq!(p("/history dev"), hist("dev", None, None));
+        assert_eq!(p("/history dev 5"), hist("dev", None, Some(5)));
+        assert_eq!(p("/history dev after 1-2"), hist("dev", Some("1-2"), None));
+        assert_eq!(
+            p("/history dev AFTER 1-2 0"),
+            hist("dev", Some("1-2"), Some(0))
+        );
+        assert_eq!(p("/history after"), hist("after", None, None));
+        assert_eq!(p("/history after after x"), hist("after", Some("x"), None));
+        let usage = Err(ParseError::MissingArgument(USAGE_HISTORY));
+        assert_eq!(p("/history"), usage);
+        assert_eq!(p("/history dev x"), usage);
+        assert_eq!(p("/history dev -1"), usage);
+        assert_eq!(p("/history dev 99999999999"), usage);
+        assert_eq!(p("/history dev after"), usage);
+        assert_eq!(p("/history dev after a b"), usage);
+        assert_eq!(p("/history dev after a!b"), usage);
+        assert_eq!(p("/history #dev"), Err(ParseError::BadRoom));
+        assert_eq!(
+            p("/resume abc_-9"),
+            Ok(Command::Resume {
+                token: "abc_-9",
+                since: None
+            })
+        );
+        assert_eq!(
+            p("/resume t dev=1-2 x=3"),
+            Ok(Command::Resume {
+                token: "t",
+                since: Some("dev=1-2 x=3")
+            })
+        );
+        let usage = Err(ParseError::MissingArgument(USAGE_RESUME));
+        assert_eq!(p("/resume"), usage);
+        assert_eq!(p("/resume a+b"), usage);
+        assert_eq!(p("/resume t dev"), usage);
+        assert_eq!(p("/resume t #d=1"), usage);
+        assert_eq!(
+            p("/resume t d=1  e=2"),
+            Ok(Command::Resume {
+                token: "t",
+                since: Some("d=1  e=2")
+            })
+        );
+        let pairs: Vec<_> = since_pairs("dev:1-2,,x:3", ',', ':').collect();
+        assert_eq!(pairs, [Some(("dev", "1-2")), Some(("x", "3"))]);
+        assert_eq!(since_pairs("dev", ',', ':').next(), Some(None));
     }
 
     #[test]

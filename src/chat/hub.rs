@@ -15,7 +15,11 @@
 //! - a user's rooms are a small ordered `Vec` (join order): the last one is the
 //!   current room, and after leaving it the most recently joined remaining room
 //!   becomes current;
-//! - output lines are written into one reusable `String` owned by the hub.
+//! - output lines are written by [`super::line::Line`] (the one definition
+//!   of the server lines) into one reusable `String` owned by the hub;
+//! - the v2 parts (capabilities, `ids` tags, `/history`, resumable sessions)
+//!   live in `hub/resume.rs`; a connection without capabilities takes
+//!   exactly the v1 paths.
 //!
 //! Semantics where PROTOCOL.md is silent:
 //! - `connect` sends `WELCOME`, then `ERR bad-nick`/`ERR nick-taken` if the
@@ -57,18 +61,25 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::access::Access;
+use super::access::{Access, Role};
 use super::command::{parse, Command};
 use super::compact::{InlineList, NickIndex};
-use super::names::{valid_nick, valid_room, Folded};
+use super::history::{IdGen, RoomHistory};
+use super::line::Line;
+use super::names::{reserved_nick, valid_nick, valid_room, Folded};
 use super::rate::{RateDecision, RateLimiter};
 use super::remote::Request;
+use super::session::Sessions;
 use super::{ChatConfig, ConnId, ErrorCode, Sink};
+use cluster::HoldOutcome;
 
 mod auth;
 mod cluster;
 pub use auth::{full_exp, AuthState, Identity};
+mod resume;
 pub use cluster::RemoteState;
+pub use resume::{Caps, Connect};
+use resume::{Detached, CAP_IDS};
 
 /// An interned room: an index into `Hub::rooms`.
 type RoomId = u32;
@@ -91,9 +102,10 @@ struct User {
     rate: RateLimiter,
     /// Generation stamp for deduplicating `NICK` recipients without a set.
     seen: u32,
-    /// A close was requested (quit or rate abuse): further lines are ignored.
-    closing: bool,
-    /// Role, and whether a token vouches for the nick.
+    /// Capabilities (`resume::CAP_*` bits); 0 for a v1 client.
+    caps: u8,
+    /// Role, whether a token vouches for the nick, and whether a close was
+    /// requested (quit, rate abuse, token expiry: further lines are ignored).
     access: Access,
     /// The low 16 bits of the token's `exp` (see `hub/auth.rs`).
     exp_tag: u16,
@@ -103,8 +115,15 @@ struct User {
 struct Room {
     /// The name as first created; the folded form is the key in `Hub::room_index`.
     name: Box<str>,
-    /// Never empty: a room is deleted when its last member leaves.
+    /// Empty only while `held > 0`: a room is deleted when its last member
+    /// leaves and no dropped session holds it.
     members: Vec<ConnId>,
+    /// Dropped sessions that are still in the room (no `LEFT` sent yet).
+    held: u32,
+    /// Members with the `ids` capability: 0 keeps broadcasts on the v1 path.
+    ids_members: u32,
+    /// The room's message ids and history.
+    log: RoomHistory,
 }
 
 /// The `/help` answer, one line per command.
@@ -121,6 +140,9 @@ const HELP: &[&str] = &[
     "SYS /quit [TEXT] - leave and close",
     "SYS /auth TOKEN - sign in, or refresh a token before it expires",
     "SYS /kick ROOM NICK [TEXT] - moderators: remove NICK from ROOM",
+    "SYS /caps [LIST] - capabilities: ids (message ids and times), resume (sessions)",
+    "SYS /history ROOM [N] - recent messages; /history ROOM after ID [N]",
+    "SYS /resume TOKEN [ROOM=ID ...] - take back a dropped session",
     "SYS /help - this list",
 ];
 
@@ -158,6 +180,20 @@ pub struct Hub {
     next_guest: u64,
     messages: u64,
     deliveries: u64,
+    /// Message ids: the process epoch and the sequence.
+    ids: IdGen,
+    /// Resumable sessions (see `hub/resume.rs`).
+    sessions: Sessions<Detached>,
+    /// Sessions resumed so far (a metric).
+    resumes: u64,
+    /// Sum of every room's `log.bytes()`, held under `history.max_bytes`.
+    history_bytes: usize,
+    /// The `now_ms` of the latest call, for calls that take none (`disconnect`).
+    now_ms: u64,
+    /// The tagged copy of the line in `out`, for `ids` members.
+    tagged: String,
+    /// Reusable recipient list: the `ids` members of a broadcast.
+    tagged_to: Vec<ConnId>,
     /// Set when the hub is one node of a cluster: the requests it makes of the
     /// other nodes (see [`super::remote`]). `None` keeps single-process
     /// behaviour exactly.
@@ -182,17 +218,26 @@ fn presence<S: Sink>(
     out: &mut String,
     deliveries: &mut u64,
     limit: usize,
-    verb: &str,
+    joined: bool,
     room: &Room,
     nick: &str,
     id: ConnId,
     sink: &mut S,
 ) -> bool {
     out.clear();
-    out.push_str(verb);
-    out.push_str(&room.name);
-    out.push(' ');
-    out.push_str(nick);
+    let room_name = &room.name;
+    let line = if joined {
+        Line::Joined {
+            room: room_name,
+            nick,
+        }
+    } else {
+        Line::Left {
+            room: room_name,
+            nick,
+        }
+    };
+    line.write_str(out, None);
     let whole_room = room.members.len() <= limit;
     let to = if whole_room {
         &room.members[..]
@@ -203,14 +248,10 @@ fn presence<S: Sink>(
     whole_room
 }
 
-/// Append TEXT with CR and LF replaced by spaces (one output line stays one line).
+/// Append user TEXT under the one rule of [`super::line`]: one line, no
+/// control characters.
 fn push_text(out: &mut String, text: &str) {
-    for (i, part) in text.split(['\r', '\n']).enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        out.push_str(part);
-    }
+    super::line::put_text(out, text);
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
@@ -226,7 +267,6 @@ impl Hub {
     /// An empty hub.
     pub fn new(config: ChatConfig) -> Self {
         Hub {
-            config,
             users: Vec::new(),
             live: 0,
             nicks: NickIndex::default(),
@@ -239,8 +279,16 @@ impl Hub {
             next_guest: 0,
             messages: 0,
             deliveries: 0,
+            ids: IdGen::new(0),
+            sessions: Sessions::new(config.session_ttl_ms, config.max_sessions),
+            resumes: 0,
+            history_bytes: 0,
+            now_ms: 0,
+            tagged: String::new(),
+            tagged_to: Vec::new(),
             remote: None,
             auth: AuthState::default(),
+            config,
         }
     }
 
@@ -262,35 +310,52 @@ impl Hub {
         now_ms: u64,
         sink: &mut impl Sink,
     ) {
-        let guest = Access::guest(Default::default());
-        self.connect_with(id, guest, nick, room, now_ms, sink);
+        let args = Connect {
+            nick,
+            room,
+            ..Connect::default()
+        };
+        self.connect_with(id, &args, now_ms, sink);
     }
 
-    /// [`Hub::connect`] with a role; a signed `access` must come with the
-    /// token's nick, which the caller (`connect_as`) has already freed.
-    fn connect_with(
+    /// The v1 connect without the v2 arguments; `caps` are set before `WELCOME`
+    /// goes out and announced (`CAPS`, `SESSION`) right after it.
+    fn connect_as_new(
         &mut self,
         id: ConnId,
-        access: Access,
-        nick: Option<&str>,
-        room: Option<&str>,
+        args: &Connect<'_>,
+        extra_err: Option<(ErrorCode, &str)>,
         now_ms: u64,
         sink: &mut impl Sink,
     ) {
+        let Connect { nick, room, .. } = *args;
         if self.user(id).is_some() {
             self.disconnect(id, sink);
         }
         if self.users.len() <= id {
             self.users.resize_with(id + 1, || None);
         }
-        let mut nick_err = None;
+        // Clustered, a requested nick is confirmed by the cluster first.
+        let held = self.take_hold_outcome(id);
+        if held.is_none() && self.hold_for_cluster(id, nick, room, now_ms) {
+            return;
+        }
+        let mut nick_err = held.as_ref().and_then(HoldOutcome::error);
+        let nick = if nick_err.is_some() { None } else { nick };
         let chosen: Box<str> = match nick.filter(|n| !n.is_empty()) {
             Some(n) if !valid_nick(n) => {
-                nick_err = Some(ErrorCode::BadNick);
+                nick_err = Some((ErrorCode::BadNick, "bad nick, using a guest nick"));
+                self.guest_nick()
+            }
+            Some(n) if reserved_nick(n) => {
+                nick_err = Some((
+                    ErrorCode::BadNick,
+                    "guest-* nicks are reserved, using a guest nick",
+                ));
                 self.guest_nick()
             }
             Some(n) if Folded::new(n).is_some_and(|k| self.nick_holder(k.as_str()).is_some()) => {
-                nick_err = Some(ErrorCode::NickTaken);
+                nick_err = Some((ErrorCode::NickTaken, "nick taken, using a guest nick"));
                 self.guest_nick()
             }
             Some(n) => n.into(),
@@ -299,33 +364,34 @@ impl Hub {
         if let Some(key) = Folded::new(&chosen) {
             self.nicks.insert(key.as_str(), id);
         }
-        self.request(|| Request::Reserve {
-            id,
-            nick: chosen.clone(),
-        });
+        if held != Some(HoldOutcome::Granted) {
+            self.request(|| Request::Reserve {
+                id,
+                nick: chosen.clone(),
+            });
+        }
         self.out.clear();
-        self.out.push_str("WELCOME ");
-        self.out.push_str(&chosen);
+        Line::Welcome { nick: &chosen }.write_str(&mut self.out, None);
+        self.now_ms = now_ms;
         self.users[id] = Some(User {
             nick: chosen,
             rooms: InlineList::default(),
             rate: RateLimiter::new(self.config.rate_limit, now_ms),
             seen: 0,
-            closing: false,
-            access,
+            access: Access::guest(Role::Member),
             exp_tag: 0,
+            caps: 0,
         });
         self.live += 1;
         send(sink, &mut self.deliveries, &[id], &self.out);
-        match nick_err {
-            Some(ErrorCode::NickTaken) => self.err(
-                id,
-                ErrorCode::NickTaken,
-                "nick taken, using a guest nick",
-                sink,
-            ),
-            Some(code) => self.err(id, code, "bad nick, using a guest nick", sink),
-            None => {}
+        if let Some(caps) = args.caps {
+            self.set_caps(id, caps, sink);
+        }
+        if let Some((code, text)) = extra_err {
+            self.err(id, code, text, sink);
+        }
+        if let Some((code, text)) = nick_err {
+            self.err(id, code, text, sink);
         }
         let requested = room.filter(|r| !r.is_empty());
         let mut forbidden = false;
@@ -365,14 +431,32 @@ impl Hub {
     /// line without its terminator). One trailing line ending is dropped: line-mode
     /// tools such as websocat send it with each message. Unknown ids are ignored.
     pub fn handle(&mut self, id: ConnId, line: &str, now_ms: u64, sink: &mut impl Sink) {
+        self.handle_arrived(id, line, now_ms, now_ms, sink);
+    }
+
+    /// [`handle`](Self::handle) for a line that arrived no earlier than
+    /// `earliest_ms` (see [`RateLimiter::check_arrived`]): the server passes
+    /// the start of a stall of its loop, so a backlog is not charged as a burst.
+    pub fn handle_arrived(
+        &mut self,
+        id: ConnId,
+        line: &str,
+        earliest_ms: u64,
+        now_ms: u64,
+        sink: &mut impl Sink,
+    ) {
         let line = line
             .strip_suffix('\n')
             .map_or(line, |l| l.strip_suffix('\r').unwrap_or(l));
+        if self.hold_line(id, line, now_ms) {
+            return;
+        }
         let rate = self.config.rate_limit;
+        self.now_ms = now_ms;
         let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
-        if user.closing {
+        if user.access.closing() {
             return;
         }
         // Parsing is bounded by `max_line` and has no effect: it comes first so
@@ -382,7 +466,7 @@ impl Hub {
             Ok(Command::Rooms | Command::Who(_)) => self.config.query_cost,
             _ => 1,
         };
-        match user.rate.check(rate, cost, now_ms) {
+        match user.rate.check_arrived(rate, cost, earliest_ms, now_ms) {
             RateDecision::Allow => {}
             RateDecision::Limited => {
                 self.err(
@@ -394,7 +478,7 @@ impl Hub {
                 return;
             }
             RateDecision::Abuse => {
-                user.closing = true;
+                user.access.set_closing();
                 self.err(
                     id,
                     ErrorCode::RateLimited,
@@ -419,7 +503,7 @@ impl Hub {
         match cmd {
             Command::Empty => {}
             Command::Say(text) => match self.current_room_id(id) {
-                Some(rid) => self.say(id, rid, text, sink),
+                Some(rid) => self.say(id, rid, text, now_ms, sink),
                 None => self.err(id, ErrorCode::NotInRoom, "join a room first", sink),
             },
             Command::Nick(nick) => self.change_nick(id, nick, sink),
@@ -455,23 +539,28 @@ impl Hub {
                     .room_id(room)
                     .filter(|&rid| self.membership_index(id, rid).is_some())
                 {
-                    Some(rid) => self.say(id, rid, text, sink),
+                    Some(rid) => self.say(id, rid, text, now_ms, sink),
                     None => self.err(id, ErrorCode::NotInRoom, "not in that room", sink),
                 }
             }
-            Command::Msg { nick, text } => self.private(id, nick, text, sink),
+            Command::Msg { nick, text } => self.private(id, nick, text, now_ms, sink),
             Command::Rooms => self.list_rooms(id, sink),
             Command::Who(room) => self.who(id, room, sink),
             Command::Ping(token) => {
                 self.out.clear();
-                self.out.push_str("PONG");
-                if let Some(token) = token {
-                    self.out.push(' ');
-                    push_text(&mut self.out, token);
-                }
+                Line::Pong(token).write_str(&mut self.out, None);
                 send(sink, &mut self.deliveries, &[id], &self.out);
             }
             Command::Quit(text) => self.quit(id, text, sink),
+            Command::Caps(None) => self.send_caps(id, sink),
+            Command::Caps(Some(list)) => {
+                let caps = Caps::parse(list);
+                self.set_caps(id, caps, sink);
+            }
+            Command::History { room, after, limit } => {
+                self.history(id, room, after, limit, now_ms, sink)
+            }
+            Command::Resume { token, since } => self.resume_command(id, token, since, now_ms, sink),
             Command::Help => {
                 for line in HELP {
                     send(sink, &mut self.deliveries, &[id], line);
@@ -484,6 +573,9 @@ impl Hub {
     /// The connection is gone: `LEFT` to its rooms' members (per presence
     /// rules), and the hub forgets it so the id can be reused.
     pub fn disconnect(&mut self, id: ConnId, sink: &mut impl Sink) {
+        if self.drop_held(id) || self.detach(id) {
+            return;
+        }
         while let Some(n) = self.user(id).map(|u| u.rooms.len()).filter(|&n| n > 0) {
             self.leave(id, n - 1, sink);
         }
@@ -518,8 +610,7 @@ impl Hub {
                 .filter_map(|(i, u)| u.as_ref().map(|_| i)),
         );
         self.out.clear();
-        self.out.push_str("SYS ");
-        push_text(&mut self.out, text);
+        Line::Sys(text).write_str(&mut self.out, None);
         send(sink, &mut self.deliveries, &to, &self.out);
         self.scratch = to;
     }
@@ -568,8 +659,12 @@ impl Hub {
     pub fn check_invariants(&self) {
         let live = self.users.iter().flatten().count();
         assert_eq!(live, self.live, "live count");
-        assert_eq!(self.nicks.len(), live, "one nick per user");
-        for owner in self.nicks.holders() {
+        assert_eq!(
+            self.nicks.len(),
+            live + self.sessions.detached(),
+            "one nick per user and per dropped session"
+        );
+        for owner in self.nicks.holders().filter(|&o| o != resume::DETACHED) {
             let user = self.user(owner).expect("nick owner exists");
             let folded = Folded::new(&user.nick).expect("nick foldable");
             assert!(self.nicks.maps(folded.as_str(), owner), "nick key matches");
@@ -599,7 +694,17 @@ impl Hub {
                 continue;
             };
             live_rooms += 1;
-            assert!(!room.members.is_empty(), "empty room deleted");
+            assert!(
+                !room.members.is_empty() || room.held > 0,
+                "unused room deleted"
+            );
+            let ids = room
+                .members
+                .iter()
+                .filter(|&&m| self.user(m).is_some_and(|u| u.caps & CAP_IDS != 0))
+                .count();
+            assert_eq!(ids, room.ids_members as usize, "ids member count");
+            room.log.check(&self.config.history);
             assert!(valid_room(&room.name), "valid room name");
             let key = Folded::new(&room.name).expect("room foldable");
             assert_eq!(self.room_index.get(key.as_str()), Some(&(rid as RoomId)));
@@ -610,6 +715,12 @@ impl Hub {
             members += room.members.len();
         }
         assert_eq!(members, memberships, "member lists match user room lists");
+        let bytes: usize = self.rooms.iter().flatten().map(|r| r.log.bytes()).sum();
+        assert_eq!(bytes, self.history_bytes, "history byte count");
+        assert!(
+            bytes <= self.config.history.max_bytes,
+            "history byte budget"
+        );
         assert_eq!(live_rooms, self.room_index.len(), "room index size");
         assert_eq!(
             live_rooms + self.free_rooms.len(),
@@ -688,31 +799,58 @@ impl Hub {
 
     fn err<S: Sink>(&mut self, id: ConnId, code: ErrorCode, text: &str, sink: &mut S) {
         self.out.clear();
-        self.out.push_str("ERR ");
-        self.out.push_str(code.as_str());
-        self.out.push(' ');
-        self.out.push_str(text);
+        Line::Err { code, text }.write_str(&mut self.out, None);
         send(sink, &mut self.deliveries, &[id], &self.out);
     }
 
     /// `MSG ROOM NICK TEXT` to every member, the sender included: one deliver
     /// call with the room's member slice, so the server encodes it once.
-    fn say<S: Sink>(&mut self, id: ConnId, rid: RoomId, text: &str, sink: &mut S) {
+    fn say<S: Sink>(&mut self, id: ConnId, rid: RoomId, text: &str, now_ms: u64, sink: &mut S) {
         let (Some(user), Some(room)) = (
             self.users.get(id).and_then(Option::as_ref),
-            self.rooms.get(rid as usize).and_then(Option::as_ref),
+            self.rooms.get_mut(rid as usize).and_then(Option::as_mut),
         ) else {
             return;
         };
         self.out.clear();
-        self.out.push_str("MSG ");
-        self.out.push_str(&room.name);
-        self.out.push(' ');
-        self.out.push_str(&user.nick);
-        self.out.push(' ');
-        push_text(&mut self.out, text);
+        Line::Msg {
+            room: &room.name,
+            nick: &user.nick,
+            text,
+        }
+        .write_str(&mut self.out, None);
         self.messages += 1;
-        send(sink, &mut self.deliveries, &room.members, &self.out);
+        let id = self.ids.next_id();
+        let time_ms = self.ids.epoch().saturating_add(now_ms);
+        if self.remote.is_none() {
+            let before = room.log.bytes();
+            let others = self.history_bytes - before;
+            let share = self.config.history.max_bytes.saturating_sub(others);
+            room.log.push(
+                &self.config.history,
+                id.seq,
+                time_ms,
+                &user.nick,
+                text,
+                share,
+            );
+            self.history_bytes = others + room.log.bytes();
+        }
+        if room.ids_members == 0 {
+            send(sink, &mut self.deliveries, &room.members, &self.out);
+        } else {
+            resume::tag_line(&mut self.tagged, &self.out, id, time_ms);
+            resume::send_split(
+                sink,
+                &mut self.deliveries,
+                &mut self.tagged_to,
+                &room.members,
+                room.ids_members as usize,
+                &self.users,
+                &self.out,
+                &self.tagged,
+            );
+        }
         self.publish_room(rid);
     }
 
@@ -763,6 +901,9 @@ impl Hub {
                 self.rooms[rid as usize] = Some(Room {
                     name: name.into(),
                     members: Vec::new(),
+                    held: 0,
+                    ids_members: 0,
+                    log: RoomHistory::new(self.ids.last_seq()),
                 });
                 self.room_index.insert(key.as_str().into(), rid);
                 self.request(|| Request::Subscribe(key.as_str().into()));
@@ -780,11 +921,12 @@ impl Hub {
         let pos = room.members.len() as u32;
         room.members.push(id);
         user.rooms.push(Membership { room: rid, pos });
+        room.ids_members += u32::from(user.caps & CAP_IDS != 0);
         let told_room = presence(
             &mut self.out,
             &mut self.deliveries,
             self.config.presence_limit,
-            "JOINED ",
+            true,
             room,
             &user.nick,
             id,
@@ -815,7 +957,7 @@ impl Hub {
             &mut self.out,
             &mut self.deliveries,
             self.config.presence_limit,
-            "LEFT ",
+            false,
             room,
             &user.nick,
             id,
@@ -826,6 +968,17 @@ impl Hub {
                 remote.publish_room(&room.name, &self.out);
             }
         }
+        self.unlink(id, m);
+    }
+
+    /// Take `id` out of the member list of `m.room` (O(1), no notice), and
+    /// delete the room when nobody is left in it or holds it.
+    fn unlink(&mut self, id: ConnId, m: Membership) {
+        let ids = self.user(id).is_some_and(|u| u.caps & CAP_IDS != 0);
+        let Some(room) = self.rooms.get_mut(m.room as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        room.ids_members = room.ids_members.saturating_sub(u32::from(ids));
         let pos = m.pos as usize;
         if pos < room.members.len() {
             room.members.swap_remove(pos);
@@ -837,15 +990,24 @@ impl Hub {
                 }
             }
         }
-        if room.members.is_empty() {
+        self.delete_if_unused(m.room);
+    }
+
+    /// Delete room `rid` when it has no members and no dropped session holds it.
+    fn delete_if_unused(&mut self, rid: RoomId) {
+        let Some(room) = self.rooms.get(rid as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        if room.members.is_empty() && room.held == 0 {
             if let Some(key) = Folded::new(&room.name) {
                 self.room_index.remove(key.as_str());
                 if let Some(remote) = self.remote.as_deref_mut() {
                     remote.push(Request::Unsubscribe(key.as_str().into()));
                 }
             }
-            self.rooms[m.room as usize] = None;
-            self.free_rooms.push(m.room);
+            self.history_bytes -= room.log.bytes();
+            self.rooms[rid as usize] = None;
+            self.free_rooms.push(rid);
             if self.room_index.is_empty() {
                 // The last room is gone: give the table back in O(1) amortised
                 // (a partial shrink would have to search the free list).
@@ -860,6 +1022,15 @@ impl Hub {
             self.err(id, ErrorCode::BadNick, "bad nick", sink);
             return;
         };
+        if reserved_nick(new)
+            && !self
+                .user(id)
+                .and_then(|u| Folded::new(&u.nick))
+                .is_some_and(|k| k.as_str() == new_key.as_str())
+        {
+            self.err(id, ErrorCode::BadNick, "guest-* nicks are reserved", sink);
+            return;
+        }
         if matches!(self.nick_holder(new_key.as_str()), Some(owner) if owner != id) {
             self.err(id, ErrorCode::NickTaken, "nick taken", sink);
             return;
@@ -881,10 +1052,11 @@ impl Hub {
             return;
         };
         self.out.clear();
-        self.out.push_str("NICK ");
-        self.out.push_str(&user.nick);
-        self.out.push(' ');
-        self.out.push_str(new);
+        Line::Nick {
+            old: &user.nick,
+            new,
+        }
+        .write_str(&mut self.out, None);
         if &*user.nick == new {
             send(sink, &mut self.deliveries, &[id], &self.out);
             return;
@@ -932,7 +1104,7 @@ impl Hub {
 
     /// `PRIV FROM TO TEXT` to the recipient and the sender (once when they are
     /// the same connection).
-    fn private<S: Sink>(&mut self, id: ConnId, nick: &str, text: &str, sink: &mut S) {
+    fn private<S: Sink>(&mut self, id: ConnId, nick: &str, text: &str, now_ms: u64, sink: &mut S) {
         let Some(target) = self.nick_owner(nick) else {
             if self.remote_private(id, nick, text) {
                 return;
@@ -948,16 +1120,34 @@ impl Hub {
             return;
         };
         self.out.clear();
-        self.out.push_str("PRIV ");
-        self.out.push_str(&from.nick);
-        self.out.push(' ');
-        self.out.push_str(&to.nick);
-        self.out.push(' ');
-        push_text(&mut self.out, text);
+        Line::Priv {
+            from: &from.nick,
+            to: &to.nick,
+            text,
+        }
+        .write_str(&mut self.out, None);
         self.messages += 1;
         let pair = [target, id];
         let recipients = if target == id { &pair[..1] } else { &pair[..] };
-        send(sink, &mut self.deliveries, recipients, &self.out);
+        let tagged =
+            u32::from(to.caps & CAP_IDS != 0) + u32::from(target != id && from.caps & CAP_IDS != 0);
+        let msg_id = self.ids.next_id();
+        if tagged == 0 {
+            send(sink, &mut self.deliveries, recipients, &self.out);
+        } else {
+            let time_ms = self.ids.epoch().saturating_add(now_ms);
+            resume::tag_line(&mut self.tagged, &self.out, msg_id, time_ms);
+            resume::send_split(
+                sink,
+                &mut self.deliveries,
+                &mut self.tagged_to,
+                recipients,
+                tagged as usize,
+                &self.users,
+                &self.out,
+                &self.tagged,
+            );
+        }
     }
 
     /// `ROOMS ROOM=COUNT ...`, case-insensitively sorted, at most `rooms_limit`
@@ -1029,17 +1219,17 @@ impl Hub {
     }
 
     fn quit<S: Sink>(&mut self, id: ConnId, text: Option<&str>, sink: &mut S) {
+        self.sessions.end(id);
         while let Some(n) = self.user(id).map(|u| u.rooms.len()).filter(|&n| n > 0) {
             self.leave(id, n - 1, sink);
         }
         if let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) {
-            user.closing = true;
+            user.access.set_closing();
         }
-        sink.close(
-            id,
-            1000,
-            truncate_str(text.unwrap_or("bye"), MAX_CLOSE_REASON),
-        );
+        // Clients show the reason too: cleaned like any text.
+        let mut reason = String::new();
+        push_text(&mut reason, text.unwrap_or("bye"));
+        sink.close(id, 1000, truncate_str(&reason, MAX_CLOSE_REASON));
     }
 }
 
@@ -1156,6 +1346,45 @@ mod tests {
         sink.0.clear();
         hub.handle(0, "/rooms", 0, &mut sink);
         assert_eq!(sink.0, [(0, "ROOMS b=1 C=1 +1".to_string())]);
+    }
+
+    #[test]
+    fn control_characters_never_reach_other_clients() {
+        let mut out = String::new();
+        push_text(
+            &mut out,
+            "a\x1b[1G\x1b[2Kb\0c\x0bd\x0ce\u{85}f\u{9b}g\u{2028}h\u{2029}i\x7fj\tk\r\nl",
+        );
+        assert_eq!(
+            out,
+            "a\u{FFFD}[1G\u{FFFD}[2Kb\u{FFFD}c\u{FFFD}d\u{FFFD}e\u{FFFD}f\u{FFFD}g\u{FFFD}h\u{FFFD}i\u{FFFD}j\tk  l"
+        );
+        // Letters that share a lead byte with the replaced ones pass through.
+        let mut out = String::new();
+        push_text(&mut out, "\u{a9}\u{e9}\u{2026}\u{2030}");
+        assert_eq!(out, "\u{a9}\u{e9}\u{2026}\u{2030}");
+        let mut hub = Hub::new(config());
+        let mut sink = Lines(Vec::new());
+        hub.connect(0, Some("a"), None, 0, &mut sink);
+        sink.0.clear();
+        for line in [
+            "hi\x1b[2J",
+            "/say lobby \x07",
+            "/msg a \u{2028}",
+            "/ping \x00",
+        ] {
+            hub.handle(0, line, 0, &mut sink);
+        }
+        let lines: Vec<&str> = sink.0.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                "MSG lobby a hi\u{FFFD}[2J",
+                "MSG lobby a \u{FFFD}",
+                "PRIV a a \u{FFFD}",
+                "PONG \u{FFFD}"
+            ]
+        );
     }
 
     #[test]

@@ -9,16 +9,22 @@
 //! - [`command`]: the line parser (a line → a borrowed [`Command`]);
 //! - [`names`]: nick and room validation and case folding;
 //! - [`rate`]: the per-connection token bucket;
+//! - [`line`]: the server→client lines, typed (write and parse);
+//! - [`history`]: message ids, times and the per-room history ring;
+//! - [`session`]: resumable sessions and their secret tokens;
 //! - [`hub`]: users, rooms, membership and the output lines;
 //! - [`remote`]: what a hub that is one node of a cluster asks of the others.
 
 pub mod access;
 pub mod command;
 pub mod compact;
+pub mod history;
 pub mod hub;
+pub mod line;
 pub mod names;
 pub mod rate;
 pub mod remote;
+pub mod session;
 
 pub use access::{Grant, Role};
 pub use command::{Command, ParseError};
@@ -63,6 +69,14 @@ pub struct ChatConfig {
     /// Seconds a token is still honoured after its `exp` (clock skew); at most
     /// 600, which the expiry queue relies on (see `hub/auth.rs`).
     pub token_leeway: u64,
+    /// Messages kept per room and for how long (`--history`, `--history-ttl`).
+    pub history: history::HistoryConfig,
+    /// How long a dropped `resume` session keeps its nick and rooms
+    /// (`--session-ttl`); 0 turns the `resume` capability off.
+    pub session_ttl_ms: u64,
+    /// Dropped sessions kept at once (`--max-sessions`); a drop beyond it ends
+    /// the session as a v1 disconnect would.
+    pub max_sessions: usize,
 }
 
 impl Default for ChatConfig {
@@ -79,6 +93,9 @@ impl Default for ChatConfig {
             default_room: "lobby".to_string(),
             kick_ban_ms: 5 * 60 * 1000,
             token_leeway: 30,
+            history: history::HistoryConfig::default(),
+            session_ttl_ms: 120_000,
+            max_sessions: 100_000,
         }
     }
 }
@@ -103,6 +120,9 @@ pub enum ErrorCode {
     BadNick,
     /// The nick belongs to another connection (compared case-insensitively).
     NickTaken,
+    /// Clustered: the cluster's nick registry could not confirm the nick
+    /// (Redis down, or no answer within `--redis-query-timeout`).
+    NickUnavailable,
     /// A room name outside 1–64 of `[A-Za-z0-9_.-]`.
     BadRoom,
     /// The command needs a room the connection is not in.
@@ -113,10 +133,16 @@ pub enum ErrorCode {
     TooLong,
     /// Over the per-connection rate; the command was not executed.
     RateLimited,
-    /// The connection's role, token or a kick does not allow the command.
-    Forbidden,
-    /// An `/auth` token was refused (the connection is then closed with 1008).
+    /// The server is at `--max-connections`; sent before the close.
+    ServerFull,
+    /// `/resume` or `?resume=` with an unknown, expired or used token.
+    BadSession,
+    /// A signed token that does not verify.
     BadToken,
+    /// The connection's role does not allow the action.
+    Forbidden,
+    /// `/history` while the server keeps none (`--history 0`, or a cluster).
+    HistoryOff,
 }
 
 impl ErrorCode {
@@ -126,14 +152,40 @@ impl ErrorCode {
             ErrorCode::BadCommand => "bad-command",
             ErrorCode::BadNick => "bad-nick",
             ErrorCode::NickTaken => "nick-taken",
+            ErrorCode::NickUnavailable => "nick-unavailable",
             ErrorCode::BadRoom => "bad-room",
             ErrorCode::NotInRoom => "not-in-room",
             ErrorCode::NoSuchNick => "no-such-nick",
             ErrorCode::TooLong => "too-long",
             ErrorCode::RateLimited => "rate-limited",
-            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ServerFull => "server-full",
+            ErrorCode::BadSession => "bad-session",
             ErrorCode::BadToken => "bad-token",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::HistoryOff => "history-off",
         }
+    }
+
+    /// Every code, in the order of PROTOCOL.md.
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::BadCommand,
+        ErrorCode::BadNick,
+        ErrorCode::NickTaken,
+        ErrorCode::BadRoom,
+        ErrorCode::NotInRoom,
+        ErrorCode::NoSuchNick,
+        ErrorCode::TooLong,
+        ErrorCode::RateLimited,
+        ErrorCode::ServerFull,
+        ErrorCode::BadSession,
+        ErrorCode::BadToken,
+        ErrorCode::Forbidden,
+        ErrorCode::HistoryOff,
+    ];
+
+    /// The code with wire spelling `s` (case-sensitive, as sent).
+    pub fn from_wire(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 

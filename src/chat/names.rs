@@ -24,6 +24,15 @@ pub fn valid_nick(name: &str) -> bool {
     valid(name, MAX_NICK)
 }
 
+/// True for nicks only the server hands out: `guest-*` in any letter case.
+/// Users cannot choose them, so nobody can pre-claim a node's next guest
+/// nick from another node.
+pub fn reserved_nick(name: &str) -> bool {
+    name.as_bytes()
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"guest-"))
+}
+
 /// True when `name` is 1–64 of `[A-Za-z0-9_.-]`.
 pub fn valid_room(name: &str) -> bool {
     valid(name, MAX_ROOM)

@@ -8,6 +8,12 @@
 //! refill did not cover — the connection is abusive and the hub closes it with
 //! 1008. A client that slows down to the rate pays the debt back and recovers.
 //!
+//! Commands are charged by when they arrived, not when the server got to them:
+//! the caller passes the earliest time a command can have arrived (when the
+//! server's loop was stalled, the moment the stall began) and the limiter's
+//! clock walks from there at the allowed rate, so a backlog that built up
+//! while the server was busy or stopped is charged as it was sent.
+//!
 //! The rate lives in the config, not here, so each connection stores 16 bytes.
 
 /// Milli-tokens per command: the refill is `rate` milli-tokens per millisecond,
@@ -50,16 +56,39 @@ impl RateLimiter {
     /// and the debt measures how often the client ignores refusals. A clock
     /// that goes backwards refills nothing.
     pub fn check(&mut self, rate: u32, cost: u32, now_ms: u64) -> RateDecision {
+        self.check_arrived(rate, cost, now_ms, now_ms)
+    }
+
+    /// [`check`](Self::check) for a command that arrived no earlier than
+    /// `earliest_ms` and is handled at `now_ms`. It is charged at the later of
+    /// `earliest_ms` and the previous charge plus its cost's worth of the rate,
+    /// never after `now_ms`: commands read together after a stall are spread
+    /// over the stall at the rate a client may send, and only what exceeds
+    /// that rate is refused.
+    pub fn check_arrived(
+        &mut self,
+        rate: u32,
+        cost: u32,
+        earliest_ms: u64,
+        now_ms: u64,
+    ) -> RateDecision {
         if rate == 0 {
             return RateDecision::Allow;
         }
         let cap = capacity(rate);
+        let cost = cost.clamp(1, rate);
+        let step = u64::from(cost) * 1000 / u64::from(rate);
+        let at = self
+            .last_ms
+            .saturating_add(step)
+            .max(earliest_ms)
+            .min(now_ms);
         // A second of refill already fills any bucket, so clamping the elapsed
         // time first keeps the product far from overflow.
-        let elapsed = now_ms.saturating_sub(self.last_ms).min(1000) as i64;
-        self.last_ms = self.last_ms.max(now_ms);
+        let elapsed = at.saturating_sub(self.last_ms).min(1000) as i64;
+        self.last_ms = self.last_ms.max(at);
         self.tokens = (self.tokens + elapsed * i64::from(rate)).min(cap);
-        let price = i64::from(cost.clamp(1, rate)) * COST;
+        let price = i64::from(cost) * COST;
         let allowed = self.tokens >= price;
         let charge = if allowed { price } else { COST };
         // The floor only bounds the value; the connection is closed long before.
@@ -155,6 +184,28 @@ mod tests {
         let mut r = RateLimiter::new(3, 0);
         assert_eq!(r.check(3, 100, 0), RateDecision::Allow);
         assert_eq!(r.check(3, 1, 0), RateDecision::Limited);
+    }
+
+    #[test]
+    fn a_backlog_from_a_stall_is_charged_as_it_was_sent() {
+        // 25 a second for 4.5 s while the server was stopped, read at once.
+        let mut r = RateLimiter::new(50, 0);
+        for _ in 0..112 {
+            assert_eq!(r.check_arrived(50, 1, 0, 4500), RateDecision::Allow);
+        }
+        // The same backlog without the stall allowance overruns the bucket.
+        let mut r = RateLimiter::new(50, 0);
+        let refused = (0..112)
+            .filter(|_| r.check(50, 1, 4500) != RateDecision::Allow)
+            .count();
+        assert_eq!(refused, 62);
+        // A stall is no licence to exceed the rate: 200 in a one-second stall
+        // get the burst plus one second's worth.
+        let mut r = RateLimiter::new(50, 0);
+        let allowed = (0..200)
+            .filter(|_| r.check_arrived(50, 1, 1000, 2000) == RateDecision::Allow)
+            .count();
+        assert_eq!(allowed, 100);
     }
 
     #[test]

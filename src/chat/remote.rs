@@ -91,3 +91,16 @@ pub enum Request {
     /// will be reused).
     Gone(ConnId),
 }
+
+/// The cluster's answer to a [`Request::Reserve`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The registry gave the nick to this node.
+    Granted,
+    /// Another node holds the nick (or registered it earlier).
+    Taken,
+    /// Redis is down or the buffer toward it is full: nobody can confirm.
+    Unreachable,
+    /// No answer within `--redis-query-timeout`.
+    TimedOut,
+}

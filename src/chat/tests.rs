@@ -87,29 +87,39 @@ fn connect_sends_welcome_then_joined() {
 fn connect_fallbacks_report_errors() {
     let mut hub = Hub::new(cfg());
     let mut rec = Rec::default();
-    hub.connect(0, Some("guest-1"), None, 0, &mut rec);
+    hub.connect(0, Some("alice"), None, 0, &mut rec);
     rec.clear();
     hub.connect(1, Some("bad nick"), Some("#bad"), 0, &mut rec);
     assert_eq!(
         rec.take(1),
         [
-            "WELCOME guest-2",
+            "WELCOME guest-1",
             "ERR bad-nick bad nick, using a guest nick",
-            "JOINED lobby guest-2",
+            "JOINED lobby guest-1",
             "ERR bad-room bad room, joined the default room",
         ]
     );
-    hub.connect(2, Some("GUEST-1"), Some(""), 0, &mut rec);
+    hub.connect(2, Some("ALICE"), Some(""), 0, &mut rec);
     assert_eq!(
         rec.take(2),
         [
-            "WELCOME guest-3",
+            "WELCOME guest-2",
             "ERR nick-taken nick taken, using a guest nick",
+            "JOINED lobby guest-2",
+        ]
+    );
+    // Guest nicks are the server's to hand out.
+    hub.connect(3, Some("Guest-7"), None, 0, &mut rec);
+    assert_eq!(
+        rec.take(3),
+        [
+            "WELCOME guest-3",
+            "ERR bad-nick guest-* nicks are reserved, using a guest nick",
             "JOINED lobby guest-3",
         ]
     );
-    hub.connect(3, Some(""), None, 0, &mut rec);
-    assert_eq!(rec.take(3)[0], "WELCOME guest-4");
+    hub.connect(4, Some(""), None, 0, &mut rec);
+    assert_eq!(rec.take(4)[0], "WELCOME guest-4");
     hub.check_invariants();
 }
 

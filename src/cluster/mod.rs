@@ -1,13 +1,17 @@
 //! The Redis pub/sub bridge that joins many single-core processes into one chat.
 //!
 //! - [`resp`]: RESP2 encoding and the incremental, bounded reply parser;
-//! - [`conn`]: one non-blocking Redis connection in the server's `mio::Poll`;
-//! - [`node`]: the node: channels, keys, reconnects, requests and answers;
-//! - [`url`]: `redis://` URLs.
-pub mod conn;
+//! - [`link`]: one Redis connection's state and buffers, without its socket;
+//! - [`node`]: the node: channels, keys, reconnects, requests and answers,
+//!   sans-I/O (`now` passed in, [`Cluster::poll_timeout`], socket work asked
+//!   of the caller with [`Cluster::poll_action`]);
+//! - [`url`]: `redis://` URLs;
+//! - [`wire`]: the payloads nodes exchange, signed with `--cluster-secret-file`.
+pub mod link;
 pub mod node;
 pub mod resp;
 pub mod url;
+pub mod wire;
 
-pub use node::{Cluster, ClusterConfig, ClusterStats};
+pub use node::{Action, Cluster, ClusterConfig, ClusterStats, Which};
 pub use url::RedisUrl;

@@ -23,27 +23,37 @@
 //! wait for, and gives up after the query timeout (answering with what it has).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use mio::{Registry, Token};
 
-use super::conn::RedisConn;
+use super::link::{Link, LinkState};
 use super::resp::{Limits, Value};
+use super::wire::{Body, Envelope, Signer};
 use crate::chat::names::{valid_nick, valid_room, Folded};
-use crate::chat::remote::Request;
+use crate::chat::remote::{Claim, Request};
 use crate::chat::{ConnId, Hub, Sink};
 
 /// First reconnect delay; doubled per failure up to [`MAX_BACKOFF`], with jitter.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// A command link with replies outstanding and none arriving for this long is
-/// considered dead and reconnected.
+/// A link whose oldest outstanding request has waited this long for its
+/// reply is considered dead and reconnected.
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes read from one Redis connection per event.
-const READ_BUDGET: usize = 1 << 20;
+/// An idle link sends a `PING` this often, well inside [`STALL_TIMEOUT`], so a
+/// dead link is noticed while it is quiet and a live one never looks stalled.
+const HEARTBEAT: Duration = Duration::from_millis(2500);
+/// After a reconnect, what was published while the link was down waits at
+/// most this long for every node known before the outage to announce itself
+/// again (so that it is subscribed when the backlog arrives).
+const BACKLOG_WAIT: Duration = Duration::from_secs(10);
+/// Channels per `SUBSCRIBE` command when resubscribing.
+const SUBSCRIBE_BATCH: usize = 512;
+/// Most (room, nick) pairs remembered per other node, for its `LEFT`s when it dies.
+const MAX_PEER_MEMBERS: usize = 65_536;
 /// Forget the last sequence number of a node not heard from for this long.
 const FORGET_NODE: Duration = Duration::from_secs(600);
 /// Most other nodes whose sequence numbers are remembered.
@@ -51,11 +61,16 @@ const MAX_NODES: usize = 65_536;
 /// Most rooms one node lists in an answer to `/rooms`.
 const MAX_ROOMS_ANSWER: usize = 10_000;
 
-/// Refresh a nick registration: keep (or take back, after a Redis restart)
-/// the key when it is free or ours, refuse when another node holds it.
+/// Refresh a nick registration (`KEYS[1]`; `ARGV`: value, `NODE `, ttl in
+/// ms, registration time in ms): keep the key when it is free or ours, take
+/// it over from a holder registered later (IRC's rule: after a Redis restart
+/// or an outage the earlier registration wins, ties to the holder), refuse
+/// otherwise. Values are `NODE REGISTERED_MS DISPLAY`.
 const REFRESH_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
-if v == false or string.sub(v, 1, string.len(ARGV[2])) == ARGV[2] then \
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1 end return 0";
+local mine = v == false or string.sub(v, 1, string.len(ARGV[2])) == ARGV[2] \
+if not mine then local ts = tonumber(string.match(v, '^%S+ (%d+) ')) \
+mine = ts == nil or tonumber(ARGV[4]) < ts end \
+if mine then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1 end return 0";
 /// Delete a nick registration only when it is ours.
 const RELEASE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
 if v ~= false and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then \
@@ -76,8 +91,12 @@ pub struct ClusterConfig {
     pub nick_ttl: Duration,
     /// Bytes queued toward Redis per connection; beyond, commands are dropped and counted.
     pub max_buffer: usize,
-    /// Longest wait for other nodes' answers to `/who` and `/rooms`.
+    /// Longest wait for other nodes' answers to `/who` and `/rooms`, and for
+    /// the registry's answer to a nick claim.
     pub query_timeout: Duration,
+    /// The shared secret of `--cluster-secret-file`: payloads are signed and
+    /// checked with HMAC-SHA256. `None` sends and accepts unsigned payloads.
+    pub secret: Option<Vec<u8>>,
 }
 
 impl ClusterConfig {
@@ -91,6 +110,7 @@ impl ClusterConfig {
             nick_ttl: Duration::from_secs(30),
             max_buffer: 8 << 20,
             query_timeout: Duration::from_millis(500),
+            secret: None,
         }
     }
 }
@@ -118,13 +138,36 @@ pub struct ClusterStats {
     pub query_timeouts: u64,
     /// Nicks lost to another node (renamed to a guest nick).
     pub nick_conflicts: u64,
+    /// Payloads dropped as unsigned or badly signed (with a secret).
+    pub rejected: u64,
+    /// Payloads dropped as not well-formed.
+    pub malformed: u64,
+    /// Other nodes declared dead (silent for the nick TTL).
+    pub dead_nodes: u64,
+    /// Bytes waiting in the backlog (published while the link was down).
+    pub backlog_bytes: u64,
+    /// Nick claims refused because the registry could not confirm them in
+    /// time (Redis down, buffer full, or `--redis-query-timeout`).
+    pub nick_unconfirmed: u64,
 }
 
+/// Which of the node's two Redis connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Link {
-    Down,
-    Connecting,
-    Ready,
+pub enum Which {
+    /// Commands and publishing.
+    Cmd,
+    /// Subscriptions.
+    Sub,
+}
+
+/// Socket work the node asks of its caller (see [`Cluster::poll_action`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a TCP connection to the configured address for this link; report
+    /// bytes with [`Cluster::on_bytes`] and failure with [`Cluster::on_closed`].
+    Connect(Which),
+    /// Drop this link's connection (the node has given up on it).
+    Close(Which),
 }
 
 /// What a reply on the command link answers.
@@ -138,13 +181,19 @@ enum Pending {
     Publish {
         bytes: Box<[u8]>,
         query: Option<u64>,
+        /// The connection whose line it carries (told if it is lost), or CANCELLED.
+        sender: ConnId,
     },
-    /// SET NX for a reservation.
-    Reserve { id: ConnId, nick: Box<str> },
+    /// PUBLISH of a liveness notice (never sent again).
+    Alive,
+    /// SET NX for a reservation made at `at` (ms since the epoch).
+    Reserve { id: ConnId, nick: Box<str>, at: u64 },
     /// The refresh script for a nick in use.
     Refresh { id: ConnId, nick: Box<str> },
     /// The release script (no answer needed).
     Release,
+    /// A heartbeat `PING` (no answer needed beyond its arrival).
+    Ping,
     /// GET of a nick for `/msg`.
     Lookup {
         id: ConnId,
@@ -175,6 +224,92 @@ struct Query {
     expected: Option<usize>,
     got: usize,
     deadline: Instant,
+}
+
+/// An encoded PUBLISH waiting in the backlog.
+#[derive(Debug)]
+struct Outgoing {
+    bytes: Box<[u8]>,
+    sender: ConnId,
+}
+
+/// A room as another node spells it, and that node's members in it.
+type RoomMembers = (Box<str>, Vec<Box<str>>);
+
+/// What this node knows of another node.
+#[derive(Debug)]
+struct Peer {
+    /// Last payload from it.
+    heard: Instant,
+    /// It announced itself since this node's links came back.
+    announced: bool,
+    /// Its members as seen in its room lines: folded room → (room as it
+    /// spells it, nicks).
+    members: HashMap<Box<str>, RoomMembers>,
+    /// Pairs in `members` (bounded by [`MAX_PEER_MEMBERS`]).
+    count: usize,
+}
+
+impl Peer {
+    fn new(now: Instant) -> Peer {
+        Peer {
+            heard: now,
+            announced: false,
+            members: HashMap::new(),
+            count: 0,
+        }
+    }
+
+    /// Follow membership from one of its room lines (`room` folded).
+    fn track(&mut self, room: &str, line: &str) {
+        let mut it = line.splitn(4, ' ');
+        let (Some(kind), Some(display), Some(nick)) = (it.next(), it.next(), it.next()) else {
+            return;
+        };
+        match kind {
+            "JOINED" | "MSG" => self.add(room, display, nick),
+            "LEFT" => {
+                if let Some(e) = self.members.get_mut(room) {
+                    if let Some(i) = e.1.iter().position(|n| **n == *nick) {
+                        e.1.swap_remove(i);
+                        self.count -= 1;
+                    }
+                    if e.1.is_empty() {
+                        self.members.remove(room);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `nick` is in `room` (folded; `display` as the node spells it) there.
+    fn add(&mut self, room: &str, display: &str, nick: &str) {
+        if self.count >= MAX_PEER_MEMBERS {
+            return;
+        }
+        let e = self
+            .members
+            .entry(room.into())
+            .or_insert_with(|| (display.into(), Vec::new()));
+        if !e.1.iter().any(|n| **n == *nick) {
+            e.1.push(nick.into());
+            self.count += 1;
+        }
+    }
+
+    /// `NICK OLD NEW` from it: rename in every room.
+    fn rename(&mut self, line: &str) {
+        let mut it = line.split(' ');
+        let (Some("NICK"), Some(old), Some(new)) = (it.next(), it.next(), it.next()) else {
+            return;
+        };
+        for (_, nicks) in self.members.values_mut() {
+            for n in nicks.iter_mut().filter(|n| ***n == *old) {
+                *n = new.into();
+            }
+        }
+    }
 }
 
 /// A small xorshift generator for jitter (seeded from the node id).
@@ -220,23 +355,38 @@ pub struct Cluster {
     /// `NODE ` (registry values start with it).
     node_prefix: String,
     own_channel: Vec<u8>,
-    cmd: RedisConn,
-    sub: RedisConn,
-    cmd_token: Token,
-    sub_token: Token,
-    cmd_link: Link,
-    sub_link: Link,
-    cmd_retry: Option<Instant>,
-    sub_retry: Option<Instant>,
-    cmd_backoff: Duration,
-    sub_backoff: Duration,
-    pending: VecDeque<Pending>,
+    /// Commands and publishing.
+    cmd: Link,
+    /// Subscriptions.
+    sub: Link,
+    /// Socket work for the caller, oldest first.
+    actions: VecDeque<Action>,
+    /// Requests on the command link awaiting their reply, oldest first, with
+    /// the time each was queued (stall detection runs from the oldest).
+    pending: VecDeque<(Instant, Pending)>,
     /// Replies the subscriber link owes for AUTH / SELECT.
     sub_handshake: usize,
-    last_progress: Instant,
-    /// Publishes whose reply was lost in a disconnect, sent again first.
-    resend: Vec<Box<[u8]>>,
-    resend_bytes: usize,
+    /// The time of the current turn or event, stamped on queued requests.
+    now: Instant,
+    /// PUBLISH commands waiting for the link, oldest first: published while
+    /// it was down or its buffer full, or sent but unanswered when it failed.
+    /// At most `max_buffer` bytes; sent in order once the link is back.
+    backlog: VecDeque<Outgoing>,
+    backlog_bytes: usize,
+    /// Senders of lines that could not be kept: told with a `SYS` line.
+    undelivered: Vec<ConnId>,
+    /// When both links were last fully up (every channel subscribed again);
+    /// `None` while either is down or still resubscribing.
+    up_since: Option<Instant>,
+    /// Channels still to subscribe on the subscriber link (sent in batches).
+    resub: Vec<Vec<u8>>,
+    /// Channels sent in `SUBSCRIBE`s and confirmed, since the link connected.
+    sub_sent: u64,
+    sub_confirmed: u64,
+    /// Other nodes heard from: liveness and the members they announced.
+    peers: HashMap<Box<str>, Peer>,
+    /// When the next liveness notice is due.
+    next_alive: Instant,
     seq: u64,
     last_seen: HashMap<Box<str>, (u64, Instant)>,
     /// Rooms (folded) with local members: subscribed while the link is up.
@@ -248,42 +398,51 @@ pub struct Cluster {
     reported_up: Option<bool>,
     rng: Rng,
     requests: Vec<Request>,
-    /// A read stopped at its budget: read again next turn.
-    cmd_more: bool,
-    sub_more: bool,
+    /// When each nick this node holds (folded) was registered, in ms since
+    /// the Unix epoch: stored with the key and compared on conflicts.
+    registered: HashMap<Box<str>, u64>,
+    /// Leading entries of `pending` already checked against the query
+    /// timeout (a reservation past it was answered `TimedOut`).
+    timed_out: usize,
     /// Nicks whose refresh is still to be sent (this heartbeat).
     refresh_queue: Vec<(ConnId, Box<str>)>,
     payload: Vec<u8>,
+    /// Signs what this node publishes and checks what it receives.
+    signer: Signer,
     stats: ClusterStats,
 }
 
 impl Cluster {
     /// A node with a fresh random id; it connects on its first [`Cluster::turn`].
-    pub fn new(cfg: ClusterConfig, cmd_token: Token, sub_token: Token) -> Cluster {
-        let id = random_id();
+    pub fn new(cfg: ClusterConfig, now: Instant) -> Cluster {
+        Cluster::with_id(cfg, random_id(), now)
+    }
+
+    /// A node with the given id (nonzero; tests use fixed ones).
+    pub fn with_id(cfg: ClusterConfig, id: u64, now: Instant) -> Cluster {
         let node = format!("{id:016x}");
         let limits = Limits::default();
-        let now = Instant::now();
+        let signer = Signer::new(cfg.secret.as_deref());
         Cluster {
             node_prefix: format!("{node} "),
             own_channel: format!("lc:node:{node}").into_bytes(),
-            cmd: RedisConn::new(cmd_token, cfg.max_buffer, limits),
-            sub: RedisConn::new(sub_token, cfg.max_buffer, limits),
-            cmd_token,
-            sub_token,
+            cmd: Link::new(cfg.max_buffer, limits, MIN_BACKOFF, now),
+            sub: Link::new(cfg.max_buffer, limits, MIN_BACKOFF, now),
+            actions: VecDeque::new(),
             node,
             cfg,
-            cmd_link: Link::Down,
-            sub_link: Link::Down,
-            cmd_retry: Some(now),
-            sub_retry: Some(now),
-            cmd_backoff: MIN_BACKOFF,
-            sub_backoff: MIN_BACKOFF,
             pending: VecDeque::new(),
             sub_handshake: 0,
-            last_progress: now,
-            resend: Vec::new(),
-            resend_bytes: 0,
+            now,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            undelivered: Vec::new(),
+            up_since: None,
+            resub: Vec::new(),
+            sub_sent: 0,
+            sub_confirmed: 0,
+            peers: HashMap::new(),
+            next_alive: now,
             seq: 0,
             last_seen: HashMap::new(),
             rooms: HashSet::new(),
@@ -292,14 +451,20 @@ impl Cluster {
             next_heartbeat: now,
             next_prune: now + FORGET_NODE,
             reported_up: None,
-            rng: Rng(id),
+            rng: Rng(id | 1),
             requests: Vec::new(),
-            cmd_more: false,
-            sub_more: false,
             refresh_queue: Vec::new(),
+            registered: HashMap::new(),
+            timed_out: 0,
             payload: Vec::new(),
+            signer,
             stats: ClusterStats::default(),
         }
+    }
+
+    /// The Redis server's address (where [`Action::Connect`] connects).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.cfg.addr
     }
 
     /// This node's id (16 hex digits).
@@ -308,53 +473,97 @@ impl Cluster {
     }
 
     /// Counters for `/metrics`.
-    pub fn stats(&self) -> &ClusterStats {
-        &self.stats
-    }
-
-    /// True when `token` is one of this node's Redis connections.
-    pub fn owns(&self, token: Token) -> bool {
-        token == self.cmd_token || token == self.sub_token
-    }
-
-    /// When the loop must come back at the latest.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        if self.cmd_more || self.sub_more {
-            return Some(Instant::now());
+    pub fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            backlog_bytes: self.backlog_bytes as u64,
+            ..self.stats.clone()
         }
+    }
+
+    /// The next socket operation the caller must carry out, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The bytes to write on `which`'s connection (once it is established).
+    pub fn transmit(&self, which: Which) -> &[u8] {
+        self.link(which).transmit()
+    }
+
+    /// `n` bytes of [`Cluster::transmit`] were written.
+    pub fn advance(&mut self, which: Which, n: usize) {
+        self.link_mut(which).advance(n);
+    }
+
+    fn link(&self, which: Which) -> &Link {
+        match which {
+            Which::Cmd => &self.cmd,
+            Which::Sub => &self.sub,
+        }
+    }
+
+    fn link_mut(&mut self, which: Which) -> &mut Link {
+        match which {
+            Which::Cmd => &mut self.cmd,
+            Which::Sub => &mut self.sub,
+        }
+    }
+
+    /// When the loop must come back at the latest (the earliest entry of the
+    /// node's timers), as seen at `now`.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         let mut at = Some(self.next_heartbeat);
-        if !self.refresh_queue.is_empty() {
+        if !self.refresh_queue.is_empty() || !self.resub.is_empty() || !self.backlog.is_empty() {
             // Come back soon (not at once: the buffer may be full for a while).
-            at = Some(
-                self.next_heartbeat
-                    .min(Instant::now() + Duration::from_millis(10)),
-            );
+            at = Some(self.next_heartbeat.min(now + Duration::from_millis(10)));
+        }
+        if self.up_since.is_some() {
+            at = at.map(|a| a.min(self.next_alive));
         }
         let mut min = |t: Option<Instant>| {
             if let Some(t) = t {
                 at = Some(at.map_or(t, |a: Instant| a.min(t)));
             }
         };
-        min(self.cmd_retry);
-        min(self.sub_retry);
+        min(self.cmd.retry);
+        min(self.sub.retry);
         min(Some(self.next_prune));
         for q in self.queries.values() {
             min(Some(q.deadline));
         }
-        if !self.pending.is_empty() {
-            min(Some(self.last_progress + STALL_TIMEOUT));
+        if let Some((at, _)) = self.pending.front() {
+            min(Some(*at + STALL_TIMEOUT));
+        }
+        if let Some(at) = self.sub.ping {
+            min(Some(at + STALL_TIMEOUT));
+        }
+        if let Some((at, _)) = self.pending.get(self.timed_out) {
+            min(Some(*at + self.cfg.query_timeout));
+        }
+        if self.cmd.state == LinkState::Ready {
+            min(Some(self.cmd.beat + HEARTBEAT));
+        }
+        if self.sub.state == LinkState::Ready {
+            min(Some(self.sub.beat + HEARTBEAT));
         }
         at
     }
 }
 
-/// `KIND NODE SEQ REST` split into its parts.
-fn split_payload(p: &str) -> Option<(&str, &str, u64, &str)> {
-    let mut it = p.splitn(4, ' ');
-    let kind = it.next()?;
+/// A registry value `NODE REGISTERED_MS DISPLAY`: the node and the nick.
+fn parse_registration(v: &str) -> Option<(&str, &str)> {
+    let mut it = v.splitn(3, ' ');
     let node = it.next()?;
-    let seq = it.next()?.parse().ok()?;
-    Some((kind, node, seq, it.next().unwrap_or("")))
+    it.next()?.parse::<u64>().ok()?;
+    Some((node, it.next()?))
+}
+
+/// Milliseconds since the Unix epoch (registration times are compared across
+/// nodes, so they come from the wall clock).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn nick_key(nick: &str) -> Option<Vec<u8>> {
@@ -365,7 +574,7 @@ fn nick_key(nick: &str) -> Option<Vec<u8>> {
 impl Cluster {
     /// Both links up (commands and subscriptions).
     pub fn is_up(&self) -> bool {
-        self.cmd_link == Link::Ready && self.sub_link == Link::Ready
+        self.cmd.state == LinkState::Ready && self.sub.state == LinkState::Ready
     }
 
     fn ttl_ms(&self) -> String {
@@ -407,29 +616,31 @@ impl Cluster {
     }
 
     /// Per loop turn, after the hub ran: reconnects and timers that are due,
-    /// the hub's requests turned into commands, and one flush of each link.
-    pub fn turn(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
-        // Input left behind by the read budget (no new edge will announce it).
-        if std::mem::take(&mut self.cmd_more) {
-            self.read_cmd(registry, hub, sink, now);
+    /// and the hub's requests turned into commands. Then the caller carries
+    /// out [`Cluster::poll_action`]s and writes [`Cluster::transmit`].
+    pub fn turn(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+        self.now = now;
+        if self.cmd.retry.is_some_and(|t| now >= t) {
+            self.connect_cmd(now);
         }
-        if std::mem::take(&mut self.sub_more) {
-            self.read_sub(registry, hub, sink, now);
+        if self.sub.retry.is_some_and(|t| now >= t) {
+            self.connect_sub(now);
         }
-        if self.cmd_retry.is_some_and(|t| now >= t) {
-            self.cmd_retry = None;
-            self.connect_cmd(registry, hub, sink, now);
-        }
-        if self.sub_retry.is_some_and(|t| now >= t) {
-            self.sub_retry = None;
-            self.connect_sub(registry, now);
-        }
-        if self.cmd_link != Link::Down
-            && !self.pending.is_empty()
-            && now >= self.last_progress + STALL_TIMEOUT
+        if self.cmd.state != LinkState::Down
+            && self
+                .pending
+                .front()
+                .is_some_and(|(at, _)| now >= *at + STALL_TIMEOUT)
         {
-            self.fail_cmd(registry, hub, sink, now, "no reply within 10s");
+            self.fail_cmd(hub, sink, now, "no reply within 10s");
         }
+        if self.sub.state != LinkState::Down
+            && self.sub.ping.is_some_and(|at| now >= at + STALL_TIMEOUT)
+        {
+            self.fail_sub(now, "no heartbeat reply within 10s");
+        }
+        self.heartbeat(now);
+        self.expire_reservations(hub, sink, now);
         // Answers may make the hub ask for more (a refused claim renames to a
         // guest, which is claimed in turn): a few rounds, the rest next turn.
         for _ in 0..4 {
@@ -446,11 +657,20 @@ impl Cluster {
         }
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + (self.cfg.nick_ttl / 3).max(Duration::from_millis(50));
-            if self.cmd_link == Link::Ready {
+            if self.cmd.state == LinkState::Ready {
                 self.refresh_nicks(hub);
             }
         }
         self.refresh_some();
+        self.subscribe_some();
+        self.liveness(hub, sink, now);
+        self.drain_backlog(now);
+        for id in std::mem::take(&mut self.undelivered) {
+            sink.deliver(
+                &[id],
+                "SYS not delivered to other nodes: the cluster link is down and its buffer is full",
+            );
+        }
         let expired: Vec<u64> = self
             .queries
             .iter()
@@ -465,101 +685,57 @@ impl Cluster {
             self.last_seen
                 .retain(|_, (_, t)| now.saturating_duration_since(*t) < FORGET_NODE);
         }
-        self.flush(registry, hub, sink, now);
     }
 
-    fn flush(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
-        if let Err(e) = self.cmd.flush() {
-            self.fail_cmd(registry, hub, sink, now, &e.to_string());
-        }
-        if let Err(e) = self.sub.flush() {
-            self.fail_sub(registry, now, &e.to_string());
-        }
-    }
-
-    /// A poll event for one of the Redis connections.
-    #[allow(clippy::too_many_arguments)]
-    pub fn on_event(
+    /// Bytes read from `which`'s connection: its replies are handled.
+    pub fn on_bytes(
         &mut self,
-        token: Token,
-        readable: bool,
-        writable: bool,
-        registry: &Registry,
+        which: Which,
+        bytes: &[u8],
         hub: &mut Hub,
         sink: &mut impl Sink,
         now: Instant,
     ) {
-        if token == self.cmd_token {
-            if writable {
-                if let Err(e) = self.cmd.on_writable() {
-                    self.fail_cmd(registry, hub, sink, now, &e.to_string());
-                    return;
-                }
-            }
-            if readable {
-                self.read_cmd(registry, hub, sink, now);
-            }
-        } else if token == self.sub_token {
-            if writable {
-                if let Err(e) = self.sub.on_writable() {
-                    self.fail_sub(registry, now, &e.to_string());
-                    return;
-                }
-            }
-            if readable {
-                self.read_sub(registry, hub, sink, now);
-            }
-        }
-    }
-
-    fn read_cmd(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
-        let res = self.cmd.read(READ_BUDGET);
-        self.cmd_more = matches!(res, Ok(true));
-        // What arrived before an error is handled first.
-        self.cmd_replies(registry, hub, sink, now);
-        if let Err(e) = res {
-            if self.cmd.is_open() {
-                self.fail_cmd(registry, hub, sink, now, &e.to_string());
-            }
-        }
-    }
-
-    fn read_sub(&mut self, registry: &Registry, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
-        let res = self.sub.read(READ_BUDGET);
-        self.sub_more = matches!(res, Ok(true));
-        self.sub_values(registry, hub, sink, now);
-        if let Err(e) = res {
-            if self.sub.is_open() {
-                self.fail_sub(registry, now, &e.to_string());
-            }
-        }
-    }
-
-    fn connect_cmd(
-        &mut self,
-        registry: &Registry,
-        hub: &mut Hub,
-        sink: &mut impl Sink,
-        now: Instant,
-    ) {
-        if let Err(e) = self.cmd.connect(self.cfg.addr, registry) {
-            self.fail_cmd(registry, hub, sink, now, &e.to_string());
+        self.now = now;
+        if !self.link(which).is_open() {
             return;
         }
-        self.cmd_link = Link::Connecting;
-        self.last_progress = now;
+        let res = self.link_mut(which).receive(bytes);
+        match which {
+            Which::Cmd => self.cmd_replies(hub, sink, now),
+            Which::Sub => self.sub_values(hub, sink, now),
+        }
+        if let Err(e) = res {
+            self.on_closed(which, &e.to_string(), hub, sink, now);
+        }
+    }
+
+    /// `which`'s connection failed or was closed by Redis (or could not be
+    /// opened): the link goes down and reconnects with backoff.
+    pub fn on_closed(
+        &mut self,
+        which: Which,
+        reason: &str,
+        hub: &mut Hub,
+        sink: &mut impl Sink,
+        now: Instant,
+    ) {
+        self.now = now;
+        if !self.link(which).is_open() {
+            return;
+        }
+        match which {
+            Which::Cmd => self.fail_cmd(hub, sink, now, reason),
+            Which::Sub => self.fail_sub(now, reason),
+        }
+    }
+
+    fn connect_cmd(&mut self, now: Instant) {
+        self.cmd.open(now);
+        self.actions.push_back(Action::Connect(Which::Cmd));
         for p in self.handshake_commands(true) {
-            self.pending.push_back(p);
+            self.expect(p);
         }
-        for bytes in std::mem::take(&mut self.resend) {
-            if self.cmd.queue_raw(&bytes) {
-                self.pending
-                    .push_back(Pending::Publish { bytes, query: None });
-            } else {
-                self.stats.dropped += 1;
-            }
-        }
-        self.resend_bytes = 0;
     }
 
     /// Queue AUTH / SELECT (and PING on the command link); returns what each
@@ -589,56 +765,68 @@ impl Cluster {
         out
     }
 
-    fn connect_sub(&mut self, registry: &Registry, now: Instant) {
-        if let Err(e) = self.sub.connect(self.cfg.addr, registry) {
-            self.fail_sub(registry, now, &e.to_string());
-            return;
-        }
-        self.sub_link = Link::Connecting;
+    fn connect_sub(&mut self, now: Instant) {
+        self.sub.open(now);
+        self.actions.push_back(Action::Connect(Which::Sub));
         self.sub_handshake = self.handshake_commands(false).len();
-        let mut channels: Vec<Vec<u8>> = vec![b"lc:all".to_vec(), self.own_channel.clone()];
-        channels.extend(
+        // Every channel again, in batches paced by the buffer (see
+        // `subscribe_some`); the node's own channels go first.
+        self.resub.clear();
+        self.resub.extend(
             self.rooms
                 .iter()
                 .map(|r| format!("lc:room:{r}").into_bytes()),
         );
-        for chunk in channels.chunks(512) {
+        self.resub.push(self.own_channel.clone());
+        self.resub.push(b"lc:all".to_vec());
+        self.sub_sent = 0;
+        self.sub_confirmed = 0;
+    }
+
+    /// Queue `SUBSCRIBE`s for waiting channels while the buffer toward Redis
+    /// is under half full; the rest wait for the next turn (nothing is given
+    /// up: a channel leaves `resub` only once its command is queued).
+    fn subscribe_some(&mut self) {
+        if !self.sub.is_open() {
+            return;
+        }
+        while !self.resub.is_empty() && self.sub.queued() < self.cfg.max_buffer / 2 {
+            let from = self.resub.len().saturating_sub(SUBSCRIBE_BATCH);
             let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
-            args.extend(chunk.iter().map(Vec::as_slice));
+            args.extend(self.resub[from..].iter().rev().map(Vec::as_slice));
             if !self.sub.queue(&args) {
-                self.stats.dropped += 1;
+                break;
             }
+            self.sub_sent += (self.resub.len() - from) as u64;
+            self.resub.truncate(from);
+        }
+        if self.resub.is_empty() && self.resub.capacity() > 1024 {
+            self.resub = Vec::new();
         }
     }
 
-    fn fail_cmd(
-        &mut self,
-        registry: &Registry,
-        hub: &mut Hub,
-        sink: &mut impl Sink,
-        now: Instant,
-        reason: &str,
-    ) {
+    fn fail_cmd(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant, reason: &str) {
         debug!("redis command link: {reason}");
-        self.cmd.close(registry);
-        self.cmd_link = Link::Down;
-        let delay = self.jittered(self.cmd_backoff);
-        self.cmd_retry = Some(now + delay);
-        self.cmd_backoff = (self.cmd_backoff * 2).min(MAX_BACKOFF);
-        for p in std::mem::take(&mut self.pending) {
+        self.cmd.close();
+        self.actions.push_back(Action::Close(Which::Cmd));
+        let delay = self.jittered(self.cmd.backoff);
+        self.cmd.retry = Some(now + delay);
+        self.cmd.backoff = (self.cmd.backoff * 2).min(MAX_BACKOFF);
+        self.timed_out = 0;
+        self.went_down();
+        // Unanswered publishes go back to the front of the backlog, in order
+        // (they are older than anything in it): receivers drop the copies
+        // they already had by sequence number.
+        let mut unanswered = Vec::new();
+        for (_, p) in std::mem::take(&mut self.pending) {
             match p {
-                Pending::Publish { bytes, .. } => {
-                    if self.resend_bytes + bytes.len() <= self.cfg.max_buffer {
-                        self.resend_bytes += bytes.len();
-                        self.resend.push(bytes);
-                    } else {
-                        self.stats.dropped += 1;
-                    }
+                Pending::Publish { bytes, sender, .. } => {
+                    unanswered.push(Outgoing { bytes, sender });
                 }
-                // Redis cannot say: the node decides alone, and the nick is
-                // registered again (or lost to an earlier holder) on reconnect.
-                Pending::Reserve { id, nick } if id != CANCELLED => {
-                    hub.nick_reserved(id, &nick, true, sink);
+                // Redis cannot say: fail closed.
+                Pending::Reserve { id, nick, .. } if id != CANCELLED => {
+                    self.stats.nick_unconfirmed += 1;
+                    hub.nick_reserved(id, &nick, Claim::Unreachable, sink);
                 }
                 Pending::Lookup { id, .. } if id != CANCELLED => {
                     sink.deliver(&[id], "ERR no-such-nick no such nick");
@@ -646,39 +834,58 @@ impl Cluster {
                 _ => {}
             }
         }
+        for o in unanswered.into_iter().rev() {
+            if self.backlog_bytes + o.bytes.len() <= self.cfg.max_buffer {
+                self.backlog_bytes += o.bytes.len();
+                self.backlog.push_front(o);
+            } else {
+                self.lost(o.sender);
+            }
+        }
         self.report(Some(reason));
     }
 
-    fn fail_sub(&mut self, registry: &Registry, now: Instant, reason: &str) {
+    /// A line that cannot reach the other nodes: counted, and its sender told.
+    fn lost(&mut self, sender: ConnId) {
+        self.stats.dropped += 1;
+        if sender != CANCELLED && self.undelivered.len() < 4096 {
+            self.undelivered.push(sender);
+        }
+    }
+
+    /// Either link went down: the node is no longer caught up, and after it
+    /// comes back it waits for the other nodes to announce themselves again.
+    fn went_down(&mut self) {
+        self.up_since = None;
+        for p in self.peers.values_mut() {
+            p.announced = false;
+        }
+    }
+
+    fn fail_sub(&mut self, now: Instant, reason: &str) {
         debug!("redis subscriber link: {reason}");
-        self.sub.close(registry);
-        self.sub_link = Link::Down;
+        self.sub.close();
+        self.actions.push_back(Action::Close(Which::Sub));
+        self.went_down();
         self.stats.subscriptions = 0;
-        let delay = self.jittered(self.sub_backoff);
-        self.sub_retry = Some(now + delay);
-        self.sub_backoff = (self.sub_backoff * 2).min(MAX_BACKOFF);
+        let delay = self.jittered(self.sub.backoff);
+        self.sub.retry = Some(now + delay);
+        self.sub.backoff = (self.sub.backoff * 2).min(MAX_BACKOFF);
         self.report(Some(reason));
     }
 
-    fn cmd_replies(
-        &mut self,
-        registry: &Registry,
-        hub: &mut Hub,
-        sink: &mut impl Sink,
-        now: Instant,
-    ) {
+    fn cmd_replies(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
         loop {
             match self.cmd.next_value() {
                 Ok(Some(v)) => {
-                    self.last_progress = now;
                     if let Err(reason) = self.on_reply(v, hub, sink, now) {
-                        self.fail_cmd(registry, hub, sink, now, &reason);
+                        self.fail_cmd(hub, sink, now, &reason);
                         return;
                     }
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    self.fail_cmd(registry, hub, sink, now, &e.to_string());
+                    self.fail_cmd(hub, sink, now, &e.to_string());
                     return;
                 }
             }
@@ -692,7 +899,8 @@ impl Cluster {
         sink: &mut impl Sink,
         now: Instant,
     ) -> Result<(), String> {
-        let Some(p) = self.pending.pop_front() else {
+        self.timed_out = self.timed_out.saturating_sub(1);
+        let Some((_, p)) = self.pending.pop_front() else {
             return Err("reply without a request".into());
         };
         match p {
@@ -705,8 +913,8 @@ impl Cluster {
                 if let Value::Error(e) = v {
                     return Err(format!("PING refused: {}", String::from_utf8_lossy(&e)));
                 }
-                self.cmd_link = Link::Ready;
-                self.cmd_backoff = MIN_BACKOFF;
+                self.cmd.state = LinkState::Ready;
+                self.cmd.backoff = MIN_BACKOFF;
                 self.stats.connects += 1;
                 // Register every local nick again right away.
                 self.next_heartbeat = now;
@@ -721,9 +929,19 @@ impl Cluster {
                     self.finish_query(qid, false, hub, sink);
                 }
             }
-            Pending::Reserve { id, nick } => {
-                let granted = matches!(&v, Value::Simple(s) if s == b"OK");
-                let kept = id != CANCELLED && hub.nick_reserved(id, &nick, granted, sink);
+            Pending::Reserve { id, nick, at } => {
+                let claim = match &v {
+                    Value::Simple(s) if s == b"OK" => Claim::Granted,
+                    Value::Error(_) => Claim::Unreachable,
+                    _ => Claim::Taken,
+                };
+                let granted = claim == Claim::Granted;
+                if granted {
+                    if let Some(k) = Folded::new(&nick) {
+                        self.registered.insert(k.as_str().into(), at);
+                    }
+                }
+                let kept = id != CANCELLED && hub.nick_reserved(id, &nick, claim, sink);
                 if granted && !kept {
                     self.release(&nick);
                 }
@@ -739,12 +957,17 @@ impl Cluster {
                     if !still {
                         self.release(&nick);
                     }
-                } else if id != CANCELLED && matches!(v, Value::Integer(0)) {
-                    self.stats.nick_conflicts += 1;
-                    hub.nick_reserved(id, &nick, false, sink);
+                } else if matches!(v, Value::Integer(0)) {
+                    if let Some(k) = Folded::new(&nick) {
+                        self.registered.remove(k.as_str());
+                    }
+                    if id != CANCELLED {
+                        self.stats.nick_conflicts += 1;
+                        hub.nick_reserved(id, &nick, Claim::Taken, sink);
+                    }
                 }
             }
-            Pending::Release => {}
+            Pending::Release | Pending::Ping | Pending::Alive => {}
             Pending::Lookup { id, from, text } => {
                 if id == CANCELLED {
                     return Ok(());
@@ -752,25 +975,22 @@ impl Cluster {
                 let found = v
                     .as_bytes()
                     .and_then(|b| std::str::from_utf8(b).ok())
-                    .and_then(|s| s.split_once(' '))
+                    .and_then(parse_registration)
                     .filter(|(node, nick)| *node != self.node && valid_nick(nick))
                     .map(|(node, nick)| (node.to_string(), nick.to_string()));
                 match found {
                     Some((node, to)) => {
                         let line = format!("PRIV {from} {to} {text}");
                         let key = Folded::new(&to).map(|f| f.as_str().to_string());
-                        self.seq += 1;
-                        self.payload.clear();
-                        self.payload.extend_from_slice(
-                            format!(
-                                "P {} {} {} {line}",
-                                self.node,
-                                self.seq,
-                                key.unwrap_or_default()
-                            )
-                            .as_bytes(),
+                        self.send(
+                            format!("lc:node:{node}").as_bytes(),
+                            Body::Private {
+                                to: key.as_deref().unwrap_or_default(),
+                                line: &line,
+                            },
+                            None,
+                            id,
                         );
-                        self.publish(format!("lc:node:{node}").as_bytes(), None);
                         sink.deliver(&[id], &line);
                     }
                     None => sink.deliver(&[id], "ERR no-such-nick no such nick"),
@@ -780,35 +1000,37 @@ impl Cluster {
         Ok(())
     }
 
-    fn sub_values(
-        &mut self,
-        registry: &Registry,
-        hub: &mut Hub,
-        sink: &mut impl Sink,
-        now: Instant,
-    ) {
+    fn sub_values(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
         loop {
             let v = match self.sub.next_value() {
                 Ok(Some(v)) => v,
                 Ok(None) => return,
                 Err(e) => {
-                    self.fail_sub(registry, now, &e.to_string());
+                    self.fail_sub(now, &e.to_string());
                     return;
                 }
             };
             if let Err(reason) = self.on_sub_value(v, hub, sink, now) {
-                self.fail_sub(registry, now, &reason);
+                self.fail_sub(now, &reason);
                 return;
             }
         }
     }
 
     /// Feed one value as if the subscriber link had received it; for the
-    /// fuzz target and tests (no socket involved: publishes are dropped and
-    /// counted as while Redis is down).
+    /// fuzz target and tests (with the links down, publishes wait in the
+    /// backlog or are dropped and counted, as while Redis is down).
     #[doc(hidden)]
     pub fn feed_subscriber(&mut self, v: Value, hub: &mut Hub, sink: &mut impl Sink) {
-        let _ = self.on_sub_value(v, hub, sink, Instant::now());
+        let now = self.now;
+        self.feed_at(v, hub, sink, now);
+    }
+
+    /// [`Cluster::feed_subscriber`] at `now`.
+    #[doc(hidden)]
+    pub fn feed_at(&mut self, v: Value, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+        self.now = now;
+        let _ = self.on_sub_value(v, hub, sink, now);
     }
 
     /// One value on the subscriber link: Err fails the link.
@@ -831,6 +1053,7 @@ impl Cluster {
         };
         let kind = items.first().and_then(Value::as_bytes).unwrap_or(b"");
         match kind {
+            b"pong" => self.sub.ping = None,
             b"message" => {
                 if let (Some(ch), Some(p)) = (
                     items.get(1).and_then(Value::as_bytes),
@@ -843,9 +1066,13 @@ impl Cluster {
                 if let Some(n) = items.get(2).and_then(Value::as_int) {
                     self.stats.subscriptions = n.max(0) as u64;
                 }
-                if kind == b"subscribe" && self.sub_link != Link::Ready {
-                    self.sub_link = Link::Ready;
-                    self.sub_backoff = MIN_BACKOFF;
+                if kind == b"subscribe" {
+                    self.sub_confirmed += 1;
+                }
+                if kind == b"subscribe" && self.sub.state != LinkState::Ready {
+                    self.sub.state = LinkState::Ready;
+                    self.sub.beat = now;
+                    self.sub.backoff = MIN_BACKOFF;
                     self.stats.connects += 1;
                     self.report(None);
                 }
@@ -863,18 +1090,35 @@ impl Cluster {
         sink: &mut impl Sink,
         now: Instant,
     ) {
-        // Our nodes never publish CR or LF (text has them replaced): a line
-        // that has one did not come from a node and must not split a line.
-        let Ok(p) = std::str::from_utf8(payload) else {
-            return;
+        // The signature (with a secret) is checked before anything is read:
+        // a forged payload never reaches the sequence numbers below.
+        let env = match self.signer.open(channel, payload) {
+            Ok(env) => env,
+            Err(e) => {
+                if e.is_signature() {
+                    self.stats.rejected += 1;
+                } else {
+                    self.stats.malformed += 1;
+                }
+                return;
+            }
         };
-        if p.contains(['\r', '\n']) {
+        let (node, seq) = (env.node, env.seq);
+        if node == self.node {
             return;
         }
-        let Some((kind, node, seq, rest)) = split_payload(p) else {
-            return;
-        };
-        if node == self.node {
+        if self.peers.len() < MAX_NODES || self.peers.contains_key(node) {
+            let peer = self
+                .peers
+                .entry(node.into())
+                .or_insert_with(|| Peer::new(now));
+            peer.heard = now;
+            // Outside the sequence (see `announce`).
+            if matches!(env.body, Body::Alive { .. }) {
+                peer.announced = self.up_since.is_some();
+            }
+        }
+        if matches!(env.body, Body::Alive { .. }) {
             return;
         }
         match self.last_seen.get_mut(node) {
@@ -895,101 +1139,128 @@ impl Cluster {
             }
         }
         self.stats.received += 1;
+        if let Some(peer) = self.peers.get_mut(node) {
+            match env.body {
+                Body::Room { line } => {
+                    if let Some(room) = channel
+                        .strip_prefix(b"lc:room:")
+                        .and_then(|r| std::str::from_utf8(r).ok())
+                    {
+                        peer.track(room, line);
+                    }
+                }
+                Body::Nick { line, .. } => peer.rename(line),
+                // Members named in an answer to this node's `/who`.
+                Body::WhoAnswer { qid, nicks, .. } => {
+                    if let Some(QueryKind::Who { room, .. }) =
+                        self.queries.get(&qid).map(|q| &q.kind)
+                    {
+                        if let Some(key) = Folded::new(room) {
+                            for n in nicks.split(' ').filter(|n| valid_nick(n)) {
+                                peer.add(key.as_str(), room, n);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
         let before = hub.deliveries();
-        match kind {
-            "M" => {
+        match env.body {
+            Body::Room { line } => {
                 if let Some(room) = channel
                     .strip_prefix(b"lc:room:")
                     .and_then(|r| std::str::from_utf8(r).ok())
                 {
                     // Presence notices obey the presence limit here too,
                     // counted with this node's members.
-                    let presence = rest.starts_with("JOINED ") || rest.starts_with("LEFT ");
+                    let presence = line.starts_with("JOINED ") || line.starts_with("LEFT ");
                     if !presence || hub.room_len(room) <= hub.config().presence_limit {
-                        hub.deliver_room(room, rest, sink);
+                        hub.deliver_room(room, line, sink);
                     }
                 }
             }
-            "N" => {
-                if let Some((rooms, line)) = rest.split_once(' ') {
-                    let rooms: Vec<&str> = rooms.split(',').take(64).collect();
-                    hub.deliver_nick(&rooms, line, sink);
-                }
+            Body::Nick { rooms, line } => {
+                let rooms: Vec<&str> = rooms.split(',').take(64).collect();
+                hub.deliver_nick(&rooms, line, sink);
             }
-            "P" => {
-                if let Some((to, line)) = rest.split_once(' ') {
-                    hub.deliver_private(to, line, sink);
-                }
+            Body::Private { to, line } => {
+                hub.deliver_private(to, line, sink);
             }
-            "W" => {
-                if let Some((qid, room)) = rest.split_once(' ') {
-                    let (nicks, total) = hub.local_who(room);
-                    self.seq += 1;
-                    let mut s = format!("w {} {} {qid} {total}", self.node, self.seq);
-                    for n in nicks {
-                        s.push(' ');
-                        s.push_str(n);
-                    }
-                    self.payload.clear();
-                    self.payload.extend_from_slice(s.as_bytes());
-                    self.publish(format!("lc:node:{node}").as_bytes(), None);
-                }
+            Body::WhoAsk { qid, room } => {
+                let (nicks, total) = hub.local_who(room);
+                let nicks = nicks.join(" ");
+                self.send(
+                    format!("lc:node:{node}").as_bytes(),
+                    Body::WhoAnswer {
+                        qid,
+                        total: total as u64,
+                        nicks: &nicks,
+                    },
+                    None,
+                    CANCELLED,
+                );
             }
-            "R" => {
-                self.seq += 1;
-                let mut s = format!("r {} {} {rest}", self.node, self.seq);
+            Body::RoomsAsk { qid } => {
+                let mut rooms = String::new();
                 for (name, n) in hub.local_rooms().into_iter().take(MAX_ROOMS_ANSWER) {
-                    s.push_str(&format!(" {name}={n}"));
-                }
-                self.payload.clear();
-                self.payload.extend_from_slice(s.as_bytes());
-                self.publish(format!("lc:node:{node}").as_bytes(), None);
-            }
-            "w" => {
-                let mut it = rest.split(' ');
-                let qid = it.next().and_then(|q| q.parse::<u64>().ok());
-                let total = it.next().and_then(|t| t.parse::<usize>().ok());
-                if let (Some(qid), Some(total)) = (qid, total) {
-                    if let Some(Query {
-                        kind:
-                            QueryKind::Who {
-                                nicks, total: t, ..
-                            },
-                        got,
-                        ..
-                    }) = self.queries.get_mut(&qid)
-                    {
-                        *t = t.saturating_add(total);
-                        *got += 1;
-                        nicks.extend(it.filter(|n| valid_nick(n)).take(4096).map(str::to_string));
-                        self.finish_query(qid, false, hub, sink);
+                    if !rooms.is_empty() {
+                        rooms.push(' ');
                     }
+                    let _ = write!(rooms, "{name}={n}");
+                }
+                self.send(
+                    format!("lc:node:{node}").as_bytes(),
+                    Body::RoomsAnswer { qid, rooms: &rooms },
+                    None,
+                    CANCELLED,
+                );
+            }
+            Body::WhoAnswer { qid, total, nicks } => {
+                if let Some(Query {
+                    kind:
+                        QueryKind::Who {
+                            nicks: got_nicks,
+                            total: t,
+                            ..
+                        },
+                    got,
+                    ..
+                }) = self.queries.get_mut(&qid)
+                {
+                    *t = t.saturating_add(usize::try_from(total).unwrap_or(usize::MAX));
+                    *got += 1;
+                    got_nicks.extend(
+                        nicks
+                            .split(' ')
+                            .filter(|n| valid_nick(n))
+                            .take(4096)
+                            .map(str::to_string),
+                    );
+                    self.finish_query(qid, false, hub, sink);
                 }
             }
-            "r" => {
-                let mut it = rest.split(' ');
-                if let Some(qid) = it.next().and_then(|q| q.parse::<u64>().ok()) {
-                    if let Some(Query {
-                        kind: QueryKind::Rooms { rooms },
-                        got,
-                        ..
-                    }) = self.queries.get_mut(&qid)
-                    {
-                        *got += 1;
-                        for part in it.take(MAX_ROOMS_ANSWER) {
-                            if let Some((name, n)) =
-                                part.rsplit_once('=').filter(|(name, _)| valid_room(name))
-                            {
-                                if let Ok(n) = n.parse() {
-                                    rooms.push((name.to_string(), n));
-                                }
+            Body::RoomsAnswer { qid, rooms: list } => {
+                if let Some(Query {
+                    kind: QueryKind::Rooms { rooms },
+                    got,
+                    ..
+                }) = self.queries.get_mut(&qid)
+                {
+                    *got += 1;
+                    for part in list.split(' ').take(MAX_ROOMS_ANSWER) {
+                        if let Some((name, n)) =
+                            part.rsplit_once('=').filter(|(name, _)| valid_room(name))
+                        {
+                            if let Ok(n) = n.parse() {
+                                rooms.push((name.to_string(), n));
                             }
                         }
-                        self.finish_query(qid, false, hub, sink);
                     }
+                    self.finish_query(qid, false, hub, sink);
                 }
             }
-            _ => {}
+            Body::Alive { .. } => {}
         }
         self.stats.remote_deliveries += hub.deliveries() - before;
     }
@@ -1017,32 +1288,231 @@ impl Cluster {
         }
     }
 
-    /// Publish `self.payload` to `channel`: false (counted) when Redis is down
-    /// or the buffer toward it is full.
-    fn publish(&mut self, channel: &[u8], query: Option<u64>) -> bool {
-        if self.cmd_link == Link::Down {
-            self.stats.dropped += 1;
-            return false;
+    /// Reservations waiting longer than the query timeout are refused
+    /// (`TimedOut`): a connection never waits on a slow Redis for its nick.
+    /// A late grant is then released (the entry is marked cancelled).
+    fn expire_reservations(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+        while let Some((at, p)) = self.pending.get_mut(self.timed_out) {
+            if now < *at + self.cfg.query_timeout {
+                break;
+            }
+            self.timed_out += 1;
+            if let Pending::Reserve { id, nick, .. } = p {
+                if *id != CANCELLED {
+                    let (id, nick) = (std::mem::replace(id, CANCELLED), nick.clone());
+                    self.stats.nick_unconfirmed += 1;
+                    hub.nick_reserved(id, &nick, Claim::TimedOut, sink);
+                }
+            }
         }
+    }
+
+    /// Record a request just queued on the command link.
+    fn expect(&mut self, p: Pending) {
+        self.pending.push_back((self.now, p));
+    }
+
+    /// Send a `PING` on each ready link that has been quiet for a heartbeat
+    /// period (the subscriber link answers it in subscribe mode too).
+    fn heartbeat(&mut self, now: Instant) {
+        if self.cmd.state == LinkState::Ready && now >= self.cmd.beat + HEARTBEAT {
+            self.cmd.beat = now;
+            if self.pending.is_empty() && self.cmd.queue(&[b"PING"]) {
+                self.expect(Pending::Ping);
+            }
+        }
+        if self.sub.state == LinkState::Ready && now >= self.sub.beat + HEARTBEAT {
+            self.sub.beat = now;
+            if self.sub.ping.is_none() && self.sub.queue(&[b"PING"]) {
+                self.sub.ping = Some(now);
+            }
+        }
+    }
+
+    /// Encode (and sign) a payload with the next sequence number and
+    /// publish it to `channel`; false (counted) when it cannot be sent.
+    fn send(&mut self, channel: &[u8], body: Body<'_>, query: Option<u64>, sender: ConnId) -> bool {
+        let keep = matches!(
+            body,
+            Body::Room { .. } | Body::Nick { .. } | Body::Private { .. }
+        );
+        self.seq += 1;
+        let env = Envelope {
+            node: &self.node,
+            seq: self.seq,
+            body,
+        };
+        self.signer.encode(channel, &env, &mut self.payload);
+        self.publish(channel, query, keep, sender)
+    }
+
+    /// Publish `self.payload` to `channel`. While the link is down, its
+    /// buffer full, or older payloads still wait, a payload worth keeping
+    /// (`keep`: a room, nick or private line) joins the backlog, sent in order
+    /// once the link is back; false (counted, the sender told) when it cannot
+    /// be kept. Queries are never kept (they are answered locally instead).
+    fn publish(&mut self, channel: &[u8], query: Option<u64>, keep: bool, sender: ConnId) -> bool {
         let mut bytes = Vec::with_capacity(self.payload.len() + channel.len() + 40);
         super::resp::encode_command(&mut bytes, &[b"PUBLISH", channel, &self.payload]);
-        if !self.cmd.queue_raw(&bytes) {
-            self.stats.dropped += 1;
+        if self.cmd.state == LinkState::Ready
+            && self.backlog.is_empty()
+            && self.cmd.queue_raw(&bytes)
+        {
+            self.stats.published += 1;
+            self.expect(Pending::Publish {
+                bytes: bytes.into_boxed_slice(),
+                query,
+                sender,
+            });
+            return true;
+        }
+        if !keep || self.backlog_bytes + bytes.len() > self.cfg.max_buffer {
+            self.lost(if keep { sender } else { CANCELLED });
             return false;
         }
-        self.stats.published += 1;
-        self.pending.push_back(Pending::Publish {
+        self.backlog_bytes += bytes.len();
+        self.backlog.push_back(Outgoing {
             bytes: bytes.into_boxed_slice(),
-            query,
+            sender,
         });
         true
+    }
+
+    /// True when the backlog may go out: the command link is ready, this
+    /// node is caught up, and every node heard from within the nick TTL
+    /// before the outage has announced itself since (or [`BACKLOG_WAIT`]
+    /// passed): they are subscribed again, so nothing is published to nobody.
+    fn backlog_open(&self, now: Instant) -> bool {
+        let Some(up) = self.up_since else {
+            return false;
+        };
+        self.cmd.state == LinkState::Ready
+            && (now >= up + BACKLOG_WAIT
+                || self
+                    .peers
+                    .values()
+                    .all(|p| p.announced || p.heard + self.cfg.nick_ttl <= up))
+    }
+
+    /// Move backlog entries to the command link while it takes them.
+    fn drain_backlog(&mut self, now: Instant) {
+        if self.backlog.is_empty() || !self.backlog_open(now) {
+            return;
+        }
+        while let Some(o) = self.backlog.front() {
+            if self.cmd.queued() >= self.cfg.max_buffer / 2 || !self.cmd.queue_raw(&o.bytes) {
+                break;
+            }
+            let Some(o) = self.backlog.pop_front() else {
+                break;
+            };
+            self.backlog_bytes -= o.bytes.len();
+            self.stats.published += 1;
+            self.expect(Pending::Publish {
+                bytes: o.bytes,
+                query: None,
+                sender: o.sender,
+            });
+        }
+        if self.backlog.is_empty() && self.backlog.capacity() > 1024 {
+            self.backlog = VecDeque::new();
+        }
+    }
+
+    /// Publish this node's liveness notice on `lc:all` (outside the sequence:
+    /// receivers do not deduplicate it, so it never waits in the backlog).
+    fn announce(&mut self, members: usize) {
+        let env = Envelope {
+            node: &self.node,
+            seq: self.seq,
+            body: Body::Alive {
+                members: members as u64,
+            },
+        };
+        self.signer.encode(b"lc:all", &env, &mut self.payload);
+        let mut bytes = Vec::with_capacity(self.payload.len() + 40);
+        super::resp::encode_command(&mut bytes, &[b"PUBLISH", b"lc:all", &self.payload]);
+        if self.cmd.queue_raw(&bytes) {
+            self.expect(Pending::Alive);
+        }
+    }
+
+    /// Liveness: catch up after a reconnect, announce this node, and
+    /// declare dead the nodes silent for the nick TTL while this one was up
+    /// (their members leave, their nicks are freed).
+    fn liveness(&mut self, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+        let caught_up = self.cmd.state == LinkState::Ready
+            && self.sub.state == LinkState::Ready
+            && self.resub.is_empty()
+            && self.sub_confirmed >= self.sub_sent;
+        if !caught_up {
+            return;
+        }
+        if self.up_since.is_none() {
+            self.up_since = Some(now);
+            self.next_alive = now;
+        }
+        if now < self.next_alive {
+            return;
+        }
+        self.next_alive = now + self.alive_every();
+        self.announce(hub.connections());
+        let up = self.up_since.unwrap_or(now);
+        let ttl = self.cfg.nick_ttl;
+        let dead: Vec<Box<str>> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now >= p.heard.max(up) + ttl)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in dead {
+            let Some(peer) = self.peers.remove(&node) else {
+                continue;
+            };
+            self.last_seen.remove(&node);
+            self.stats.dead_nodes += 1;
+            info!(
+                "node {node} silent for {ttl:?}: {} of its members leave",
+                peer.count
+            );
+            let prefix = format!("{node} ");
+            for (room, (display, nicks)) in peer.members {
+                for nick in nicks {
+                    if hub.room_len(&room) <= hub.config().presence_limit {
+                        hub.deliver_room(&room, &format!("LEFT {display} {nick}"), sink);
+                    }
+                    // Free the nick now rather than at its expiry, if the
+                    // dead node still holds it.
+                    if let Some(key) = nick_key(&nick) {
+                        if self.cmd.queue(&[
+                            b"EVAL",
+                            RELEASE_SCRIPT.as_bytes(),
+                            b"1",
+                            &key,
+                            prefix.as_bytes(),
+                        ]) {
+                            self.expect(Pending::Release);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// How often this node announces itself: well inside the nick TTL, at
+    /// most every heartbeat.
+    fn alive_every(&self) -> Duration {
+        (self.cfg.nick_ttl / 4).clamp(Duration::from_millis(50), HEARTBEAT)
     }
 
     fn release(&mut self, nick: &str) {
         let Some(key) = nick_key(nick) else {
             return;
         };
-        if self.cmd_link == Link::Down {
+        if let Some(k) = Folded::new(nick) {
+            self.registered.remove(k.as_str());
+        }
+        if self.cmd.state == LinkState::Down {
             return;
         }
         let prefix = self.node_prefix.clone();
@@ -1053,7 +1523,7 @@ impl Cluster {
             &key,
             prefix.as_bytes(),
         ]) {
-            self.pending.push_back(Pending::Release);
+            self.expect(Pending::Release);
         } else {
             self.stats.dropped += 1;
         }
@@ -1070,7 +1540,7 @@ impl Cluster {
     /// Queue refresh commands while the outgoing buffer is under half full, so
     /// a heartbeat for many nicks never crowds out (or drops) chat traffic.
     fn refresh_some(&mut self) {
-        if self.cmd_link != Link::Ready {
+        if self.cmd.state != LinkState::Ready {
             return;
         }
         let ttl = self.ttl_ms();
@@ -1082,7 +1552,12 @@ impl Cluster {
             let Some(key) = nick_key(&nick) else {
                 continue;
             };
-            let value = format!("{prefix}{nick}");
+            let folded = Folded::new(&nick);
+            let at = folded
+                .and_then(|k| self.registered.get(k.as_str()).copied())
+                .unwrap_or_else(unix_ms);
+            let value = format!("{prefix}{at} {nick}");
+            let at = at.to_string();
             if self.cmd.queue(&[
                 b"EVAL",
                 REFRESH_SCRIPT.as_bytes(),
@@ -1091,8 +1566,9 @@ impl Cluster {
                 value.as_bytes(),
                 prefix.as_bytes(),
                 ttl.as_bytes(),
+                at.as_bytes(),
             ]) {
-                self.pending.push_back(Pending::Refresh { id, nick });
+                self.expect(Pending::Refresh { id, nick });
             } else {
                 self.stats.dropped += 1;
             }
@@ -1105,48 +1581,64 @@ impl Cluster {
     fn on_request(&mut self, r: Request, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
         match r {
             Request::Subscribe(room) => {
+                // Sent by `subscribe_some` with any resubscription in progress.
                 let ch = format!("lc:room:{room}");
-                if self.rooms.insert(room)
-                    && self.sub.is_open()
-                    && !self.sub.queue(&[b"SUBSCRIBE", ch.as_bytes()])
-                {
-                    self.stats.dropped += 1;
+                if self.rooms.insert(room) && self.sub.is_open() {
+                    self.resub.push(ch.into_bytes());
                 }
             }
             Request::Unsubscribe(room) => {
                 let ch = format!("lc:room:{room}");
-                if self.rooms.remove(&room)
-                    && self.sub.is_open()
-                    && !self.sub.queue(&[b"UNSUBSCRIBE", ch.as_bytes()])
-                {
-                    self.stats.dropped += 1;
+                if self.rooms.remove(&room) && self.sub.is_open() {
+                    let waiting = self.resub.len();
+                    self.resub.retain(|c| *c != ch.as_bytes());
+                    // Not yet subscribed: nothing to undo. Otherwise an
+                    // UNSUBSCRIBE that does not fit only costs unwanted
+                    // messages, which find no local room.
+                    if self.resub.len() == waiting
+                        && !self.sub.queue(&[b"UNSUBSCRIBE", ch.as_bytes()])
+                    {
+                        self.stats.dropped += 1;
+                    }
                 }
             }
             Request::Room { room, line } => {
-                self.seq += 1;
-                self.payload.clear();
-                self.payload
-                    .extend_from_slice(format!("M {} {} {line}", self.node, self.seq).as_bytes());
-                self.publish(format!("lc:room:{room}").as_bytes(), None);
+                // The sender of a MSG line, told if it cannot reach the other nodes.
+                let sender = line
+                    .strip_prefix("MSG ")
+                    .and_then(|r| r.split(' ').nth(1))
+                    .and_then(|nick| hub.local_owner(nick))
+                    .unwrap_or(CANCELLED);
+                self.send(
+                    format!("lc:room:{room}").as_bytes(),
+                    Body::Room { line: &line },
+                    None,
+                    sender,
+                );
             }
             Request::Nick { rooms, line } => {
                 if rooms.is_empty() {
                     return;
                 }
-                self.seq += 1;
-                self.payload.clear();
-                self.payload.extend_from_slice(
-                    format!("N {} {} {} {line}", self.node, self.seq, rooms.join(",")).as_bytes(),
+                let rooms = rooms.join(",");
+                self.send(
+                    b"lc:all",
+                    Body::Nick {
+                        rooms: &rooms,
+                        line: &line,
+                    },
+                    None,
+                    CANCELLED,
                 );
-                self.publish(b"lc:all", None);
             }
             Request::Reserve { id, nick } => {
                 let Some(key) = nick_key(&nick) else {
                     return;
                 };
-                let value = format!("{}{nick}", self.node_prefix);
+                let at = unix_ms();
+                let value = format!("{}{at} {nick}", self.node_prefix);
                 let ttl = self.ttl_ms();
-                if self.cmd_link != Link::Down
+                if self.cmd.state != LinkState::Down
                     && self.cmd.queue(&[
                         b"SET",
                         &key,
@@ -1156,38 +1648,36 @@ impl Cluster {
                         ttl.as_bytes(),
                     ])
                 {
-                    self.pending.push_back(Pending::Reserve { id, nick });
+                    self.expect(Pending::Reserve { id, nick, at });
                 } else {
-                    // Redis is unreachable: decide locally; the heartbeat
-                    // registers it once Redis is back.
-                    if self.cmd_link != Link::Down {
+                    // Nobody can confirm the nick: fail closed.
+                    if self.cmd.state != LinkState::Down {
                         self.stats.dropped += 1;
                     }
-                    hub.nick_reserved(id, &nick, true, sink);
+                    self.stats.nick_unconfirmed += 1;
+                    hub.nick_reserved(id, &nick, Claim::Unreachable, sink);
                 }
             }
             Request::Release { nick } => self.release(&nick),
             Request::Private { id, from, to, text } => {
                 let key = nick_key(&to);
                 match key {
-                    Some(key) if self.cmd_link != Link::Down && self.cmd.queue(&[b"GET", &key]) => {
-                        self.pending.push_back(Pending::Lookup { id, from, text });
+                    Some(key)
+                        if self.cmd.state != LinkState::Down && self.cmd.queue(&[b"GET", &key]) =>
+                    {
+                        self.expect(Pending::Lookup { id, from, text });
                     }
                     _ => sink.deliver(&[id], "ERR no-such-nick no such nick"),
                 }
             }
             Request::Who { id, room } => {
-                if !self.is_up() {
+                if !self.is_up() || !self.backlog.is_empty() {
                     hub.answer_who(id, &room, &[], 0, sink);
                     return;
                 }
                 let qid = self.next_query;
                 self.next_query += 1;
-                self.seq += 1;
-                self.payload.clear();
-                self.payload.extend_from_slice(
-                    format!("W {} {} {qid} {room}", self.node, self.seq).as_bytes(),
-                );
+                let room2 = room.clone();
                 self.queries.insert(
                     qid,
                     Query {
@@ -1202,21 +1692,22 @@ impl Cluster {
                         deadline: now + self.cfg.query_timeout,
                     },
                 );
-                if !self.publish(b"lc:all", Some(qid)) {
+                if !self.send(
+                    b"lc:all",
+                    Body::WhoAsk { qid, room: &room2 },
+                    Some(qid),
+                    CANCELLED,
+                ) {
                     self.finish_query(qid, true, hub, sink);
                 }
             }
             Request::Rooms { id } => {
-                if !self.is_up() {
+                if !self.is_up() || !self.backlog.is_empty() {
                     hub.answer_rooms(id, &[], sink);
                     return;
                 }
                 let qid = self.next_query;
                 self.next_query += 1;
-                self.seq += 1;
-                self.payload.clear();
-                self.payload
-                    .extend_from_slice(format!("R {} {} {qid}", self.node, self.seq).as_bytes());
                 self.queries.insert(
                     qid,
                     Query {
@@ -1227,16 +1718,17 @@ impl Cluster {
                         deadline: now + self.cfg.query_timeout,
                     },
                 );
-                if !self.publish(b"lc:all", Some(qid)) {
+                if !self.send(b"lc:all", Body::RoomsAsk { qid }, Some(qid), CANCELLED) {
                     self.finish_query(qid, true, hub, sink);
                 }
             }
             Request::Gone(id) => {
-                for p in self.pending.iter_mut() {
+                for (_, p) in self.pending.iter_mut() {
                     match p {
                         Pending::Reserve { id: i, .. }
                         | Pending::Refresh { id: i, .. }
                         | Pending::Lookup { id: i, .. }
+                        | Pending::Publish { sender: i, .. }
                             if *i == id =>
                         {
                             *i = CANCELLED;
@@ -1245,6 +1737,10 @@ impl Cluster {
                     }
                 }
                 self.queries.retain(|_, q| q.id != id);
+                for o in self.backlog.iter_mut().filter(|o| o.sender == id) {
+                    o.sender = CANCELLED;
+                }
+                self.undelivered.retain(|&i| i != id);
                 if !self.refresh_queue.is_empty() {
                     self.refresh_queue.retain(|(i, _)| *i != id);
                 }
@@ -1256,17 +1752,6 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn payloads_split() {
-        assert_eq!(
-            split_payload("M abc 7 MSG r a hi there"),
-            Some(("M", "abc", 7, "MSG r a hi there"))
-        );
-        assert_eq!(split_payload("R abc 8"), Some(("R", "abc", 8, "")));
-        assert_eq!(split_payload("M abc x y"), None);
-        assert_eq!(split_payload("M"), None);
-    }
 
     use crate::chat::Lines;
 
@@ -1287,12 +1772,13 @@ mod tests {
         });
         hub.enable_cluster("t");
         let mut sink = Lines::default();
-        hub.connect(0, Some("a"), Some("r"), 0, &mut sink);
-        hub.connect(1, Some("b"), Some("r"), 0, &mut sink);
+        for (id, nick) in [(0, "a"), (1, "b")] {
+            hub.connect(id, Some(nick), Some("r"), 0, &mut sink);
+            hub.nick_reserved(id, nick, Claim::Granted, &mut sink);
+        }
         let mut node = Cluster::new(
             ClusterConfig::new("127.0.0.1:9".parse().unwrap()),
-            Token(1),
-            Token(2),
+            Instant::now(),
         );
         sink.0.clear();
         node.feed_subscriber(
@@ -1359,10 +1845,10 @@ mod tests {
         hub.enable_cluster("t");
         let mut sink = Lines::default();
         hub.connect(0, Some("a"), Some("r"), 0, &mut sink);
+        hub.nick_reserved(0, "a", Claim::Granted, &mut sink);
         let mut node = Cluster::new(
             ClusterConfig::new("127.0.0.1:9".parse().unwrap()),
-            Token(1),
-            Token(2),
+            Instant::now(),
         );
         let deadline = Instant::now() + Duration::from_secs(60);
         for (qid, kind) in [
@@ -1401,6 +1887,278 @@ mod tests {
         let who = &sink.0[0].1;
         assert!(who.starts_with("WHO r a b c d +"), "{who}");
         assert_eq!(sink.0[1].1, format!("ROOMS r={huge} x=5"));
+    }
+
+    /// A node driven by hand: replies are fed as bytes, time is advanced
+    /// explicitly, and no socket exists.
+    struct Harness {
+        node: Cluster,
+        hub: Hub,
+        sink: Lines,
+        now: Instant,
+        /// Commands seen on each link (command name and first argument).
+        seen: [Vec<(String, String)>; 2],
+        /// Answer the command link's requests automatically.
+        answer: bool,
+    }
+
+    impl Harness {
+        fn new(ttl: Duration) -> Harness {
+            let now = Instant::now();
+            let mut cfg = ClusterConfig::new("127.0.0.1:9".parse().unwrap());
+            cfg.nick_ttl = ttl;
+            let mut hub = Hub::new(crate::chat::ChatConfig {
+                rate_limit: 0,
+                ..crate::chat::ChatConfig::default()
+            });
+            hub.enable_cluster("me");
+            Harness {
+                node: Cluster::with_id(cfg, 0xabc, now),
+                hub,
+                sink: Lines::default(),
+                now,
+                seen: [Vec::new(), Vec::new()],
+                answer: true,
+            }
+        }
+
+        fn idx(w: Which) -> usize {
+            match w {
+                Which::Cmd => 0,
+                Which::Sub => 1,
+            }
+        }
+
+        /// One turn at `now`, then every action, then the links' output
+        /// read (and answered, on the command link, when `answer`).
+        fn turn(&mut self) -> Vec<Action> {
+            self.node.turn(&mut self.hub, &mut self.sink, self.now);
+            self.io()
+        }
+
+        fn io(&mut self) -> Vec<Action> {
+            let actions: Vec<Action> = std::iter::from_fn(|| self.node.poll_action()).collect();
+            for w in [Which::Cmd, Which::Sub] {
+                let out = self.node.transmit(w).to_vec();
+                self.node.advance(w, out.len());
+                let mut pos = 0;
+                while let Ok(Some((v, used))) =
+                    super::super::resp::parse(&out[pos..], &Limits::default())
+                {
+                    pos += used;
+                    let Value::Array(Some(args)) = v else {
+                        panic!("not a command")
+                    };
+                    let arg = |i: usize| {
+                        args.get(i)
+                            .and_then(Value::as_bytes)
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                            .unwrap_or_default()
+                    };
+                    let (name, first) = (arg(0), arg(1));
+                    let reply: Option<Vec<u8>> = match (w, name.as_str()) {
+                        (Which::Cmd, _) if !self.answer => None,
+                        (Which::Cmd, "PING") => Some(b"+PONG\r\n".to_vec()),
+                        (Which::Cmd, "SET") => Some(b"+OK\r\n".to_vec()),
+                        (Which::Cmd, "EVAL") => Some(b":1\r\n".to_vec()),
+                        (Which::Cmd, "PUBLISH") => Some(b":2\r\n".to_vec()),
+                        (Which::Cmd, _) => Some(b"$-1\r\n".to_vec()),
+                        (Which::Sub, "PING") => Some(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n".to_vec()),
+                        (Which::Sub, "SUBSCRIBE") => {
+                            let mut r = Vec::new();
+                            for i in 1..args.len() {
+                                r.extend_from_slice(
+                                    format!("*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:{i}\r\n")
+                                        .as_bytes(),
+                                );
+                            }
+                            Some(r)
+                        }
+                        _ => None,
+                    };
+                    self.seen[Self::idx(w)].push((name, first));
+                    if let Some(r) = reply {
+                        self.node
+                            .on_bytes(w, &r, &mut self.hub, &mut self.sink, self.now);
+                    }
+                }
+            }
+            let more: Vec<Action> = std::iter::from_fn(|| self.node.poll_action()).collect();
+            actions.into_iter().chain(more).collect()
+        }
+
+        fn advance(&mut self, d: Duration) -> Vec<Action> {
+            self.now += d;
+            self.turn()
+        }
+
+        /// Both links connected and subscribed.
+        fn up(&mut self) {
+            let a = self.turn();
+            assert_eq!(
+                a,
+                vec![Action::Connect(Which::Cmd), Action::Connect(Which::Sub)]
+            );
+            self.turn();
+            assert!(self.node.is_up());
+        }
+
+        /// PUBLISHes to room r.
+        fn room_publishes(&self) -> usize {
+            self.seen[0]
+                .iter()
+                .filter(|(n, c)| n == "PUBLISH" && c == "lc:room:r")
+                .count()
+        }
+
+        fn seen(&self, w: Which, name: &str) -> usize {
+            self.seen[Self::idx(w)]
+                .iter()
+                .filter(|(n, _)| n == name)
+                .count()
+        }
+
+        fn feed(&mut self, channel: &str, payload: &str) {
+            self.node.feed_at(
+                message(channel, payload),
+                &mut self.hub,
+                &mut self.sink,
+                self.now,
+            );
+        }
+    }
+
+    #[test]
+    fn a_quiet_node_keeps_its_links_with_heartbeats() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
+        h.turn();
+        assert_eq!(h.hub.nick(0), Some("alice"));
+        // Two minutes of silence, a turn per second: refreshes every 10 s,
+        // heartbeats every 2.5 s on both links, all answered; no drop.
+        for _ in 0..120 {
+            let a = h.advance(Duration::from_secs(1));
+            assert!(a.is_empty(), "{a:?}");
+        }
+        assert!(
+            h.seen(Which::Cmd, "PING") >= 40,
+            "{}",
+            h.seen(Which::Cmd, "PING")
+        );
+        assert!(h.seen(Which::Sub, "PING") >= 40);
+        assert!(h.seen(Which::Cmd, "EVAL") >= 12);
+        assert_eq!(h.node.stats().connects, 2);
+        assert!(h
+            .node
+            .poll_timeout(h.now)
+            .is_some_and(|t| t <= h.now + HEARTBEAT));
+    }
+
+    #[test]
+    fn a_stall_is_measured_from_the_oldest_request() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
+        // The claim is answered during the first turn, the JOINED goes in the second.
+        h.turn();
+        h.turn();
+        h.answer = false;
+        h.hub.handle(0, "hello", 0, &mut h.sink);
+        h.turn();
+        assert_eq!(h.room_publishes(), 2, "JOINED and MSG");
+        let a = h.advance(STALL_TIMEOUT - Duration::from_millis(1));
+        assert!(a.is_empty(), "{a:?}");
+        let a = h.advance(Duration::from_millis(1));
+        assert_eq!(a, vec![Action::Close(Which::Cmd)]);
+        // The unanswered publish waits in the backlog for the next link.
+        assert!(h.node.stats().backlog_bytes > 0);
+        assert_eq!(h.node.stats().dropped, 0);
+        h.answer = true;
+        h.advance(MAX_BACKOFF);
+        h.advance(Duration::from_millis(10));
+        assert_eq!(h.node.stats().backlog_bytes, 0);
+        assert_eq!(h.room_publishes(), 3);
+    }
+
+    #[test]
+    fn an_unanswered_claim_fails_closed_and_a_late_grant_is_released() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        h.answer = false;
+        h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
+        h.turn();
+        assert!(h.sink.0.is_empty(), "held: {:?}", h.sink.0);
+        assert_eq!(h.seen(Which::Cmd, "SET"), 1);
+        h.advance(h.node.cfg.query_timeout);
+        let lines: Vec<&str> = h.sink.0.iter().map(|(_, l)| l.as_str()).collect();
+        assert!(lines[0].starts_with("WELCOME guest-me-"), "{lines:?}");
+        assert_eq!(
+            lines[1],
+            "ERR nick-unavailable nick registry did not answer in time, using a guest nick"
+        );
+        // The late grant of alice: given back at once.
+        let evals = h.seen(Which::Cmd, "EVAL");
+        h.node
+            .on_bytes(Which::Cmd, b"+OK\r\n", &mut h.hub, &mut h.sink, h.now);
+        h.io();
+        assert_eq!(h.seen(Which::Cmd, "EVAL"), evals + 1, "release");
+        assert_eq!(h.node.stats().nick_unconfirmed, 1);
+    }
+
+    #[test]
+    fn a_silent_node_is_declared_dead_and_its_members_leave() {
+        let ttl = Duration::from_secs(3);
+        let mut h = Harness::new(ttl);
+        h.up();
+        h.hub.connect(0, Some("bob"), Some("r"), 0, &mut h.sink);
+        h.turn();
+        h.feed("lc:all", "H other 1 1");
+        h.feed("lc:room:r", "M other 2 JOINED R alice");
+        h.feed("lc:room:r", "M other 3 JOINED R carol");
+        h.feed("lc:room:r", "M other 4 LEFT R carol");
+        h.sink.0.clear();
+        for _ in 0..5 {
+            h.advance(ttl / 6);
+        }
+        assert!(h.sink.0.is_empty(), "{:?}", h.sink.0);
+        h.advance(ttl / 6 + Duration::from_millis(1));
+        assert_eq!(h.sink.0, vec![(0, "LEFT R alice".to_string())]);
+        assert!(h.seen[0].contains(&("EVAL".to_string(), RELEASE_SCRIPT.to_string())));
+        assert_eq!(h.node.stats().dead_nodes, 1);
+        // Only once.
+        h.advance(ttl);
+        assert_eq!(h.sink.0.len(), 1);
+    }
+
+    #[test]
+    fn the_backlog_waits_for_the_nodes_known_before_the_outage() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
+        h.turn();
+        h.turn();
+        h.feed("lc:all", "H other 1 1");
+        h.node
+            .on_closed(Which::Cmd, "test", &mut h.hub, &mut h.sink, h.now);
+        h.hub.handle(0, "while down", 0, &mut h.sink);
+        h.turn();
+        let published = h.room_publishes();
+        assert!(h.node.stats().backlog_bytes > 0);
+        // Back: but `other` has not announced itself again yet.
+        h.advance(MAX_BACKOFF);
+        h.advance(Duration::from_secs(1));
+        assert!(h.node.is_up());
+        assert_eq!(h.room_publishes(), published);
+        // Queries are answered locally meanwhile.
+        h.sink.0.clear();
+        h.hub.handle(0, "/who", 0, &mut h.sink);
+        h.turn();
+        assert_eq!(h.sink.0, vec![(0, "WHO r alice".to_string())]);
+        h.feed("lc:all", "H other 2 1");
+        h.turn();
+        assert_eq!(h.room_publishes(), published + 1);
+        assert_eq!(h.node.stats().backlog_bytes, 0);
     }
 
     #[test]

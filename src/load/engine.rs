@@ -11,7 +11,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::payload::{classify, parse_payload, write_payload, Line};
-use super::report::{Latency, LoadResult, ServerStats};
+use super::report::{Latency, LoadResult, Sample, ServerStats};
 use super::sys::{self, ProcSample};
 use super::{Mode, Plan, Protocol};
 use crate::ws::frame::{encode_close, encode_frame, OpCode, Role};
@@ -883,7 +883,12 @@ impl Engine<'_> {
                                             }
                                         }
                                         Line::Joined => became_ready = true,
-                                        Line::Err => res.server_errors += 1,
+                                        Line::Err => {
+                                            res.server_errors += 1;
+                                            if line.starts_with("ERR rate-limited") {
+                                                res.rate_limited += 1;
+                                            }
+                                        }
                                         Line::Other => {}
                                     }
                                 }
@@ -1093,6 +1098,13 @@ impl Engine<'_> {
         let iv = std::mem::take(&mut self.interval);
         let lat = Latency::from_hist(&self.ihist);
         self.ihist.reset();
+        self.res.timeline.push(Sample {
+            t: elapsed.as_secs_f64(),
+            open: self.open,
+            sent: iv.sent,
+            delivered: iv.delivered + iv.cycles,
+            latency: lat,
+        });
         if self.plan.args.quiet {
             return;
         }
@@ -1155,6 +1167,7 @@ impl Engine<'_> {
             r.expected = r.sent;
         }
         r.latency = Latency::from_hist(&self.hist);
+        r.hist = Some(self.hist.clone());
         if let Some(start) = self.srv_start {
             let mut v = r.server.unwrap_or_default();
             v.rss_start = start.rss_bytes;

@@ -23,13 +23,16 @@
 //! several messages into one frame (gorilla's chat example does) count right.
 //! Server pings are answered with pongs.
 
+pub mod html;
 pub mod payload;
+pub mod ramp;
 pub mod report;
 pub mod sys;
 
 mod engine;
 
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -133,6 +136,39 @@ pub struct LoadArgs {
     /// No per-second progress lines on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+
+    /// Step the load up, one measurement per step, until a step breaks `--slo`:
+    /// `connections` (receivers, `-c`) or `rate` (messages/s in total, open
+    /// loop). Broadcast and latency modes. Exits 1 when the first step fails.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub ramp: Option<ramp::RampWhat>,
+
+    /// First value of the ramp.
+    #[arg(long, value_name = "N", default_value_t = 100.0)]
+    pub ramp_start: f64,
+
+    /// Increment per step.
+    #[arg(long, value_name = "N", default_value_t = 100.0)]
+    pub ramp_step: f64,
+
+    /// Last value tried.
+    #[arg(long, value_name = "N", default_value_t = 1000.0)]
+    pub ramp_limit: f64,
+
+    /// Measuring time of each step (after `--warmup`).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::cli::parse_duration)]
+    pub step_duration: Duration,
+
+    /// Thresholds every step must meet: `pNN<DURATION` (p50, p90, p99, p99.9),
+    /// `max<DURATION`, `loss<PERCENT%`, comma-separated. Any other problem
+    /// (closes, ERR lines, failed connects) also fails a step.
+    #[arg(long, value_name = "THRESHOLDS", default_value = "p99<800ms,loss<1%")]
+    pub slo: String,
+
+    /// Write an HTML report of the ramp (step table, latency percentiles and
+    /// throughput over time, latency histograms as inline SVG; no network needed to view).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
 }
 
 /// Descriptors kept for things other than connections (poll, stdio, /proc reads).
@@ -226,6 +262,13 @@ impl Plan {
         if args.mode == Mode::Echo && args.size < 8 {
             return Err("echo needs --size of at least 8 bytes (it carries a timestamp)".into());
         }
+        if let Some(pid) = args.server_pid {
+            if sys::proc_sample(pid).is_none() {
+                return Err(format!(
+                    "--server-pid {pid}: no such process (or /proc/{pid} is not readable)"
+                ));
+            }
+        }
         let sources = (0..args.sources)
             .map(|i| Ipv4Addr::new(127, 0, 0, 2u8.saturating_add(i)))
             .collect();
@@ -271,8 +314,9 @@ pub fn check_descriptors(conns: usize) -> Result<u64, String> {
     Ok(soft)
 }
 
-/// Run `loopchat load`; returns the exit code (2 for bad flags or limits,
-/// 1 when no connection could be opened).
+/// Run `loopchat load`; returns the exit code: 2 for bad flags or limits, 1
+/// when the run failed (see [`report::LoadResult::problems`]: nothing opened,
+/// connections refused or closed, deliveries lost, rate limiting), else 0.
 pub fn run(args: LoadArgs) -> ExitCode {
     let plan = match Plan::new(args) {
         Ok(p) => p,
@@ -281,6 +325,13 @@ pub fn run(args: LoadArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(what) = plan.args.ramp {
+        return run_ramp(&plan, what);
+    }
+    if plan.args.report.is_some() {
+        eprintln!("loopchat load: --report needs --ramp");
+        return ExitCode::from(2);
+    }
     if let Err(e) = check_descriptors(plan.max_open()) {
         eprintln!("loopchat load: {e}");
         return ExitCode::from(2);
@@ -292,16 +343,83 @@ pub fn run(args: LoadArgs) -> ExitCode {
             } else {
                 print!("{}", result.to_text());
             }
-            if result.opened == 0 {
-                ExitCode::FAILURE
-            } else {
+            let problems = result.problems();
+            for p in &problems {
+                eprintln!("loopchat load: FAILED: {p}");
+            }
+            if problems.is_empty() {
                 ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
         Err(e) => {
             eprintln!("loopchat load: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `loopchat load --ramp`: 0 when at least the first step met the thresholds,
+/// 1 when it did not (or a step could not run), 2 for bad flags.
+fn run_ramp(plan: &Plan, what: ramp::RampWhat) -> ExitCode {
+    let rp = match ramp::plan_ramp(plan, what) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loopchat load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let top = match what {
+        ramp::RampWhat::Connections => rp.limit as usize + plan.senders,
+        ramp::RampWhat::Rate => plan.max_open(),
+    };
+    if let Err(e) = check_descriptors(top) {
+        eprintln!("loopchat load: {e}");
+        return ExitCode::from(2);
+    }
+    let quiet = plan.args.quiet;
+    let result = ramp::run_ramp(plan, &rp, |st| {
+        if !quiet {
+            eprintln!(
+                "step {} {}: {}",
+                st.value,
+                rp.unit(),
+                if st.passed() {
+                    "ok".to_string()
+                } else {
+                    format!("FAILED: {}", st.failures.join("; "))
+                }
+            );
+        }
+    });
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loopchat load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if plan.args.json {
+        println!("{}", result.to_json());
+    } else {
+        print!("{}", result.to_text());
+    }
+    if let Some(path) = &plan.args.report {
+        let cmd: Vec<String> = std::env::args().collect();
+        match std::fs::write(path, html::ramp_report(&result, &cmd.join(" "))) {
+            Ok(()) => eprintln!("loopchat load: report written to {}", path.display()),
+            Err(e) => {
+                eprintln!("loopchat load: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if result.capacity().is_some() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("loopchat load: FAILED: {}", result.verdict());
+        ExitCode::FAILURE
     }
 }
 

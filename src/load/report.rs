@@ -89,6 +89,8 @@ pub struct LoadResult {
     pub closes: BTreeMap<String, u64>,
     /// `ERR` lines from a loopchat server (e.g. `rate-limited`).
     pub server_errors: u64,
+    /// Of those, `ERR rate-limited`.
+    pub rate_limited: u64,
     /// Messages sent (whole run).
     pub sent: u64,
     /// Deliveries at receivers (whole run).
@@ -113,6 +115,25 @@ pub struct LoadResult {
     pub gen_cpu_pct: f64,
     /// The server process, when `--server-pid` was given.
     pub server: Option<ServerStats>,
+    /// Every latency sample of the measurement (what `latency` summarises).
+    pub hist: Option<Histogram<u64>>,
+    /// One sample per second of the whole run (connecting and draining too).
+    pub timeline: Vec<Sample>,
+}
+
+/// One second of a run, as the progress line shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    /// Seconds since the generator started.
+    pub t: f64,
+    /// Connections open.
+    pub open: u64,
+    /// Messages sent in this second.
+    pub sent: u64,
+    /// Deliveries (echoes, cycles) in this second.
+    pub delivered: u64,
+    /// Latency of this second's deliveries, when there were any.
+    pub latency: Option<Latency>,
 }
 
 impl LoadResult {
@@ -121,7 +142,80 @@ impl LoadResult {
         self.expected as i64 - self.delivered as i64
     }
 
-    /// One JSON object (no trailing newline).
+    /// What makes this run a failure, one sentence each (empty: it passed):
+    /// nothing opened, connections that failed to open or were ended early,
+    /// deliveries lost or given up on, `ERR` lines; with a hint when the server
+    /// was rate limiting.
+    pub fn problems(&self) -> Vec<String> {
+        self.problems_judging_loss(true)
+    }
+
+    /// [`Self::problems`], leaving out lost and timed-out deliveries when
+    /// `loss` is false (a ramp judges those by its `loss<X%` threshold).
+    pub fn problems_judging_loss(&self, loss: bool) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.opened == 0 {
+            p.push("no connection could be opened (is the server running at that URL?)".into());
+        }
+        let failed = self.connect_errors + self.handshake_failures;
+        if failed > 0 {
+            p.push(format!(
+                "{failed} connections failed to open ({} connect errors, {} handshake failures)",
+                self.connect_errors, self.handshake_failures
+            ));
+        }
+        let lost = if loss { self.lost() } else { 0 };
+        if lost > 0 {
+            p.push(format!(
+                "{lost} of {} deliveries lost ({:.2}%)",
+                self.expected,
+                lost as f64 * 100.0 / self.expected.max(1) as f64
+            ));
+        }
+        if loss && self.timed_out > 0 {
+            p.push(format!(
+                "{} messages not delivered everywhere within --timeout",
+                self.timed_out
+            ));
+        }
+        let ended: u64 = self.closes.values().sum();
+        if ended > 0 {
+            p.push(format!(
+                "{ended} connections ended early ({})",
+                self.closes_text()
+            ));
+        }
+        if self.server_errors > 0 {
+            p.push(format!(
+                "{} ERR lines from the server ({} rate-limited)",
+                self.server_errors, self.rate_limited
+            ));
+        }
+        if self.rate_limited > 0 || self.closes.contains_key("1008") {
+            p.push(
+                "the server limits each connection's message rate (ERR rate-limited, close \
+                 1008): start it with --rate-limit 0 for load tests"
+                    .into(),
+            );
+        }
+        p
+    }
+
+    fn closes_text(&self) -> String {
+        let closes: Vec<String> = self
+            .closes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if closes.is_empty() {
+            "none".into()
+        } else {
+            closes.join(" ")
+        }
+    }
+
+    /// One JSON object (no trailing newline). Every field is always present,
+    /// so scripts need not know which apply to the mode.
     pub fn to_json(&self) -> String {
         let mut s = String::from("{");
         let mut first = true;
@@ -157,6 +251,7 @@ impl LoadResult {
             .collect();
         field(&mut s, "closes", format!("{{{}}}", closes.join(",")));
         field(&mut s, "server_errors", self.server_errors.to_string());
+        field(&mut s, "rate_limited", self.rate_limited.to_string());
         field(&mut s, "sent", self.sent.to_string());
         field(&mut s, "delivered", self.delivered.to_string());
         field(&mut s, "expected", self.expected.to_string());
@@ -200,85 +295,146 @@ impl LoadResult {
         s
     }
 
-    /// A human-readable summary, one fact per line.
+    /// A human-readable summary, one fact per line, with only the figures that
+    /// mean something in this mode (no `0 MB/s` for a chat run).
     pub fn to_text(&self) -> String {
+        let mode = self.mode.as_str();
+        let chat = matches!(mode, "broadcast" | "latency");
         let mut s = String::new();
         let _ = writeln!(
             s,
             "mode {} ({}) against {}",
             self.mode, self.protocol, self.url
         );
-        let _ = writeln!(
-            s,
-            "connections: {} planned, {} handshakes, peak {} open, up in {:.2}s ({:.0}/s)",
-            self.target_connections,
-            self.opened,
-            self.up_peak,
-            self.connect_secs,
-            self.connect_rate
-        );
-        let closes: Vec<String> = self
-            .closes
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let _ = writeln!(
-            s,
-            "failures: {} connect errors, {} handshake failures, closed by server: {}, ERR lines: {}",
-            self.connect_errors,
-            self.handshake_failures,
-            if closes.is_empty() { "none".into() } else { closes.join(" ") },
-            self.server_errors
-        );
-        if self.sent > 0 || self.delivered > 0 {
+        if mode == "churn" {
             let _ = writeln!(
                 s,
-                "messages: {} sent, {} delivered of {} expected ({} lost, {} timed out)",
-                self.sent,
-                self.delivered,
-                self.expected,
-                self.lost(),
-                self.timed_out
+                "connections: {} slots, {} handshakes",
+                self.target_connections, self.opened
             );
+        } else {
+            let _ = writeln!(
+                s,
+                "connections: {} planned, {} handshakes, peak {} open, up in {:.2}s ({:.0}/s)",
+                self.target_connections,
+                self.opened,
+                self.up_peak,
+                self.connect_secs,
+                self.connect_rate
+            );
+        }
+        let mut failures = Vec::new();
+        if self.connect_errors > 0 {
+            failures.push(format!("{} connect errors", self.connect_errors));
+        }
+        if self.handshake_failures > 0 {
+            failures.push(format!("{} handshake failures", self.handshake_failures));
+        }
+        if !self.closes.is_empty() {
+            failures.push(format!("ended early: {}", self.closes_text()));
+        }
+        if self.server_errors > 0 {
+            failures.push(format!(
+                "ERR lines: {} ({} rate-limited)",
+                self.server_errors, self.rate_limited
+            ));
         }
         let _ = writeln!(
             s,
-            "measured {:.2}s: {:.0} msgs/s, {:.0} deliveries/s, {:.1} MB/s, {:.0} cycles/s",
-            self.measure_secs,
-            self.msgs_per_sec,
-            self.deliveries_per_sec,
-            self.mb_per_sec,
-            self.cycles_per_sec
+            "failures: {}",
+            if failures.is_empty() {
+                "none".into()
+            } else {
+                failures.join(", ")
+            }
+        );
+        if chat || mode == "echo" {
+            let _ = write!(
+                s,
+                "messages: {} sent, {} {} of {} expected ({} lost",
+                self.sent,
+                self.delivered,
+                if mode == "echo" {
+                    "echoed"
+                } else {
+                    "delivered"
+                },
+                self.expected,
+                self.lost(),
+            );
+            if self.timed_out > 0 {
+                let _ = write!(s, ", {} timed out", self.timed_out);
+            }
+            let _ = writeln!(s, ")");
+        }
+        let rates = match mode {
+            "broadcast" | "latency" => format!(
+                ": {:.0} msgs/s, {:.0} deliveries/s",
+                self.msgs_per_sec, self.deliveries_per_sec
+            ),
+            "echo" => format!(
+                ": {:.0} msgs/s, {:.1} MB/s",
+                self.msgs_per_sec, self.mb_per_sec
+            ),
+            "churn" => format!(": {:.0} cycles/s", self.cycles_per_sec),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "{} {:.2}s{rates}",
+            if mode == "idle" { "held" } else { "measured" },
+            self.measure_secs
         );
         if let Some(l) = &self.latency {
+            let what = match mode {
+                "echo" => "round trip",
+                "churn" => "cycle",
+                _ => "delivery",
+            };
             let _ = writeln!(
                 s,
-                "latency µs: p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0}, {} samples)",
+                "{what} latency µs: p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0}, {} samples)",
                 l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
             );
         }
-        let _ = writeln!(
-            s,
-            "generator CPU: {:.0}% of one core{}",
-            self.gen_cpu_pct,
-            if self.gen_cpu_pct > 95.0 {
-                " (saturated: the generator, not the server, may be the limit)"
-            } else {
-                ""
-            }
-        );
-        if let Some(v) = &self.server {
+        if mode != "idle" {
             let _ = writeln!(
                 s,
-                "server: {:.2} CPU s ({:.0}%), RSS {} -> {} -> {} KiB, {:.0} B/connection, {:.0} deliveries per CPU s",
-                v.cpu_secs,
-                v.cpu_pct,
+                "generator CPU: {:.0}% of one core{}",
+                self.gen_cpu_pct,
+                if self.gen_cpu_pct > 95.0 {
+                    " (saturated: the generator, not the server, may be the limit)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(v) = &self.server {
+            let _ = write!(
+                s,
+                "server: RSS {} -> {} -> {} KiB",
                 v.rss_start / 1024,
                 v.rss_up / 1024,
-                v.rss_end / 1024,
-                v.rss_per_conn,
-                v.deliveries_per_cpu_sec
+                v.rss_end / 1024
             );
+            match mode {
+                "idle" => {
+                    let _ = write!(s, ", {:.0} B/connection", v.rss_per_conn);
+                }
+                _ => {
+                    let per = match mode {
+                        "echo" => "echoes",
+                        "churn" => "cycles",
+                        _ => "deliveries",
+                    };
+                    let _ = write!(
+                        s,
+                        ", {:.2} CPU s ({:.0}%), {:.0} {per} per CPU s",
+                        v.cpu_secs, v.cpu_pct, v.deliveries_per_cpu_sec
+                    );
+                }
+            }
+            let _ = writeln!(s);
         }
         s
     }
@@ -294,7 +450,7 @@ fn num(v: f64) -> String {
 }
 
 /// A JSON string literal.
-fn json_str(v: &str) -> String {
+pub(crate) fn json_str(v: &str) -> String {
     let mut s = String::with_capacity(v.len() + 2);
     s.push('"');
     for c in v.chars() {
@@ -335,5 +491,68 @@ mod tests {
         assert!(j.contains("\"measure_secs\":0,"));
         assert!(j.contains("\"latency_us\":null"));
         assert!(r.to_text().contains("1008=2"));
+        assert!(r.to_json().contains("\"rate_limited\":0"));
+    }
+
+    #[test]
+    fn text_shows_only_what_the_mode_measures() {
+        let idle = LoadResult {
+            mode: "idle".into(),
+            opened: 10,
+            ..LoadResult::default()
+        };
+        let t = idle.to_text();
+        for absent in ["msgs/s", "MB/s", "cycles/s", "messages:", "generator CPU"] {
+            assert!(!t.contains(absent), "{absent} in {t}");
+        }
+        assert!(t.contains("failures: none"), "{t}");
+        let churn = LoadResult {
+            mode: "churn".into(),
+            opened: 10,
+            cycles_per_sec: 5.0,
+            ..LoadResult::default()
+        };
+        let t = churn.to_text();
+        assert!(
+            t.contains("5 cycles/s") && !t.contains("deliveries/s"),
+            "{t}"
+        );
+        let echo = LoadResult {
+            mode: "echo".into(),
+            opened: 1,
+            mb_per_sec: 2.5,
+            ..LoadResult::default()
+        };
+        let t = echo.to_text();
+        assert!(t.contains("2.5 MB/s") && !t.contains("cycles/s"), "{t}");
+    }
+
+    #[test]
+    fn a_run_that_lost_or_was_rate_limited_fails_and_says_why() {
+        let good = LoadResult {
+            mode: "broadcast".into(),
+            opened: 3,
+            sent: 10,
+            delivered: 20,
+            expected: 20,
+            ..LoadResult::default()
+        };
+        assert!(good.problems().is_empty(), "{:?}", good.problems());
+        let mut bad = LoadResult {
+            delivered: 15,
+            server_errors: 4,
+            rate_limited: 4,
+            ..good.clone()
+        };
+        bad.closes.insert("1008".into(), 1);
+        let p = bad.problems().join("\n");
+        assert!(p.contains("5 of 20 deliveries lost (25.00%)"), "{p}");
+        assert!(p.contains("1008=1"), "{p}");
+        assert!(p.contains("--rate-limit 0"), "{p}");
+        let none = LoadResult {
+            mode: "idle".into(),
+            ..LoadResult::default()
+        };
+        assert!(none.problems()[0].contains("no connection"));
     }
 }

@@ -10,7 +10,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::conn::{Conn, Kind, COUNTED, PROXIED};
-use super::{Server, ACCEPT_BACKOFF, ACCEPT_BUDGET};
+use super::{Server, Starved, ACCEPT_BACKOFF, ACCEPT_BUDGET};
 
 impl Server {
     pub(super) fn accept(&mut self, line: bool) {
@@ -25,16 +25,34 @@ impl Server {
             };
             let Some(l) = l else { return };
             match l.accept() {
-                Ok((sock, addr)) => self.admit(sock, addr, line),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok((sock, addr)) => {
+                    self.end_starved_episode();
+                    self.admit(sock, addr, line);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.end_starved_episode();
+                    return;
+                }
                 Err(e) => {
                     self.ctx.metrics.accept_errors += 1;
                     match e.raw_os_error() {
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                            warn!(
-                                "accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?} ({} connections open)",
-                                self.conns.len()
-                            );
+                            // Once per episode, not every retry: it can last
+                            // as long as the connections that fill the table.
+                            match self.starved.as_mut() {
+                                Some(ep) => ep.failures += 1,
+                                None => {
+                                    warn!(
+                                        "accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?} at a time \
+                                         until descriptors free up ({} connections open)",
+                                        self.conns.len()
+                                    );
+                                    self.starved = Some(Starved {
+                                        since: Instant::now(),
+                                        failures: 1,
+                                    });
+                                }
+                            }
                             self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                             return;
                         }
@@ -84,10 +102,24 @@ impl Server {
         c.set(if proxied { PROXIED } else { COUNTED });
         entry.insert(c);
         self.ctx.metrics.connections_total += 1;
-        debug!("{addr}: accepted ({kind:?}, id {id})");
+        self.ctx.metrics.opened(kind);
+        debug!(conn = id, peer:% = addr.ip(), kind:? = kind; "accepted");
         self.schedule(id);
         if line {
             self.admit_line(id);
+        }
+    }
+
+    /// Accepting works again: say once how long it did not.
+    fn end_starved_episode(&mut self) {
+        if let Some(ep) = self.starved.take() {
+            warn!(
+                "accept: descriptors available again after {} failed accepts over {:.1?} \
+                 ({} connections open)",
+                ep.failures,
+                ep.since.elapsed(),
+                self.conns.len()
+            );
         }
     }
 

@@ -30,7 +30,7 @@ use super::Server;
 use crate::auth::token::{Claims, Key, KeySet, Policy, TokenError, MAX_LEEWAY, MAX_TTL_LIMIT};
 use crate::auth::{auth_command, verify};
 use crate::chat::access::{Grant, Role};
-use crate::chat::hub::Identity;
+use crate::chat::hub::{Connect, Identity};
 use crate::chat::Sink;
 
 /// What a connection without a token gets when `--auth-key` is set.
@@ -63,39 +63,64 @@ pub struct AuthConfig {
 pub struct AuthArgs {
     /// Require HS256 tokens signed with the key in FILE (re-read on SIGHUP);
     /// see `loopchat token`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LOOPCHAT_AUTH_KEY",
+        help_heading = "Signed tokens"
+    )]
     pub auth_key: Option<PathBuf>,
 
     /// Accept only tokens whose `aud` names this audience.
-    #[arg(long, value_name = "AUDIENCE", requires = "auth_key")]
+    #[arg(
+        long,
+        value_name = "AUDIENCE",
+        requires = "auth_key",
+        env = "LOOPCHAT_AUTH_AUDIENCE",
+        help_heading = "Signed tokens"
+    )]
     pub auth_audience: Option<String>,
 
     /// Accept only tokens whose `iss` is this issuer.
-    #[arg(long, value_name = "ISSUER", requires = "auth_key")]
+    #[arg(
+        long,
+        value_name = "ISSUER",
+        requires = "auth_key",
+        env = "LOOPCHAT_AUTH_ISSUER",
+        help_heading = "Signed tokens"
+    )]
     pub auth_issuer: Option<String>,
 
     /// Connections without a token with --auth-key: deny (401), read-only or allow.
-    #[arg(long, value_enum, value_name = "POLICY", requires = "auth_key")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "POLICY",
+        requires = "auth_key",
+        env = "LOOPCHAT_GUESTS",
+        help_heading = "Signed tokens",
+        hide_possible_values = true
+    )]
     pub guests: Option<GuestPolicy>,
 
     /// Clock skew allowed on exp, nbf and iat (at most 10m).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::cli::parse_duration, env = "LOOPCHAT_AUTH_LEEWAY", help_heading = "Signed tokens")]
     pub auth_leeway: Duration,
 
     /// Longest token in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = crate::auth::token::DEFAULT_MAX_TOKEN)]
+    #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = crate::cli::parse_bytes, env = "LOOPCHAT_AUTH_MAX_TOKEN", help_heading = "Signed tokens")]
     pub auth_max_token: usize,
 
     /// Longest token lifetime accepted (exp - now; at most 18h).
-    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = crate::cli::parse_duration, env = "LOOPCHAT_AUTH_MAX_TTL", help_heading = "Signed tokens")]
     pub auth_max_ttl: Duration,
 
     /// After SIGHUP loads a new key, the old one stays accepted this long.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = crate::cli::parse_duration, env = "LOOPCHAT_AUTH_KEY_GRACE", help_heading = "Signed tokens")]
     pub auth_key_grace: Duration,
 
     /// How long a user removed by /kick may not rejoin that room (0 = no ban).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::cli::parse_duration, env = "LOOPCHAT_KICK_BAN", help_heading = "Signed tokens")]
     pub kick_ban: Duration,
 }
 
@@ -268,7 +293,7 @@ impl Server {
         self.conns[id].set(IN_CHAT);
         let now = self.ctx.now_ms;
         let (hub, mut out) = self.chat();
-        hub.connect_as(id, who, None, None, now, &mut out);
+        hub.connect_as(id, who, &Connect::default(), now, &mut out);
     }
 
     /// Handle `line` if it is the server's business (`/auth`, or any line of
@@ -311,8 +336,13 @@ impl Server {
                 if let Some(c) = out.conns.get_mut(id) {
                     c.set(IN_CHAT);
                 }
-                self.hub
-                    .connect_as(id, Identity::Signed(grant), None, None, now, &mut out);
+                self.hub.connect_as(
+                    id,
+                    Identity::Signed(grant),
+                    &Connect::default(),
+                    now,
+                    &mut out,
+                );
             }
             (false, Some(Ok(grant))) => self.hub.sign_in(id, grant, &mut out),
             (false, None) => return false,

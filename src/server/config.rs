@@ -14,6 +14,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Optional plain-TCP line-protocol listener.
     pub line_listen: Option<SocketAddr>,
+    /// Optional listener for `/metrics` and `/healthz` only; when set, the public
+    /// listener answers 404 for `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Set SO_REUSEPORT on the listeners so several processes share one port.
     pub reuse_port: bool,
     /// Extra origins accepted besides same-origin; `*` accepts every origin.
@@ -35,6 +38,16 @@ pub struct Config {
     pub outbox_soft: usize,
     /// Outbox bytes (queued plus dropped since it last drained) that close a slow consumer.
     pub outbox_hard: usize,
+    /// A reader that has been losing lines this long without its outbox draining
+    /// once is closed.
+    pub outbox_grace: Duration,
+    /// Bytes all outboxes together may hold (allocated, not only queued); past
+    /// it, lines to the readers furthest behind are dropped first.
+    pub outbox_total: usize,
+    /// SO_SNDBUF of accepted sockets (0 = the kernel's default, which grows to
+    /// megabytes per connection): what a slow reader may hold in the kernel
+    /// besides its outbox.
+    pub send_buffer: usize,
     /// Bytes read from one connection per loop turn, so one flooder cannot starve the rest.
     pub read_budget: usize,
     /// How often an open WebSocket connection is pinged; zero turns pings off.
@@ -62,6 +75,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
             line_listen: None,
+            metrics_listen: None,
             reuse_port: false,
             allow_origin: Vec::new(),
             max_connections: 100_000,
@@ -72,6 +86,9 @@ impl Default for Config {
             max_chat_message: 64 * 1024,
             outbox_soft: 512 * 1024,
             outbox_hard: 4 * 1024 * 1024,
+            outbox_grace: Duration::from_secs(10),
+            outbox_total: 256 * 1024 * 1024,
+            send_buffer: 0,
             read_budget: 256 * 1024,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
@@ -83,6 +100,122 @@ impl Default for Config {
             redis: None,
             auth: None,
         }
+    }
+}
+
+/// Byte limits past this are refused: outbox offsets are 32-bit to keep the
+/// connection entry small, and no chat needs a message that large.
+pub const MAX_BYTES: usize = 1 << 30;
+
+impl Config {
+    /// Refuse settings that cannot work, naming the flag and what is valid. The
+    /// binary calls this before binding (and exits 2); embedders may too.
+    pub fn validate(&self) -> Result<(), String> {
+        let bytes = [
+            ("--max-header-bytes", self.max_header_bytes, 512),
+            ("--max-message", self.max_message, 1),
+            ("--max-chat-message", self.max_chat_message, 64),
+            ("--max-line", self.chat.max_line, 64),
+            ("--outbox-soft", self.outbox_soft, 1),
+            ("--outbox-hard", self.outbox_hard, 1),
+            ("--read-budget", self.read_budget, 1),
+        ];
+        for (flag, v, min) in bytes {
+            if v < min {
+                return Err(format!(
+                    "{flag} {v} is too small: it must be at least {min} byte{}",
+                    if min == 1 { "" } else { "s" }
+                ));
+            }
+            if v > MAX_BYTES {
+                return Err(format!(
+                    "{flag} {v} is over the limit of {MAX_BYTES} bytes (1 GiB)"
+                ));
+            }
+        }
+        if self.outbox_hard < self.outbox_soft {
+            return Err(format!(
+                "--outbox-hard ({}) is below --outbox-soft ({}): the hard cap (disconnect) \
+                 must be at least the soft cap (drop lines)",
+                self.outbox_hard, self.outbox_soft
+            ));
+        }
+        if self.chat.max_rooms == 0 || self.chat.max_rooms_total == 0 {
+            return Err(format!(
+                "--max-rooms {} / --max-rooms-total {}: both must be at least 1 \
+                 (every connection starts in a room)",
+                self.chat.max_rooms, self.chat.max_rooms_total
+            ));
+        }
+        if self.outbox_total == 0 {
+            return Err(
+                "--outbox-total 0 would drop every line to a reader whose socket \
+                        is full: use a size such as 256MiB"
+                    .into(),
+            );
+        }
+        if self.outbox_grace.is_zero() {
+            return Err(
+                "--outbox-grace 0 would close a reader at its first dropped line: \
+                        use a duration such as 10s"
+                    .into(),
+            );
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections 0 would refuse every client: use at least 1".into());
+        }
+        for (flag, d) in [
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--close-timeout", self.close_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!(
+                    "{flag} 0 would close every connection at once: use a duration such as 5s"
+                ));
+            }
+        }
+        if !self.ping_interval.is_zero()
+            && !self.idle_timeout.is_zero()
+            && self.ping_interval >= self.idle_timeout
+        {
+            return Err(format!(
+                "--ping-interval ({:?}) must be shorter than --idle-timeout ({:?}), or quiet \
+                 clients are closed before they are pinged (0 turns either off)",
+                self.ping_interval, self.idle_timeout
+            ));
+        }
+        let mut addrs = vec![("--listen", Some(self.listen))];
+        addrs.push(("--line-listen", self.line_listen));
+        addrs.push(("--metrics-listen", self.metrics_listen));
+        for (i, (fa, a)) in addrs.iter().enumerate() {
+            for (fb, b) in &addrs[i + 1..] {
+                if let (Some(a), Some(b)) = (a, b) {
+                    if a == b && a.port() != 0 {
+                        return Err(format!("{fa} and {fb} are both {a}: use two ports"));
+                    }
+                }
+            }
+        }
+        if let Some(r) = &self.redis {
+            if r.nick_ttl < Duration::from_millis(300) {
+                return Err(format!(
+                    "--redis-nick-ttl {:?} is too short: use at least 300ms",
+                    r.nick_ttl
+                ));
+            }
+            if r.max_buffer < 64 * 1024 {
+                return Err(format!(
+                    "--redis-buffer {} is too small: use at least 64KiB",
+                    r.max_buffer
+                ));
+            }
+            if r.query_timeout.is_zero() {
+                return Err("--redis-query-timeout 0 would answer /who and /rooms \
+                            without the other nodes: use a duration such as 500ms"
+                    .into());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -155,6 +288,46 @@ pub fn client_ip(forwarded_for: &str, trusted: &[IpNet]) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_nonsense_is_not() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let bad = |f: fn(&mut Config), want: &str| {
+            let mut c = Config::default();
+            f(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(want), "{e}");
+        };
+        bad(|c| c.chat.max_line = 0, "--max-line");
+        bad(|c| c.max_connections = 0, "--max-connections");
+        bad(|c| c.chat.max_rooms = 0, "--max-rooms");
+        bad(
+            |c| {
+                c.outbox_soft = 8;
+                c.outbox_hard = 4
+            },
+            "--outbox-hard",
+        );
+        bad(|c| c.max_message = 2 << 30, "1 GiB");
+        bad(
+            |c| c.handshake_timeout = Duration::ZERO,
+            "--handshake-timeout",
+        );
+        bad(
+            |c| c.ping_interval = Duration::from_secs(100),
+            "--ping-interval",
+        );
+        bad(
+            |c| c.metrics_listen = Some(c.listen),
+            "--listen and --metrics-listen",
+        );
+        let c = Config {
+            idle_timeout: Duration::ZERO,
+            ping_interval: Duration::from_secs(100),
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
+    }
 
     #[test]
     fn blocks_contain_their_addresses() {

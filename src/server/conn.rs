@@ -83,19 +83,19 @@ impl Phase {
 }
 
 /// In the dirty list: flush at the end of the turn.
-pub(crate) const DIRTY: u16 = 1;
+pub(crate) const DIRTY: u8 = 1;
 /// The socket accepted all we wrote last time (no `WouldBlock` since the last writable event).
-pub(crate) const WRITABLE: u16 = 2;
+pub(crate) const WRITABLE: u8 = 2;
 /// Not read from while its own outbox is over the soft cap.
-pub(crate) const PAUSED: u16 = 4;
+pub(crate) const PAUSED: u8 = 4;
 /// Registered with the chat hub (must be disconnected from it on close).
-pub(crate) const IN_CHAT: u16 = 16;
+pub(crate) const IN_CHAT: u8 = 8;
 /// A line client whose current line overflowed the limit; skip to the next newline.
-pub(crate) const LINE_OVERFLOW: u16 = 32;
+pub(crate) const LINE_OVERFLOW: u8 = 16;
 /// Counted in the per-IP table under `ip` (must be uncounted on close).
-pub(crate) const COUNTED: u16 = 64;
+pub(crate) const COUNTED: u8 = 32;
 /// Came from a trusted proxy: `ip` is replaced by the `X-Forwarded-For` client.
-pub(crate) const PROXIED: u16 = 128;
+pub(crate) const PROXIED: u8 = 64;
 
 /// The per-connection time limits in timer ticks, computed once from the
 /// configuration; `None` is off.
@@ -107,6 +107,8 @@ pub(crate) struct Timeouts {
     pub(crate) ping: Option<u32>,
     /// How long a drained outbox keeps its capacity for the next message.
     pub(crate) release: u32,
+    /// How long a reader may stay behind (losing lines) before it is closed.
+    pub(crate) grace: u32,
 }
 
 impl Timeouts {
@@ -120,6 +122,7 @@ impl Timeouts {
             idle: opt(cfg.idle_timeout),
             ping: opt(cfg.ping_interval),
             release: ticks(Duration::from_secs(10)),
+            grace: ticks(cfg.outbox_grace),
         }
     }
 }
@@ -133,6 +136,9 @@ pub(crate) enum Due {
     Close,
     /// Nothing read for `--idle-timeout`: close it.
     Idle,
+    /// A line client (`nc`) has read nothing back for two thirds of
+    /// `--idle-timeout`: tell it how to stay (it gets no pings to answer).
+    IdleWarn,
     /// Time to ping (WebSocket only).
     Ping,
     /// The outbox has been empty for a while: give its capacity back.
@@ -151,9 +157,13 @@ pub(crate) struct Conn {
     pub(crate) out_pos: u32,
     /// Chat bytes dropped since the outbox last drained (slow-consumer accounting).
     pub(crate) dropped: u32,
+    /// Tick of the first dropped line since the outbox last drained (the
+    /// reader has been behind since then); `u32::MAX` while it keeps up.
+    pub(crate) over_since: u32,
     /// Tick of the last inbound byte.
     pub(crate) last_rx: u32,
-    /// Tick of the last ping we sent.
+    /// Tick of the last ping we sent; for line clients, which get no pings,
+    /// the tick of the last idle warning.
     pub(crate) last_ping: u32,
     /// Tick the current phase started (accept time for `Handshake`); in
     /// `Open`, the tick the outbox last became empty (see [`Due::Release`]).
@@ -162,7 +172,7 @@ pub(crate) struct Conn {
     pub(crate) timer_at: u32,
     pub(crate) kind: Kind,
     phase: Phase,
-    flags: u16,
+    flags: u8,
 }
 
 impl Conn {
@@ -176,6 +186,7 @@ impl Conn {
             ip,
             out_pos: 0,
             dropped: 0,
+            over_since: u32::MAX,
             last_rx: now,
             last_ping: now,
             since: now,
@@ -302,6 +313,11 @@ impl Conn {
                 };
                 if let Some(idle) = t.idle {
                     consider(after(self.last_rx, idle), Due::Idle);
+                    // Once per quiet spell: not again until input moves `last_rx`.
+                    let warn = after(self.last_rx, idle / 3 * 2);
+                    if self.kind == Kind::Line && idle >= 3 && self.last_ping < warn {
+                        consider(warn, Due::IdleWarn);
+                    }
                 }
                 if let (true, Some(ping)) = (self.is_ws(), t.ping) {
                     consider(after(self.last_ping, ping), Due::Ping);
@@ -312,6 +328,36 @@ impl Conn {
                 next
             }
         }
+    }
+
+    /// Append to the outbox through `f`, adding the growth of its allocation
+    /// to `total` (the process's outbox budget counts capacity, not length:
+    /// a doubling `Vec` may hold twice what it queues).
+    pub(crate) fn append<R>(&mut self, total: &mut usize, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        let before = self.outbox.capacity();
+        let r = f(&mut self.outbox);
+        *total = total.saturating_add(self.outbox.capacity().saturating_sub(before));
+        r
+    }
+
+    /// Give the outbox's allocation back, taking it off `total`. Only for an
+    /// outbox with nothing left to write.
+    pub(crate) fn release_outbox(&mut self, total: &mut usize) {
+        *total = total.saturating_sub(self.outbox.capacity());
+        self.outbox = Vec::new();
+        self.out_pos = 0;
+    }
+
+    /// Everything queued was written: reuse a small buffer, free a large one.
+    pub(crate) fn outbox_written(&mut self, total: &mut usize, keep: usize) {
+        if self.outbox.capacity() > keep {
+            self.release_outbox(total);
+        } else {
+            self.outbox.clear();
+            self.out_pos = 0;
+        }
+        self.dropped = 0;
+        self.over_since = u32::MAX;
     }
 
     /// Bytes queued and not yet written.
@@ -325,17 +371,17 @@ impl Conn {
     }
 
     /// Set a flag.
-    pub(crate) fn set(&mut self, f: u16) {
+    pub(crate) fn set(&mut self, f: u8) {
         self.flags |= f;
     }
 
     /// Clear a flag.
-    pub(crate) fn clear(&mut self, f: u16) {
+    pub(crate) fn clear(&mut self, f: u8) {
         self.flags &= !f;
     }
 
     /// Test a flag.
-    pub(crate) fn has(&self, f: u16) -> bool {
+    pub(crate) fn has(&self, f: u8) -> bool {
         self.flags & f != 0
     }
 }
@@ -358,6 +404,7 @@ mod tests {
             idle: Some(900),
             ping: Some(300),
             release: 100,
+            grace: 100,
         }
     }
 
@@ -419,9 +466,27 @@ mod tests {
         c.outbox.push(1);
         assert_eq!(
             c.deadline(&t),
-            Some((900, Due::Idle)),
+            Some((600, Due::IdleWarn)),
             "not while it holds bytes"
         );
+    }
+
+    #[test]
+    fn a_quiet_line_client_is_warned_once_before_the_idle_close() {
+        let t = limits();
+        let mut c = conn(Kind::Line);
+        // Two thirds of the 900-tick idle timeout.
+        assert_eq!(c.deadline(&t), Some((600, Due::IdleWarn)));
+        c.last_ping = 600; // warned
+        assert_eq!(c.deadline(&t), Some((900, Due::Idle)));
+        // Input starts a new quiet spell, with a new warning.
+        c.last_rx = 700;
+        assert_eq!(c.deadline(&t), Some((1300, Due::IdleWarn)));
+        // WebSocket clients answer pings instead: no warning.
+        let mut w = conn(Kind::Http);
+        w.upgraded(Kind::Chat, 0);
+        w.last_ping = 900;
+        assert_eq!(w.deadline(&t), Some((900, Due::Idle)));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod config;
 mod conn;
 mod http;
 mod metrics;
+mod metrics_port;
 mod out;
 mod read;
 mod sys;
@@ -18,6 +19,9 @@ mod timers;
 mod write;
 
 pub use auth_glue::{AuthArgs, AuthConfig, GuestPolicy};
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use config::{client_ip, Config, IpNet};
 pub use metrics::Metrics;
 pub use sys::raise_nofile_limit;
@@ -50,6 +54,9 @@ const SCRATCH: usize = 64 * 1024;
 const KEEP_OUTBOX: usize = 4 * 1024;
 /// Connections accepted per listener per turn before the others get a go.
 const ACCEPT_BUDGET: usize = 1024;
+/// A poll that returns this much later than its timeout was a stall (the
+/// process stopped or starved), not scheduling noise.
+const STALL_SLACK: Duration = Duration::from_millis(10);
 /// Pause after accept() fails for lack of descriptors, so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -83,14 +90,31 @@ struct Ctx {
     line_buf: Vec<u8>,
     chat_limits: Limits,
     echo_limits: Limits,
+    /// Bytes left in each outbox after its last flush, for `/metrics`.
+    queued: metrics::Queued,
+    /// Refused-Origin log lines, at most one a second.
+    origin_log: crate::logging::Throttle,
     /// Milliseconds since start, read once per loop turn.
     now_ms: u64,
+    /// The earliest time (as `now_ms`) input read this turn can have arrived:
+    /// `now_ms`, or earlier after a stall of the loop.
+    arrived_ms: u64,
     /// `now_ms` in timer-wheel ticks.
     tick: u32,
     start: Instant,
     /// The configured time limits in ticks.
     timeouts: Timeouts,
+    /// Bytes allocated by all outboxes together (capacity, not length): kept
+    /// exact by [`Conn::append`] and friends, held under `cfg.outbox_total`.
+    outbox_bytes: usize,
 }
+/// An episode of accept() failing for lack of descriptors (or memory).
+struct Starved {
+    since: Instant,
+    /// Failed accepts in it (one per retry).
+    failures: u64,
+}
+
 /// A bound server, ready to `run`.
 pub struct Server {
     poll: Poll,
@@ -108,10 +132,17 @@ pub struct Server {
     scratch: Box<[u8]>,
     accept_paused_until: Option<Instant>,
     accept_again: bool,
+    /// Accepting has been failing for lack of descriptors since then.
+    starved: Option<Starved>,
     shutdown_deadline: Option<Instant>,
     fired: Vec<Entry>,
+    /// Where flushes go instead of the sockets when set: the sans-I/O
+    /// harness of [`fuzzing`] drives connections without writing to them.
+    capture: Option<Vec<u8>>,
     /// The Redis bridge (`--redis`); `None` runs alone.
-    cluster: Option<Box<crate::cluster::Cluster>>,
+    cluster: Option<Box<cluster_glue::ClusterIo>>,
+    /// The `--metrics-listen` listener and its scrapers.
+    metrics_port: Option<metrics_port::MetricsPort>,
     /// Signed tokens (`--auth-key`); `None` admits everyone as a guest.
     auth: Option<Box<auth_glue::Auth>>,
 }
@@ -120,19 +151,31 @@ impl Server {
     /// Bind the listeners (port 0 picks a free port) and set up the loop.
     pub fn bind(cfg: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = sys::listener(cfg.listen, cfg.reuse_port)?;
+        let mut listener = sys::listener(cfg.listen, cfg.reuse_port, cfg.send_buffer)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let (line_listener, line_addr) = match cfg.line_listen {
             Some(a) => {
-                let mut l = sys::listener(a, cfg.reuse_port)?;
+                let mut l = sys::listener(a, cfg.reuse_port, cfg.send_buffer)?;
                 let addr = l.local_addr()?;
                 poll.registry()
                     .register(&mut l, LINE_LISTENER, Interest::READABLE)?;
                 (Some(l), Some(addr))
             }
             None => (None, None),
+        };
+        let metrics_port = match cfg.metrics_listen {
+            Some(a) => {
+                let mut l = sys::listener(a, false, 0)?;
+                poll.registry().register(
+                    &mut l,
+                    metrics_port::METRICS_LISTENER,
+                    Interest::READABLE,
+                )?;
+                Some(metrics_port::MetricsPort::new(l))
+            }
+            None => None,
         };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let signals = if cfg.handle_signals {
@@ -176,22 +219,35 @@ impl Server {
                 line_buf: Vec::new(),
                 chat_limits,
                 echo_limits,
+                queued: metrics::Queued::default(),
+                origin_log: crate::logging::Throttle::default(),
                 now_ms: 0,
+                arrived_ms: 0,
                 tick: 0,
                 start: Instant::now(),
                 timeouts,
+                outbox_bytes: 0,
             },
             per_ip: HashMap::new(),
             wheel: Wheel::new(),
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             accept_paused_until: None,
             accept_again: false,
+            starved: None,
             shutdown_deadline: None,
             fired: Vec::new(),
+            capture: None,
             cluster: None,
+            metrics_port,
             auth: None,
         };
         server.start_auth()?;
+        // Message ids are EPOCH-SEQ with EPOCH the start time, and `time` tags
+        // are EPOCH plus the monotonic clock (chat::history).
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        server.hub.set_epoch(epoch);
         server.start_cluster();
         Ok(server)
     }
@@ -206,6 +262,11 @@ impl Server {
         self.line_addr
     }
 
+    /// The `--metrics-listen` listener's address, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_port.as_ref().and_then(|m| m.local_addr().ok())
+    }
+
     /// A handle that stops the server from another thread.
     pub fn handle(&self) -> Handle {
         Handle {
@@ -217,6 +278,11 @@ impl Server {
     /// closed or the shutdown timeout has passed.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        // When the last turn ended and how long it took: what the loop needs
+        // to tell a stall (a long turn, or a poll that overslept because the
+        // process was stopped or starved) from waiting for events.
+        let mut last_end = Instant::now();
+        let mut last_took = Duration::ZERO;
         loop {
             let timeout = self.cluster_timeout(self.poll_timeout());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -227,8 +293,19 @@ impl Server {
             }
             let turn_start = Instant::now();
             // One clock read per turn: chat rate limits and timers use it.
-            self.ctx.now_ms = self.ctx.start.elapsed().as_millis() as u64;
+            self.ctx.now_ms = turn_start.duration_since(self.ctx.start).as_millis() as u64;
             self.ctx.tick = (self.ctx.now_ms / TICK_MS) as u32;
+            // Input read this turn arrived during the last turn or the poll,
+            // and no earlier than the start of a stall: that is what the rate
+            // limiter charges it by. Without a poll timeout nothing tells a
+            // stall from an idle wait, so an idle wait is never credited.
+            let overslept = timeout.map_or(Duration::ZERO, |t| {
+                turn_start
+                    .duration_since(last_end)
+                    .saturating_sub(t + STALL_SLACK)
+            });
+            let late = (overslept + last_took).as_millis() as u64;
+            self.ctx.arrived_ms = self.ctx.now_ms.saturating_sub(late);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(false),
@@ -241,6 +318,14 @@ impl Server {
                         }
                     }
                     cluster_glue::REDIS_CMD | cluster_glue::REDIS_SUB => self.cluster_event(event),
+                    metrics_port::METRICS_LISTENER => {
+                        if let Some(m) = self.metrics_port.as_mut() {
+                            m.accept(self.poll.registry(), turn_start);
+                        }
+                    }
+                    t if metrics_port::scraper_of(t).is_some() => {
+                        self.scraper_event(metrics_port::scraper_of(t).unwrap_or(0), event);
+                    }
                     Token(id) => {
                         if let Some(c) = self.conns.get_mut(id) {
                             if event.is_writable() {
@@ -273,13 +358,22 @@ impl Server {
                 self.read(id);
             }
             self.timers();
+            self.chat_timers();
+            if let Some(m) = self.metrics_port.as_mut() {
+                if m.accept_pending() {
+                    m.accept(self.poll.registry(), turn_start);
+                }
+                if m.busy() {
+                    m.expire(self.poll.registry(), turn_start);
+                }
+            }
             self.finish_turn();
             if self.cluster_turn() {
                 self.finish_turn();
             }
-            self.ctx
-                .metrics
-                .observe_turn(turn_start.elapsed().as_secs_f64());
+            last_end = Instant::now();
+            last_took = last_end.duration_since(turn_start);
+            self.ctx.metrics.observe_turn(last_took.as_secs_f64());
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() {
                     info!("shutdown complete");
@@ -296,15 +390,39 @@ impl Server {
         }
     }
 
+    /// Dropped chat sessions whose grace period ran out (`--session-ttl`).
+    fn chat_timers(&mut self) {
+        let now = self.ctx.now_ms;
+        if self.hub.poll_timeout().is_some_and(|at| at <= now) {
+            let (hub, mut out) = self.chat();
+            hub.handle_timeout(now, &mut out);
+        }
+    }
+
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ctx.read_again.is_empty() || self.accept_again {
+        if !self.ctx.read_again.is_empty()
+            || self.accept_again
+            || self
+                .metrics_port
+                .as_ref()
+                .is_some_and(|m| m.accept_pending())
+        {
             return Some(Duration::ZERO);
+        }
+        if self.metrics_port.as_ref().is_some_and(|m| m.busy()) {
+            // A scraper is open: wake for its timeout even with no timers.
+            return Some(Duration::from_millis(TICK_MS));
         }
         if self.wheel.is_empty()
             && self.accept_paused_until.is_none()
             && self.shutdown_deadline.is_none()
         {
-            return None;
+            // Only a dropped session's expiry is left to wake up for.
+            let ms = self.ctx.start.elapsed().as_millis() as u64;
+            return self
+                .hub
+                .poll_timeout()
+                .map(|at| Duration::from_millis(at.saturating_sub(ms)));
         }
         let ms = self.ctx.start.elapsed().as_millis() as u64;
         let next_tick = (ms / TICK_MS + 1) * TICK_MS;

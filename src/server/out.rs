@@ -4,7 +4,7 @@
 use log::debug;
 use slab::Slab;
 
-use super::conn::{Conn, Kind, Phase, Then, DIRTY};
+use super::conn::{Conn, Kind, Phase, Then, DIRTY, WRITABLE};
 use super::Ctx;
 use crate::chat::{ConnId, Sink};
 use crate::ws::frame::{encode_close, encode_frame, OpCode};
@@ -20,6 +20,7 @@ impl Sink for Out<'_> {
         let ctx = &mut *self.ctx;
         ctx.ws_frame.clear();
         ctx.line_buf.clear();
+        let mut behind_mark = over_budget_mark(ctx);
         for &id in to {
             let Some(c) = self.conns.get_mut(id) else {
                 continue;
@@ -40,17 +41,28 @@ impl Sink for Out<'_> {
                 &ctx.ws_frame
             };
             let pending = c.pending();
-            if pending >= ctx.cfg.outbox_soft {
+            // Behind: its socket refused bytes at the last flush. A reader that
+            // keeps up has its outbox written out at the end of every turn and
+            // is never held to the budget's lower marks.
+            let behind = !c.has(WRITABLE);
+            if pending >= ctx.cfg.outbox_soft || (behind && pending >= behind_mark) {
                 ctx.metrics.slow_drops += 1;
                 c.dropped = c.dropped.saturating_add(bytes.len() as u32);
-                if pending + c.dropped as usize > ctx.cfg.outbox_hard {
+                if c.over_since == u32::MAX {
+                    c.over_since = ctx.tick;
+                }
+                let too_long = ctx.tick >= c.over_since.saturating_add(ctx.timeouts.grace);
+                if pending + c.dropped as usize > ctx.cfg.outbox_hard || too_long {
                     ctx.metrics.slow_disconnects += 1;
-                    debug!("{}: slow consumer closed ({pending} bytes queued)", c.ip);
+                    debug!(conn = id, peer:% = c.ip, queued = pending; "slow consumer closed");
                     kill(ctx, id, c);
                 }
                 continue;
             }
-            c.outbox.extend_from_slice(bytes);
+            c.append(&mut ctx.outbox_bytes, |o| o.extend_from_slice(bytes));
+            if ctx.outbox_bytes >= ctx.cfg.outbox_total {
+                behind_mark = over_budget_mark(ctx);
+            }
             ctx.metrics.deliveries += 1;
             ctx.metrics.messages_out += 1;
             mark_dirty(&mut ctx.dirty, id, c);
@@ -61,6 +73,23 @@ impl Sink for Out<'_> {
         if let Some(c) = self.conns.get_mut(id) {
             begin_close(self.ctx, id, c, code, reason);
         }
+    }
+}
+
+/// The backlog at which a reader that is behind (its socket refused bytes)
+/// loses lines, from the budget's point of view: none under `--outbox-total`;
+/// over it, an eighth of its own cap, so the readers furthest behind lose
+/// lines first; over it by an eighth, any backlog at all. A reader that keeps
+/// up is never held to these marks, and the process holds at most the budget,
+/// an eighth more, and what one turn queues for readers that fall behind in it.
+fn over_budget_mark(ctx: &Ctx) -> usize {
+    let total = ctx.cfg.outbox_total;
+    if ctx.outbox_bytes < total {
+        usize::MAX
+    } else if ctx.outbox_bytes < total.saturating_add(total / 8) {
+        (ctx.cfg.outbox_soft / 8).max(1)
+    } else {
+        1
     }
 }
 
@@ -77,9 +106,11 @@ pub(super) fn begin_close(ctx: &mut Ctx, id: usize, c: &mut Conn, code: u16, rea
     if c.is_closing() {
         return;
     }
-    debug!("{}: closing with {code} {reason:?} (id {id})", c.ip);
+    debug!(conn = id, peer:% = c.ip, code = code, reason = reason; "closing");
     if c.is_ws() && c.phase() == Phase::Open {
-        encode_close(&mut c.outbox, Some(code), reason, None);
+        c.append(&mut ctx.outbox_bytes, |o| {
+            encode_close(o, Some(code), reason, None)
+        });
         ctx.metrics.close_sent(code);
         c.closing(ctx.tick);
     } else {

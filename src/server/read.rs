@@ -28,7 +28,7 @@ impl Server {
             }
             match c.sock.read(&mut self.scratch) {
                 Ok(0) => {
-                    debug!("{}: peer closed its side (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "peer closed its side");
                     if c.peer_ended(self.ctx.tick) {
                         // A half-close (`nc -N`, `shutdown(SHUT_WR)`) still wants
                         // its answers: write them, then close (nothing to drain).
@@ -47,7 +47,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    debug!("{}: read: {e} (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "read: {e}");
                     kill(&mut self.ctx, id, c);
                     return;
                 }
@@ -111,13 +111,15 @@ impl Server {
                         break;
                     };
                     debug!(
-                        "{}: protocol error, closing with {}: {e} (id {id})",
-                        c.ip,
-                        e.close_code()
+                        conn = id, peer:% = c.ip, code = e.close_code();
+                        "protocol error: {e}"
                     );
                     if c.phase() == Phase::Open {
                         let code = e.close_code();
-                        encode_close(&mut c.outbox, Some(code), &e.to_string(), None);
+                        let reason = e.to_string();
+                        c.append(&mut self.ctx.outbox_bytes, |o| {
+                            encode_close(o, Some(code), &reason, None)
+                        });
                         self.ctx.metrics.close_sent(code);
                     }
                     // Fail the connection (RFC 6455 7.1.7): no waiting for the
@@ -150,16 +152,20 @@ impl Server {
         };
         match m {
             Message::Ping(p) => {
-                encode_frame(&mut c.outbox, OpCode::Pong, true, p, None);
+                c.append(&mut ctx.outbox_bytes, |o| {
+                    encode_frame(o, OpCode::Pong, true, p, None)
+                });
                 mark_dirty(&mut ctx.dirty, id, c);
             }
             Message::Pong(_) => {}
             Message::Close { code, reason } => {
-                debug!("{}: peer closed with {code:?} {reason:?} (id {id})", c.ip);
+                debug!(conn = id, peer:% = c.ip, code = code.unwrap_or(1005), reason = reason; "peer closed");
                 ctx.metrics.close_received(code.unwrap_or(1005));
                 if c.phase() == Phase::Open {
                     let echo = code.unwrap_or(1000);
-                    encode_close(&mut c.outbox, Some(echo), "", None);
+                    c.append(&mut ctx.outbox_bytes, |o| {
+                        encode_close(o, Some(echo), "", None)
+                    });
                     ctx.metrics.close_sent(echo);
                 }
                 // Either way the handshake is complete: close once written.
@@ -169,7 +175,9 @@ impl Server {
             Message::Text(t) => {
                 ctx.metrics.messages_in += 1;
                 if c.kind == Kind::Echo {
-                    encode_frame(&mut c.outbox, OpCode::Text, true, t.as_bytes(), None);
+                    c.append(&mut ctx.outbox_bytes, |o| {
+                        encode_frame(o, OpCode::Text, true, t.as_bytes(), None)
+                    });
                     ctx.metrics.messages_out += 1;
                     mark_dirty(&mut ctx.dirty, id, c);
                 } else {
@@ -179,7 +187,9 @@ impl Server {
             Message::Binary(b) => {
                 ctx.metrics.messages_in += 1;
                 if c.kind == Kind::Echo {
-                    encode_frame(&mut c.outbox, OpCode::Binary, true, b, None);
+                    c.append(&mut ctx.outbox_bytes, |o| {
+                        encode_frame(o, OpCode::Binary, true, b, None)
+                    });
                     ctx.metrics.messages_out += 1;
                     mark_dirty(&mut ctx.dirty, id, c);
                 } else {
@@ -200,9 +210,9 @@ impl Server {
         if self.auth_line(id, line) {
             return;
         }
-        let now = self.ctx.now_ms;
+        let (arrived, now) = (self.ctx.arrived_ms, self.ctx.now_ms);
         let (hub, mut out) = self.chat();
-        hub.handle(id, line, now, &mut out);
+        hub.handle_arrived(id, line, arrived, now, &mut out);
     }
 
     /// Line-protocol bytes: one command per `\n`-terminated line.

@@ -25,8 +25,13 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
 }
 
 /// A non-blocking listener; with `reuse_port` several processes may bind the same
-/// address and the kernel spreads new connections over them.
-pub fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<mio::net::TcpListener> {
+/// address and the kernel spreads new connections over them. A non-zero
+/// `send_buffer` sets SO_SNDBUF, which accepted connections inherit.
+pub fn listener(
+    addr: SocketAddr,
+    reuse_port: bool,
+    send_buffer: usize,
+) -> io::Result<mio::net::TcpListener> {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -45,9 +50,13 @@ pub fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<mio::net::TcpL
     }
     // SAFETY: fd is a fresh socket we own; wrapping it closes it on every path.
     let owned: std::net::TcpListener = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
-    set_opt(fd, libc::SO_REUSEADDR)?;
+    set_opt(fd, libc::SO_REUSEADDR, 1)?;
     if reuse_port {
-        set_opt(fd, libc::SO_REUSEPORT)?;
+        set_opt(fd, libc::SO_REUSEPORT, 1)?;
+    }
+    if send_buffer > 0 {
+        let n = libc::c_int::try_from(send_buffer).unwrap_or(libc::c_int::MAX);
+        set_opt(fd, libc::SO_SNDBUF, n)?;
     }
     let (storage, len) = sockaddr(addr);
     // SAFETY: storage holds a valid sockaddr of `len` bytes.
@@ -61,15 +70,14 @@ pub fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<mio::net::TcpL
     Ok(mio::net::TcpListener::from_std(owned))
 }
 
-fn set_opt(fd: libc::c_int, opt: libc::c_int) -> io::Result<()> {
-    let one: libc::c_int = 1;
+fn set_opt(fd: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: setsockopt reads one c_int from a valid pointer.
     let rc = unsafe {
         libc::setsockopt(
             fd,
             libc::SOL_SOCKET,
             opt,
-            &one as *const _ as *const libc::c_void,
+            &value as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -123,7 +131,36 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * page.max(1) as u64)
 }
 
-/// Open file descriptors of this process.
+/// Open file descriptors of this process: the size `stat` reports for
+/// `/proc/self/fd`, which Linux 6.2 and later set to the count (one system
+/// call, whatever the count). None on older kernels (they report 0), rather
+/// than listing the directory, whose cost grows with the connections.
 pub fn open_fds() -> Option<u64> {
-    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+    let n = std::fs::metadata("/proc/self/fd").ok()?.len();
+    (n > 0).then_some(n)
+}
+
+/// The soft RLIMIT_NOFILE: the most descriptors this process may open.
+pub fn max_fds() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    Some(lim.rlim_cur)
+}
+
+/// User plus system CPU time of this process, in seconds.
+pub fn cpu_seconds() -> Option<f64> {
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes the struct we pass.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return None;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(u.ru_utime) + secs(u.ru_stime))
 }

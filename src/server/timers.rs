@@ -8,7 +8,7 @@ use log::debug;
 
 use super::conn::{Due, Kind};
 use super::out::{begin_close, kill, mark_dirty};
-use super::timer::Entry;
+use super::timer::{Entry, TICK_MS};
 use super::Server;
 use crate::ws::frame::{encode_frame, OpCode};
 
@@ -67,7 +67,8 @@ impl Server {
     /// Everything due for `id` at `now`, earliest first.
     fn on_timer(&mut self, id: usize, now: u32) {
         // Bounded: every action moves its own deadline past `now` or ends the
-        // phase, and there are four kinds of deadline in `Open`.
+        // phase, and a connection has at most four kinds of deadline in `Open`
+        // (idle, ping or idle warning, release).
         for _ in 0..4 {
             let Some(c) = self.conns.get_mut(id) else {
                 return;
@@ -80,17 +81,17 @@ impl Server {
             }
             match due {
                 Due::Handshake => {
-                    debug!("{}: handshake timeout (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "handshake timeout");
                     self.ctx.metrics.timeout("handshake");
                     kill(&mut self.ctx, id, c);
                 }
                 Due::Close => {
-                    debug!("{}: close timeout (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "close timeout");
                     self.ctx.metrics.timeout("close");
                     kill(&mut self.ctx, id, c);
                 }
                 Due::Idle => {
-                    debug!("{}: idle timeout (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "idle timeout");
                     self.ctx.metrics.timeout("idle");
                     if c.kind == Kind::Line {
                         self.reply(id, "SYS idle timeout");
@@ -98,19 +99,32 @@ impl Server {
                     let c = &mut self.conns[id];
                     begin_close(&mut self.ctx, id, c, 1000, "idle timeout");
                 }
+                Due::IdleWarn => {
+                    c.last_ping = now;
+                    let idle = self.ctx.timeouts.idle.unwrap_or(0);
+                    let left = c.last_rx.saturating_add(idle).saturating_sub(now);
+                    let secs = (u64::from(left) * TICK_MS).div_ceil(1000);
+                    let total = (u64::from(idle) * TICK_MS).div_ceil(1000);
+                    self.reply(
+                        id,
+                        &format!(
+                            "SYS idle: this connection closes in {secs} s (after {total} s without \
+                             input); send /ping or any line to stay"
+                        ),
+                    );
+                }
                 Due::Ping => {
                     c.last_ping = now;
                     let idle = c.pending() == 0;
-                    encode_frame(&mut c.outbox, OpCode::Ping, true, b"", None);
+                    c.append(&mut self.ctx.outbox_bytes, |o| {
+                        encode_frame(o, OpCode::Ping, true, b"", None)
+                    });
                     mark_dirty(&mut self.ctx.dirty, id, c);
                     if idle {
                         self.flush_and_release(id);
                     }
                 }
-                Due::Release => {
-                    c.outbox = Vec::new();
-                    c.out_pos = 0;
-                }
+                Due::Release => c.release_outbox(&mut self.ctx.outbox_bytes),
             }
         }
     }

@@ -36,6 +36,16 @@ impl Server {
     }
 
     pub(super) fn flush(&mut self, id: usize) {
+        self.write_out(id);
+        let left = self
+            .conns
+            .get(id)
+            .filter(|c| !c.is_dead())
+            .map_or(0, |c| c.pending());
+        self.ctx.queued.set(id, left);
+    }
+
+    fn write_out(&mut self, id: usize) {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
@@ -44,7 +54,15 @@ impl Server {
             return;
         }
         while c.has(WRITABLE) && c.pending() > 0 {
-            match c.sock.write(&c.outbox[c.out_pos as usize..]) {
+            let rest = &c.outbox[c.out_pos as usize..];
+            let written = match self.capture.as_mut() {
+                Some(v) => {
+                    v.extend_from_slice(rest);
+                    Ok(rest.len())
+                }
+                None => c.sock.write(rest),
+            };
+            match written {
                 Ok(0) => {
                     kill(&mut self.ctx, id, c);
                     return;
@@ -56,20 +74,14 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.clear(WRITABLE),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    debug!("{}: write: {e} (id {id})", c.ip);
+                    debug!(conn = id, peer:% = c.ip; "write: {e}");
                     kill(&mut self.ctx, id, c);
                     return;
                 }
             }
         }
         if c.pending() == 0 {
-            c.out_pos = 0;
-            c.dropped = 0;
-            if c.outbox.capacity() > KEEP_OUTBOX {
-                c.outbox = Vec::new();
-            } else {
-                c.outbox.clear();
-            }
+            c.outbox_written(&mut self.ctx.outbox_bytes, KEEP_OUTBOX);
             match c.phase() {
                 Phase::Flushing { then: Then::Close } => {
                     kill(&mut self.ctx, id, c);
@@ -77,7 +89,8 @@ impl Server {
                 }
                 Phase::Flushing { then: Then::Drain } => {
                     // Half-close and wait for the peer's end (see `Then::Drain`).
-                    if c.sock.shutdown(std::net::Shutdown::Write).is_err() {
+                    if self.capture.is_none() && c.sock.shutdown(std::net::Shutdown::Write).is_err()
+                    {
                         kill(&mut self.ctx, id, c);
                         return;
                     }
@@ -86,9 +99,18 @@ impl Server {
                 _ => c.outbox_emptied(self.ctx.tick),
             }
         } else if c.out_pos as usize > c.outbox.len() / 2 {
-            // Compact so the written prefix does not pin memory.
+            // Compact so the written prefix does not pin memory; a buffer far
+            // larger than what is left gives the difference back.
             c.outbox.drain(..c.out_pos as usize);
             c.out_pos = 0;
+            if c.outbox.capacity() > 4 * c.outbox.len().max(KEEP_OUTBOX) {
+                let before = c.outbox.capacity();
+                c.outbox.shrink_to(2 * c.outbox.len());
+                self.ctx.outbox_bytes = self
+                    .ctx
+                    .outbox_bytes
+                    .saturating_sub(before - c.outbox.capacity());
+            }
         }
         if c.has(PAUSED) && c.pending() <= self.ctx.cfg.outbox_soft / 2 {
             c.clear(PAUSED);
@@ -106,8 +128,7 @@ impl Server {
         self.flush(id);
         if let Some(c) = self.conns.get_mut(id) {
             if c.pending() == 0 && !c.is_dead() {
-                c.outbox = Vec::new();
-                c.out_pos = 0;
+                c.release_outbox(&mut self.ctx.outbox_bytes);
             }
         }
     }
@@ -117,8 +138,19 @@ impl Server {
             return;
         }
         let mut c = self.conns.remove(id);
+        self.ctx.outbox_bytes = self.ctx.outbox_bytes.saturating_sub(c.outbox.capacity());
+        debug_assert!(
+            !self.conns.is_empty() || self.ctx.outbox_bytes == 0,
+            "outbox accounting drifted by {} bytes",
+            self.ctx.outbox_bytes
+        );
         let _ = self.poll.registry().deregister(&mut c.sock);
-        debug!("{}: closed (id {id}, {:?})", c.ip, c.kind);
+        self.ctx.metrics.closed(c.kind);
+        self.ctx.queued.set(id, 0);
+        match self.hub.nick(id) {
+            Some(nick) => debug!(conn = id, peer:% = c.ip, kind:? = c.kind, nick = nick; "closed"),
+            None => debug!(conn = id, peer:% = c.ip, kind:? = c.kind; "closed"),
+        }
         if c.has(COUNTED) {
             self.forget_ip(c.ip);
         }

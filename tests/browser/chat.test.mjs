@@ -6,6 +6,12 @@
 //   rooms lobby and dev; alice sends bob a private message; a message holding
 //   markup stays text and runs nothing; the server is killed and restarted on
 //   the same port, and the pages reconnect by themselves, rejoin and send again.
+//   Also: focus, own lines, links, Shift+Enter, a message over the line limit,
+//   keyboard access (tabs, tab close, Space on members), contrast and input
+//   sizes, the live status region, a taken nick at connect (and won back), and
+//   a server that refuses the page's Origin (behind a proxy rewriting Host).
+//
+// Screenshots go to tests/browser/out/ (ignored by git).
 //
 // Every wait is on a condition with a deadline; nothing sleeps.
 //
@@ -13,7 +19,8 @@
 // CHROMIUM (default /usr/bin/chromium), TEST_TIMEOUT_MS (default 120000).
 
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, existsSync } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, existsSync } from "node:fs";
+import { createServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -128,7 +135,7 @@ function startClient(url) {
 }
 
 // ---- pages -----------------------------------------------------------------------
-async function openPage(name, baseUrl, viewport, { fakeClock = false } = {}) {
+async function openPage(name, baseUrl, viewport, { fakeClock = false, nick = name } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), "loopchat-chromium-" + name + "-"));
   const context = await chromium.launchPersistentContext(dataDir, {
     executablePath: CHROMIUM,
@@ -151,9 +158,11 @@ async function openPage(name, baseUrl, viewport, { fakeClock = false } = {}) {
   });
   const page = context.pages()[0] || (await context.newPage());
   page.setDefaultTimeout(WAIT);
-  const p = { name, page, dialogs: [], problems: [], sent: [], recv: [], ev: new EventEmitter() };
+  const p = { name, page, dialogs: [], problems: [], sent: [], recv: [], sockets: 0, ev: new EventEmitter() };
   // The WebSocket frames the page sends and receives, for protocol-level checks.
   page.on("websocket", (ws) => {
+    p.sockets += 1;
+    p.ev.emit("line");
     ws.on("framesent", (f) => { p.sent.push(String(f.payload)); p.ev.emit("line"); });
     ws.on("framereceived", (f) => { p.recv.push(String(f.payload)); p.ev.emit("line"); });
   });
@@ -166,7 +175,7 @@ async function openPage(name, baseUrl, viewport, { fakeClock = false } = {}) {
   // A controllable clock (time still flows): the test jumps over the 20 s
   // heartbeat interval instead of waiting for it.
   if (fakeClock) await page.clock.install();
-  await page.goto(baseUrl + "/?nick=" + name + "&room=lobby");
+  await page.goto(baseUrl + "/?nick=" + nick + "&room=lobby");
   return p;
 }
 
@@ -239,6 +248,50 @@ async function members(p, nicks) {
   );
 }
 
+// A TCP proxy to `target` that rewrites the Host header of every request to the
+// target's address, as a misconfigured reverse proxy does: the page's Origin
+// (the proxy's address) then no longer matches the Host the server sees.
+function hostRewritingProxy(target) {
+  return new Promise((res) => {
+    const srv = createServer((down) => {
+      const up = tcpConnect(target.port, "127.0.0.1");
+      down.on("data", (d) => {
+        up.write(Buffer.from(String(d.toString("latin1")).replace(/\r\nHost: [^\r]*\r\n/gi, "\r\nHost: " + target.addr + "\r\n"), "latin1"));
+      });
+      up.pipe(down);
+      const end = () => { down.destroy(); up.destroy(); };
+      down.on("error", end); up.on("error", end); down.on("close", end); up.on("close", end);
+    });
+    srv.listen(0, "127.0.0.1", () => {
+      cleanups.push(() => new Promise((r) => srv.close(() => r())));
+      res("127.0.0.1:" + srv.address().port);
+    });
+  });
+}
+
+// WCAG contrast ratio of two CSS colours (rgb()/hex as computed by the page).
+async function contrast(p, fg, bg) {
+  return p.page.evaluate(([a, b]) => {
+    const rgb = (c) => {
+      const probe = document.createElement("span");
+      probe.style.color = c;
+      document.body.append(probe);
+      const m = getComputedStyle(probe).color.match(/\d+(\.\d+)?/g).map(Number);
+      probe.remove();
+      return m.slice(0, 3);
+    };
+    const lum = (c) => {
+      const [r, g, bl] = rgb(c).map((v) => {
+        v /= 255;
+        return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+      });
+      return 0.2126 * r + 0.7152 * g + 0.0722 * bl;
+    };
+    const [x, y] = [lum(a), lum(b)];
+    return (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05);
+  }, [fg, bg]);
+}
+
 // ---- the test ------------------------------------------------------------------------
 async function main() {
   if (!existsSync(BIN)) fail(BIN + " is missing: run `cargo build --release` first");
@@ -265,6 +318,34 @@ async function main() {
   await waitActive(bob, "#lobby");
   ok("alice and bob connected, in lobby");
 
+  step = "focus and accessibility";
+  await alice.page.waitForFunction(() => document.activeElement && document.activeElement.id === "input");
+  ok("the message input has the focus on load");
+  const a11y = await alice.page.evaluate(() => {
+    const px = (id) => parseFloat(getComputedStyle(document.getElementById(id)).fontSize);
+    const tabs = document.getElementById("tabs");
+    const tab = tabs.querySelector(".tab");
+    return {
+      sizes: [px("input"), px("nick"), px("join-room")],
+      tablist: tabs.getAttribute("role"),
+      tab: tab && tab.getAttribute("role"),
+      selected: tab && tab.getAttribute("aria-selected"),
+      controls: tab && document.getElementById(tab.getAttribute("aria-controls")) !== null,
+      muted: getComputedStyle(document.documentElement).getPropertyValue("--muted").trim(),
+      bg: getComputedStyle(document.documentElement).getPropertyValue("--bg").trim(),
+      soft: getComputedStyle(document.documentElement).getPropertyValue("--accent-soft").trim(),
+    };
+  });
+  if (a11y.sizes.some((s) => s < 16)) fail("text fields under 16 px (iOS zooms): " + a11y.sizes);
+  if (a11y.tablist !== "tablist" || a11y.tab !== "tab" || a11y.selected !== "true" || !a11y.controls) {
+    fail("tabs lack the tab roles: " + JSON.stringify(a11y));
+  }
+  for (const bg of ["#ffffff", a11y.bg, a11y.soft]) {
+    const c = await contrast(alice, a11y.muted, bg);
+    if (c < 4.5) fail("muted text " + a11y.muted + " on " + bg + " has contrast " + c.toFixed(2) + " < 4.5");
+  }
+  ok("inputs are " + a11y.sizes.join("/") + " px, tabs are role=tab in a tablist, muted text contrast >= 4.5:1");
+
   step = "joining dev";
   // alice joins with the form.
   await alice.page.fill("#join-room", "dev");
@@ -272,6 +353,7 @@ async function main() {
   await waitActive(alice, "#dev");
   await waitLineIn(alice, "#dev", "alice joined #dev");
   await carol.waitLine("JOINED dev alice");
+  await alice.page.waitForFunction(() => document.activeElement && document.activeElement.id === "input");
   // bob (phone width) opens the menu, refreshes the room list and picks dev.
   await bob.page.click("#menu");
   await bob.page.click("#rooms-refresh");
@@ -279,7 +361,7 @@ async function main() {
   await waitActive(bob, "#dev");
   await carol.waitLine("JOINED dev bob");
   await waitLineIn(alice, "#dev", "bob joined #dev");
-  ok("alice joined dev with the form, bob from the room list");
+  ok("alice joined dev with the form (the input has the focus after joining), bob from the room list");
 
   await roomCount(alice, "dev", 3);
   await roomCount(alice, "lobby", 2);
@@ -297,6 +379,64 @@ async function main() {
   await carol.waitLine("MSG dev bob hey carol, bob on the phone");
   await waitLineIn(alice, "#dev", "hey carol, bob on the phone");
   ok("messages in dev go between both pages and the terminal client");
+
+  step = "own lines";
+  const looks = await alice.page.evaluate((sel) => {
+    const lines = [...document.querySelectorAll(sel + " .line.msg")];
+    const mine = lines.find((l) => l.classList.contains("mine"));
+    const other = lines.find((l) => !l.classList.contains("mine"));
+    const st = (l) => { const c = getComputedStyle(l); return { bg: c.backgroundColor, bar: c.boxShadow }; };
+    return mine && other ? { mine: st(mine), other: st(other), who: mine.dataset.nick } : null;
+  }, view("#dev"));
+  if (!looks || looks.who !== "alice") fail("alice's own line is not marked: " + JSON.stringify(looks));
+  if (looks.mine.bg === looks.other.bg || looks.mine.bar === "none") {
+    fail("own lines differ only by text colour: " + JSON.stringify(looks));
+  }
+  ok("own lines have their own background and an accent bar");
+
+  step = "links";
+  carol.send("docs at https://example.com/a?b=1&c=2, not javascript:alert(1) or data:text/html,hi");
+  await waitLineIn(alice, "#dev", "docs at https://example.com/a?b=1&c=2, not javascript:alert(1)");
+  const links = await alice.page.evaluate((sel) => {
+    const line = [...document.querySelectorAll(sel + " .line")].find((l) => l.textContent.includes("docs at"));
+    return [...line.querySelectorAll("a")].map((a) => ({ href: a.getAttribute("href"), text: a.textContent, rel: a.rel, target: a.target }));
+  }, view("#dev"));
+  if (links.length !== 1) fail("expected exactly one link: " + JSON.stringify(links));
+  const [link] = links;
+  if (link.href !== "https://example.com/a?b=1&c=2" || link.text !== "https://example.com/a?b=1&c=2" ||
+      !link.rel.split(" ").includes("noopener") || link.target !== "_blank") {
+    fail("bad link: " + JSON.stringify(link));
+  }
+  ok("an https address is a link (rel=noopener, new tab, trailing comma left out); javascript: and data: stay text");
+
+  step = "multi-line";
+  const mark0 = carol.lines.length;
+  await alice.page.focus("#input");
+  await alice.page.keyboard.type("first line");
+  await alice.page.keyboard.press("Shift+Enter");
+  await alice.page.keyboard.type("second line");
+  if ((await alice.page.inputValue("#input")) !== "first line\nsecond line") fail("Shift+Enter did not start a new line");
+  await alice.page.keyboard.press("Enter");
+  await carol.waitLine("MSG dev alice first line", mark0);
+  await carol.waitLine("MSG dev alice second line", mark0);
+  await alice.page.waitForFunction(() => document.getElementById("input").value === "");
+  ok("Shift+Enter starts a new line; Enter sends each line as its own message");
+
+  step = "over the line limit";
+  const long = "x".repeat(5000); // the server's --max-line is 4096
+  await alice.page.fill("#input", long);
+  await alice.page.click("#send");
+  await waitLineIn(alice, "#dev", "not sent: the message is 5009 bytes");
+  if ((await alice.page.inputValue("#input")) !== long) fail("the long message was not put back into the input");
+  // Now the page knows the limit and does not even send it.
+  const sentBefore0 = alice.sent.length;
+  await alice.page.click("#send");
+  await waitLineIn(alice, "#dev", "not sent: a line of 5009 bytes; the server takes at most 5008");
+  if (alice.sent.length !== sentBefore0) fail("the page sent a line it knew was too long");
+  if ((await alice.page.inputValue("#input")) !== long) fail("the long message left the input");
+  if (carol.lines.some((l) => l.includes("xxxxxxxxxx"))) fail("carol saw the long message");
+  await alice.page.fill("#input", "");
+  ok("a message over the line limit stays in the input with a warning");
 
   step = "chat in lobby";
   await alice.page.click('#tabs .tab[data-view="#lobby"]');
@@ -324,7 +464,9 @@ async function main() {
   ok("switching a tab sends /join ROOM and makes that room current on the server");
 
   step = "private message";
-  await alice.page.click('#members li[data-nick="bob"] .nick');
+  // By keyboard: Space on the member opens the conversation, as on a button.
+  await alice.page.focus('#members li[data-nick="bob"] .nick');
+  await alice.page.keyboard.press(" ");
   await waitActive(alice, "@bob");
   await say(alice, "psst bob, private");
   await waitLineIn(alice, "@bob", "psst bob, private");
@@ -333,7 +475,19 @@ async function main() {
   await say(bob, "got it alice");
   await waitLineIn(alice, "@bob", "got it alice");
   if (carol.lines.some((l) => l.includes("psst bob"))) fail("carol saw a private message");
-  ok("private message alice -> bob and back");
+  ok("private message alice -> bob and back (opened with Space on the member)");
+
+  step = "closing a tab by keyboard";
+  const closeSel = '#tabs .tab-wrap:has(.tab[data-view="@bob"]) .tab-close';
+  const closeTag = await alice.page.evaluate((sel) => {
+    const b = document.querySelector(sel);
+    return b && b.tagName + " " + b.tabIndex;
+  }, closeSel);
+  if (closeTag !== "BUTTON 0") fail("the tab close is not a focusable button: " + closeTag);
+  await alice.page.focus(closeSel);
+  await alice.page.keyboard.press("Enter");
+  await alice.page.waitForFunction(() => !document.querySelector('#tabs .tab[data-view="@bob"]'));
+  ok("a conversation tab closes with its own focusable button (Enter)");
 
   step = "markup stays text";
   await bob.page.click('#tabs .tab[data-view="#dev"]');
@@ -388,14 +542,31 @@ async function main() {
   step = "server restart";
   const port = s1.port;
   const welcomes = carol.count("WELCOME carol");
+  // Watch bob's live status region and the countdown beside it.
+  await bob.page.evaluate(() => {
+    window.__status = [];
+    window.__ticks = 0;
+    const s = document.getElementById("status");
+    new MutationObserver(() => window.__status.push(s.textContent)).observe(s, { childList: true, characterData: true, subtree: true });
+    new MutationObserver(() => { window.__ticks += 1; }).observe(document.getElementById("countdown"), { childList: true, characterData: true, subtree: true });
+  });
   await s1.kill();
   for (const p of [bob]) {
     const t = await p.page.waitForFunction(() => {
       const s = document.getElementById("status");
-      return s.dataset.state === "reconnecting" && /^reconnecting in \d+\.\d s \(attempt \d+\)$/.test(s.textContent) && s.textContent;
+      const c = document.getElementById("countdown");
+      return s.dataset.state === "reconnecting" && /^reconnecting \(attempt \d+\)$/.test(s.textContent) &&
+        /^in \d+\.\d s$/.test(c.textContent) && s.textContent + " " + c.textContent;
     });
     ok(p.name + " shows: " + (await t.jsonValue()));
   }
+  // The countdown ticks every 100 ms; the live region changes only with the state.
+  await bob.page.waitForFunction(() => window.__ticks >= 8);
+  const statusTexts = await bob.page.evaluate(() => window.__status);
+  const repeats = statusTexts.filter((t, i) => i > 0 && t === statusTexts[i - 1]);
+  const odd = statusTexts.filter((t) => !/^(reconnecting \(attempt \d+\)|connecting( \(attempt \d+\))?…|connection.*)$/.test(t));
+  if (repeats.length || odd.length) fail("the live status was rewritten: " + JSON.stringify(statusTexts));
+  ok("aria-live status: " + statusTexts.length + " change(s) while the countdown ticked 8+ times");
   // While the port is closed, each attempt fails at once and the next waits longer.
   const t2 = await alice.page.waitForFunction(() => {
     const s = document.getElementById("status");
@@ -425,13 +596,52 @@ async function main() {
   await waitLineIn(bob, "#dev", "all three of us again");
   ok("after the restart the pages send and receive again");
 
+  step = "taken nick at connect";
+  const frank = startClient("ws://" + s2.addr + "/ws?nick=frank&room=lobby");
+  await frank.waitLine("JOINED lobby frank");
+  const fp = await openPage("frankpage", "http://" + s2.addr, { width: 1024, height: 700 }, { nick: "frank" });
+  const guestText = await fp.page.waitForFunction(() => {
+    const s = document.getElementById("status");
+    const m = /^connected as (guest-\d+) \(waiting for frank\)$/.exec(s.textContent);
+    return m && m[1];
+  });
+  const guest = await guestText.jsonValue();
+  await waitLineIn(fp, "#lobby", "the nick frank is taken: you are now " + guest);
+  const stray = await fp.page.evaluate(() => [...document.querySelectorAll("#tabs .tab")].map((t) => t.dataset.view));
+  if (JSON.stringify(stray) !== JSON.stringify(["#lobby"])) fail("tabs after a taken nick: " + JSON.stringify(stray));
+  const stored = await fp.page.evaluate(() => localStorage.getItem("loopchat.nick"));
+  if (stored && stored.startsWith("guest-")) fail("the guest nick was stored as the user's choice: " + stored);
+  ok("a taken nick at connect: no stray tab, the room view says you are now " + guest + ", nothing stored");
+  // The holder moves away: the page wins its nick back by itself.
+  frank.send("/nick frank_elsewhere");
+  await fp.page.waitForFunction(() => document.getElementById("status").textContent === "connected as frank");
+  await waitLineIn(fp, "#lobby", guest + " is now frank");
+  if ((await fp.page.evaluate(() => localStorage.getItem("loopchat.nick"))) !== "frank") fail("frank was not stored");
+  ok("the page kept asking for frank (/nick frank with backoff) and got it once it was free");
+
+  step = "origin refused";
+  // Through a proxy that rewrites Host, the server's Origin check refuses the
+  // page's WebSocket (403): the page must stop retrying and say why.
+  const proxy = await hostRewritingProxy(s2);
+  const eve = await openPage("eve", "http://" + proxy, { width: 1024, height: 700 });
+  await eve.page.waitForFunction(() => document.getElementById("status").dataset.state === "refused");
+  await waitLineIn(eve, "#lobby", "--allow-origin http://" + proxy);
+  const tries = eve.sockets;
+  if (tries !== 4) fail("expected 4 WebSocket attempts before giving up, saw " + tries);
+  const retryVisible = await eve.page.isVisible("#reconnect-now");
+  if (!retryVisible) fail("no Retry now button after the refusal");
+  ok("a page whose Origin the server refuses stops after " + tries + " attempts and says why (--allow-origin)");
+
   step = "screenshots";
-  for (const p of [alice, bob]) {
+  for (const p of [alice, bob, fp, eve]) {
     if (p.problems.length) fail(p.name + ": " + p.problems.join("; "));
   }
-  await alice.page.screenshot({ path: join(here, "screenshot.png") });
-  await bob.page.screenshot({ path: join(here, "screenshot-phone.png") });
-  ok("screenshots saved: tests/browser/screenshot.png, tests/browser/screenshot-phone.png");
+  const outDir = join(here, "out");
+  mkdirSync(outDir, { recursive: true });
+  await alice.page.screenshot({ path: join(outDir, "screenshot.png") });
+  await bob.page.screenshot({ path: join(outDir, "screenshot-phone.png") });
+  await eve.page.screenshot({ path: join(outDir, "screenshot-refused.png") });
+  ok("screenshots saved in tests/browser/out/");
 }
 
 async function cleanup() {

@@ -35,7 +35,7 @@ use super::super::access::{room_allowed, Access, Grant, Role};
 use super::super::names::Folded;
 use super::super::remote::Request;
 use super::super::{ConnId, ErrorCode, Sink};
-use super::{push_text, send, Hub};
+use super::{push_text, send, Connect, Hub};
 
 /// Who a new connection is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,14 +86,14 @@ impl Hub {
         &mut self,
         id: ConnId,
         who: Identity,
-        nick: Option<&str>,
-        room: Option<&str>,
+        args: &Connect<'_>,
         now_ms: u64,
         sink: &mut impl Sink,
     ) {
         let grant = match who {
             Identity::Guest(role) => {
-                self.connect_with(id, Access::guest(role), nick, room, now_ms, sink);
+                self.connect_with(id, args, now_ms, sink);
+                self.set_access(id, Access::guest(role));
                 return;
             }
             Identity::Signed(grant) => grant,
@@ -105,11 +105,48 @@ impl Hub {
         if let Some(rooms) = grant.rooms.clone() {
             self.auth.rooms.insert(id, rooms);
         }
-        let access = Access::signed(grant.role);
-        self.connect_with(id, access, Some(&grant.nick), room, now_ms, sink);
+        let args = Connect {
+            nick: Some(&grant.nick),
+            ..*args
+        };
+        self.connect_with(id, &args, now_ms, sink);
+        // A resumed session comes back under its own nick: the token's wins.
+        if self.user(id).is_some_and(|u| *u.nick != *grant.nick) {
+            self.claim_nick(id, &grant.nick, sink);
+            self.apply_nick(id, &grant.nick, sink);
+        }
+        self.set_access(id, Access::signed(grant.role));
+        self.leave_disallowed(id, sink);
         self.set_exp(id, grant.exp);
         info!("auth: {} signed in as {}", grant.nick, grant.role.as_str());
         self.signed_in_line(id, sink);
+    }
+
+    fn set_access(&mut self, id: ConnId, to: Access) {
+        if let Some(u) = self.users.get_mut(id).and_then(Option::as_mut) {
+            u.access.become_(to);
+        }
+    }
+
+    /// Leave the rooms `id`'s grant does not cover, newest first.
+    fn leave_disallowed(&mut self, id: ConnId, sink: &mut impl Sink) {
+        if !self.auth.rooms.contains_key(&id) {
+            return;
+        }
+        let mut k = self.user(id).map_or(0, |u| u.rooms.len());
+        while k > 0 {
+            k -= 1;
+            let name = self
+                .user(id)
+                .and_then(|u| u.rooms.get(k))
+                .and_then(|m| self.room(m.room))
+                .map(|r| r.name.clone());
+            if let Some(name) = name {
+                if !self.grant_allows(id, &name) {
+                    self.leave(id, k, sink);
+                }
+            }
+        }
     }
 
     /// `/auth TOKEN` from a connected user, after the server verified it: a
@@ -121,7 +158,7 @@ impl Hub {
         let Some(user) = self.user(id) else {
             return;
         };
-        if user.closing {
+        if user.access.closing() {
             return;
         }
         let was_signed = user.access.is_signed();
@@ -149,24 +186,8 @@ impl Hub {
                 self.auth.rooms.remove(&id);
             }
         }
-        if let Some(u) = self.users.get_mut(id).and_then(Option::as_mut) {
-            u.access = Access::signed(grant.role);
-        }
-        // Rooms the new grant does not cover are left, newest first.
-        let mut k = self.user(id).map_or(0, |u| u.rooms.len());
-        while k > 0 {
-            k -= 1;
-            let name = self
-                .user(id)
-                .and_then(|u| u.rooms.get(k))
-                .and_then(|m| self.room(m.room))
-                .map(|r| r.name.clone());
-            if let Some(name) = name {
-                if !self.grant_allows(id, &name) {
-                    self.leave(id, k, sink);
-                }
-            }
-        }
+        self.set_access(id, Access::signed(grant.role));
+        self.leave_disallowed(id, sink);
         self.set_exp(id, grant.exp);
         info!(
             "auth: {} {} as {}",
@@ -182,7 +203,7 @@ impl Hub {
         let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
-        user.closing = true;
+        user.access.set_closing();
         self.err(id, ErrorCode::BadToken, text, sink);
         sink.close(id, 1008, "bad token");
     }
@@ -198,7 +219,7 @@ impl Hub {
     /// for a guest, an unknown id, or a session already closing.
     pub fn token_deadline(&self, id: ConnId, now_s: u64) -> Option<u64> {
         let user = self.user(id)?;
-        if !user.access.is_signed() || user.closing {
+        if !user.access.is_signed() || user.access.closing() {
             return None;
         }
         Some(full_exp(user.exp_tag, now_s) + self.config.token_leeway)
@@ -213,7 +234,7 @@ impl Hub {
         let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
             return false;
         };
-        user.closing = true;
+        user.access.set_closing();
         info!("auth: {} token expired", user.nick);
         self.out.clear();
         self.out.push_str("SYS token expired");

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::chat::access::{Grant, Role};
-use crate::chat::hub::Identity;
+use crate::chat::hub::{Connect, Identity};
 
 const T0: u64 = 1_800_000_000;
 
@@ -16,7 +16,11 @@ fn grant(nick: &str, role: Role, rooms: Option<&[&str]>, exp: u64) -> Grant {
 }
 
 fn signed(hub: &mut Hub, rec: &mut Rec, id: ConnId, g: Grant, room: Option<&str>) -> Vec<String> {
-    hub.connect_as(id, Identity::Signed(g), None, room, 0, rec);
+    let args = Connect {
+        room,
+        ..Connect::default()
+    };
+    hub.connect_as(id, Identity::Signed(g), &args, 0, rec);
     rec.take(id)
 }
 
@@ -107,8 +111,10 @@ fn viewers_read_but_do_not_speak() {
     hub.connect_as(
         2,
         Identity::Guest(Role::Viewer),
-        Some("g"),
-        None,
+        &Connect {
+            nick: Some("g"),
+            ..Connect::default()
+        },
         0,
         &mut rec,
     );
@@ -247,8 +253,7 @@ fn tokens_expire_unless_refreshed() {
     hub.connect_as(
         3,
         Identity::Signed(grant("dee", Role::Member, None, T0 + 500)),
-        None,
-        None,
+        &Connect::default(),
         0,
         &mut rec,
     );

@@ -10,7 +10,17 @@
   const PING_EVERY_MS = 20000;
   const PONG_WITHIN_MS = 10000;
   const ROOMS_EVERY_MS = 15000;
+  const NICK_RETRY_BASE_MS = 1000;
+  const NICK_RETRY_CAP_MS = 60000;
   const MAX_LINES_PER_VIEW = 1000;
+  // A WebSocket message over the server's --max-chat-message (64 KiB by
+  // default) closes the connection (1009): never send one.
+  const FRAME_LIMIT = 64 * 1024;
+  // One send of a multi-line message; more lines would meet the server's rate limit.
+  const MAX_LINES_PER_SEND = 20;
+  // WebSocket attempts that never open, while the server answers HTTP, before
+  // the page concludes it is refused (Origin check) and stops retrying.
+  const REFUSED_AFTER = 3;
   const NAME_RE = /^[A-Za-z0-9_.-]{1,32}$/;
   const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 
@@ -23,6 +33,7 @@
     nickForm: $("nick-form"),
     nick: $("nick"),
     status: $("status"),
+    countdown: $("countdown"),
     backoff: $("backoff"),
     retry: $("reconnect-now"),
     rooms: $("rooms"),
@@ -67,6 +78,13 @@
     awaitingPong: null,
     roomsTimer: null,
     roomsSoon: null,
+    nickRetries: 0, // automatic /nick WANTED retries in a row
+    nickTimer: null,
+    nickRetryOut: false, // a retry is out: its ERR nick-taken is not shown
+    failedOpens: 0, // WebSocket attempts in a row that never opened
+    refusedSuspect: 0, // of those, failures while HTTP worked
+    lineLimit: Infinity, // learnt from ERR too-long: longest line the server took
+    lastSent: null, // {text, lines}: what the last send carried, to restore on ERR too-long
   };
 
   // A token from the embedding application (`?token=`): the server then names
@@ -83,11 +101,15 @@
   S.current = lower(firstRoom);
   S.pendingActivate = "#" + lower(firstRoom);
 
+  // Guest nicks are the server's (users cannot choose them): wearing one means
+  // the server picked it, so it is never taken as the user's choice.
+  function isGuest(n) { return /^guest-/i.test(n); }
+
   function pickNick() {
     const fromUrl = params.get("nick");
-    if (fromUrl && NAME_RE.test(fromUrl)) return fromUrl;
+    if (fromUrl && NAME_RE.test(fromUrl) && !isGuest(fromUrl)) return fromUrl;
     const saved = storage.get("loopchat.nick");
-    if (saved && NAME_RE.test(saved)) return saved;
+    if (saved && NAME_RE.test(saved) && !isGuest(saved)) return saved;
     return "";
   }
   el.nick.value = S.wanted;
@@ -111,6 +133,7 @@
     return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
   }
 
+  let viewSeq = 0;
   function viewKeyForRoom(room) { return "#" + lower(room); }
   function viewKeyForPeer(nick) { return "@" + lower(nick); }
 
@@ -120,35 +143,63 @@
     const kind = key[0] === "#" ? "room" : key[0] === "@" ? "priv" : "server";
     const pane = node("div", "view");
     pane.dataset.view = key;
+    pane.id = "view-" + (++viewSeq);
     pane.setAttribute("role", "log");
     pane.setAttribute("aria-label", title);
     pane.hidden = true;
+    const wrap = node("span", "tab-wrap");
+    wrap.setAttribute("role", "presentation");
     const tab = node("button", "tab " + kind);
     tab.type = "button";
     tab.dataset.view = key;
+    tab.id = "tab-" + viewSeq;
+    tab.setAttribute("role", "tab");
+    tab.setAttribute("aria-selected", "false");
+    tab.setAttribute("aria-controls", pane.id);
+    tab.tabIndex = -1;
     const label = node("span", "tab-label", title);
     const badge = node("span", "badge");
     badge.hidden = true;
     tab.append(label, badge);
-    tab.addEventListener("click", () => activate(key, true));
-    v = { key, title, kind, node: pane, tab, label, badge, unread: 0 };
+    tab.addEventListener("click", () => activate(v.key, true));
+    tab.addEventListener("keydown", onTabKey);
+    wrap.append(tab);
+    v = { key, title, kind, node: pane, tab, wrap, label, badge, unread: 0 };
     if (kind !== "room") {
-      const close = node("span", "tab-close", "×");
+      // A button of its own (not inside the tab), so Tab reaches it and
+      // Enter or Space closes the conversation.
+      const close = node("button", "tab-close", "×");
+      close.type = "button";
       close.title = "Close this conversation";
-      close.addEventListener("click", (e) => { e.stopPropagation(); dropView(key); });
-      tab.append(close);
+      close.setAttribute("aria-label", "Close the conversation with " + title);
+      close.addEventListener("click", () => dropView(v.key));
+      wrap.append(close);
+      v.close = close;
     }
     S.views.set(key, v);
     el.views.append(pane);
-    el.tabs.append(tab);
+    el.tabs.append(wrap);
     return v;
+  }
+
+  // Arrow keys move between tabs (the tablist pattern); Enter/Space activate.
+  function onTabKey(e) {
+    const tabs = [...el.tabs.querySelectorAll('[role="tab"]')];
+    const i = tabs.indexOf(e.currentTarget);
+    let next = null;
+    if (e.key === "ArrowRight") next = tabs[(i + 1) % tabs.length];
+    else if (e.key === "ArrowLeft") next = tabs[(i - 1 + tabs.length) % tabs.length];
+    else if (e.key === "Home") next = tabs[0];
+    else if (e.key === "End") next = tabs[tabs.length - 1];
+    if (next) { e.preventDefault(); next.focus(); }
   }
 
   function dropView(key) {
     const v = S.views.get(key);
     if (!v) return;
+    const hadFocus = v.wrap.contains(document.activeElement);
     v.node.remove();
-    v.tab.remove();
+    v.wrap.remove();
     S.views.delete(key);
     if (S.active === key) {
       S.active = null;
@@ -156,6 +207,7 @@
       if (next) activate(next, false);
       else renderMembers();
     }
+    if (hadFocus) el.input.focus();
   }
 
   function activate(key, fromUser) {
@@ -166,6 +218,7 @@
       o.node.hidden = !on;
       o.tab.classList.toggle("active", on);
       o.tab.setAttribute("aria-selected", on ? "true" : "false");
+      o.tab.tabIndex = on ? 0 : -1;
     }
     S.active = key;
     v.unread = 0;
@@ -192,7 +245,12 @@
     if (el.input.disabled) el.input.placeholder = el.input.title;
     renderMembers();
     renderRooms();
-    if (fromUser) closeMenuOnPhone();
+    if (fromUser) {
+      closeMenuOnPhone();
+      // A click on a tab leaves the focus where typing goes; keyboard users
+      // moving along the tabs keep it on the tab.
+      if (!el.tabs.contains(document.activeElement)) el.input.focus();
+    }
   }
 
   function addLine(key, title, kind, parts) {
@@ -215,6 +273,34 @@
     return line;
   }
 
+  // Message text with http(s) links made clickable. Built from text nodes and
+  // anchors whose href is set only after URL parsing says http: or https:, so
+  // nothing in a message becomes markup or a javascript: link.
+  const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
+  function richText(text) {
+    const span = node("span", "text");
+    let last = 0;
+    for (const m of text.matchAll(URL_RE)) {
+      // Trailing punctuation usually ends the sentence, not the address.
+      const url = m[0].replace(/[.,;:!?)\]}]+$/, "");
+      let href = null;
+      try {
+        const u = new URL(url);
+        if (u.protocol === "http:" || u.protocol === "https:") href = u.href;
+      } catch (_) { /* not a URL after all: stays text */ }
+      if (!href) continue;
+      span.append(document.createTextNode(text.slice(last, m.index)));
+      const a = node("a", "link", url);
+      a.href = href;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer nofollow";
+      span.append(a);
+      last = m.index + url.length;
+    }
+    span.append(document.createTextNode(text.slice(last)));
+    return span;
+  }
+
   function nickSpan(nick) {
     const s = node("span", "nick", nick);
     s.style.color = nickColour(nick);
@@ -222,11 +308,14 @@
     return s;
   }
 
-  // A notice in the active view (or the server view when nothing is open).
+  // A notice in the active view; before any view is open (an ERR right after
+  // WELCOME), in the view of the room being joined, so no stray tab appears.
   function notice(kind, text) {
-    const key = S.active || "*server";
-    const title = S.active ? S.views.get(S.active).title : "server";
-    addLine(key, title, kind, [node("span", "text", text)]);
+    let key = S.active;
+    let title = key ? S.views.get(key).title : null;
+    if (!key && S.current) { key = "#" + S.current; title = roomName(S.current); }
+    if (!key) { key = "*server"; title = "server"; }
+    return addLine(key, title, kind, [node("span", "text", text)]);
   }
 
   // ---- rooms, members -----------------------------------------------------
@@ -299,7 +388,10 @@
             b.title = "Private message to " + n;
             const open = () => { openPrivate(n); };
             b.addEventListener("click", open);
-            b.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
+            b.addEventListener("keydown", (e) => {
+              // Enter and Space, as on a real button.
+              if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); }
+            });
           }
           li.append(b);
         }
@@ -395,19 +487,19 @@
     S.me = nick;
     S.connected = true;
     S.attempt = 0;
-    setStatus("connected", "connected as " + nick);
     el.nick.value = nick;
-    if (!S.wanted || lower(S.wanted) === lower(nick)) {
+    if (!isGuest(nick)) {
       S.wanted = nick;
       storage.set("loopchat.nick", nick);
     }
+    S.nickRetryOut = false;
+    checkNick();
     startHeartbeat();
     // The first room came with the URL; join the others, the current one last.
     const cur = S.current;
     const others = S.joined.slice(1).filter((r) => r.key !== cur);
     for (const r of others) send("/join " + r.name);
     if (S.joined.length > 1 && cur) send("/join " + roomName(cur));
-    if (S.wanted && lower(S.wanted) !== lower(nick)) send("/nick " + S.wanted);
     requestRooms();
     clearInterval(S.roomsTimer);
     S.roomsTimer = setInterval(requestRooms, ROOMS_EVERY_MS);
@@ -436,6 +528,10 @@
     if (self && (S.pendingActivate === "#" + key || S.active === null)) {
       S.pendingActivate = null;
       activate("#" + key, false);
+      // After joining, typing goes to the room (unless the user is busy in
+      // another field, e.g. the nick).
+      const busy = document.activeElement;
+      if (!busy || busy === document.body || el.joinForm.contains(busy) || el.rooms.contains(busy)) el.input.focus();
     }
     renderMembers();
     renderRooms();
@@ -467,7 +563,7 @@
 
   function onMsg(room, nick, text) {
     const key = lower(room);
-    const line = addLine("#" + key, room, "msg", [nickSpan(nick), node("span", "text", text)]);
+    const line = addLine("#" + key, room, "msg", [nickSpan(nick), richText(text)]);
     line.dataset.nick = nick;
     if (S.me && lower(nick) === lower(S.me)) line.classList.add("mine");
   }
@@ -476,19 +572,24 @@
     const mine = S.me && lower(from) === lower(S.me);
     const peer = mine ? to : from;
     const key = viewKeyForPeer(peer);
-    const line = addLine(key, peer, "priv", [nickSpan(from), node("span", "arrow", "→"), nickSpan(to), node("span", "text", text)]);
+    const line = addLine(key, peer, "priv", [nickSpan(from), node("span", "arrow", "→"), nickSpan(to), richText(text)]);
     line.dataset.nick = from;
     if (mine) line.classList.add("mine");
   }
 
   function onNick(from, to) {
     const oldKey = lower(from);
+    // Ours only when the old nick is the one we wear now: another user's
+    // rename (even to a guest) never changes who we are.
     if (S.me && oldKey === lower(S.me)) {
       S.me = to;
-      S.wanted = to;
       el.nick.value = to;
-      storage.set("loopchat.nick", to);
-      setStatus("connected", "connected as " + to);
+      if (!isGuest(to)) {
+        S.wanted = to;
+        storage.set("loopchat.nick", to);
+      }
+      S.nickRetryOut = false;
+      checkNick();
     }
     let shown = false;
     for (const [room, set] of S.members) {
@@ -537,15 +638,76 @@
   function onErr(code, text) {
     if (code === "not-in-room" || code === "bad-room") S.pendingActivate = null;
     if (code === "forbidden" && /^viewers /.test(text)) setReadOnly("read only: " + text);
-    const line = notice("err", "error " + code + ": " + text);
-    return line;
+    // nick-unavailable: a cluster whose registry could not confirm the nick.
+    const refused = code === "nick-taken" || code === "nick-unavailable";
+    if (code === "too-long" && S.lastSent) {
+      // The message is not lost: it goes back into the input to be shortened.
+      const sent = S.lastSent;
+      S.lastSent = null;
+      const longest = Math.max(...sent.lines.map(byteLength));
+      if (sent.lines.length === 1) S.lineLimit = Math.min(S.lineLimit, longest - 1);
+      if (!el.input.value) {
+        el.input.value = sent.text;
+        autosize();
+        el.input.focus();
+      }
+      return notice("warn", "not sent: the message is " + longest +
+        " bytes, longer than the server takes in one line (" + text + "). It is back in the input: shorten it, or split it with Shift+Enter.");
+    }
+    if (refused && S.nickRetryOut) {
+      // The answer to an automatic retry: wait longer, say nothing.
+      S.nickRetryOut = false;
+      checkNick();
+      return null;
+    }
+    if (refused && S.me && isGuest(S.me) && S.wanted) {
+      if (!S.nickTimer) checkNick();
+      const why = code === "nick-taken" ? " is taken" : " could not be confirmed";
+      return notice("err", "the nick " + S.wanted + why + ": you are now " + S.me +
+        "; the page will ask for " + S.wanted + " again");
+    }
+    if (code === "bad-nick" && S.me && isGuest(S.me) && S.wanted && S.nickRetries > 0) {
+      // The wanted nick can never be granted: stop asking for it.
+      S.wanted = "";
+      S.nickRetryOut = false;
+      checkNick();
+    }
+    return notice("err", "error " + code + ": " + text);
+  }
+
+  // A server-forced guest nick is temporary: ask for the wanted nick again
+  // after about 1 s, doubling to 60 s (with jitter), until it is granted.
+  function checkNick() {
+    clearTimeout(S.nickTimer);
+    S.nickTimer = null;
+    const forced = S.me && S.wanted && isGuest(S.me) && lower(S.me) !== lower(S.wanted);
+    document.body.dataset.nickWanted = forced ? S.wanted : "";
+    if (!forced) {
+      S.nickRetries = 0;
+      if (S.connected) setStatus("connected", "connected as " + S.me);
+      return;
+    }
+    S.nickRetries += 1;
+    const d = Math.min(NICK_RETRY_CAP_MS, NICK_RETRY_BASE_MS * Math.pow(2, S.nickRetries - 1));
+    const delay = d / 2 + Math.random() * (d / 2);
+    setStatus("connected", "connected as " + S.me + " (waiting for " + S.wanted + ")");
+    S.nickTimer = setTimeout(() => {
+      S.nickTimer = null;
+      if (send("/nick " + S.wanted)) S.nickRetryOut = true;
+    }, delay);
   }
 
   // ---- connection -------------------------------------------------------------
+  // The status is a live region: it changes only when the state does (a screen
+  // reader reads every change). The ticking countdown is beside it, unannounced.
   function setStatus(state, text) {
     el.status.dataset.state = state;
-    el.status.textContent = text;
+    if (el.status.textContent !== text) el.status.textContent = text;
     document.body.dataset.conn = state;
+    if (state !== "reconnecting") {
+      clearInterval(S.countdown);
+      el.countdown.textContent = "";
+    }
   }
 
   function wsUrl() {
@@ -572,25 +734,61 @@
       return;
     }
     S.ws = ws;
+    let opened = false;
+    ws.addEventListener("open", () => {
+      opened = true;
+      S.failedOpens = 0;
+      S.refusedSuspect = 0;
+    });
     ws.addEventListener("message", (e) => {
       if (ws !== S.ws) return;
       if (typeof e.data === "string") onLine(e.data);
     });
     ws.addEventListener("close", (e) => {
       if (ws !== S.ws) return;
-      lost("connection closed (" + e.code + (e.reason ? " " + e.reason : "") + ")");
+      lost("connection closed (" + e.code + (e.reason ? " " + e.reason : "") + ")", opened);
     });
     ws.addEventListener("error", () => { /* a close event follows */ });
   }
 
-  function lost(why) {
+  function lost(why, opened = true) {
     const wasConnected = S.connected;
     S.connected = false;
     S.ws = null;
     stopHeartbeat();
+    clearTimeout(S.nickTimer);
+    S.nickTimer = null;
+    S.nickRetryOut = false;
     clearInterval(S.roomsTimer);
     if (wasConnected) notice("sys", why + "; reconnecting");
-    scheduleReconnect(why);
+    S.failedOpens = opened ? 0 : S.failedOpens + 1;
+    if (S.failedOpens >= REFUSED_AFTER) checkRefused(why);
+    else scheduleReconnect(why);
+  }
+
+  // The browser does not show a refused upgrade's status (a 403 from the
+  // server's Origin check looks like any failed connect), so: when attempts
+  // keep failing before opening while the server answers plain HTTP, twice
+  // in a row, the WebSocket itself is refused. Retrying will not help.
+  async function checkRefused(why) {
+    let httpOk = false;
+    try {
+      const r = await fetch("/healthz", { cache: "no-store" });
+      httpOk = r.ok;
+    } catch (_) { /* the server is down: keep retrying */ }
+    if (S.ws) return; // "Retry now" was pressed meanwhile
+    S.refusedSuspect = httpOk ? S.refusedSuspect + 1 : 0;
+    if (S.refusedSuspect < 2) { scheduleReconnect(why); return; }
+    clearTimeout(S.retryTimer);
+    S.retryTimer = null;
+    el.backoff.hidden = true;
+    el.retry.hidden = false;
+    setStatus("refused", "refused by the server: not retrying");
+    notice("err", "The server answers this page but refuses its WebSocket connection, " +
+      S.failedOpens + " attempts in a row. Most likely its Origin check: this page's origin (" +
+      location.origin + ") does not match the Host the server sees, e.g. behind a proxy that rewrites Host. " +
+      "Start loopchat with --allow-origin " + location.origin + ", or make the proxy pass Host through. " +
+      "(A per-address connection limit looks the same.) Press Retry now to try again.");
   }
 
   // Exponential backoff with jitter: the n-th retry waits a random time in
@@ -608,9 +806,10 @@
     el.backoff.title = why;
     el.backoff.hidden = false;
     el.retry.hidden = false;
+    setStatus("reconnecting", "reconnecting (attempt " + S.attempt + ")");
     const tick = () => {
       const left = Math.max(0, S.retryAt - Date.now());
-      setStatus("reconnecting", "reconnecting in " + (left / 1000).toFixed(1) + " s (attempt " + S.attempt + ")");
+      el.countdown.textContent = "in " + (left / 1000).toFixed(1) + " s";
     };
     tick();
     clearInterval(S.countdown);
@@ -661,33 +860,76 @@
   }
 
   // ---- user input -------------------------------------------------------------
+  const encoder = new TextEncoder();
+  function byteLength(s) { return encoder.encode(s).length; }
+
+  // The input grows with its lines, up to a few; Enter sends, Shift+Enter
+  // starts a new line.
+  function autosize() {
+    el.input.rows = Math.min(6, Math.max(1, el.input.value.split("\n").length));
+  }
+  el.input.addEventListener("input", autosize);
+  el.input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      el.sendForm.requestSubmit();
+    }
+  });
+
+  // One typed line as the protocol line that carries it.
+  function protocolLine(text, v) {
+    if (text.startsWith("/") && !text.startsWith("//")) {
+      const m = /^\/join\s+(\S+)/i.exec(text);
+      if (m) S.pendingActivate = "#" + lower(m[1]);
+      const p = /^\/msg\s+(\S+)\s/i.exec(text);
+      if (p) ensureView(viewKeyForPeer(p[1]), p[1]);
+      return text; // a command, sent as typed
+    }
+    if (v && v.kind === "priv") return "/msg " + v.title + " " + text;
+    if (v && v.kind === "room") {
+      return "/say " + roomName(v.key.slice(1)) + " " + (text.startsWith("//") ? text.slice(1) : text);
+    }
+    return text;
+  }
+
+  // A message of several lines (Shift+Enter) is sent as one chat line per
+  // line, in order (the protocol is line-based); blank lines are dropped.
+  // Nothing typed is lost: a message that cannot go stays in the input.
   el.sendForm.addEventListener("submit", (e) => {
     e.preventDefault();
     const text = el.input.value;
     if (!text.trim()) return;
     const v = S.active && S.views.get(S.active);
-    let line;
-    if (text.startsWith("/") && !text.startsWith("//")) {
-      line = text; // a command, sent as typed
-      const m = /^\/join\s+(\S+)/i.exec(text);
-      if (m) {
-        if (isJoined(lower(m[1]))) { activate("#" + lower(m[1]), true); el.input.value = ""; return; }
-        S.pendingActivate = "#" + lower(m[1]);
+    const typed = text.split(/\r?\n/).filter((l) => l.trim() !== "");
+    if (typed.length === 1) {
+      const m = /^\/join\s+(\S+)/i.exec(typed[0]);
+      if (m && isJoined(lower(m[1]))) {
+        activate("#" + lower(m[1]), true);
+        el.input.value = "";
+        autosize();
+        return;
       }
-      const p = /^\/msg\s+(\S+)\s/i.exec(text);
-      if (p) ensureView(viewKeyForPeer(p[1]), p[1]);
-    } else if (v && v.kind === "priv") {
-      line = "/msg " + v.title + " " + text;
-    } else if (v && v.kind === "room") {
-      line = "/say " + roomName(v.key.slice(1)) + " " + (text.startsWith("//") ? text.slice(1) : text);
-    } else {
-      line = text;
     }
-    if (send(line)) {
-      el.input.value = "";
-    } else {
-      notice("err", "not connected: the message was not sent");
+    if (typed.length > MAX_LINES_PER_SEND) {
+      notice("warn", "not sent: " + typed.length + " lines at once; at most " + MAX_LINES_PER_SEND + " go in one message");
+      return;
     }
+    if (!S.ws || S.ws.readyState !== WebSocket.OPEN) {
+      notice("err", "not connected: the message was not sent (it is still in the input)");
+      return;
+    }
+    const lines = typed.map((t) => protocolLine(t, v));
+    const longest = Math.max(...lines.map(byteLength));
+    if (longest > S.lineLimit || longest >= FRAME_LIMIT) {
+      const limit = Math.min(S.lineLimit, FRAME_LIMIT - 1);
+      notice("warn", "not sent: a line of " + longest + " bytes; the server takes at most " + limit +
+        ". Shorten it, or split it with Shift+Enter.");
+      return;
+    }
+    for (const l of lines) send(l);
+    S.lastSent = { text, lines };
+    el.input.value = "";
+    autosize();
   });
 
   el.nickForm.addEventListener("submit", (e) => {
@@ -697,8 +939,13 @@
       notice("err", "a nick is 1-32 of A-Z a-z 0-9 _ . -");
       return;
     }
+    if (isGuest(n)) {
+      notice("err", "guest-… nicks are the server's; pick another");
+      return;
+    }
     S.wanted = n;
     storage.set("loopchat.nick", n);
+    S.nickRetries = 0;
     if (!send("/nick " + n) && !S.ws) connect();
   });
 
@@ -711,7 +958,12 @@
   });
 
   el.roomsRefresh.addEventListener("click", requestRooms);
-  el.retry.addEventListener("click", () => { if (!S.ws) connect(); });
+  el.retry.addEventListener("click", () => {
+    if (S.ws) return;
+    S.failedOpens = 0;
+    S.refusedSuspect = 0;
+    connect();
+  });
 
   function closeMenuOnPhone() {
     el.app.classList.remove("menu-open");
@@ -723,4 +975,5 @@
   });
 
   connect();
+  el.input.focus();
 })();
