@@ -26,6 +26,11 @@
 //!   one) joins the default room if allowed, else the claim's first pattern
 //!   without `*`, else no room;
 //! - `/auth` with a token for another nick is refused like a bad token.
+//! - a signed session is not kept for `resume` when its connection drops: the
+//!   holder reconnects with its token (a kept session would hold the nick
+//!   against its own holder). A session resumed by a guest who then signs in,
+//!   or resumed together with `?token=`, takes the token's nick, role and
+//!   expiry.
 
 use std::collections::HashMap;
 

@@ -522,6 +522,12 @@ impl Hub {
         let Some(user) = self.user(id) else {
             return false;
         };
+        // A token holder comes back with its token, not a session: a held nick
+        // would keep it from its own nick (see `hub/auth.rs`).
+        if user.access.is_signed() {
+            self.sessions.end(id);
+            return false;
+        }
         let rooms: Vec<(RoomId, u64)> = user
             .rooms
             .iter()

@@ -293,3 +293,23 @@ fn a_guest_signs_in_with_auth() {
     assert_eq!(hub.access(0), Some((Role::Viewer, true)));
     hub.check_invariants();
 }
+
+#[test]
+fn a_signed_session_is_not_held_for_resume() {
+    use crate::chat::hub::Caps;
+    let (mut hub, mut rec) = hub_with(cfg(), &[]);
+    let args = Connect {
+        caps: Some(Caps::parse("resume")),
+        ..Connect::default()
+    };
+    let g = grant("sam", Role::Member, None, T0 + 60);
+    hub.connect_as(0, Identity::Signed(g.clone()), &args, 0, &mut rec);
+    assert!(rec.take(0).iter().any(|l| l.starts_with("SESSION ")));
+    hub.disconnect(0, &mut rec);
+    assert_eq!(hub.detached_sessions(), 0);
+    rec.clear();
+    // The holder comes back with its token (the same slab id, reused).
+    hub.connect_as(0, Identity::Signed(g), &Connect::default(), 0, &mut rec);
+    assert_eq!(rec.take(0)[0], "WELCOME sam");
+    hub.check_invariants();
+}
