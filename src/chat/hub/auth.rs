@@ -58,6 +58,9 @@ pub enum Identity {
 pub struct AuthState {
     /// Room patterns of signed users whose token limits rooms.
     rooms: HashMap<ConnId, Box<[Box<str>]>>,
+    /// Clustered connections held for their nick: who they are, applied when
+    /// the cluster answers (`Hub::apply_held_identity`).
+    held: HashMap<ConnId, Identity>,
     /// (folded room, folded nick) → `now_ms` until which rejoining is refused.
     bans: HashMap<(Box<str>, Box<str>), u64>,
     /// Ban count after the last prune; the next prune waits for it to double.
@@ -95,9 +98,13 @@ impl Hub {
         now_ms: u64,
         sink: &mut impl Sink,
     ) {
+        self.auth.held.remove(&id);
         let grant = match who {
             Identity::Guest(role) => {
                 self.connect_with(id, args, now_ms, sink);
+                if self.is_held(id) {
+                    self.auth.held.insert(id, Identity::Guest(role));
+                }
                 self.set_access(id, Access::guest(role));
                 return;
             }
@@ -115,6 +122,12 @@ impl Hub {
             ..*args
         };
         self.connect_with(id, &args, now_ms, sink);
+        if self.is_held(id) {
+            // Clustered: the nick waits for the registry; the rest follows
+            // the answer (`apply_held_identity`).
+            self.auth.held.insert(id, Identity::Signed(grant));
+            return;
+        }
         // A resumed session comes back under its own nick: the token's wins.
         if self.user(id).is_some_and(|u| *u.nick != *grant.nick) {
             self.claim_nick(id, &grant.nick, sink);
@@ -125,6 +138,35 @@ impl Hub {
         self.set_exp(id, grant.exp);
         info!("auth: {} signed in as {}", grant.nick, grant.role.as_str());
         self.signed_in_line(id, sink);
+    }
+
+    /// The cluster answered for held connection `id`, now connected: apply
+    /// its role and token. A token whose nick the cluster refused (held by a
+    /// session on another node) ends the connection: `ERR nick-taken` and
+    /// close 4001, since its nick is its identity.
+    pub(super) fn apply_held_identity(&mut self, id: ConnId, sink: &mut impl Sink) {
+        let Some(who) = self.auth.held.remove(&id) else {
+            return;
+        };
+        match who {
+            Identity::Guest(role) => self.set_access(id, Access::guest(role)),
+            Identity::Signed(grant) => {
+                if self.user(id).is_some_and(|u| *u.nick != *grant.nick) {
+                    info!("auth: {} refused: signed in on another node", grant.nick);
+                    if let Some(u) = self.users.get_mut(id).and_then(Option::as_mut) {
+                        u.access.set_closing();
+                    }
+                    self.err(id, ErrorCode::NickTaken, "signed in on another node", sink);
+                    sink.close(id, 4001, "signed in on another node");
+                    return;
+                }
+                self.set_access(id, Access::signed(grant.role));
+                self.leave_disallowed(id, sink);
+                self.set_exp(id, grant.exp);
+                info!("auth: {} signed in as {}", grant.nick, grant.role.as_str());
+                self.signed_in_line(id, sink);
+            }
+        }
     }
 
     fn set_access(&mut self, id: ConnId, to: Access) {

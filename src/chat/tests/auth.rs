@@ -313,3 +313,50 @@ fn a_signed_session_is_not_held_for_resume() {
     assert_eq!(rec.take(0)[0], "WELCOME sam");
     hub.check_invariants();
 }
+
+#[test]
+fn a_clustered_sign_in_waits_for_the_registry() {
+    use crate::chat::remote::Claim;
+    let mut hub = Hub::new(cfg());
+    hub.enable_cluster("n1");
+    let mut rec = Rec::default();
+    let g = grant("vic", Role::Viewer, None, T0 + 60);
+    hub.connect_as(
+        0,
+        Identity::Signed(g.clone()),
+        &Connect::default(),
+        0,
+        &mut rec,
+    );
+    assert!(rec.take(0).is_empty(), "held until the registry answers");
+    hub.handle(0, "held line", 0, &mut rec);
+    assert!(hub.nick_reserved(0, "vic", Claim::Granted, &mut rec));
+    let lines = rec.take(0);
+    assert_eq!(lines[0], "WELCOME vic");
+    assert!(
+        lines.contains(&"SYS signed in as vic, role viewer".to_string()),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        "ERR forbidden viewers may read but not speak",
+        "the held line ran with the token's role"
+    );
+    assert_eq!(hub.access(0), Some((Role::Viewer, true)));
+    // The registry says another node has the nick: this connection ends.
+    hub.connect_as(
+        1,
+        Identity::Signed(grant("wil", Role::Member, None, T0 + 60)),
+        &Connect::default(),
+        0,
+        &mut rec,
+    );
+    assert!(!hub.nick_reserved(1, "wil", Claim::Taken, &mut rec));
+    assert!(rec
+        .take(1)
+        .contains(&"ERR nick-taken signed in on another node".to_string()));
+    assert_eq!(
+        rec.closes,
+        [(1, 4001, "signed in on another node".to_string())]
+    );
+}
