@@ -9,8 +9,8 @@
 # the ratio loopchat/peer. Raw JSON lines go to $OUT/runs.jsonl.
 #
 # Usage:
-#   benches/compare.sh            # full run (~15-20 minutes)
-#   QUICK=1 benches/compare.sh    # ~3 minutes: one repetition, shorter runs, no 19k case
+#   benches/compare.sh            # full run: 75 runs of ~8 s, ~10 minutes (+ building the peers once)
+#   QUICK=1 benches/compare.sh    # ~2 minutes: one repetition, shorter runs, no 19k case
 # Environment (defaults in brackets, QUICK values after the slash):
 #   REPS [3/1]  WARMUP [1s/500ms]  DURATION [5s/2s]  IDLE_N [10000]  IDLE_BIG [19000/0: skip]
 #   RECEIVERS [1000]  FANOUT_WINDOW [32]  LAT_RATE [100]  CHURN_SLOTS [64]  SOURCES [8]

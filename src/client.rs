@@ -535,6 +535,24 @@ struct Client {
     session: Session,
     out: Out,
     times: bool,
+    /// The terminal's settings before line editing, put back when the client
+    /// ends: it may end (server gone, refused) while the editor has the
+    /// terminal in raw mode on its own thread.
+    saved_tty: Option<libc::termios>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.end_prompt();
+    }
+}
+
+/// The terminal settings of stdin, if it is a terminal.
+fn tty_settings() -> Option<libc::termios> {
+    // SAFETY: an all-zero termios is a valid value for tcgetattr to fill.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 0 and a valid pointer; tcgetattr only writes to it.
+    (unsafe { libc::tcgetattr(0, &mut t) } == 0).then_some(t)
 }
 
 /// `/quit` or `/quit REASON`, in any letter case.
@@ -605,6 +623,7 @@ impl Client {
         let thread_waker = Arc::clone(&waker);
         let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
         let mut out = Out::Plain(io::stdout());
+        let saved_tty = if interactive { tty_settings() } else { None };
         let editor = if interactive {
             rustyline::DefaultEditor::new().ok()
         } else {
@@ -646,6 +665,7 @@ impl Client {
             session,
             out,
             times,
+            saved_tty,
         })
     }
 
@@ -684,63 +704,83 @@ impl Client {
 
     fn run(mut self) -> io::Result<ExitCode> {
         let mut failures = 0u32;
-        let mut first = true;
         loop {
-            if !first {
-                if self.args.no_reconnect {
-                    return Ok(ExitCode::FAILURE);
-                }
-                failures += 1;
-                if self.args.max_attempts > 0 && failures > self.args.max_attempts {
-                    let msg = format!("giving up after {} attempts", self.args.max_attempts);
-                    self.note(&msg);
-                    return Ok(ExitCode::FAILURE);
-                }
-                let wait = backoff(
-                    self.args.reconnect_base,
-                    self.args.reconnect_max,
-                    failures,
-                    random_u64(),
-                );
-                let msg = format!(
-                    "reconnecting in {:.1}s (attempt {failures}{}, base {:?}, cap {:?})",
-                    wait.as_secs_f64(),
-                    if self.args.max_attempts > 0 {
-                        format!(" of {}", self.args.max_attempts)
-                    } else {
-                        String::new()
-                    },
-                    self.args.reconnect_base,
-                    self.args.reconnect_max,
-                );
-                self.note(&msg);
-                if let Some(code) = self.wait(Instant::now() + wait)? {
-                    return Ok(code);
-                }
-            }
-            first = false;
             let (end, opened) = self.session_once()?;
             if opened {
                 failures = 0;
             }
-            match end {
+            let why = match end {
                 End::Done => return Ok(ExitCode::SUCCESS),
-                End::Fatal(why) => {
-                    self.note(&why);
-                    return Ok(ExitCode::FAILURE);
-                }
-                End::Lost(why) => self.note(&format!("connection lost: {why}")),
+                End::Fatal(why) => return Ok(self.exit_with(&[why])),
+                End::Lost(why) => format!("connection lost: {why}"),
                 End::Unreachable(why) => {
-                    let msg = format!("cannot connect to {}: {why}", self.url.authority);
-                    self.note(&msg);
+                    format!("cannot connect to {}: {why}", self.url.authority)
                 }
-            }
-            if self.stdin_done && self.queued.is_empty() {
+            };
+            failures += 1;
+            let stop = if self.args.no_reconnect {
+                Some("not reconnecting (--no-reconnect)".to_string())
+            } else if self.stdin_done && self.queued.is_empty() {
                 // The input has ended and the close handshake did not finish:
                 // what was sent last may not have arrived.
-                self.note("input has ended: not reconnecting");
-                return Ok(ExitCode::FAILURE);
+                Some("input has ended: not reconnecting".to_string())
+            } else if self.args.max_attempts > 0 && failures > self.args.max_attempts {
+                Some(format!(
+                    "giving up after {} attempts",
+                    self.args.max_attempts
+                ))
+            } else {
+                None
+            };
+            if let Some(stop) = stop {
+                return Ok(self.exit_with(&[why, stop]));
             }
+            self.note(&why);
+            let wait = backoff(
+                self.args.reconnect_base,
+                self.args.reconnect_max,
+                failures,
+                random_u64(),
+            );
+            let msg = format!(
+                "reconnecting in {:.1}s (attempt {failures}{}, base {:?}, cap {:?})",
+                wait.as_secs_f64(),
+                if self.args.max_attempts > 0 {
+                    format!(" of {}", self.args.max_attempts)
+                } else {
+                    String::new()
+                },
+                self.args.reconnect_base,
+                self.args.reconnect_max,
+            );
+            self.note(&msg);
+            if let Some(code) = self.wait(Instant::now() + wait)? {
+                return Ok(code);
+            }
+        }
+    }
+
+    /// Give the terminal back (if line editing had it) and say why the client
+    /// ends: printed directly, since the editor's thread may not get to print
+    /// anything more before the process exits. Exit code 1.
+    fn exit_with(&mut self, why: &[String]) -> ExitCode {
+        self.end_prompt();
+        for w in why {
+            self.note(w);
+        }
+        ExitCode::FAILURE
+    }
+
+    /// Restore the terminal's settings and print plainly from now on.
+    fn end_prompt(&mut self) {
+        if let Some(t) = self.saved_tty.take() {
+            // SAFETY: fd 0 and a termios read from it by tcgetattr.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+            // Leave the rest on lines of their own, below the prompt.
+            let _ = writeln!(io::stdout());
+        }
+        if matches!(self.out, Out::Prompt(_)) {
+            self.out = Out::Plain(io::stdout());
         }
     }
 
@@ -756,8 +796,8 @@ impl Client {
             self.poll.poll(&mut events, Some(until - now))?;
             self.drain_stdin(None);
             if self.stdin_done && self.queued.is_empty() {
-                self.note("input has ended while disconnected: not reconnecting");
-                return Ok(Some(ExitCode::FAILURE));
+                let why = "input has ended while disconnected: not reconnecting".to_string();
+                return Ok(Some(self.exit_with(&[why])));
             }
         }
     }

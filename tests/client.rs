@@ -307,3 +307,44 @@ fn quit_typed_ends_the_client_without_reconnecting() {
     assert!(!err.contains("reconnecting"), "{err}");
     drop(stdin);
 }
+
+#[test]
+fn times_come_from_the_servers_tags_and_the_tag_block_is_not_printed() {
+    let s = TestServer::start(config());
+    let url = format!("ws://{}/ws?nick=stamp&room=dev&caps=ids", s.addr);
+    let run = |time: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_loopchat"))
+            .args(["client", &url, "--time", time])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"stamped\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let raw = run("never");
+    let tagged = raw
+        .lines()
+        .find(|l| l.ends_with(" MSG dev stamp stamped"))
+        .unwrap_or_else(|| panic!("{raw}"));
+    assert!(tagged.starts_with("@id="), "the server tags it: {tagged}");
+    let timed = run("always");
+    let line = timed
+        .lines()
+        .find(|l| l.ends_with(" MSG dev stamp stamped"))
+        .unwrap_or_else(|| panic!("{timed}"));
+    let (clock, rest) = line.split_at(8);
+    assert_eq!(rest, " MSG dev stamp stamped", "{line}");
+    assert!(
+        clock.bytes().enumerate().all(|(i, b)| if i == 2 || i == 5 {
+            b == b':'
+        } else {
+            b.is_ascii_digit()
+        }),
+        "{line}"
+    );
+    assert!(timed.lines().all(|l| !l.contains('@')), "{timed}");
+}

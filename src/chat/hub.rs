@@ -337,7 +337,7 @@ impl Hub {
         }
         // Clustered, a requested nick is confirmed by the cluster first.
         let held = self.take_hold_outcome(id);
-        if held.is_none() && self.hold_for_cluster(id, nick, room, now_ms) {
+        if held.is_none() && self.hold_for_cluster(id, nick, room, args.caps, now_ms) {
             return;
         }
         let mut nick_err = held.as_ref().and_then(HoldOutcome::error);

@@ -6,8 +6,10 @@
 //! one space; TEXT fields are the rest of the line. Rules:
 //! - names (ROOM, NICK) are written as given: the hub validated them, and
 //!   [`parse`] checks them again, so a peer cannot smuggle a space into one;
-//! - CR and LF inside TEXT (and inside the `PONG` token) are written as
-//!   spaces, so one line stays one line whatever the client sent;
+//! - inside TEXT (and the `PONG` token) CR and LF are written as spaces and
+//!   every other control character but TAB (C0, DEL, C1) and U+2028/U+2029
+//!   as U+FFFD, so one line stays one line and cannot drive a terminal,
+//!   whatever the client sent; [`parse`] refuses lines holding them;
 //! - tag values follow the IRCv3 shape but need no escaping: an id is 1–64 of
 //!   `[A-Za-z0-9:._-]` and the time is `YYYY-MM-DDTHH:MM:SS.mmmZ`. Unknown tag
 //!   keys are skipped by [`parse`], as PROTOCOL.md asks of clients.
@@ -161,6 +163,9 @@ pub enum LineError {
     BadTag,
     /// A CR or LF inside the line.
     LineBreak,
+    /// A control character (other than TAB) or U+2028/U+2029, which the
+    /// server never sends.
+    ControlChar,
 }
 
 impl std::fmt::Display for LineError {
@@ -201,9 +206,15 @@ impl Buf for Vec<u8> {
     }
 }
 
+/// True for the characters user TEXT may not carry as they are: every
+/// control character but TAB (C0, DEL, C1; CR and LF included), and the
+/// Unicode line and paragraph separators.
+fn unsafe_char(c: char) -> bool {
+    (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}'
+}
+
 /// Append user TEXT so that it stays one line and cannot drive a terminal:
-/// CR and LF become spaces; every other control character (C0 but TAB, DEL,
-/// C1) and the Unicode line and paragraph separators become U+FFFD, so an
+/// CR and LF become spaces; every other [`unsafe_char`] becomes U+FFFD, so an
 /// escape sequence shows up as what it is instead of rewriting the screen.
 pub(crate) fn put_text<B: Buf>(out: &mut B, text: &str) {
     // Fast path: none of those can start with another byte (C1 is C2 80..9F
@@ -216,10 +227,7 @@ pub(crate) fn put_text<B: Buf>(out: &mut B, text: &str) {
         return;
     }
     let mut rest = text;
-    while let Some((i, ch)) = rest
-        .char_indices()
-        .find(|&(_, c)| c != '\t' && (c.is_control() || c == '\u{2028}' || c == '\u{2029}'))
-    {
+    while let Some((i, ch)) = rest.char_indices().find(|&(_, c)| unsafe_char(c)) {
         out.put(&rest[..i]);
         out.put(if ch == '\r' || ch == '\n' {
             " "
@@ -534,6 +542,9 @@ pub fn parse(line: &str) -> Result<(Tags<'_>, Line<'_>), LineError> {
     if line.contains(['\r', '\n']) {
         return Err(LineError::LineBreak);
     }
+    if line.chars().any(unsafe_char) {
+        return Err(LineError::ControlChar);
+    }
     let (tags, body) = match line.strip_prefix('@') {
         Some(rest) => {
             let (block, body) = split(rest);
@@ -759,6 +770,8 @@ mod tests {
         assert_eq!(parse("@id=1"), Err(LineError::Missing));
         assert_eq!(parse("MSG a b"), Err(LineError::Missing));
         assert_eq!(parse("SYS a\nb"), Err(LineError::LineBreak));
+        assert_eq!(parse("SYS a\u{1b}[2J"), Err(LineError::ControlChar));
+        assert_eq!(parse("SYS a\tb"), Ok((Tags::default(), Line::Sys("a\tb"))));
         // Unknown tag keys are skipped.
         assert_eq!(
             parse("@x=1;id=a MSG r n t"),
@@ -781,11 +794,17 @@ mod tests {
     }
 
     fn text_s() -> impl Strategy<Value = String> {
-        "[a-z \r\n\u{e9}/@=]{1,20}"
+        "[a-z \t\r\n\u{e9}/@=\u{1b}\u{7f}\u{85}\u{2028}\u{2029}]{1,20}"
     }
 
     fn clean(s: &str) -> String {
-        s.replace(['\r', '\n'], " ")
+        s.chars()
+            .map(|c| match c {
+                '\r' | '\n' => ' ',
+                '\u{1b}' | '\u{7f}' | '\u{85}' | '\u{2028}' | '\u{2029}' => '\u{FFFD}',
+                c => c,
+            })
+            .collect()
     }
 
     proptest! {

@@ -9,7 +9,7 @@
 //! - [`command`]: the line parser (a line → a borrowed [`Command`]);
 //! - [`names`]: nick and room validation and case folding;
 //! - [`rate`]: the per-connection token bucket;
-//! - [`line`]: the server→client lines, typed (write and parse);
+//! - [`line`](mod@line): the server→client lines, typed (write and parse);
 //! - [`history`]: message ids, times and the per-room history ring;
 //! - [`session`]: resumable sessions and their secret tokens;
 //! - [`hub`]: users, rooms, membership and the output lines;

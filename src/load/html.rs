@@ -49,7 +49,7 @@ fn err(e: impl std::fmt::Display) -> String {
     format!("plot: {e}")
 }
 
-/// Vertical step boundaries with the step's value on top.
+/// Vertical step boundaries with the step's value beside each.
 fn step_marks(r: &RampResult) -> Vec<(f64, String)> {
     r.steps
         .iter()
@@ -114,7 +114,9 @@ fn latency_svg(r: &RampResult) -> Plot {
             chart
                 .draw_series(std::iter::once(Text::new(
                     label,
-                    (x + 0.1, hi / 1.25),
+                    // At the bottom: the legend sits at the top left.
+                    // (text hangs below its point: 7% up the log axis).
+                    (x + 0.1, lo * (hi / lo).powf(0.07)),
                     ("sans-serif", 12).into_font().color(&MAX),
                 )))
                 .map_err(err)?;
@@ -209,7 +211,7 @@ fn throughput_svg(r: &RampResult) -> Plot {
             chart
                 .draw_series(std::iter::once(Text::new(
                     label,
-                    (x + 0.1, dmax * 0.97),
+                    (x + 0.1, dmax * 0.07),
                     ("sans-serif", 12).into_font().color(&MAX),
                 )))
                 .map_err(err)?;

@@ -52,6 +52,8 @@ impl HoldOutcome {
 struct Held {
     nick: Box<str>,
     room: Option<Box<str>>,
+    /// `?caps=`, answered (with what a cluster node offers) after `WELCOME`.
+    caps: Option<super::Caps>,
     now_ms: u64,
     /// Its lines so far, with their arrival times, replayed after `WELCOME`.
     lines: Vec<(Box<str>, u64)>,
@@ -172,6 +174,7 @@ impl Hub {
         id: ConnId,
         nick: Option<&str>,
         room: Option<&str>,
+        caps: Option<super::Caps>,
         now_ms: u64,
     ) -> bool {
         let Some(nick) = nick.filter(|n| valid_nick(n) && !reserved_nick(n)) else {
@@ -191,6 +194,7 @@ impl Hub {
             Held {
                 nick: nick.into(),
                 room: room.map(Into::into),
+                caps,
                 now_ms,
                 lines: Vec::new(),
                 bytes: 0,
@@ -362,7 +366,13 @@ impl Hub {
             Some(h)
         });
         if let Some(h) = held {
-            self.connect(id, Some(&h.nick), h.room.as_deref(), h.now_ms, sink);
+            let args = super::Connect {
+                nick: Some(&h.nick),
+                room: h.room.as_deref(),
+                caps: h.caps,
+                ..super::Connect::default()
+            };
+            self.connect_with(id, &args, h.now_ms, sink);
             // Role and token of a connection held for its nick (`hub/auth.rs`),
             // before its held lines run.
             self.apply_held_identity(id, sink);

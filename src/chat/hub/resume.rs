@@ -1124,5 +1124,15 @@ mod tests {
         };
         hub.connect_with(0, &args, 0, &mut sink);
         assert_eq!(take(&mut sink, 0)[1], "CAPS");
+        // A nick is held for the registry; the answer comes after WELCOME.
+        let args = Connect {
+            nick: Some("ann"),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &args, 0, &mut sink);
+        assert!(take(&mut sink, 1).is_empty(), "held");
+        assert!(hub.nick_reserved(1, "ann", crate::chat::remote::Claim::Granted, &mut sink));
+        assert_eq!(take(&mut sink, 1)[..2], ["WELCOME ann", "CAPS"]);
     }
 }
