@@ -198,7 +198,7 @@ pub struct Hub {
     /// other nodes (see [`super::remote`]). `None` keeps single-process
     /// behaviour exactly.
     remote: Option<Box<RemoteState>>,
-    /// Signed sessions: expiry queue, room grants, kick bans.
+    /// Signed sessions: room grants, kick bans, held identities.
     auth: AuthState,
 }
 

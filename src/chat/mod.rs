@@ -67,7 +67,7 @@ pub struct ChatConfig {
     /// How long a user removed by `/kick` may not rejoin that room, in ms.
     pub kick_ban_ms: u64,
     /// Seconds a token is still honoured after its `exp` (clock skew); at most
-    /// 600, which the expiry queue relies on (see `hub/auth.rs`).
+    /// 600, which the 16-bit `exp` kept per user relies on (see `hub/auth.rs`).
     pub token_leeway: u64,
     /// Messages kept per room and for how long (`--history`, `--history-ttl`).
     pub history: history::HistoryConfig,
