@@ -38,7 +38,7 @@ use log::info;
 
 use super::super::access::{room_allowed, Access, Grant, Role};
 use super::super::names::Folded;
-use super::super::remote::Request;
+use super::super::remote::{Claim, Request};
 use super::super::{ConnId, ErrorCode, Sink};
 use super::{push_text, send, Connect, Hub};
 
@@ -140,18 +140,32 @@ impl Hub {
         self.signed_in_line(id, sink);
     }
 
-    /// The cluster answered for held connection `id`, now connected: apply
-    /// its role and token. A token whose nick the cluster refused (held by a
-    /// session on another node) ends the connection: `ERR nick-taken` and
-    /// close 4001, since its nick is its identity.
-    pub(super) fn apply_held_identity(&mut self, id: ConnId, sink: &mut impl Sink) {
+    /// The cluster answered `claim` for held connection `id`, now connected:
+    /// apply its role and token. A token whose nick another node holds ends
+    /// the connection (`ERR nick-taken`, close 4001: its nick is its
+    /// identity). When the registry could not answer (Redis down, timeout),
+    /// the signature is proof enough: the holder is renamed to its nick here,
+    /// and the reservation is asked again for when the registry is back.
+    pub(super) fn apply_held_identity(&mut self, id: ConnId, claim: Claim, sink: &mut impl Sink) {
         let Some(who) = self.auth.held.remove(&id) else {
             return;
         };
         match who {
             Identity::Guest(role) => self.set_access(id, Access::guest(role)),
             Identity::Signed(grant) => {
-                if self.user(id).is_some_and(|u| *u.nick != *grant.nick) {
+                let renamed = self.user(id).is_some_and(|u| *u.nick != *grant.nick);
+                if renamed && claim != Claim::Taken {
+                    info!(
+                        "auth: {} keeps its nick without the registry (signed)",
+                        grant.nick
+                    );
+                    self.claim_nick(id, &grant.nick, sink);
+                    self.apply_nick(id, &grant.nick, sink);
+                    self.request(|| Request::Reserve {
+                        id,
+                        nick: grant.nick.as_str().into(),
+                    });
+                } else if renamed {
                     info!("auth: {} refused: signed in on another node", grant.nick);
                     if let Some(u) = self.users.get_mut(id).and_then(Option::as_mut) {
                         u.access.set_closing();

@@ -375,7 +375,7 @@ impl Hub {
             self.connect_with(id, &args, h.now_ms, sink);
             // Role and token of a connection held for its nick (`hub/auth.rs`),
             // before its held lines run.
-            self.apply_held_identity(id, sink);
+            self.apply_held_identity(id, claim, sink);
             if h.dropped > 0 {
                 let text = format!(
                     "{} lines sent before the nick was confirmed were dropped",

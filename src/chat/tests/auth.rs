@@ -359,4 +359,20 @@ fn a_clustered_sign_in_waits_for_the_registry() {
         rec.closes,
         [(1, 4001, "signed in on another node".to_string())]
     );
+    // The registry cannot answer: the signature is enough.
+    hub.connect_as(
+        2,
+        Identity::Signed(grant("xen", Role::Member, None, T0 + 60)),
+        &Connect::default(),
+        0,
+        &mut rec,
+    );
+    hub.nick_reserved(2, "xen", Claim::Unreachable, &mut rec);
+    let lines = rec.take(2);
+    assert!(
+        lines.contains(&"SYS signed in as xen, role member".to_string()),
+        "{lines:?}"
+    );
+    assert_eq!(hub.nick(2), Some("xen"));
+    assert_eq!(hub.access(2), Some((Role::Member, true)));
 }
