@@ -1094,3 +1094,50 @@ fn a_killed_nodes_members_leave_within_the_ttl() {
     assert_eq!(again.nick, "alice");
     assert_eq!(b.metric("loopchat_redis_dead_nodes_total"), 1.0);
 }
+
+#[test]
+fn a_crowd_of_queries_costs_one_question_at_a_time_and_chat_flows() {
+    let Some(()) = need_redis("a_crowd_of_queries_costs_one_question_at_a_time_and_chat_flows")
+    else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &[]);
+    let b = Node::start(&redis, &[]);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r");
+    a.wait_subscriptions(3);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=r");
+    b.wait_subscriptions(3);
+    alice.until(|l| l == "JOINED r bob");
+    // Many rooms on b, so its answer to /rooms is large (capped, built once).
+    let mut rooms = Client::connect(b.addr, "?room=q0");
+    for i in 1..32 {
+        rooms.send(&format!("/join q{i}"));
+    }
+    rooms.sync("joined");
+    let mut crowd: Vec<Client> = (0..50)
+        .map(|_| Client::connect(a.addr, "?room=crowd"))
+        .collect();
+    for c in crowd.iter_mut() {
+        for _ in 0..4 {
+            c.send("/rooms");
+        }
+    }
+    for i in 0..100 {
+        bob.send(&format!("chat {i}"));
+    }
+    // Every question is answered, with b's rooms in it.
+    for c in crowd.iter_mut() {
+        for _ in 0..4 {
+            let l = c.until(|l| l.starts_with("ROOMS "));
+            assert!(l.last().unwrap().contains("q31=1"), "{l:?}");
+        }
+    }
+    // The chat went through meanwhile, in order.
+    let lines = alice.until(|l| l == "MSG r bob chat 99");
+    let chat: Vec<&String> = lines.iter().filter(|l| l.contains(" chat ")).collect();
+    assert_eq!(chat.len(), 100, "{lines:?}");
+    // 200 /rooms cost a handful of questions to the cluster.
+    let asked = a.metric("loopchat_redis_queries_total");
+    assert!((1.0..=10.0).contains(&asked), "{asked}");
+}

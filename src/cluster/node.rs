@@ -1,26 +1,34 @@
-//! One node of the cluster: two Redis connections (commands and publishing;
-//! subscriptions), the hub's requests turned into RESP, and what arrives from
-//! the other nodes turned back into hub calls.
+//! One node of the cluster, sans-I/O: two Redis links (commands and
+//! publishing; subscriptions, each a [`Link`]), the hub's requests turned into
+//! RESP, and what arrives from the other nodes turned back into hub calls.
+//!
+//! The caller owns the sockets and the clock: it carries out
+//! [`Cluster::poll_action`]s (connect, close), writes [`Cluster::transmit`],
+//! feeds what it reads to [`Cluster::on_bytes`] and failures to
+//! [`Cluster::on_closed`], calls [`Cluster::turn`] once per loop turn with
+//! `now`, and sleeps at most until [`Cluster::poll_timeout`]. Every timer
+//! (reconnects, stall and heartbeat per link, nick refresh, liveness,
+//! reservation and query deadlines, pruning) is a field read there.
 //!
 //! Channels and keys (all names folded to lowercase):
 //! - `lc:room:ROOM`: the lines of a room (`MSG`, `JOINED`, `LEFT`); a node is
 //!   subscribed while it has local members in ROOM;
-//! - `lc:all`: `NICK` notices and `/who`/`/rooms` requests, every node subscribed;
-//! - `lc:node:NODE`: private messages and answers to requests for one node;
-//! - `lc:nick:NICK`: `"NODE DISPLAY"` while NODE holds the nick (set with
-//!   `SET NX PX ttl`, refreshed every ttl/3, so a dead node's nicks expire).
+//! - `lc:all`: `NICK` notices, `/who`/`/rooms` questions and liveness notices,
+//!   every node subscribed;
+//! - `lc:node:NODE`: private messages and answers to questions for one node;
+//! - `lc:nick:NICK`: `"NODE REGISTERED_MS DISPLAY"` while NODE holds the nick
+//!   (set with `SET NX PX ttl`, refreshed every ttl/3, so a dead node's nicks
+//!   expire; on conflict the earlier registration wins).
 //!
-//! Every payload starts with `KIND NODE SEQ `: the publishing node's id and a
-//! per-node sequence number. A node ignores its own payloads, and drops one
-//! whose sequence number is not above the last it saw from that node (a
-//! publish whose reply was lost in a reconnect is sent again; its receivers
-//! drop the duplicate). Kinds: `M` room line, `N` nick notice (`ROOMS LINE`,
-//! rooms comma-separated), `P` private line (`NICK LINE`), `W`/`w` who
-//! request/answer, `R`/`r` rooms request/answer.
+//! Payloads are [`super::wire`] envelopes, signed with a cluster secret. A
+//! node ignores its own, and drops one whose sequence number is not above the
+//! last it saw from that node: what a node publishes while its link is down
+//! waits in a bounded backlog and is sent in order after the reconnect, a
+//! publish whose reply was lost goes again, and receivers drop duplicates.
 //!
-//! `/who` and `/rooms` ask every node over `lc:all`; `PUBLISH` answers how
-//! many subscribers got the request, so the asker knows how many answers to
-//! wait for, and gives up after the query timeout (answering with what it has).
+//! Invariants: a nick is never granted without the registry's answer (held
+//! connections fail closed to a guest nick); every buffer and table is
+//! bounded; what cannot be kept is counted and its sender told.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -30,9 +38,10 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use super::link::{Link, LinkState};
+use super::query::{self, Ask, Queries, Step};
 use super::resp::{Limits, Value};
 use super::wire::{Body, Envelope, Signer};
-use crate::chat::names::{valid_nick, valid_room, Folded};
+use crate::chat::names::{valid_nick, Folded};
 use crate::chat::remote::{Claim, Request};
 use crate::chat::{ConnId, Hub, Sink};
 
@@ -58,8 +67,6 @@ const MAX_PEER_MEMBERS: usize = 65_536;
 const FORGET_NODE: Duration = Duration::from_secs(600);
 /// Most other nodes whose sequence numbers are remembered.
 const MAX_NODES: usize = 65_536;
-/// Most rooms one node lists in an answer to `/rooms`.
-const MAX_ROOMS_ANSWER: usize = 10_000;
 
 /// Refresh a nick registration (`KEYS[1]`; `ARGV`: value, `NODE `, ttl in
 /// ms, registration time in ms): keep the key when it is free or ours, take
@@ -136,6 +143,9 @@ pub struct ClusterStats {
     pub connects: u64,
     /// Queries answered after the timeout without every node's answer.
     pub query_timeouts: u64,
+    /// `/who` and `/rooms` questions this node asked the others (one at a
+    /// time; repeated questions are answered from a cache).
+    pub queries: u64,
     /// Nicks lost to another node (renamed to a guest nick).
     pub nick_conflicts: u64,
     /// Payloads dropped as unsigned or badly signed (with a secret).
@@ -204,27 +214,6 @@ enum Pending {
 
 /// Marks a pending entry whose connection left.
 const CANCELLED: ConnId = ConnId::MAX;
-
-#[derive(Debug)]
-enum QueryKind {
-    Who {
-        room: Box<str>,
-        nicks: Vec<String>,
-        total: usize,
-    },
-    Rooms {
-        rooms: Vec<(String, usize)>,
-    },
-}
-
-#[derive(Debug)]
-struct Query {
-    id: ConnId,
-    kind: QueryKind,
-    expected: Option<usize>,
-    got: usize,
-    deadline: Instant,
-}
 
 /// An encoded PUBLISH waiting in the backlog.
 #[derive(Debug)]
@@ -391,8 +380,11 @@ pub struct Cluster {
     last_seen: HashMap<Box<str>, (u64, Instant)>,
     /// Rooms (folded) with local members: subscribed while the link is up.
     rooms: HashSet<Box<str>>,
-    queries: HashMap<u64, Query>,
-    next_query: u64,
+    /// `/who` and `/rooms` asked of the other nodes, one at a time.
+    queries: Queries,
+    /// This node's answer to `/rooms`, reused for [`query::CACHE_FOR`]
+    /// however many nodes ask.
+    rooms_answer: Option<(Instant, String)>,
     next_heartbeat: Instant,
     next_prune: Instant,
     reported_up: Option<bool>,
@@ -423,6 +415,7 @@ impl Cluster {
         let node = format!("{id:016x}");
         let limits = Limits::default();
         let signer = Signer::new(cfg.secret.as_deref());
+        let queries = Queries::new(cfg.query_timeout);
         Cluster {
             node_prefix: format!("{node} "),
             own_channel: format!("lc:node:{node}").into_bytes(),
@@ -446,8 +439,8 @@ impl Cluster {
             seq: 0,
             last_seen: HashMap::new(),
             rooms: HashSet::new(),
-            queries: HashMap::new(),
-            next_query: 1,
+            queries,
+            rooms_answer: None,
             next_heartbeat: now,
             next_prune: now + FORGET_NODE,
             reported_up: None,
@@ -528,9 +521,7 @@ impl Cluster {
         min(self.cmd.retry);
         min(self.sub.retry);
         min(Some(self.next_prune));
-        for q in self.queries.values() {
-            min(Some(q.deadline));
-        }
+        min(self.queries.deadline());
         if let Some((at, _)) = self.pending.front() {
             min(Some(*at + STALL_TIMEOUT));
         }
@@ -666,20 +657,9 @@ impl Cluster {
         self.liveness(hub, sink, now);
         self.drain_backlog(now);
         for id in std::mem::take(&mut self.undelivered) {
-            sink.deliver(
-                &[id],
-                "SYS not delivered to other nodes: the cluster link is down and its buffer is full",
-            );
+            hub.not_relayed(id, sink);
         }
-        let expired: Vec<u64> = self
-            .queries
-            .iter()
-            .filter(|(_, q)| now >= q.deadline)
-            .map(|(&k, _)| k)
-            .collect();
-        for qid in expired {
-            self.finish_query(qid, true, hub, sink);
-        }
+        self.finish_queries(false, hub, sink, now);
         if now >= self.next_prune {
             self.next_prune = now + FORGET_NODE;
             self.last_seen
@@ -829,7 +809,7 @@ impl Cluster {
                     hub.nick_reserved(id, &nick, Claim::Unreachable, sink);
                 }
                 Pending::Lookup { id, .. } if id != CANCELLED => {
-                    sink.deliver(&[id], "ERR no-such-nick no such nick");
+                    hub.private_not_found(id, sink);
                 }
                 _ => {}
             }
@@ -922,11 +902,9 @@ impl Cluster {
             }
             Pending::Publish { query, .. } => {
                 if let (Some(qid), Some(n)) = (query, v.as_int()) {
-                    if let Some(q) = self.queries.get_mut(&qid) {
-                        // The count includes this node's own subscription.
-                        q.expected = Some((n.max(1) - 1) as usize);
-                    }
-                    self.finish_query(qid, false, hub, sink);
+                    // The count includes this node's own subscription.
+                    self.queries.expect(qid, (n.max(1) - 1) as usize);
+                    self.finish_queries(false, hub, sink, now);
                 }
             }
             Pending::Reserve { id, nick, at } => {
@@ -980,7 +958,7 @@ impl Cluster {
                     .map(|(node, nick)| (node.to_string(), nick.to_string()));
                 match found {
                     Some((node, to)) => {
-                        let line = format!("PRIV {from} {to} {text}");
+                        let line = hub.private_found(id, &from, &to, &text, sink);
                         let key = Folded::new(&to).map(|f| f.as_str().to_string());
                         self.send(
                             format!("lc:node:{node}").as_bytes(),
@@ -991,9 +969,8 @@ impl Cluster {
                             None,
                             id,
                         );
-                        sink.deliver(&[id], &line);
                     }
-                    None => sink.deliver(&[id], "ERR no-such-nick no such nick"),
+                    None => hub.private_not_found(id, sink),
                 }
             }
         }
@@ -1152,18 +1129,26 @@ impl Cluster {
                 Body::Nick { line, .. } => peer.rename(line),
                 // Members named in an answer to this node's `/who`.
                 Body::WhoAnswer { qid, nicks, .. } => {
-                    if let Some(QueryKind::Who { room, .. }) =
-                        self.queries.get(&qid).map(|q| &q.kind)
-                    {
-                        if let Some(key) = Folded::new(room) {
-                            for n in nicks.split(' ').filter(|n| valid_nick(n)) {
-                                peer.add(key.as_str(), room, n);
-                            }
+                    if let Some(room) = self.queries.who_room(qid) {
+                        for n in nicks.split(' ').filter(|n| valid_nick(n)) {
+                            peer.add(room, room, n);
                         }
                     }
                 }
                 _ => {}
             }
+        }
+        match env.body {
+            Body::Room { line } if line.starts_with("JOINED ") || line.starts_with("LEFT ") => {
+                if let Some(room) = channel
+                    .strip_prefix(b"lc:room:")
+                    .and_then(|r| std::str::from_utf8(r).ok())
+                {
+                    self.queries.membership_changed(room);
+                }
+            }
+            Body::Nick { .. } => self.queries.nicks_changed(),
+            _ => {}
         }
         let before = hub.deliveries();
         match env.body {
@@ -1172,12 +1157,7 @@ impl Cluster {
                     .strip_prefix(b"lc:room:")
                     .and_then(|r| std::str::from_utf8(r).ok())
                 {
-                    // Presence notices obey the presence limit here too,
-                    // counted with this node's members.
-                    let presence = line.starts_with("JOINED ") || line.starts_with("LEFT ");
-                    if !presence || hub.room_len(room) <= hub.config().presence_limit {
-                        hub.deliver_room(room, line, sink);
-                    }
+                    hub.deliver_remote_room(room, line, sink);
                 }
             }
             Body::Nick { rooms, line } => {
@@ -1202,90 +1182,81 @@ impl Cluster {
                 );
             }
             Body::RoomsAsk { qid } => {
-                let mut rooms = String::new();
-                for (name, n) in hub.local_rooms().into_iter().take(MAX_ROOMS_ANSWER) {
-                    if !rooms.is_empty() {
-                        rooms.push(' ');
+                // Built at most once per cache period, however many ask.
+                let rooms = match self.rooms_answer.take() {
+                    Some((at, r)) if now < at + query::CACHE_FOR => (at, r),
+                    _ => {
+                        let mut r = String::new();
+                        for (name, n) in hub.local_rooms().into_iter().take(query::MAX_ROOMS) {
+                            if !r.is_empty() {
+                                r.push(' ');
+                            }
+                            let _ = write!(r, "{name}={n}");
+                        }
+                        (now, r)
                     }
-                    let _ = write!(rooms, "{name}={n}");
-                }
+                };
+                let (at, rooms) = rooms;
                 self.send(
                     format!("lc:node:{node}").as_bytes(),
                     Body::RoomsAnswer { qid, rooms: &rooms },
                     None,
                     CANCELLED,
                 );
+                self.rooms_answer = Some((at, rooms));
             }
             Body::WhoAnswer { qid, total, nicks } => {
-                if let Some(Query {
-                    kind:
-                        QueryKind::Who {
-                            nicks: got_nicks,
-                            total: t,
-                            ..
-                        },
-                    got,
-                    ..
-                }) = self.queries.get_mut(&qid)
-                {
-                    *t = t.saturating_add(usize::try_from(total).unwrap_or(usize::MAX));
-                    *got += 1;
-                    got_nicks.extend(
-                        nicks
-                            .split(' ')
-                            .filter(|n| valid_nick(n))
-                            .take(4096)
-                            .map(str::to_string),
-                    );
-                    self.finish_query(qid, false, hub, sink);
-                }
+                self.queries.who_answer(qid, total, nicks);
+                self.finish_queries(false, hub, sink, now);
             }
-            Body::RoomsAnswer { qid, rooms: list } => {
-                if let Some(Query {
-                    kind: QueryKind::Rooms { rooms },
-                    got,
-                    ..
-                }) = self.queries.get_mut(&qid)
-                {
-                    *got += 1;
-                    for part in list.split(' ').take(MAX_ROOMS_ANSWER) {
-                        if let Some((name, n)) =
-                            part.rsplit_once('=').filter(|(name, _)| valid_room(name))
-                        {
-                            if let Ok(n) = n.parse() {
-                                rooms.push((name.to_string(), n));
-                            }
-                        }
-                    }
-                    self.finish_query(qid, false, hub, sink);
-                }
+            Body::RoomsAnswer { qid, rooms } => {
+                self.queries.rooms_answer(qid, rooms);
+                self.finish_queries(false, hub, sink, now);
             }
             Body::Alive { .. } => {}
         }
         self.stats.remote_deliveries += hub.deliveries() - before;
     }
 
-    /// Answer query `qid` when every node answered, or at once with `force`.
-    fn finish_query(&mut self, qid: u64, force: bool, hub: &mut Hub, sink: &mut impl Sink) {
-        let done = self
-            .queries
-            .get(&qid)
-            .is_some_and(|q| force || q.expected.is_some_and(|e| q.got >= e));
-        if !done {
-            return;
-        }
-        let Some(q) = self.queries.remove(&qid) else {
-            return;
-        };
-        if !q.expected.is_some_and(|e| q.got >= e) {
-            self.stats.query_timeouts += 1;
-        }
-        match q.kind {
-            QueryKind::Who { room, nicks, total } => {
-                hub.answer_who(q.id, &room, &nicks, total, sink)
+    /// Answer the question out when every node answered or its time is up
+    /// (at once with `force`: it could not be asked), then ask the next.
+    fn finish_queries(&mut self, force: bool, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
+        let mut force = force;
+        // Bounded: each round finishes one question; the next one is asked
+        // and stays out unless it cannot be sent.
+        for _ in 0..query::MAX_WAITING {
+            let Some(done) = self.queries.finished(now, force) else {
+                return;
+            };
+            if done.timed_out && !force {
+                self.stats.query_timeouts += 1;
             }
-            QueryKind::Rooms { rooms } => hub.answer_rooms(q.id, &rooms, sink),
+            for (id, room) in &done.askers {
+                match done.ask {
+                    Ask::Who(_) => {
+                        hub.answer_who(*id, room, &done.merged.nicks, done.merged.total, sink)
+                    }
+                    Ask::Rooms => hub.answer_rooms(*id, &done.merged.rooms, sink),
+                }
+            }
+            let Some((qid, ask)) = self.queries.next(now) else {
+                return;
+            };
+            force = !self.ask_others(qid, &ask);
         }
+    }
+
+    /// Publish question `qid`; false when it cannot go out.
+    fn ask_others(&mut self, qid: u64, ask: &Ask) -> bool {
+        if !self.is_up() || !self.backlog.is_empty() {
+            return false;
+        }
+        let body = match ask {
+            Ask::Who(room) => Body::WhoAsk { qid, room },
+            Ask::Rooms => Body::RoomsAsk { qid },
+        };
+        self.stats.queries += 1;
+        self.send(b"lc:all", body, Some(qid), CANCELLED)
     }
 
     /// Reservations waiting longer than the query timeout are refused
@@ -1478,9 +1449,17 @@ impl Cluster {
             let prefix = format!("{node} ");
             for (room, (display, nicks)) in peer.members {
                 for nick in nicks {
-                    if hub.room_len(&room) <= hub.config().presence_limit {
-                        hub.deliver_room(&room, &format!("LEFT {display} {nick}"), sink);
+                    // Someone with that nick is in the room through a live
+                    // node (a user who reconnected elsewhere): not a leave.
+                    let elsewhere = self.peers.values().any(|p| {
+                        p.members
+                            .get(&room)
+                            .is_some_and(|(_, n)| n.iter().any(|n| n.eq_ignore_ascii_case(&nick)))
+                    }) || hub.local_owner(&nick).is_some();
+                    if elsewhere {
+                        continue;
                     }
+                    hub.remote_left(&room, &display, &nick, sink);
                     // Free the nick now rather than at its expiry, if the
                     // dead node still holds it.
                     if let Some(key) = nick_key(&nick) {
@@ -1578,6 +1557,29 @@ impl Cluster {
         }
     }
 
+    /// `id` asks the cluster `ask`: answered from the cache, sent, or queued.
+    fn ask(
+        &mut self,
+        id: ConnId,
+        ask: Ask,
+        room: &str,
+        hub: &mut Hub,
+        sink: &mut impl Sink,
+        now: Instant,
+    ) {
+        let is_who = matches!(ask, Ask::Who(_));
+        match self.queries.ask(id, ask, room, now) {
+            Step::Answer(m) if is_who => hub.answer_who(id, room, &m.nicks, m.total, sink),
+            Step::Answer(m) => hub.answer_rooms(id, &m.rooms, sink),
+            Step::Send(qid, ask) => {
+                if !self.ask_others(qid, &ask) {
+                    self.finish_queries(true, hub, sink, now);
+                }
+            }
+            Step::Wait => {}
+        }
+    }
+
     fn on_request(&mut self, r: Request, hub: &mut Hub, sink: &mut impl Sink, now: Instant) {
         match r {
             Request::Subscribe(room) => {
@@ -1667,59 +1669,23 @@ impl Cluster {
                     {
                         self.expect(Pending::Lookup { id, from, text });
                     }
-                    _ => sink.deliver(&[id], "ERR no-such-nick no such nick"),
+                    _ => hub.private_not_found(id, sink),
                 }
             }
             Request::Who { id, room } => {
-                if !self.is_up() || !self.backlog.is_empty() {
-                    hub.answer_who(id, &room, &[], 0, sink);
-                    return;
-                }
-                let qid = self.next_query;
-                self.next_query += 1;
-                let room2 = room.clone();
-                self.queries.insert(
-                    qid,
-                    Query {
-                        id,
-                        kind: QueryKind::Who {
-                            room,
-                            nicks: Vec::new(),
-                            total: 0,
-                        },
-                        expected: None,
-                        got: 0,
-                        deadline: now + self.cfg.query_timeout,
-                    },
-                );
-                if !self.send(
-                    b"lc:all",
-                    Body::WhoAsk { qid, room: &room2 },
-                    Some(qid),
-                    CANCELLED,
-                ) {
-                    self.finish_query(qid, true, hub, sink);
+                let ask = query::who(&room);
+                match ask {
+                    Some(ask) if self.is_up() && self.backlog.is_empty() => {
+                        self.ask(id, ask, &room, hub, sink, now)
+                    }
+                    _ => hub.answer_who(id, &room, &[], 0, sink),
                 }
             }
             Request::Rooms { id } => {
-                if !self.is_up() || !self.backlog.is_empty() {
+                if self.is_up() && self.backlog.is_empty() {
+                    self.ask(id, Ask::Rooms, "", hub, sink, now);
+                } else {
                     hub.answer_rooms(id, &[], sink);
-                    return;
-                }
-                let qid = self.next_query;
-                self.next_query += 1;
-                self.queries.insert(
-                    qid,
-                    Query {
-                        id,
-                        kind: QueryKind::Rooms { rooms: Vec::new() },
-                        expected: None,
-                        got: 0,
-                        deadline: now + self.cfg.query_timeout,
-                    },
-                );
-                if !self.send(b"lc:all", Body::RoomsAsk { qid }, Some(qid), CANCELLED) {
-                    self.finish_query(qid, true, hub, sink);
                 }
             }
             Request::Gone(id) => {
@@ -1736,7 +1702,7 @@ impl Cluster {
                         _ => {}
                     }
                 }
-                self.queries.retain(|_, q| q.id != id);
+                self.queries.gone(id);
                 for o in self.backlog.iter_mut().filter(|o| o.sender == id) {
                     o.sender = CANCELLED;
                 }
@@ -1837,56 +1803,51 @@ mod tests {
     }
 
     #[test]
-    fn answers_from_other_nodes_are_merged_and_checked() {
-        let mut hub = Hub::new(crate::chat::ChatConfig {
-            rate_limit: 0,
-            ..crate::chat::ChatConfig::default()
-        });
-        hub.enable_cluster("t");
-        let mut sink = Lines::default();
-        hub.connect(0, Some("a"), Some("r"), 0, &mut sink);
-        hub.nick_reserved(0, "a", Claim::Granted, &mut sink);
-        let mut node = Cluster::new(
-            ClusterConfig::new("127.0.0.1:9".parse().unwrap()),
-            Instant::now(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for (qid, kind) in [
-            (
-                1,
-                QueryKind::Who {
-                    room: "r".into(),
-                    nicks: Vec::new(),
-                    total: 0,
-                },
-            ),
-            (2, QueryKind::Rooms { rooms: Vec::new() }),
-        ] {
-            node.queries.insert(
-                qid,
-                Query {
-                    id: 0,
-                    kind,
-                    expected: Some(2),
-                    got: 0,
-                    deadline,
-                },
-            );
+    fn questions_go_out_one_at_a_time_and_answers_are_merged_and_checked() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.publish_reply = 3;
+        h.up();
+        for (id, nick) in [(0, "a"), (1, "b")] {
+            h.hub.connect(id, Some(nick), Some("r"), 0, &mut h.sink);
         }
-        sink.0.clear();
+        h.turn();
+        h.turn();
+        h.sink.0.clear();
+        h.hub.handle(0, "/who r", 0, &mut h.sink);
+        h.hub.handle(1, "/rooms", 0, &mut h.sink);
+        h.turn();
+        let asks = |h: &Harness| {
+            h.seen[0]
+                .iter()
+                .filter(|(n, c)| n == "PUBLISH" && c == "lc:all")
+                .count()
+        };
+        let before = asks(&h);
         let huge = usize::MAX.to_string();
         for p in [
             format!("w n1 1 1 {huge} b <bad> c"),
             format!("w n2 1 1 {huge} d"),
-            format!("r n1 2 2 r={huge} x=2 bad!=1 y"),
-            "r n2 2 2 X=3".to_string(),
         ] {
-            node.feed_subscriber(message("lc:node:me", &p), &mut hub, &mut sink);
+            h.feed("lc:node:me", &p);
         }
-        assert!(node.queries.is_empty(), "both complete");
-        let who = &sink.0[0].1;
-        assert!(who.starts_with("WHO r a b c d +"), "{who}");
-        assert_eq!(sink.0[1].1, format!("ROOMS r={huge} x=5"));
+        let who = &h.sink.0[0];
+        assert_eq!(who.0, 0);
+        assert!(who.1.starts_with("WHO r a b b c d +"), "{}", who.1);
+        // Only now the second question goes out.
+        h.io();
+        assert_eq!(asks(&h), before + 1);
+        for p in [
+            format!("r n1 3 2 r={huge} x=2 bad!=1 y"),
+            "r n2 3 2 X=3".to_string(),
+        ] {
+            h.feed("lc:node:me", &p);
+        }
+        assert_eq!(h.sink.0[1], (1, format!("ROOMS r={huge} x=5")));
+        // Asked again at once: the cached answer, no new question.
+        h.hub.handle(1, "/rooms", 0, &mut h.sink);
+        h.turn();
+        assert_eq!(h.sink.0[2], (1, format!("ROOMS r={huge} x=5")));
+        assert_eq!(asks(&h), before + 1);
     }
 
     /// A node driven by hand: replies are fed as bytes, time is advanced
@@ -1900,6 +1861,8 @@ mod tests {
         seen: [Vec<(String, String)>; 2],
         /// Answer the command link's requests automatically.
         answer: bool,
+        /// Subscribers a PUBLISH reaches (this node included).
+        publish_reply: i64,
     }
 
     impl Harness {
@@ -1919,6 +1882,7 @@ mod tests {
                 now,
                 seen: [Vec::new(), Vec::new()],
                 answer: true,
+                publish_reply: 2,
             }
         }
 
@@ -1961,7 +1925,9 @@ mod tests {
                         (Which::Cmd, "PING") => Some(b"+PONG\r\n".to_vec()),
                         (Which::Cmd, "SET") => Some(b"+OK\r\n".to_vec()),
                         (Which::Cmd, "EVAL") => Some(b":1\r\n".to_vec()),
-                        (Which::Cmd, "PUBLISH") => Some(b":2\r\n".to_vec()),
+                        (Which::Cmd, "PUBLISH") => {
+                            Some(format!(":{}\r\n", self.publish_reply).into_bytes())
+                        }
                         (Which::Cmd, _) => Some(b"$-1\r\n".to_vec()),
                         (Which::Sub, "PING") => Some(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n".to_vec()),
                         (Which::Sub, "SUBSCRIBE") => {
@@ -2129,6 +2095,18 @@ mod tests {
         // Only once.
         h.advance(ttl);
         assert_eq!(h.sink.0.len(), 1);
+        // A user who reconnected through another node is not made to leave
+        // when the old node is declared dead.
+        h.feed("lc:room:r", "M old 1 JOINED R dave");
+        h.feed("lc:room:r", "M new 1 JOINED R dave");
+        h.sink.0.clear();
+        for _ in 0..8 {
+            h.feed("lc:all", "H new 2 1");
+            h.feed("lc:all", "H new 3 1");
+            h.advance(ttl / 4);
+        }
+        assert_eq!(h.node.stats().dead_nodes, 2, "old");
+        assert!(h.sink.0.is_empty(), "{:?}", h.sink.0);
     }
 
     #[test]

@@ -620,6 +620,12 @@ pub fn render_cluster(node: &str, s: &crate::cluster::ClusterStats, out: &mut St
             s.query_timeouts,
         ),
         (
+            "loopchat_redis_queries_total",
+            "counter",
+            "/who and /rooms questions asked of the other nodes (one at a time; repeats within 1 s answered from a cache).",
+            s.queries,
+        ),
+        (
             "loopchat_redis_nick_conflicts_total",
             "counter",
             "Nicks lost to another node and renamed.",

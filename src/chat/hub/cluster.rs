@@ -445,6 +445,64 @@ impl Hub {
         false
     }
 
+    /// The cluster found `to` (display spelling) on another node for `id`'s
+    /// [`Request::Private`]: the sender gets its copy of the `PRIV` line, which
+    /// is returned for the recipient's node.
+    pub fn private_found(
+        &mut self,
+        id: ConnId,
+        from: &str,
+        to: &str,
+        text: &str,
+        sink: &mut impl Sink,
+    ) -> String {
+        let line = format!("PRIV {from} {to} {text}");
+        if self.user(id).is_some() {
+            send(sink, &mut self.deliveries, &[id], &line);
+        }
+        line
+    }
+
+    /// The cluster found nobody with the nick of `id`'s [`Request::Private`].
+    pub fn private_not_found(&mut self, id: ConnId, sink: &mut impl Sink) {
+        if self.user(id).is_some() {
+            self.err(id, ErrorCode::NoSuchNick, "no such nick", sink);
+        }
+    }
+
+    /// A line `id` sent could not be carried to the other nodes (the link to
+    /// them is down and the backlog full): tell it.
+    pub fn not_relayed(&mut self, id: ConnId, sink: &mut impl Sink) {
+        if self.user(id).is_some() {
+            send(
+                sink,
+                &mut self.deliveries,
+                &[id],
+                "SYS not delivered to other nodes: the cluster link is down and its buffer is full",
+            );
+        }
+    }
+
+    /// A room line from another node, as [`Hub::deliver_room`], except that
+    /// presence notices (`JOINED`, `LEFT`) obey the presence limit, counted
+    /// with this node's members.
+    pub fn deliver_remote_room(&mut self, room: &str, line: &str, sink: &mut impl Sink) {
+        let presence = line.starts_with("JOINED ") || line.starts_with("LEFT ");
+        if !presence || self.room_len(room) <= self.config.presence_limit {
+            self.deliver_room(room, line, sink);
+        }
+    }
+
+    /// `nick` of another node left `room` (`display`: the room as that node
+    /// spells it) without saying so: that node is dead.
+    pub fn remote_left(&mut self, room: &str, display: &str, nick: &str, sink: &mut impl Sink) {
+        let mut line = std::mem::take(&mut self.out);
+        line.clear();
+        let _ = write!(line, "LEFT {display} {nick}");
+        self.deliver_remote_room(room, &line, sink);
+        self.out = line;
+    }
+
     /// A room line from another node: to this node's members of `room`.
     pub fn deliver_room(&mut self, room: &str, line: &str, sink: &mut impl Sink) {
         let Some(rid) = self.room_id(room) else {
