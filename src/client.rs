@@ -64,6 +64,15 @@ pub struct ClientArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message: usize,
 
+    /// Sign in with this token (`?token=` on the URL) on a server with `--auth-key`.
+    #[arg(
+        long,
+        value_name = "JWT",
+        env = "LOOPCHAT_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
     /// Prefix printed lines with the time (`HH:MM:SS`, local): the server's
     /// `time=` tag when the line has one (the tag block is then not printed),
     /// else the time it arrived. `auto`: when stdout is a terminal.
@@ -637,7 +646,18 @@ enum End {
 
 /// Run the client; returns the process exit code.
 pub fn run(args: ClientArgs) -> ExitCode {
-    let url = match WsUrl::parse(&args.url) {
+    let parsed = WsUrl::parse(&args.url).map(|mut u| {
+        if let Some(t) = args.token.as_deref().filter(|t| !t.is_empty()) {
+            // A reconnect sends it again: the server ties the nick to the token.
+            if !u.query.is_empty() {
+                u.query.push('&');
+            }
+            u.query.push_str("token=");
+            u.query.push_str(t);
+        }
+        u
+    });
+    let url = match parsed {
         Ok(u) => u,
         Err(e) => {
             eprintln!("loopchat client: {e}");

@@ -66,6 +66,8 @@ pub struct Config {
     pub chat: ChatConfig,
     /// Join a cluster through this Redis server (`--redis`); `None` runs alone.
     pub redis: Option<crate::cluster::ClusterConfig>,
+    /// Require signed tokens (`--auth-key`); `None` admits everyone as a guest.
+    pub auth: Option<super::AuthConfig>,
 }
 
 impl Default for Config {
@@ -96,6 +98,7 @@ impl Default for Config {
             handle_signals: false,
             chat: ChatConfig::default(),
             redis: None,
+            auth: None,
         }
     }
 }

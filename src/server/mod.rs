@@ -4,6 +4,7 @@
 //! of the loop turn.
 
 mod accept;
+mod auth_glue;
 mod cluster_glue;
 mod config;
 mod conn;
@@ -16,6 +17,7 @@ mod timer;
 mod timers;
 mod write;
 
+pub use auth_glue::{AuthArgs, AuthConfig, GuestPolicy};
 #[doc(hidden)]
 pub mod fuzzing;
 
@@ -141,6 +143,8 @@ pub struct Server {
     cluster: Option<Box<cluster_glue::ClusterIo>>,
     /// The `--metrics-listen` listener and its scrapers.
     metrics_port: Option<metrics_port::MetricsPort>,
+    /// Signed tokens (`--auth-key`); `None` admits everyone as a guest.
+    auth: Option<Box<auth_glue::Auth>>,
 }
 
 impl Server {
@@ -178,6 +182,7 @@ impl Server {
             let mut s = signal_hook_mio::v1_0::Signals::new([
                 signal_hook::consts::SIGINT,
                 signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGHUP,
             ])?;
             poll.registry()
                 .register(&mut s, SIGNALS, Interest::READABLE)?;
@@ -234,7 +239,9 @@ impl Server {
             capture: None,
             cluster: None,
             metrics_port,
+            auth: None,
         };
+        server.start_auth()?;
         // Message ids are EPOCH-SEQ with EPOCH the start time, and `time` tags
         // are EPOCH plus the monotonic clock (chat::history).
         let epoch = std::time::SystemTime::now()
@@ -428,8 +435,15 @@ impl Server {
             return false;
         };
         let mut got = false;
-        for _ in signals.pending() {
-            got = true;
+        let mut hup = false;
+        for s in signals.pending() {
+            match s {
+                signal_hook::consts::SIGHUP => hup = true,
+                _ => got = true,
+            }
+        }
+        if hup {
+            self.reload_auth();
         }
         if !got {
             return false;

@@ -211,6 +211,9 @@ impl Server {
     }
 
     pub(super) fn chat_line(&mut self, id: usize, line: &str) {
+        if self.auth_line(id, line) {
+            return;
+        }
         let (arrived, now) = (self.ctx.arrived_ms, self.ctx.now_ms);
         let (hub, mut out) = self.chat();
         hub.handle_arrived(id, line, arrived, now, &mut out);

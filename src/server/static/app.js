@@ -100,6 +100,14 @@
     block: null, // the HISTORY/RESUMED block being read: {key, left, place, quiet}
   };
 
+  // A token from the embedding application (`?token=`): the server then names
+  // us after it and tells our role; the nick field is fixed.
+  const TOKEN = params.get("token");
+  if (TOKEN) {
+    el.nick.disabled = true;
+    el.nick.title = "your nick comes from your sign-in token";
+  }
+
   const initialRoom = params.get("room");
   const firstRoom = initialRoom && ROOM_RE.test(initialRoom) ? initialRoom : "lobby";
   S.joined.push({ key: lower(firstRoom), name: firstRoom });
@@ -258,6 +266,7 @@
     } else {
       el.input.placeholder = "a command, e.g. /join ROOM or /help";
     }
+    if (el.input.disabled) el.input.placeholder = el.input.title;
     renderMembers();
     renderRooms();
     if (fromUser) {
@@ -521,12 +530,30 @@
       case "WHO": { const parts = line.split(" "); return onWho(parts[1], parts.slice(2)); }
       case "PONG": return onPong(split(line, 2)[1]);
       case "ERR": { const [, code, text] = split(line, 3); return onErr(code, text || ""); }
-      case "SYS": return notice("sys", split(line, 2)[1] || "");
+      case "SYS": return onSys(split(line, 2)[1] || "");
       default: return notice("sys", line);
     }
   }
 
+  // `SYS signed in as NICK, role ROLE`: show the role; a viewer may not speak.
+  function onSys(text) {
+    const m = /^signed in as (\S+), role (\S+)$/.exec(text);
+    if (m) {
+      setStatus("connected", "connected as " + m[1] + " (" + m[2] + ")");
+      setReadOnly(m[2] === "viewer" ? "read only: your role is viewer" : null);
+    }
+    return notice("sys", text);
+  }
+
+  function setReadOnly(reason) {
+    el.input.disabled = !!reason;
+    $("send").disabled = !!reason;
+    el.input.title = reason || "";
+    if (reason) el.input.placeholder = reason;
+  }
+
   function onWelcome(nick) {
+    if (TOKEN) S.wanted = nick;
     S.me = nick;
     S.connected = true;
     S.attempt = 0;
@@ -761,6 +788,7 @@
     }
     if (code === "history-off" && S.historyWant.size) { S.historyWant.clear(); return null; }
     if (code === "not-in-room" || code === "bad-room") S.pendingActivate = null;
+    if (code === "forbidden" && /^viewers /.test(text)) setReadOnly("read only: " + text);
     // nick-unavailable: a cluster whose registry could not confirm the nick.
     const refused = code === "nick-taken" || code === "nick-unavailable";
     if (code === "too-long" && S.lastSent) {
@@ -836,6 +864,7 @@
   function wsUrl() {
     const q = new URLSearchParams();
     if (S.wanted) q.set("nick", S.wanted);
+    if (TOKEN) q.set("token", TOKEN);
     if (S.joined.length) q.set("room", S.joined[0].name);
     q.set("caps", "ids,resume");
     // With a session, ask to resume it from the last message seen per room;
