@@ -39,6 +39,10 @@ enum Cmd {
     ///
     /// Example: loopchat load --mode broadcast -c 1000 -s 10 --duration 10s --json
     Load(loopchat::load::LoadArgs),
+    /// Print an HS256 token for `--auth-key` servers, signed with a key file.
+    ///
+    /// Example: loopchat token --key chat.key --sub alice --ttl 1h --role mod --rooms 'dev,ops-*'
+    Token(loopchat::token_tool::TokenArgs),
 }
 
 /// Server flags (the default command). Every flag can also be set through the
@@ -303,6 +307,9 @@ struct ServeArgs {
           help_heading = "Cluster")]
     redis_query_timeout: Duration,
 
+    #[command(flatten)]
+    auth: loopchat::server::AuthArgs,
+
     /// A file holding the cluster's shared secret (at least 16 bytes; one
     /// trailing newline is ignored): every payload between nodes is signed with
     /// HMAC-SHA256, unsigned or badly signed ones are dropped and counted.
@@ -403,6 +410,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Cmd::Client(args)) => loopchat::client::run(args),
         Some(Cmd::Load(args)) => loopchat::load::run(args),
+        Some(Cmd::Token(args)) => loopchat::token_tool::run(args),
         None => serve(cli.serve),
     }
 }
@@ -447,7 +455,7 @@ fn serve(cli: ServeArgs) -> ExitCode {
             })
         }
     };
-    let cfg = Config {
+    let mut cfg = Config {
         listen: cli.listen,
         line_listen: cli.line_listen,
         metrics_listen: cli.metrics_listen,
@@ -490,7 +498,11 @@ fn serve(cli: ServeArgs) -> ExitCode {
             ..ChatConfig::default()
         },
         redis,
+        auth: None,
     };
+    if let Err(e) = cli.auth.apply(&mut cfg) {
+        refuse(e);
+    }
     if let Err(e) = cfg.validate() {
         refuse(e);
     }

@@ -12,8 +12,8 @@ use slab::Slab;
 
 use super::payload::{classify, parse_payload, write_payload, Line};
 use super::report::{Latency, LoadResult, Sample, ServerStats};
-use super::sys::{self, ProcSample};
 use super::{Mode, Plan, Protocol};
+use crate::sys::{self, ProcSample};
 use crate::ws::deflate::{Deflater, Inflater, CLIENT_OFFER};
 use crate::ws::endpoint::{CloseState, Endpoint};
 use crate::ws::frame::{encode_frame, OpCode, Role};
@@ -121,7 +121,7 @@ struct Engine<'p> {
     limits: Limits,
     epoch: Instant,
     phase: Phase,
-    rng: u64,
+    rng: crate::rng::Rng,
     // Connection bookkeeping.
     started_conns: usize,
     pending: usize,
@@ -181,7 +181,7 @@ pub fn run(plan: &Plan) -> io::Result<LoadResult> {
         },
         epoch: now,
         phase: Phase::Connecting,
-        rng: (now.elapsed().as_nanos() as u64 ^ u64::from(std::process::id())) | 1,
+        rng: crate::rng::Rng::from_entropy(),
         started_conns: 0,
         pending: 0,
         open: 0,
@@ -237,11 +237,7 @@ impl Engine<'_> {
     }
 
     fn mask(&mut self) -> [u8; 4] {
-        // xorshift64: masks need only differ, not be secret.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng as u32).to_ne_bytes()
+        self.rng.mask()
     }
 
     fn planned(&self) -> usize {
@@ -863,10 +859,7 @@ impl Engine<'_> {
             let kind = c.kind;
             let mut off = 0;
             while off < data.len() {
-                *rng ^= *rng << 13;
-                *rng ^= *rng >> 7;
-                *rng ^= *rng << 17;
-                let mask = (*rng as u32).to_ne_bytes();
+                let mask = rng.mask();
                 let was_open = c.ws.state() == CloseState::Open;
                 let queued = c.wbuf.len();
                 let Conn { ws, wbuf, .. } = &mut *c;

@@ -27,7 +27,6 @@ pub mod html;
 pub mod payload;
 pub mod ramp;
 pub mod report;
-pub mod sys;
 
 mod engine;
 
@@ -37,6 +36,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::client::WsUrl;
+use crate::sys;
 
 /// What the generator does (see the module documentation).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

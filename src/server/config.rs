@@ -71,6 +71,8 @@ pub struct Config {
     pub chat: ChatConfig,
     /// Join a cluster through this Redis server (`--redis`); `None` runs alone.
     pub redis: Option<crate::cluster::ClusterConfig>,
+    /// Require signed tokens (`--auth-key`); `None` admits everyone as a guest.
+    pub auth: Option<super::AuthConfig>,
 }
 
 impl Default for Config {
@@ -103,6 +105,7 @@ impl Default for Config {
             handle_signals: false,
             chat: ChatConfig::default(),
             redis: None,
+            auth: None,
         }
     }
 }

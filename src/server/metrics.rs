@@ -286,10 +286,10 @@ impl Metrics {
     /// The Prometheus text exposition, process figures read now.
     pub fn render(&self, g: &Gauges, out: &mut String) {
         let p = Process {
-            cpu_seconds: super::sys::cpu_seconds(),
-            rss_bytes: super::sys::rss_bytes(),
-            open_fds: super::sys::open_fds(),
-            max_fds: super::sys::max_fds(),
+            cpu_seconds: crate::sys::cpu_seconds(),
+            rss_bytes: crate::sys::rss_bytes(),
+            open_fds: crate::sys::open_fds(),
+            max_fds: crate::sys::max_fds(),
         };
         self.render_with(g, &p, out);
     }

@@ -4,6 +4,7 @@
 //! of the loop turn.
 
 mod accept;
+mod auth_glue;
 mod cluster_glue;
 mod config;
 mod conn;
@@ -12,17 +13,17 @@ mod metrics;
 mod metrics_port;
 mod out;
 mod read;
-mod sys;
 mod timer;
 mod timers;
 mod write;
 
+pub use auth_glue::{AuthArgs, AuthConfig, GuestPolicy};
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use crate::sys::raise_nofile_limit;
 pub use config::{client_ip, Config, IpNet};
 pub use metrics::Metrics;
-pub use sys::raise_nofile_limit;
 
 use std::collections::HashMap;
 use std::io;
@@ -36,6 +37,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::chat::{Hub, Sink};
+use crate::sys;
 use crate::ws::deflate::{Deflater, Inflater};
 use crate::ws::message::Limits;
 use conn::{Conn, Phase, Timeouts, WRITABLE};
@@ -147,6 +149,8 @@ pub struct Server {
     cluster: Option<Box<cluster_glue::ClusterIo>>,
     /// The `--metrics-listen` listener and its scrapers.
     metrics_port: Option<metrics_port::MetricsPort>,
+    /// Signed tokens (`--auth-key`); `None` admits everyone as a guest.
+    auth: Option<Box<auth_glue::Auth>>,
     /// The loop's one decompressor, lent to the read path (`None` while lent).
     inflater: Option<Box<Inflater>>,
 }
@@ -186,6 +190,7 @@ impl Server {
             let mut s = signal_hook_mio::v1_0::Signals::new([
                 signal_hook::consts::SIGINT,
                 signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGHUP,
             ])?;
             poll.registry()
                 .register(&mut s, SIGNALS, Interest::READABLE)?;
@@ -244,8 +249,10 @@ impl Server {
             capture: None,
             cluster: None,
             metrics_port,
+            auth: None,
             inflater: Some(Box::default()),
         };
+        server.start_auth()?;
         // Message ids are EPOCH-SEQ with EPOCH the start time, and `time` tags
         // are EPOCH plus the monotonic clock (chat::history).
         let epoch = std::time::SystemTime::now()
@@ -439,8 +446,15 @@ impl Server {
             return false;
         };
         let mut got = false;
-        for _ in signals.pending() {
-            got = true;
+        let mut hup = false;
+        for s in signals.pending() {
+            match s {
+                signal_hook::consts::SIGHUP => hup = true,
+                _ => got = true,
+            }
+        }
+        if hup {
+            self.reload_auth();
         }
         if !got {
             return false;

@@ -74,9 +74,13 @@ impl Server {
             _ => {}
         }
         if let Some(c) = self.conns.get_mut(id) {
-            if c.pending() > self.ctx.cfg.outbox_soft && !c.has(PAUSED) {
-                // Its own output is backing up (an echo client that never reads):
-                // stop reading until the outbox drains, so it cannot grow us.
+            let over_budget = self.ctx.outbox_bytes >= self.ctx.cfg.outbox_total;
+            let backed_up =
+                c.pending() > self.ctx.cfg.outbox_soft || (over_budget && c.pending() > 0);
+            if backed_up && !c.has(PAUSED) {
+                // Its own output is backing up (an echo client that never reads),
+                // or all outboxes together are over the budget and this one has
+                // output left: stop reading until it drains, so it cannot grow us.
                 c.set(PAUSED);
             }
         }
@@ -224,6 +228,9 @@ impl Server {
     }
 
     pub(super) fn chat_line(&mut self, id: usize, line: &str) {
+        if self.auth_line(id, line) {
+            return;
+        }
         let (arrived, now) = (self.ctx.arrived_ms, self.ctx.now_ms);
         let (hub, mut out) = self.chat();
         hub.handle_arrived(id, line, arrived, now, &mut out);

@@ -12,12 +12,8 @@
 //! start on every call; that keeps the parser stateless (nothing to store per
 //! connection) and is cheap because the head is bounded by `max_header_bytes`.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -501,6 +497,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -517,23 +514,10 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// A fresh `Sec-WebSocket-Key`: base64 of 16 pseudo-random bytes.
 ///
 /// The key only has to differ between connections (it proves the server speaks
-/// WebSocket, it is not a secret), so std's randomly seeded SipHash over the
-/// time and a process-wide counter is enough.
+/// WebSocket, it is not a secret): the thread's generator of [`crate::rng`].
 pub fn generate_key() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let state = RandomState::new();
     let mut bytes = [0u8; 16];
-    for (i, chunk) in bytes.chunks_exact_mut(8).enumerate() {
-        let mut h = state.build_hasher();
-        h.write_u64(nanos);
-        h.write_u64(count);
-        h.write_usize(i);
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
-    }
+    crate::rng::with_thread_rng(|r| r.fill(&mut bytes));
     STANDARD.encode(bytes)
 }
 
@@ -1322,6 +1306,7 @@ mod tests {
             (101, "Switching Protocols"),
             (200, "OK"),
             (400, "Bad Request"),
+            (401, "Unauthorized"),
             (403, "Forbidden"),
             (404, "Not Found"),
             (405, "Method Not Allowed"),

@@ -26,6 +26,7 @@ use super::super::names::Folded;
 use super::super::session::{os_random, Refused, Taken, TOKEN_BYTES};
 use super::super::{ConnId, ErrorCode, Sink};
 use super::{send, Hub, Membership, RoomId, User};
+use crate::chat::access::{Access, Role};
 use crate::chat::compact::InlineList;
 use crate::chat::rate::RateLimiter;
 
@@ -384,7 +385,7 @@ impl Hub {
                     return Err("unknown or expired session");
                 }
                 if let Some(u) = self.users.get_mut(old).and_then(Option::as_mut) {
-                    u.closing = true;
+                    u.access.set_closing();
                 }
                 sink.close(old, 1000, "session resumed elsewhere");
                 match self.sessions.take(token, now_ms) {
@@ -464,7 +465,8 @@ impl Hub {
             rooms: InlineList::default(),
             rate: RateLimiter::new(self.config.rate_limit, now_ms),
             seen: 0,
-            closing: false,
+            access: Access::guest(Role::Member),
+            exp_tag: 0,
             caps: caps & self.offered(),
         });
         self.live += 1;
@@ -520,6 +522,12 @@ impl Hub {
         let Some(user) = self.user(id) else {
             return false;
         };
+        // A token holder comes back with its token, not a session: a held nick
+        // would keep it from its own nick (see `hub/auth.rs`).
+        if user.access.is_signed() {
+            self.sessions.end(id);
+            return false;
+        }
         let rooms: Vec<(RoomId, u64)> = user
             .rooms
             .iter()
