@@ -16,6 +16,7 @@
 //! module allowed `unsafe`), and [`rng`], the one pseudo-random generator and
 //! backoff.
 #![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod auth;
 pub mod chat;

@@ -169,7 +169,7 @@ fn hist() -> Histogram<u64> {
 }
 
 /// Run the plan to completion.
-pub fn run(plan: &Plan) -> io::Result<LoadResult> {
+pub(super) fn run(plan: &Plan) -> io::Result<LoadResult> {
     let now = Instant::now();
     let mut e = Engine {
         plan,

@@ -112,7 +112,7 @@ impl Default for Config {
 
 /// Byte limits past this are refused: outbox offsets are 32-bit to keep the
 /// connection entry small, and no chat needs a message that large.
-pub const MAX_BYTES: usize = 1 << 30;
+pub(super) const MAX_BYTES: usize = 1 << 30;
 
 impl Config {
     /// Refuse settings that cannot work, naming the flag and what is valid. The

@@ -73,7 +73,7 @@ pub struct Connect<'a> {
 
 /// What a dropped session leaves in the hub until it is resumed or expires.
 #[derive(Debug)]
-pub struct Detached {
+pub(super) struct Detached {
     nick: Box<str>,
     /// Rooms in join order, with the room's last message id when the
     /// connection dropped (everything up to it was handed to its outbox).
