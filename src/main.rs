@@ -515,7 +515,7 @@ fn serve(cli: ServeArgs) -> ExitCode {
     let server = match Server::bind(cfg) {
         Ok(s) => s,
         Err(e) => {
-            error!("cannot listen on {}: {e}", cli.listen);
+            error!("cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };

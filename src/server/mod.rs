@@ -155,17 +155,25 @@ pub struct Server {
     inflater: Option<Box<Inflater>>,
 }
 
+/// A bind error that says which listener failed, so a taken `--line-listen`
+/// port is not reported as the `--listen` address.
+fn naming(e: io::Error, flag: &str, addr: std::net::SocketAddr) -> io::Error {
+    io::Error::new(e.kind(), format!("{flag} {addr}: {e}"))
+}
+
 impl Server {
     /// Bind the listeners (port 0 picks a free port) and set up the loop.
     pub fn bind(cfg: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = sys::listener(cfg.listen, cfg.reuse_port, cfg.send_buffer)?;
+        let mut listener = sys::listener(cfg.listen, cfg.reuse_port, cfg.send_buffer)
+            .map_err(|e| naming(e, "--listen", cfg.listen))?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let (line_listener, line_addr) = match cfg.line_listen {
             Some(a) => {
-                let mut l = sys::listener(a, cfg.reuse_port, cfg.send_buffer)?;
+                let mut l = sys::listener(a, cfg.reuse_port, cfg.send_buffer)
+                    .map_err(|e| naming(e, "--line-listen", a))?;
                 let addr = l.local_addr()?;
                 poll.registry()
                     .register(&mut l, LINE_LISTENER, Interest::READABLE)?;
@@ -175,7 +183,8 @@ impl Server {
         };
         let metrics_port = match cfg.metrics_listen {
             Some(a) => {
-                let mut l = sys::listener(a, false, 0)?;
+                let mut l =
+                    sys::listener(a, false, 0).map_err(|e| naming(e, "--metrics-listen", a))?;
                 poll.registry().register(
                     &mut l,
                     metrics_port::METRICS_LISTENER,
