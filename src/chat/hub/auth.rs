@@ -26,11 +26,14 @@
 //!   one) joins the default room if allowed, else the claim's first pattern
 //!   without `*`, else no room;
 //! - `/auth` with a token for another nick is refused like a bad token.
-//! - a signed session is not kept for `resume` when its connection drops: the
-//!   holder reconnects with its token (a kept session would hold the nick
-//!   against its own holder). A session resumed by a guest who then signs in,
-//!   or resumed together with `?token=`, takes the token's nick, role and
-//!   expiry.
+//! - a signed session with `resume` is kept when its connection drops, like
+//!   a guest's, but no longer than its token is valid (`exp` plus the
+//!   leeway); resuming it gives back the nick, role, `rooms` claim and
+//!   expiry (the session token alone proves it, also under `--guests deny`).
+//!   A new connection with a valid token for the held nick replaces the held
+//!   session (its rooms see `LEFT`), so a held nick never locks its holder
+//!   out. A session resumed together with `?token=`, or by a guest who then
+//!   signs in, takes the token's nick, role and expiry.
 
 use std::collections::HashMap;
 
@@ -40,6 +43,7 @@ use super::super::access::{room_allowed, Access, Grant, Role};
 use super::super::names::Folded;
 use super::super::remote::{Claim, Request};
 use super::super::{ConnId, ErrorCode, Sink};
+use super::resume::DETACHED;
 use super::{push_text, send, Connect, Hub};
 
 /// Who a new connection is.
@@ -105,7 +109,16 @@ impl Hub {
                 if self.is_held(id) {
                     self.auth.held.insert(id, Identity::Guest(role));
                 }
-                self.set_access(id, Access::guest(role));
+                // A resumed signed session keeps its identity: its session
+                // token proves it.
+                if self.user(id).is_some_and(|u| u.access.is_signed()) {
+                    if let Some(u) = self.user(id) {
+                        info!("auth: {} resumed as {}", u.nick, u.access.role().as_str());
+                    }
+                    self.signed_in_line(id, sink);
+                } else {
+                    self.set_access(id, Access::guest(role));
+                }
                 return;
             }
             Identity::Signed(grant) => grant,
@@ -113,7 +126,15 @@ impl Hub {
         if self.user(id).is_some() {
             self.disconnect(id, sink);
         }
-        self.claim_nick(id, &grant.nick, sink);
+        // Resuming its own held session: the nick comes back with it.
+        let own = Folded::new(&grant.nick).is_some_and(|f| {
+            args.resume
+                .and_then(|t| self.sessions.peek(t, now_ms))
+                .is_some_and(|d| d.nick_is(f.as_str()))
+        });
+        if !own {
+            self.claim_nick(id, &grant.nick, sink);
+        }
         if let Some(rooms) = grant.rooms.clone() {
             self.auth.rooms.insert(id, rooms);
         }
@@ -127,6 +148,13 @@ impl Hub {
             // the answer (`apply_held_identity`).
             self.auth.held.insert(id, Identity::Signed(grant));
             return;
+        }
+        // A resumed session brings its own claim back: the token's wins.
+        match grant.rooms {
+            Some(rooms) => self.auth_rooms_insert(id, rooms),
+            None => {
+                self.auth.rooms.remove(&id);
+            }
         }
         // A resumed session comes back under its own nick: the token's wins.
         if self.user(id).is_some_and(|u| *u.nick != *grant.nick) {
@@ -325,6 +353,18 @@ impl Hub {
     /// Free `nick` for the token holder `id`: a signed holder is replaced,
     /// a guest holder renamed.
     fn claim_nick(&mut self, id: ConnId, nick: &str, sink: &mut impl Sink) {
+        if let Some(f) = Folded::new(nick) {
+            if self.nick_holder(f.as_str()) == Some(DETACHED) {
+                let held = self.sessions.remove_detached(|d| d.nick_is(f.as_str()));
+                if let Some(data) = held {
+                    info!(
+                        "auth: {nick} signed in while a dropped session held the nick: {} session ended",
+                        if data.is_signed() { "its" } else { "a guest's" }
+                    );
+                    self.end_detached(data, sink);
+                }
+            }
+        }
         let Some(holder) = self.nick_owner(nick).filter(|&h| h != id) else {
             return;
         };
@@ -337,8 +377,10 @@ impl Hub {
             self.out.push_str("SYS signed in elsewhere");
             send(sink, &mut self.deliveries, &[holder], &self.out);
             sink.close(holder, 4001, "signed in elsewhere");
-            // Gone from the chat now, so the nick is free at once; the server's
-            // later disconnect of `holder` finds nothing to do.
+            // Gone from the chat now (not held for resume), so the nick is free
+            // at once; the server's later disconnect of `holder` finds nothing.
+            user.access.set_closing();
+            self.sessions.end(holder);
             self.disconnect(holder, sink);
         } else {
             info!("auth: guest using {nick} renamed for its token holder");
@@ -511,5 +553,24 @@ impl Hub {
     /// The hub forgets `id`'s room grant.
     pub(super) fn forget_grant(&mut self, id: ConnId) {
         self.auth.rooms.remove(&id);
+    }
+
+    /// `id`'s room grant, taken out (a session being held).
+    pub(super) fn auth_rooms_take(&mut self, id: ConnId) -> Option<Box<[Box<str>]>> {
+        self.auth.rooms.remove(&id)
+    }
+
+    /// Give `id` a room grant (a resumed session's).
+    pub(super) fn auth_rooms_insert(&mut self, id: ConnId, rooms: Box<[Box<str>]>) {
+        self.auth.rooms.insert(id, rooms);
+    }
+
+    /// True when `token` names a held session of a token holder: enough to
+    /// admit a resume where guests are denied (the session token proves
+    /// the identity).
+    pub fn resumes_signed(&self, token: &str, now_ms: u64) -> bool {
+        self.sessions
+            .peek(token, now_ms)
+            .is_some_and(|d| d.is_signed())
     }
 }
