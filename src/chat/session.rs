@@ -267,10 +267,13 @@ impl<T> Sessions<T> {
     /// of the table: for the rare case of a token holder taking its nick back
     /// from its own held session).
     pub fn remove_detached(&mut self, mut pred: impl FnMut(&T) -> bool) -> Option<T> {
-        let sel = self.by_selector.iter().find_map(|(sel, e)| match &e.state {
-            State::Detached { data, .. } if pred(data) => Some(*sel),
-            _ => None,
-        })?;
+        let sel = self
+            .by_selector
+            .iter()
+            .find_map(|(sel, e)| match &e.state {
+                State::Detached { data, .. } if pred(data) => Some(*sel),
+                _ => None,
+            })?;
         match self.by_selector.remove(&sel) {
             Some(Entry {
                 state: State::Detached { data, .. },

@@ -397,7 +397,11 @@ impl Server {
         if let Some(c) = self.conns.get_mut(id) {
             c.set(IN_CHAT);
         }
-        let ip = self.conns.get(id).map(|c| c.ip.to_string()).unwrap_or_default();
+        let ip = self
+            .conns
+            .get(id)
+            .map(|c| c.ip.to_string())
+            .unwrap_or_default();
         info!("auth: {ip} resumes a signed session");
         let now = self.ctx.now_ms;
         let args = Connect {

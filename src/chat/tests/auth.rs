@@ -351,7 +351,11 @@ fn a_signed_session_is_held_resumed_with_its_identity_and_ends_with_its_token() 
         ..Connect::default()
     };
     hub.connect_as(3, Identity::Guest(Role::Viewer), &resume, 90_000, &mut rec);
-    assert_eq!(hub.access(3), Some((Role::Viewer, false)), "expired with it");
+    assert_eq!(
+        hub.access(3),
+        Some((Role::Viewer, false)),
+        "expired with it"
+    );
     hub.check_invariants();
 }
 
