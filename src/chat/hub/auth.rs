@@ -372,16 +372,7 @@ impl Hub {
             return;
         };
         if user.access.is_signed() {
-            info!("auth: {nick} signed in elsewhere, replacing the older session");
-            self.out.clear();
-            self.out.push_str("SYS signed in elsewhere");
-            send(sink, &mut self.deliveries, &[holder], &self.out);
-            sink.close(holder, 4001, "signed in elsewhere");
-            // Gone from the chat now (not held for resume), so the nick is free
-            // at once; the server's later disconnect of `holder` finds nothing.
-            user.access.set_closing();
-            self.sessions.end(holder);
-            self.disconnect(holder, sink);
+            self.signed_in_elsewhere(holder, sink);
         } else {
             info!("auth: guest using {nick} renamed for its token holder");
             let guest = self.guest_nick();
@@ -563,6 +554,36 @@ impl Hub {
     /// Give `id` a room grant (a resumed session's).
     pub(super) fn auth_rooms_insert(&mut self, id: ConnId, rooms: Box<[Box<str>]>) {
         self.auth.rooms.insert(id, rooms);
+    }
+
+    /// True when a token vouches for `id`'s nick, or will once the cluster
+    /// grants it (a signed connection held for its nick): its registration
+    /// beats an unsigned one.
+    pub fn claims_signed(&self, id: ConnId) -> bool {
+        self.user(id).is_some_and(|u| u.access.is_signed())
+            || matches!(self.auth.held.get(&id), Some(Identity::Signed(_)))
+    }
+
+    /// A newer sign-in for `id`'s nick elsewhere (this node or another):
+    /// `SYS signed in elsewhere`, close 4001, and `id` leaves the chat now,
+    /// not held for resume.
+    pub(super) fn signed_in_elsewhere(&mut self, id: ConnId, sink: &mut impl Sink) {
+        let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        info!(
+            "auth: {} signed in elsewhere, replacing the older session",
+            user.nick
+        );
+        user.access.set_closing();
+        self.out.clear();
+        self.out.push_str("SYS signed in elsewhere");
+        send(sink, &mut self.deliveries, &[id], &self.out);
+        sink.close(id, 4001, "signed in elsewhere");
+        // Gone from the chat now, so the nick is free at once; the server's
+        // later disconnect of `id` finds nothing to do.
+        self.sessions.end(id);
+        self.disconnect(id, sink);
     }
 
     /// True when `token` names a held session of a token holder: enough to

@@ -431,6 +431,12 @@ impl Hub {
         if claim != Claim::Taken {
             return granted;
         }
+        // A token holder loses its registration only to a newer sign-in of
+        // the same nick on another node: replaced, as on one node.
+        if self.user(id).is_some_and(|u| u.access.is_signed()) {
+            self.signed_in_elsewhere(id, sink);
+            return false;
+        }
         // Sent to the renamed connection alone, before its `NICK`: a client
         // tells a forced rename from its own `/nick` by it.
         self.err(
