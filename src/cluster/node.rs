@@ -1600,6 +1600,33 @@ impl Cluster {
                     sender,
                 );
             }
+            Request::Kick {
+                id,
+                room,
+                nick,
+                line,
+            } => {
+                let key = Folded::new(&nick);
+                let key = key.as_ref().map(|k| k.as_str());
+                let there = self.peers.values().any(|p| {
+                    p.members.get(&room).is_some_and(|(_, nicks)| {
+                        nicks
+                            .iter()
+                            .any(|n| Folded::new(n).as_ref().map(|k| k.as_str()) == key)
+                    })
+                });
+                if there {
+                    hub.kick_confirmed(&room, &line, sink);
+                    self.send(
+                        format!("lc:room:{room}").as_bytes(),
+                        Body::Room { line: &line },
+                        None,
+                        id,
+                    );
+                } else {
+                    hub.kick_not_found(id, sink);
+                }
+            }
             Request::Nick { rooms, line } => {
                 if rooms.is_empty() {
                     return;

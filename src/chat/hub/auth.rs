@@ -490,6 +490,35 @@ impl Hub {
             return;
         };
         let Some(target) = self.nick_owner(nick) else {
+            // Clustered: the node that has NICK in ROOM removes it.
+            let by = self.user(id).map(|u| u.nick.clone());
+            let room_name = self.room(rid).map(|r| r.name.clone());
+            if let (true, Some(by), Some(room_name), Some(key)) = (
+                self.is_clustered(),
+                by,
+                room_name,
+                Folded::new(room),
+            ) {
+                self.out.clear();
+                self.out.push_str("KICKED ");
+                self.out.push_str(&room_name);
+                self.out.push(' ');
+                self.out.push_str(nick);
+                self.out.push(' ');
+                self.out.push_str(&by);
+                if let Some(text) = text {
+                    self.out.push(' ');
+                    push_text(&mut self.out, text);
+                }
+                let line: Box<str> = self.out.as_str().into();
+                self.request(|| Request::Kick {
+                    id,
+                    room: key.as_str().into(),
+                    nick: nick.into(),
+                    line,
+                });
+                return;
+            }
             self.err(id, ErrorCode::NoSuchNick, "no such nick here", sink);
             return;
         };
@@ -526,19 +555,66 @@ impl Hub {
         send(sink, &mut self.deliveries, &r.members, &self.out);
         self.publish_room(rid);
         if let (Some(room_key), Some(nick_key)) = key {
-            if self.config.kick_ban_ms > 0 {
-                let bans = &mut self.auth.bans;
-                if bans.len() >= 2 * self.auth.bans_pruned + 64 {
-                    bans.retain(|_, until| *until > now_ms);
-                    self.auth.bans_pruned = bans.len();
-                }
-                bans.insert(
-                    (room_key.as_str().into(), nick_key.as_str().into()),
-                    now_ms + self.config.kick_ban_ms,
-                );
-            }
+            self.ban(room_key.as_str(), nick_key.as_str(), now_ms);
         }
         self.leave(target, idx, sink);
+    }
+
+    /// `nick` (folded) may not rejoin `room` (folded) for `--kick-ban`.
+    fn ban(&mut self, room: &str, nick: &str, now_ms: u64) {
+        if self.config.kick_ban_ms == 0 {
+            return;
+        }
+        let bans = &mut self.auth.bans;
+        if bans.len() >= 2 * self.auth.bans_pruned + 64 {
+            bans.retain(|_, until| *until > now_ms);
+            self.auth.bans_pruned = bans.len();
+        }
+        bans.insert((room.into(), nick.into()), now_ms + self.config.kick_ban_ms);
+    }
+
+    /// Another node is known to have the nick a local moderator kicked from
+    /// `room` (folded): `line` (`KICKED ...`) to the local members, and the
+    /// ban here too. The node publishes `line` to the room.
+    pub fn kick_confirmed(&mut self, room: &str, line: &str, sink: &mut impl Sink) {
+        self.deliver_room(room, line, sink);
+        self.kicked_here(room, line, sink);
+    }
+
+    /// No node is known to have that nick in that room (this node learns
+    /// other nodes' members from their room lines and `/who` answers).
+    pub fn kick_not_found(&mut self, id: ConnId, sink: &mut impl Sink) {
+        self.err(
+            id,
+            ErrorCode::NoSuchNick,
+            "that nick is in that room on no node this one knows of (/who ROOM, then again)",
+            sink,
+        );
+    }
+
+    /// A `KICKED ROOM NICK BY [TEXT]` line for `room` (folded), already
+    /// delivered here: NICK is banned from the room on this node too, and
+    /// removed from it when it is a member here (its `LEFT` goes to the
+    /// room on every node).
+    pub(super) fn kicked_here(&mut self, room: &str, line: &str, sink: &mut impl Sink) {
+        let Some(nick) = line.split(' ').nth(2) else {
+            return;
+        };
+        let Some(nick_key) = Folded::new(nick) else {
+            return;
+        };
+        let now_ms = self.now_ms;
+        self.ban(room, nick_key.as_str(), now_ms);
+        let Some(rid) = self.room_id(room) else {
+            return;
+        };
+        let Some(target) = self.nick_owner(nick) else {
+            return;
+        };
+        if let Some(idx) = self.membership_index(target, rid) {
+            info!("auth: {nick} kicked from {room} by a moderator on another node");
+            self.leave(target, idx, sink);
+        }
     }
 
     /// The hub forgets `id`'s room grant.

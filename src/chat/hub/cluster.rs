@@ -497,6 +497,10 @@ impl Hub {
         if !presence || self.room_len(room) <= self.config.presence_limit {
             self.deliver_room(room, line, sink);
         }
+        // A moderator on another node kicked someone: if it is here, it goes.
+        if line.starts_with("KICKED ") {
+            self.kicked_here(room, line, sink);
+        }
     }
 
     /// `nick` of another node left `room` (`display`: the room as that node
