@@ -515,7 +515,7 @@ fn a_signed_session_resumes_with_its_identity_and_still_expires() {
     // rooms claim and expiry come back.
     let t = token("sam", 6, |c| {
         c.role = Role::Mod;
-        c.rooms = Some(vec!["dev".into()].into());
+        c.rooms = Some(vec!["dev".into()]);
     });
     let mut sam = Client::connect(&s, &format!("/ws?token={t}&room=dev&caps=resume"));
     let session = session_token(&mut sam);

@@ -1181,7 +1181,10 @@ impl Client {
                 Ok(Message::Text(t)) => seen.push(t.to_string()),
                 Ok(Message::Close(f)) => return (seen, f.map_or(1005, |f| f.code.into())),
                 Ok(_) => {}
-                Err(e) => panic!("{}: read failed before a close: {e} after {seen:?}", self.nick),
+                Err(e) => panic!(
+                    "{}: read failed before a close: {e} after {seen:?}",
+                    self.nick
+                ),
             }
         }
         panic!("{}: no close within {WAIT:?} after {seen:?}", self.nick);
@@ -1238,7 +1241,10 @@ fn a_token_takes_its_nick_on_any_node_and_a_newer_sign_in_replaces_the_older() {
     let mut second = Client::connect(b.addr, &format!("?token={t}&room=r"));
     assert_eq!(second.nick, "alice");
     let (lines, code) = first.until_close();
-    assert!(lines.contains(&"SYS signed in elsewhere".into()), "{lines:?}");
+    assert!(
+        lines.contains(&"SYS signed in elsewhere".into()),
+        "{lines:?}"
+    );
     assert_eq!(code, 4001);
     second.send("still here");
     second.until(|l| l == "MSG r alice still here");
@@ -1265,7 +1271,9 @@ fn the_token_holder_wins_when_the_registry_returns() {
     let mut holder = Client::connect(a.addr, &format!("?token={t}&room=r"));
     let lines = holder.until(|l| l == "SYS signed in as bob, role member");
     assert!(
-        lines.iter().any(|l| l.starts_with("NICK guest-") && l.ends_with(" bob")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("NICK guest-") && l.ends_with(" bob")),
         "{lines:?}"
     );
     redis.run(true);
@@ -1277,7 +1285,8 @@ fn the_token_holder_wins_when_the_registry_returns() {
     );
     let mine = holder.sync("after");
     assert!(
-        mine.iter().all(|l| !l.starts_with("NICK bob ") && !l.starts_with("SYS")),
+        mine.iter()
+            .all(|l| !l.starts_with("NICK bob ") && !l.starts_with("SYS")),
         "{mine:?}"
     );
     holder.send("mine");

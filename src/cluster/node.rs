@@ -1490,11 +1490,10 @@ impl Cluster {
     /// next turns, as the buffer toward Redis has room (see `refresh_some`).
     fn refresh_nicks(&mut self, hub: &Hub) {
         self.refresh_queue.clear();
-        self.refresh_queue
-            .extend(hub.nicks().map(|(id, n)| {
-                let signed = hub.claims_signed(id);
-                (id, Box::<str>::from(n), signed)
-            }));
+        self.refresh_queue.extend(hub.nicks().map(|(id, n)| {
+            let signed = hub.claims_signed(id);
+            (id, Box::<str>::from(n), signed)
+        }));
     }
 
     /// Queue refresh commands while the outgoing buffer is under half full, so

@@ -493,12 +493,9 @@ impl Hub {
             // Clustered: the node that has NICK in ROOM removes it.
             let by = self.user(id).map(|u| u.nick.clone());
             let room_name = self.room(rid).map(|r| r.name.clone());
-            if let (true, Some(by), Some(room_name), Some(key)) = (
-                self.is_clustered(),
-                by,
-                room_name,
-                Folded::new(room),
-            ) {
+            if let (true, Some(by), Some(room_name), Some(key)) =
+                (self.is_clustered(), by, room_name, Folded::new(room))
+            {
                 self.out.clear();
                 self.out.push_str("KICKED ");
                 self.out.push_str(&room_name);
