@@ -454,3 +454,59 @@ fn a_clustered_sign_in_waits_for_the_registry() {
     assert_eq!(hub.nick(2), Some("xen"));
     assert_eq!(hub.access(2), Some((Role::Member, true)));
 }
+
+#[test]
+fn kicks_cross_nodes_and_a_signed_nick_lost_to_a_newer_sign_in_is_replaced() {
+    use crate::chat::remote::{Claim, Request};
+    let mut hub = Hub::new(cfg());
+    hub.enable_cluster("n1");
+    let mut rec = Rec::default();
+    for (id, nick) in [(0, "moe"), (1, "bob")] {
+        let g = grant(
+            nick,
+            if id == 0 { Role::Mod } else { Role::Member },
+            None,
+            T0 + 60,
+        );
+        let args = Connect {
+            room: Some("dev"),
+            ..Connect::default()
+        };
+        hub.connect_as(id, Identity::Signed(g), &args, 0, &mut rec);
+        assert!(hub.nick_reserved(id, nick, Claim::Granted, &mut rec));
+    }
+    let mut reqs = Vec::new();
+    hub.take_requests(&mut reqs);
+    rec.clear();
+    // A nick that is not here: the cluster is asked, nothing is said yet.
+    hub.handle(0, "/kick dev zed spam", 0, &mut rec);
+    reqs.clear();
+    hub.take_requests(&mut reqs);
+    assert_eq!(
+        reqs,
+        [Request::Kick {
+            id: 0,
+            room: "dev".into(),
+            nick: "zed".into(),
+            line: "KICKED dev zed moe spam".into(),
+        }]
+    );
+    assert!(rec.take(0).is_empty());
+    hub.kick_confirmed("dev", "KICKED dev zed moe spam", &mut rec);
+    assert_eq!(rec.take(1), ["KICKED dev zed moe spam"]);
+    // Another node's moderator kicked bob, who is here: bob leaves, banned.
+    hub.deliver_remote_room("dev", "KICKED dev bob ann", &mut rec);
+    assert_eq!(rec.take(1), ["KICKED dev bob ann", "LEFT dev bob"]);
+    hub.handle(1, "/join dev", 0, &mut rec);
+    assert_eq!(
+        rec.take(1),
+        ["ERR forbidden you were kicked from that room, try later"]
+    );
+    // moe's registration lost to a newer sign-in elsewhere: replaced.
+    rec.clear();
+    assert!(!hub.nick_reserved(0, "moe", Claim::Taken, &mut rec));
+    assert_eq!(rec.take(0), ["SYS signed in elsewhere", "LEFT dev moe"]);
+    assert_eq!(rec.closes, [(0, 4001, "signed in elsewhere".to_string())]);
+    assert_eq!(hub.nick(0), None);
+    hub.check_invariants();
+}
