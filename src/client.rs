@@ -30,9 +30,11 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::chat::line::{Count, Line};
 use crate::chat::ErrorCode;
-use crate::ws::frame::{encode_close, encode_frame, OpCode, Role};
-use crate::ws::handshake::{generate_key, parse_response, write_client_request, Status};
-use crate::ws::message::{Limits, Message, Receiver};
+use crate::ws::deflate::{Inflater, CLIENT_OFFER};
+use crate::ws::endpoint::Endpoint;
+use crate::ws::frame::{encode_frame, OpCode, Role};
+use crate::ws::handshake::{generate_key, parse_response_ext, write_client_request_ext, Status};
+use crate::ws::message::{Limits, Message};
 
 const SOCK: Token = Token(0);
 const STDIN: Token = Token(1);
@@ -63,6 +65,11 @@ pub struct ClientArgs {
     /// Largest message accepted from the server, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message: usize,
+
+    /// Offer permessage-deflate: the server's lines may then arrive compressed
+    /// (what the client sends stays plain, which RFC 7692 allows).
+    #[arg(long)]
+    pub compression: bool,
 
     /// Sign in with this token (`?token=` on the URL) on a server with `--auth-key`.
     #[arg(
@@ -1042,12 +1049,15 @@ impl Client {
         } else {
             self.session.rooms.iter().skip(1).cloned().collect()
         };
-        write_client_request(&mut wbuf, &self.url.authority, &target, &key, None);
+        let offer = self.args.compression.then_some(CLIENT_OFFER);
+        write_client_request_ext(&mut wbuf, &self.url.authority, &target, &key, None, offer);
         let mut phase = Phase::Handshake {
             key,
             head: Vec::new(),
         };
-        let mut rx = Receiver::new(Role::Client);
+        // Receiver, close state and the replies the protocol obliges.
+        let mut ws = Endpoint::new(Role::Client);
+        let mut inflater = Inflater::new();
         let limits = Limits {
             max_frame: self.args.max_message as u64,
             max_message: self.args.max_message,
@@ -1090,7 +1100,9 @@ impl Client {
                         send_text(&mut wbuf, "/quit");
                         self.quit_sent = true;
                     }
-                    encode_close(&mut wbuf, Some(1000), "", Some(mask()));
+                    // The replies to the last lines still count: keep reading
+                    // data until the server answers the close.
+                    ws.close_keep_reading(&mut wbuf, Some(1000), "", Some(mask()));
                     phase = Phase::Closing(Instant::now() + Duration::from_secs(5));
                 }
             } else if !matches!(phase, Phase::Closing(_)) {
@@ -1113,9 +1125,11 @@ impl Client {
                         let data = &mut buf[..n];
                         if let Phase::Handshake { key, head } = &mut phase {
                             head.extend_from_slice(data);
-                            match parse_response(head, key, MAX_HEAD) {
+                            let offered = self.args.compression;
+                            match parse_response_ext(head, key, MAX_HEAD, offered) {
                                 Ok(Status::Partial) => continue,
-                                Ok(Status::Complete((101, len))) => {
+                                Ok(Status::Complete((101, len, deflate))) => {
+                                    ws = Endpoint::with_deflate(Role::Client, deflate);
                                     let rest = head.split_off(len);
                                     phase = Phase::Open;
                                     opened = true;
@@ -1132,13 +1146,18 @@ impl Client {
                                     }
                                     let mut rest = rest;
                                     if let Some(end) = self.on_frames(
-                                        &mut rx, &limits, &mut rest, &mut wbuf, &mut phase,
+                                        &mut ws,
+                                        &mut inflater,
+                                        &limits,
+                                        &mut rest,
+                                        &mut wbuf,
+                                        &mut phase,
                                     ) {
                                         return Ok((end, opened));
                                     }
                                     continue;
                                 }
-                                Ok(Status::Complete((status, len))) => {
+                                Ok(Status::Complete((status, len, _))) => {
                                     let body =
                                         String::from_utf8_lossy(&head[len..]).trim().to_string();
                                     let why = format!("server answered {status}: {body}");
@@ -1158,9 +1177,14 @@ impl Client {
                                 }
                             }
                         }
-                        if let Some(end) =
-                            self.on_frames(&mut rx, &limits, data, &mut wbuf, &mut phase)
-                        {
+                        if let Some(end) = self.on_frames(
+                            &mut ws,
+                            &mut inflater,
+                            &limits,
+                            data,
+                            &mut wbuf,
+                            &mut phase,
+                        ) {
                             return Ok((end, opened));
                         }
                     }
@@ -1199,7 +1223,8 @@ impl Client {
 
     fn on_frames(
         &mut self,
-        rx: &mut Receiver,
+        ws: &mut Endpoint,
+        inflater: &mut Inflater,
         limits: &Limits,
         data: &mut [u8],
         wbuf: &mut Vec<u8>,
@@ -1207,7 +1232,15 @@ impl Client {
     ) -> Option<End> {
         let mut off = 0;
         while off < data.len() {
-            match rx.feed(&mut data[off..], limits) {
+            // The endpoint writes the pong, the answer to the server's close
+            // and the close for a protocol error into `wbuf`.
+            match ws.read(
+                &mut data[off..],
+                limits,
+                Some(&mut *inflater),
+                wbuf,
+                Some(mask()),
+            ) {
                 Ok((used, msg)) => {
                     off += used;
                     match msg {
@@ -1226,15 +1259,11 @@ impl Client {
                             let text = String::from_utf8_lossy(b).into_owned();
                             self.show(&text);
                         }
-                        Some(Message::Ping(p)) => {
-                            encode_frame(wbuf, OpCode::Pong, true, p, Some(mask()))
-                        }
-                        Some(Message::Pong(_)) => {}
+                        Some(Message::Ping(_) | Message::Pong(_)) => {}
                         Some(Message::Close { code, reason }) => {
                             if matches!(phase, Phase::Closing(_)) {
                                 return Some(End::Done);
                             }
-                            encode_close(wbuf, code, "", Some(mask()));
                             let code = code.unwrap_or(1005);
                             let why = if reason.is_empty() {
                                 format!("closed by server ({code})")
@@ -1255,7 +1284,6 @@ impl Client {
                     }
                 }
                 Err(e) => {
-                    encode_close(wbuf, Some(e.close_code()), "", Some(mask()));
                     return Some(End::Lost(format!("protocol error from server: {e}")));
                 }
             }

@@ -127,6 +127,17 @@ struct ServeArgs {
           value_parser = loopchat::cli::parse_bytes, help_heading = "Limits")]
     max_chat_message: usize,
 
+    /// permessage-deflate (RFC 7692) on /ws and /echo: on accepts browsers' offers,
+    /// off answers every handshake without the extension.
+    #[arg(long, value_name = "on|off", default_value = "on", env = "LOOPCHAT_COMPRESSION",
+          value_parser = parse_on_off, action = clap::ArgAction::Set, help_heading = "Limits")]
+    compression: bool,
+
+    /// Messages shorter than this go uncompressed even when compression was negotiated.
+    #[arg(long, value_name = "BYTES", default_value = "64", env = "LOOPCHAT_COMPRESSION_THRESHOLD",
+          value_parser = loopchat::cli::parse_bytes, help_heading = "Limits")]
+    compression_threshold: usize,
+
     /// Longest chat command line (`ERR too-long` beyond).
     #[arg(long, value_name = "BYTES", default_value = "4KiB", env = "LOOPCHAT_MAX_LINE",
           value_parser = loopchat::cli::parse_bytes, help_heading = "Limits")]
@@ -385,6 +396,15 @@ fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
     Ok(s)
 }
 
+/// `on` or `off` (also `true`/`false`, `1`/`0`).
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -447,6 +467,8 @@ fn serve(cli: ServeArgs) -> ExitCode {
         max_header_bytes: cli.max_header_bytes,
         max_message: cli.max_message,
         max_chat_message: cli.max_chat_message,
+        compression: cli.compression,
+        compression_threshold: cli.compression_threshold,
         outbox_soft: cli.outbox_soft,
         outbox_hard: cli.outbox_hard,
         outbox_grace: cli.outbox_grace,

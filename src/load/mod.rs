@@ -129,6 +129,12 @@ pub struct LoadArgs {
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
 
+    /// Offer permessage-deflate (both no_context_takeover parameters); when the
+    /// server accepts, every message sent is compressed and compressed
+    /// deliveries are inflated by one shared inflater.
+    #[arg(long)]
+    pub compression: bool,
+
     /// Print one JSON object at the end instead of the text summary.
     #[arg(long)]
     pub json: bool,

@@ -8,6 +8,8 @@ use super::conn::{Kind, Then, COUNTED, IN_CHAT, PROXIED};
 use super::out::{finish_with, mark_dirty};
 use super::{client_ip, metrics, Server};
 use crate::chat::hub::{Caps, Connect, Identity};
+use crate::ws::endpoint::Endpoint;
+use crate::ws::frame::Role;
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
 /// The built-in web chat page, its script and its style sheet.
@@ -255,9 +257,20 @@ impl Server {
                 None => None,
             };
             let c = &mut self.conns[id];
+            // Declined offers are not an error: the connection goes on plain.
+            let deflate = if self.ctx.cfg.compression {
+                crate::ws::deflate::negotiate(up.extensions)
+            } else {
+                None
+            };
+            let answer = deflate.map(|a| a.response_value());
             c.append(&mut self.ctx.outbox_bytes, |o| {
-                handshake::write_upgrade_response(o, up.key, None)
+                handshake::write_upgrade_response_ext(o, up.key, None, answer.as_deref())
             });
+            c.ws = Endpoint::with_deflate(Role::Server, deflate);
+            if deflate.is_some() {
+                self.ctx.metrics.ws_deflate_total += 1;
+            }
             let was = c.kind;
             c.upgraded(kind, self.ctx.tick);
             if c.kind != was {

@@ -121,6 +121,10 @@ pub struct Metrics {
     pub connections_total: u64,
     /// WebSocket upgrades completed.
     pub ws_upgrades_total: u64,
+    /// WebSocket handshakes that negotiated permessage-deflate.
+    pub ws_deflate_total: u64,
+    /// Messages compressed (a broadcast counts once, however many get it).
+    pub deflated_messages: u64,
     /// Plain HTTP requests answered.
     pub http_requests_total: u64,
     /// Failed handshakes by reason.
@@ -162,6 +166,8 @@ impl Default for Metrics {
         Metrics {
             connections_total: 0,
             ws_upgrades_total: 0,
+            ws_deflate_total: 0,
+            deflated_messages: 0,
             http_requests_total: 0,
             handshake_failures: Labelled::new(&HANDSHAKE_REASONS),
             refused_total: Labelled::new(&REFUSE_REASONS),
@@ -352,6 +358,20 @@ impl Metrics {
             c,
             "Successful WebSocket handshakes.",
             self.ws_upgrades_total,
+        );
+        one(
+            out,
+            "loopchat_websocket_deflate_total",
+            c,
+            "WebSocket handshakes that negotiated permessage-deflate.",
+            self.ws_deflate_total,
+        );
+        one(
+            out,
+            "loopchat_deflated_messages_total",
+            c,
+            "Messages compressed (a broadcast counts once, however many get it).",
+            self.deflated_messages,
         );
         one(
             out,

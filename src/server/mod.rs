@@ -38,6 +38,7 @@ use slab::Slab;
 
 use crate::chat::{Hub, Sink};
 use crate::sys;
+use crate::ws::deflate::{Deflater, Inflater};
 use crate::ws::message::Limits;
 use conn::{Conn, Phase, Timeouts, WRITABLE};
 use out::{begin_close, kill, mark_dirty, Out};
@@ -86,6 +87,11 @@ struct Ctx {
     read_again: Vec<usize>,
     /// One broadcast encoded once, as a WebSocket text frame.
     ws_frame: Vec<u8>,
+    /// The same broadcast compressed once (permessage-deflate), for every
+    /// recipient that negotiated it; built on the first such recipient.
+    ws_frame_z: Vec<u8>,
+    /// The loop's one compressor: broadcasts and echo replies.
+    deflater: Deflater,
     /// The same broadcast as a `\n`-terminated line.
     line_buf: Vec<u8>,
     chat_limits: Limits,
@@ -145,6 +151,8 @@ pub struct Server {
     metrics_port: Option<metrics_port::MetricsPort>,
     /// Signed tokens (`--auth-key`); `None` admits everyone as a guest.
     auth: Option<Box<auth_glue::Auth>>,
+    /// The loop's one decompressor, lent to the read path (`None` while lent).
+    inflater: Option<Box<Inflater>>,
 }
 
 impl Server {
@@ -216,6 +224,8 @@ impl Server {
                 dead: Vec::new(),
                 read_again: Vec::new(),
                 ws_frame: Vec::new(),
+                ws_frame_z: Vec::new(),
+                deflater: Deflater::new(),
                 line_buf: Vec::new(),
                 chat_limits,
                 echo_limits,
@@ -240,6 +250,7 @@ impl Server {
             cluster: None,
             metrics_port,
             auth: None,
+            inflater: Some(Box::default()),
         };
         server.start_auth()?;
         // Message ids are EPOCH-SEQ with EPOCH the start time, and `time` tags

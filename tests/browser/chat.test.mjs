@@ -189,6 +189,15 @@ async function openPage(name, baseUrl, viewport, { fakeClock = false, nick = nam
     ws.on("framesent", (f) => { p.sent.push(String(f.payload)); p.ev.emit("line"); });
     ws.on("framereceived", (f) => { p.recv.push(String(f.payload)); p.ev.emit("line"); });
   });
+  // The 101's Sec-WebSocket-Extensions (Chromium offers permessage-deflate).
+  p.wsExtensions = [];
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Network.enable");
+  cdp.on("Network.webSocketHandshakeResponseReceived", (e) => {
+    const h = e.response.headers || {};
+    const k = Object.keys(h).find((n) => n.toLowerCase() === "sec-websocket-extensions");
+    p.wsExtensions.push(k ? h[k] : "");
+  });
   page.on("dialog", (d) => { p.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
   page.on("pageerror", (e) => p.problems.push("page error: " + e.message));
   page.on("console", (m) => {
@@ -381,6 +390,13 @@ async function main() {
   await waitActive(alice, "#lobby");
   await waitActive(bob, "#lobby");
   ok("alice and bob connected, in lobby");
+  for (const p of [alice, bob]) {
+    const ext = p.wsExtensions[0] || "";
+    if (!/^permessage-deflate; server_no_context_takeover; client_no_context_takeover/.test(ext)) {
+      throw new Error(p.name + ": no permessage-deflate in the 101 (" + JSON.stringify(p.wsExtensions) + ")");
+    }
+  }
+  ok("Chromium negotiated " + alice.wsExtensions[0]);
 
   step = "focus and accessibility";
   await alice.page.waitForFunction(() => document.activeElement && document.activeElement.id === "input");
