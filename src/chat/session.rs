@@ -249,17 +249,18 @@ impl<T> Sessions<T> {
         }
     }
 
-    /// The data of the session `token` names, without using the token: `None`
-    /// when it is not a good token or its session is live or expired.
-    pub fn peek(&self, token: &str, now_ms: u64) -> Option<&T> {
+    /// What [`Sessions::take`] would find for `token`, without using it:
+    /// `None` when it is not a good token or its session expired.
+    pub fn peek(&self, token: &str, now_ms: u64) -> Option<Taken<&T>> {
         let token = Token::parse(token)?;
         let entry = self.by_selector.get(&token.selector)?;
         if !ct_eq(&entry.verifier, &token.verifier) {
             return None;
         }
         match &entry.state {
-            State::Detached { deadline, data } if now_ms < *deadline => Some(data),
-            _ => None,
+            State::Live(conn) => Some(Taken::Live(*conn)),
+            State::Detached { deadline, data } if now_ms < *deadline => Some(Taken::Detached(data)),
+            State::Detached { .. } => None,
         }
     }
 

@@ -14,7 +14,8 @@
 //!   held without a nick or room until its first line, which must be
 //!   `/auth TOKEN` (anything else: `ERR forbidden` and close 1008);
 //! - a held signed session may be resumed where guests are denied: a `/ws`
-//!   upgrade with `?resume=` naming one (and no `?token=`) is admitted, and
+//!   upgrade with `?resume=` naming one, or a live one it takes over (and
+//!   no `?token=`), is admitted, and
 //!   so is a line-listener connection whose first line is `/resume TOKEN`;
 //!   the session token proves the identity. Any other resume still needs a
 //!   token (401, or `ERR forbidden` and close 1008);

@@ -42,6 +42,7 @@ use log::info;
 use super::super::access::{room_allowed, Access, Grant, Role};
 use super::super::names::Folded;
 use super::super::remote::{Claim, Request};
+use super::super::session::Taken;
 use super::super::{ConnId, ErrorCode, Sink};
 use super::resume::DETACHED;
 use super::{push_text, send, Connect, Hub};
@@ -126,11 +127,11 @@ impl Hub {
         if self.user(id).is_some() {
             self.disconnect(id, sink);
         }
-        // Resuming its own held session: the nick comes back with it.
+        // Resuming its own session (held, or still on a half-open
+        // connection): the nick comes back with it.
         let own = Folded::new(&grant.nick).is_some_and(|f| {
             args.resume
-                .and_then(|t| self.sessions.peek(t, now_ms))
-                .is_some_and(|d| d.nick_is(f.as_str()))
+                .is_some_and(|t| self.session_nick_is(t, f.as_str(), now_ms))
         });
         if !own {
             self.claim_nick(id, &grant.nick, sink);
@@ -663,8 +664,24 @@ impl Hub {
     /// admit a resume where guests are denied (the session token proves
     /// the identity).
     pub fn resumes_signed(&self, token: &str, now_ms: u64) -> bool {
-        self.sessions
-            .peek(token, now_ms)
-            .is_some_and(|d| d.is_signed())
+        match self.sessions.peek(token, now_ms) {
+            Some(Taken::Detached(d)) => d.is_signed(),
+            // Its connection is still open (a half-open one after a network
+            // change): the resume takes it over.
+            Some(Taken::Live(conn)) => self.user(conn).is_some_and(|u| u.access.is_signed()),
+            None => false,
+        }
+    }
+
+    /// True when `token` names a session (held or live) whose nick is `folded`.
+    fn session_nick_is(&self, token: &str, folded: &str, now_ms: u64) -> bool {
+        match self.sessions.peek(token, now_ms) {
+            Some(Taken::Detached(d)) => d.nick_is(folded),
+            Some(Taken::Live(conn)) => self
+                .user(conn)
+                .and_then(|u| Folded::new(&u.nick))
+                .is_some_and(|f| f.as_str() == folded),
+            None => false,
+        }
     }
 }

@@ -510,3 +510,39 @@ fn kicks_cross_nodes_and_a_signed_nick_lost_to_a_newer_sign_in_is_replaced() {
     assert_eq!(hub.nick(0), None);
     hub.check_invariants();
 }
+
+#[test]
+fn a_token_with_its_own_session_resumes_it_rather_than_replacing_it() {
+    use crate::chat::hub::Caps;
+    let (mut hub, mut rec) = hub_with(cfg(), &["bob"]);
+    hub.set_epoch(T0 * 1000);
+    let args = Connect {
+        caps: Some(Caps::parse("resume")),
+        ..Connect::default()
+    };
+    let g = grant("sam", Role::Member, None, T0 + 60);
+    hub.connect_as(1, Identity::Signed(g.clone()), &args, 0, &mut rec);
+    let token = session_of(&rec.take(1));
+    rec.clear();
+    // Its connection still open (half-open): `?token=` with `?resume=`.
+    let resume = Connect {
+        resume: Some(&token),
+        ..Connect::default()
+    };
+    hub.connect_as(2, Identity::Signed(g), &resume, 0, &mut rec);
+    let lines = rec.take(2);
+    assert_eq!(lines[0], "WELCOME sam");
+    assert!(
+        lines.iter().any(|l| l.starts_with("RESUMED lobby ")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        rec.closes,
+        [(1, 1000, "session resumed elsewhere".to_string())]
+    );
+    assert!(
+        rec.take(0).is_empty(),
+        "no LEFT, no JOINED: the same session"
+    );
+    hub.check_invariants();
+}
