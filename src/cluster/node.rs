@@ -20,6 +20,27 @@
 //!   (set with `SET NX PX ttl`, refreshed every ttl/3, so a dead node's nicks
 //!   expire; on conflict the earlier registration wins).
 //!
+//! - `lc:seq:ROOM`: the room's message counter (hash: `e` its epoch, `s` the
+//!   last number), kept without expiry;
+//! - `lc:hist:ROOM`: the room's last `--history` messages, `ID TIME LINE`,
+//!   expiring `--history-ttl` after the last one;
+//! - `lc:applied:NODE`: the last sequence number of NODE's room messages
+//!   numbered, so a resend after a lost reply is not numbered twice.
+//!
+//! Room messages (`MSG`) are ordered by Redis: while the command link is up
+//! and nothing older waits, a `MSG` is not delivered anywhere before
+//! [`SAY_SCRIPT`] has numbered it, stored it in `lc:hist:ROOM` and published
+//! it, all in one atomic script. Every node subscribed to the room, the
+//! sender's included, delivers it when it arrives, so every member sees the
+//! order in which Redis published, and the hub drops any copy whose id is not
+//! above the last it delivered (exactly once). The id and time are written by
+//! Redis in front of the signed payload (`!ID TIME PAYLOAD`), outside the
+//! signature: they come from Redis, which the nodes trust for ordering anyway.
+//! The sender's node is not subscribed yet right after the room's first local
+//! join: until Redis confirms the subscription, it delivers its own messages
+//! from the script's reply. While Redis is away the node falls back to the
+//! v1 path (delivered here at once, relayed later as a plain line).
+//!
 //! Payloads are [`super::wire`] envelopes, signed with a cluster secret. A
 //! node ignores its own, and drops one whose sequence number is not above the
 //! last it saw from that node: what a node publishes while its link is down
@@ -41,6 +62,7 @@ use super::link::{Link, LinkState};
 use super::query::{self, Ask, Queries, Step};
 use super::resp::{Limits, Value};
 use super::wire::{Body, Envelope, Signer};
+use crate::chat::history::MsgId;
 use crate::chat::names::{valid_nick, Folded};
 use crate::chat::remote::{Claim, Request};
 use crate::chat::{ConnId, Hub, Sink};
@@ -78,6 +100,38 @@ local mine = v == false or string.sub(v, 1, string.len(ARGV[2])) == ARGV[2] \
 if not mine then local ts = tonumber(string.match(v, '^%S+ (%d+) ')) \
 mine = ts == nil or tonumber(ARGV[4]) < ts end \
 if mine then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1 end return 0";
+/// One room message (see the module docs): number it in the room's order,
+/// keep it in the room's history, and publish it with its id, atomically.
+/// `KEYS`: `lc:seq:ROOM` (hash: `e` the room's epoch, `s` its counter),
+/// `lc:hist:ROOM`, `lc:applied:NODE`. `ARGV`: channel, payload, the node's
+/// sequence number, history length, history TTL in ms (0: none), TTL of
+/// `lc:applied:NODE` in ms, the line. A payload the node sends again after a
+/// lost reply is recognised by its sequence number and not numbered twice
+/// (nil reply). The reply is `ID TIME`; what is published is `!ID TIME `
+/// followed by the payload. TIME is Redis' clock in ms; the epoch is that
+/// clock when the room's counter was created, so a counter lost with a Redis
+/// flush starts a later epoch instead of reusing ids.
+const SAY_SCRIPT: &str = "local last = tonumber(redis.call('GET', KEYS[3]) or '0') \
+if tonumber(ARGV[3]) <= last then return false end \
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[6]) \
+local t = redis.call('TIME') \
+local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)) \
+local e = redis.call('HGET', KEYS[1], 'e') \
+if not e then e = now redis.call('HSET', KEYS[1], 'e', e) end \
+local id = e .. '-' .. redis.call('HINCRBY', KEYS[1], 's', 1) \
+local k = tonumber(ARGV[4]) \
+if k > 0 then redis.call('RPUSH', KEYS[2], id .. ' ' .. now .. ' ' .. ARGV[7]) \
+redis.call('LTRIM', KEYS[2], -k, -1) \
+if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end end \
+redis.call('PUBLISH', ARGV[1], '!' .. id .. ' ' .. now .. ' ' .. ARGV[2]) \
+return id .. ' ' .. now";
+
+/// Read a room's history (`KEYS`: `lc:seq:ROOM`, `lc:hist:ROOM`; `ARGV`: the
+/// most entries to read): the counter's epoch and last number (nil when
+/// none) and the entries, oldest first, in one consistent snapshot.
+const HISTORY_SCRIPT: &str = "local c = redis.call('HMGET', KEYS[1], 'e', 's') \
+return {c[1], c[2], redis.call('LRANGE', KEYS[2], -tonumber(ARGV[1]), -1)}";
+
 /// Delete a nick registration only when it is ours.
 const RELEASE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
 if v ~= false and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then \
@@ -187,12 +241,15 @@ enum Pending {
     Handshake,
     /// PING after the handshake: the link is ready.
     Ready,
-    /// PUBLISH; kept so it can be sent again after a reconnect.
+    /// PUBLISH (or the room message script); kept so it can be sent again
+    /// after a reconnect.
     Publish {
         bytes: Box<[u8]>,
         query: Option<u64>,
         /// The connection whose line it carries (told if it is lost), or CANCELLED.
         sender: ConnId,
+        /// A room message numbered by Redis: its room and line.
+        say: Option<Box<Say>>,
     },
     /// PUBLISH of a liveness notice (never sent again).
     Alive,
@@ -204,6 +261,13 @@ enum Pending {
     Release,
     /// A heartbeat `PING` (no answer needed beyond its arrival).
     Ping,
+    /// The history script for `/history`.
+    History {
+        id: ConnId,
+        room: Box<str>,
+        after: Option<Box<str>>,
+        limit: u32,
+    },
     /// GET of a nick for `/msg`.
     Lookup {
         id: ConnId,
@@ -220,6 +284,39 @@ const CANCELLED: ConnId = ConnId::MAX;
 struct Outgoing {
     bytes: Box<[u8]>,
     sender: ConnId,
+    say: Option<Box<Say>>,
+}
+
+/// A room message sent through [`SAY_SCRIPT`]: what this node delivers from
+/// the script's reply when its own copy cannot come back by pub/sub.
+#[derive(Debug)]
+struct Say {
+    /// Folded room name.
+    room: Box<str>,
+    /// The `MSG` line.
+    line: Box<str>,
+}
+
+/// Split `!ID TIME PAYLOAD` (a room message numbered by [`SAY_SCRIPT`]).
+fn split_numbered(payload: &[u8]) -> Option<(MsgId, u64, &[u8])> {
+    let rest = payload.strip_prefix(b"!")?;
+    let (id, time, rest) = split_id_time(rest)?;
+    let rest = rest.strip_prefix(b" ")?;
+    Some((id, time, rest))
+}
+
+/// Parse `ID TIME` at the start of `b`; returns what follows.
+fn split_id_time(b: &[u8]) -> Option<(MsgId, u64, &[u8])> {
+    let sp = b.iter().position(|&c| c == b' ')?;
+    let id = MsgId::parse(std::str::from_utf8(&b[..sp]).ok()?)?;
+    let rest = &b[sp + 1..];
+    let end = rest.iter().position(|&c| c == b' ').unwrap_or(rest.len());
+    let digits = &rest[..end];
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let time = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((id, time, &rest[end..]))
 }
 
 /// A room as another node spells it, and that node's members in it.
@@ -380,6 +477,9 @@ pub struct Cluster {
     last_seen: HashMap<Box<str>, (u64, Instant)>,
     /// Rooms (folded) with local members: subscribed while the link is up.
     rooms: HashSet<Box<str>>,
+    /// Rooms of `rooms` whose subscription Redis has confirmed: a message
+    /// this node publishes there comes back to it by pub/sub.
+    confirmed: HashSet<Box<str>>,
     /// `/who` and `/rooms` asked of the other nodes, one at a time.
     queries: Queries,
     /// This node's answer to `/rooms`, reused for [`query::CACHE_FOR`]
@@ -439,6 +539,7 @@ impl Cluster {
             seq: 0,
             last_seen: HashMap::new(),
             rooms: HashSet::new(),
+            confirmed: HashSet::new(),
             queries,
             rooms_answer: None,
             next_heartbeat: now,
@@ -660,6 +761,7 @@ impl Cluster {
             hub.not_relayed(id, sink);
         }
         self.finish_queries(false, hub, sink, now);
+        hub.set_ordered(self.cmd.state == LinkState::Ready && self.backlog.is_empty());
         if now >= self.next_prune {
             self.next_prune = now + FORGET_NODE;
             self.last_seen
@@ -800,8 +902,10 @@ impl Cluster {
         let mut unanswered = Vec::new();
         for (_, p) in std::mem::take(&mut self.pending) {
             match p {
-                Pending::Publish { bytes, sender, .. } => {
-                    unanswered.push(Outgoing { bytes, sender });
+                Pending::Publish {
+                    bytes, sender, say, ..
+                } => {
+                    unanswered.push(Outgoing { bytes, sender, say });
                 }
                 // Redis cannot say: fail closed.
                 Pending::Reserve { id, nick, .. } if id != CANCELLED => {
@@ -810,6 +914,9 @@ impl Cluster {
                 }
                 Pending::Lookup { id, .. } if id != CANCELLED => {
                     hub.private_not_found(id, sink);
+                }
+                Pending::History { id, .. } if id != CANCELLED => {
+                    hub.history_unavailable(id, sink);
                 }
                 _ => {}
             }
@@ -847,6 +954,7 @@ impl Cluster {
         self.sub.close();
         self.actions.push_back(Action::Close(Which::Sub));
         self.went_down();
+        self.confirmed.clear();
         self.stats.subscriptions = 0;
         let delay = self.jittered(self.sub.backoff);
         self.sub.retry = Some(now + delay);
@@ -900,6 +1008,29 @@ impl Cluster {
                 self.next_heartbeat = now;
                 self.report(None);
             }
+            Pending::Publish {
+                say: Some(say),
+                sender,
+                ..
+            } => {
+                let numbered = v
+                    .as_bytes()
+                    .and_then(split_id_time)
+                    .filter(|(_, _, rest)| rest.is_empty());
+                match numbered {
+                    // Not subscribed yet when the room's first local member
+                    // spoke: its copy cannot come back by pub/sub, so it
+                    // is delivered from the reply (a later pub/sub copy
+                    // has the same id and is dropped by the hub).
+                    Some((id, time, _)) if !self.confirmed.contains(&say.room) => {
+                        hub.deliver_ordered(&say.room, id, time, &say.line, sink);
+                    }
+                    Some(_) => {}
+                    // Nil: already numbered before a reconnect.
+                    None if matches!(v, Value::Bulk(None)) => {}
+                    None => self.lost(sender),
+                }
+            }
             Pending::Publish { query, .. } => {
                 if let (Some(qid), Some(n)) = (query, v.as_int()) {
                     // The count includes this node's own subscription.
@@ -946,6 +1077,44 @@ impl Cluster {
                 }
             }
             Pending::Release | Pending::Ping | Pending::Alive => {}
+            Pending::History {
+                id,
+                room,
+                after,
+                limit,
+            } => {
+                if id == CANCELLED {
+                    return Ok(());
+                }
+                let Value::Array(Some(items)) = &v else {
+                    hub.history_unavailable(id, sink);
+                    return Ok(());
+                };
+                let num = |i: usize| {
+                    items
+                        .get(i)
+                        .and_then(Value::as_bytes)
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .and_then(|s| s.parse::<u64>().ok())
+                };
+                let counter = num(0).zip(num(1));
+                let entries: Vec<&[u8]> = match items.get(2) {
+                    Some(Value::Array(Some(list))) => {
+                        list.iter().filter_map(Value::as_bytes).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                hub.answer_history(
+                    id,
+                    &room,
+                    after.as_deref(),
+                    limit,
+                    counter,
+                    &entries,
+                    unix_ms(),
+                    sink,
+                );
+            }
             Pending::Lookup { id, from, text } => {
                 if id == CANCELLED {
                     return Ok(());
@@ -1040,6 +1209,20 @@ impl Cluster {
                 }
             }
             b"subscribe" | b"unsubscribe" => {
+                if let Some(room) = items
+                    .get(1)
+                    .and_then(Value::as_bytes)
+                    .and_then(|c| c.strip_prefix(b"lc:room:"))
+                    .and_then(|r| std::str::from_utf8(r).ok())
+                {
+                    if kind == b"subscribe" {
+                        if self.rooms.contains(room) {
+                            self.confirmed.insert(room.into());
+                        }
+                    } else {
+                        self.confirmed.remove(room);
+                    }
+                }
                 if let Some(n) = items.get(2).and_then(Value::as_int) {
                     self.stats.subscriptions = n.max(0) as u64;
                 }
@@ -1067,6 +1250,12 @@ impl Cluster {
         sink: &mut impl Sink,
         now: Instant,
     ) {
+        // A room message numbered by Redis: the id and time come first,
+        // outside the signature (Redis, not the sender, writes them).
+        let (numbered, payload) = match split_numbered(payload) {
+            Some((id, time, rest)) => (Some((id, time)), rest),
+            None => (None, payload),
+        };
         // The signature (with a secret) is checked before anything is read:
         // a forged payload never reaches the sequence numbers below.
         let env = match self.signer.open(channel, payload) {
@@ -1081,6 +1270,30 @@ impl Cluster {
             }
         };
         let (node, seq) = (env.node, env.seq);
+        if let (Some((id, time)), Body::Room { line }) = (numbered, env.body) {
+            if !line.starts_with("MSG ") {
+                self.stats.malformed += 1;
+                return;
+            }
+            // Delivered from every node, this one's own included, in the
+            // order Redis published them; the hub drops copies by id.
+            if let Some(room) = channel
+                .strip_prefix(b"lc:room:")
+                .and_then(|r| std::str::from_utf8(r).ok())
+            {
+                if node != self.node {
+                    if let Some(peer) = self.peers.get_mut(node) {
+                        peer.heard = now;
+                    }
+                    self.stats.received += 1;
+                }
+                let before = hub.deliveries();
+                if hub.deliver_ordered(room, id, time, line, sink) && node != self.node {
+                    self.stats.remote_deliveries += hub.deliveries() - before;
+                }
+            }
+            return;
+        }
         if node == self.node {
             return;
         }
@@ -1314,7 +1527,53 @@ impl Cluster {
             body,
         };
         self.signer.encode(channel, &env, &mut self.payload);
-        self.publish(channel, query, keep, sender)
+        let mut bytes = Vec::with_capacity(self.payload.len() + channel.len() + 40);
+        super::resp::encode_command(&mut bytes, &[b"PUBLISH", channel, &self.payload]);
+        self.publish(bytes, query, keep, sender, None)
+    }
+
+    /// A room's `MSG` line: through [`SAY_SCRIPT`], which numbers it, keeps
+    /// it in the room's history and publishes it to every node, this one
+    /// included (it is delivered here when it comes back).
+    fn say(&mut self, room: &str, line: &str, sender: ConnId, keep: usize, ttl_ms: u64) {
+        let channel = format!("lc:room:{room}");
+        self.seq += 1;
+        let env = Envelope {
+            node: &self.node,
+            seq: self.seq,
+            body: Body::Room { line },
+        };
+        self.signer
+            .encode(channel.as_bytes(), &env, &mut self.payload);
+        let seq = self.seq.to_string();
+        let keep = keep.to_string();
+        let ttl = ttl_ms.to_string();
+        let applied_ttl = (FORGET_NODE.as_millis() as u64).to_string();
+        let mut bytes =
+            Vec::with_capacity(SAY_SCRIPT.len() + self.payload.len() + 2 * line.len() + 160);
+        super::resp::encode_command(
+            &mut bytes,
+            &[
+                b"EVAL",
+                SAY_SCRIPT.as_bytes(),
+                b"3",
+                format!("lc:seq:{room}").as_bytes(),
+                format!("lc:hist:{room}").as_bytes(),
+                format!("lc:applied:{}", self.node).as_bytes(),
+                channel.as_bytes(),
+                &self.payload,
+                seq.as_bytes(),
+                keep.as_bytes(),
+                ttl.as_bytes(),
+                applied_ttl.as_bytes(),
+                line.as_bytes(),
+            ],
+        );
+        let say = Box::new(Say {
+            room: room.into(),
+            line: line.into(),
+        });
+        self.publish(bytes, None, true, sender, Some(say));
     }
 
     /// Publish `self.payload` to `channel`. While the link is down, its
@@ -1322,9 +1581,14 @@ impl Cluster {
     /// (`keep`: a room, nick or private line) joins the backlog, sent in order
     /// once the link is back; false (counted, the sender told) when it cannot
     /// be kept. Queries are never kept (they are answered locally instead).
-    fn publish(&mut self, channel: &[u8], query: Option<u64>, keep: bool, sender: ConnId) -> bool {
-        let mut bytes = Vec::with_capacity(self.payload.len() + channel.len() + 40);
-        super::resp::encode_command(&mut bytes, &[b"PUBLISH", channel, &self.payload]);
+    fn publish(
+        &mut self,
+        bytes: Vec<u8>,
+        query: Option<u64>,
+        keep: bool,
+        sender: ConnId,
+        say: Option<Box<Say>>,
+    ) -> bool {
         if self.cmd.state == LinkState::Ready
             && self.backlog.is_empty()
             && self.cmd.queue_raw(&bytes)
@@ -1334,6 +1598,7 @@ impl Cluster {
                 bytes: bytes.into_boxed_slice(),
                 query,
                 sender,
+                say,
             });
             return true;
         }
@@ -1345,6 +1610,7 @@ impl Cluster {
         self.backlog.push_back(Outgoing {
             bytes: bytes.into_boxed_slice(),
             sender,
+            say,
         });
         true
     }
@@ -1383,6 +1649,7 @@ impl Cluster {
                 bytes: o.bytes,
                 query: None,
                 sender: o.sender,
+                say: o.say,
             });
         }
         if self.backlog.is_empty() && self.backlog.capacity() > 1024 {
@@ -1590,6 +1857,7 @@ impl Cluster {
                 }
             }
             Request::Unsubscribe(room) => {
+                self.confirmed.remove(&room);
                 let ch = format!("lc:room:{room}");
                 if self.rooms.remove(&room) && self.sub.is_open() {
                     let waiting = self.resub.len();
@@ -1617,6 +1885,16 @@ impl Cluster {
                     None,
                     sender,
                 );
+            }
+            Request::Say { room, line } => {
+                let sender = line
+                    .strip_prefix("MSG ")
+                    .and_then(|r| r.split(' ').nth(1))
+                    .and_then(|nick| hub.local_owner(nick))
+                    .unwrap_or(CANCELLED);
+                let h = &hub.config().history;
+                let (keep, ttl) = (h.keep, h.ttl_ms);
+                self.say(&room, &line, sender, keep, ttl);
             }
             Request::Nick { rooms, line } => {
                 if rooms.is_empty() {
@@ -1672,6 +1950,33 @@ impl Cluster {
                     _ => hub.private_not_found(id, sink),
                 }
             }
+            Request::History {
+                id,
+                room,
+                after,
+                limit,
+            } => {
+                let keep = hub.config().history.keep.to_string();
+                if self.cmd.state == LinkState::Ready
+                    && self.cmd.queue(&[
+                        b"EVAL",
+                        HISTORY_SCRIPT.as_bytes(),
+                        b"2",
+                        format!("lc:seq:{room}").as_bytes(),
+                        format!("lc:hist:{room}").as_bytes(),
+                        keep.as_bytes(),
+                    ])
+                {
+                    self.expect(Pending::History {
+                        id,
+                        room,
+                        after,
+                        limit,
+                    });
+                } else {
+                    hub.history_unavailable(id, sink);
+                }
+            }
             Request::Who { id, room } => {
                 let ask = query::who(&room);
                 match ask {
@@ -1694,6 +1999,7 @@ impl Cluster {
                         Pending::Reserve { id: i, .. }
                         | Pending::Refresh { id: i, .. }
                         | Pending::Lookup { id: i, .. }
+                        | Pending::History { id: i, .. }
                         | Pending::Publish { sender: i, .. }
                             if *i == id =>
                         {
@@ -1800,6 +2106,86 @@ mod tests {
             ]
         );
         assert_eq!(node.stats().remote_deliveries, 5);
+    }
+
+    #[test]
+    fn numbered_messages_are_delivered_once_in_id_order_own_ones_included() {
+        let mut hub = Hub::new(crate::chat::ChatConfig {
+            rate_limit: 0,
+            ..crate::chat::ChatConfig::default()
+        });
+        hub.enable_cluster("t");
+        let mut sink = Lines::default();
+        hub.connect(0, Some("a"), Some("r"), 0, &mut sink);
+        hub.nick_reserved(0, "a", Claim::Granted, &mut sink);
+        hub.connect(1, Some("b"), Some("r"), 0, &mut sink);
+        hub.nick_reserved(1, "b", Claim::Granted, &mut sink);
+        hub.handle(1, "/caps ids", 0, &mut sink);
+        let mut node = Cluster::new(
+            ClusterConfig::new("127.0.0.1:9".parse().unwrap()),
+            Instant::now(),
+        );
+        // While Redis can order, a MSG is not delivered here before it
+        // comes back numbered.
+        hub.set_ordered(true);
+        let mut reqs = Vec::new();
+        hub.take_requests(&mut reqs);
+        reqs.clear();
+        sink.0.clear();
+        hub.handle(0, "mine", 0, &mut sink);
+        assert!(sink.0.is_empty(), "{:?}", sink.0);
+        hub.take_requests(&mut reqs);
+        assert_eq!(
+            reqs,
+            [Request::Say {
+                room: "r".into(),
+                line: "MSG r a mine".into()
+            }]
+        );
+        let own = format!("!7-1 1000 M {} 3 MSG r a mine", node.node_id());
+        let other = "!7-2 1001 M other 9 MSG r z hi";
+        for p in [own.as_str(), other, own.as_str(), other] {
+            node.feed_subscriber(message("lc:room:r", p), &mut hub, &mut sink);
+        }
+        assert_eq!(
+            sink.0,
+            [
+                (0, "MSG r a mine".to_string()),
+                (
+                    1,
+                    "@id=7-1;time=1970-01-01T00:00:01.000Z MSG r a mine".to_string()
+                ),
+                (0, "MSG r z hi".to_string()),
+                (
+                    1,
+                    "@id=7-2;time=1970-01-01T00:00:01.001Z MSG r z hi".to_string()
+                ),
+            ]
+        );
+        // An older id of the same epoch is a copy; a new epoch starts over;
+        // a numbered line that is not a MSG, or a malformed id, is refused.
+        sink.0.clear();
+        for p in [
+            "!7-1 1000 M other 10 MSG r z old",
+            "!9-1 1002 M other 11 MSG r z new epoch",
+            "!9-2 1003 M other 12 JOINED r z",
+            "!9x2 1003 M other 13 MSG r z bad",
+        ] {
+            node.feed_subscriber(message("lc:room:r", p), &mut hub, &mut sink);
+        }
+        assert_eq!(sink.0.len(), 2, "{:?}", sink.0);
+        assert_eq!(sink.0[0], (0, "MSG r z new epoch".to_string()));
+        assert_eq!(node.stats().malformed, 2);
+        // Redis away: delivered here at once, relayed as a plain line.
+        hub.set_ordered(false);
+        sink.0.clear();
+        hub.handle(0, "alone", 0, &mut sink);
+        assert_eq!(sink.0[0], (0, "MSG r a alone".to_string()));
+        hub.take_requests(&mut reqs);
+        assert!(
+            matches!(reqs.last(), Some(Request::Room { .. })),
+            "{reqs:?}"
+        );
     }
 
     #[test]
@@ -1919,12 +2305,17 @@ mod tests {
                             .map(|b| String::from_utf8_lossy(b).into_owned())
                             .unwrap_or_default()
                     };
-                    let (name, first) = (arg(0), arg(1));
+                    let (mut name, mut first) = (arg(0), arg(1));
+                    // The room message script, seen as what it does.
+                    if name == "EVAL" && arg(3).starts_with("lc:seq:") {
+                        (name, first) = ("SAY".into(), arg(6));
+                    }
                     let reply: Option<Vec<u8>> = match (w, name.as_str()) {
                         (Which::Cmd, _) if !self.answer => None,
                         (Which::Cmd, "PING") => Some(b"+PONG\r\n".to_vec()),
                         (Which::Cmd, "SET") => Some(b"+OK\r\n".to_vec()),
                         (Which::Cmd, "EVAL") => Some(b":1\r\n".to_vec()),
+                        (Which::Cmd, "SAY") => Some(b"$6\r\n1-1 10\r\n".to_vec()),
                         (Which::Cmd, "PUBLISH") => {
                             Some(format!(":{}\r\n", self.publish_reply).into_bytes())
                         }
@@ -1973,7 +2364,7 @@ mod tests {
         fn room_publishes(&self) -> usize {
             self.seen[0]
                 .iter()
-                .filter(|(n, c)| n == "PUBLISH" && c == "lc:room:r")
+                .filter(|(n, c)| (n == "PUBLISH" || n == "SAY") && c == "lc:room:r")
                 .count()
         }
 
