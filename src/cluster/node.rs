@@ -61,8 +61,7 @@ use log::{debug, info, warn};
 use super::link::{Link, LinkState};
 use super::query::{self, Ask, Queries, Step};
 use super::resp::{Limits, Value};
-use super::wire::{Body, Envelope, Signer};
-use crate::chat::history::MsgId;
+use super::wire::{split_id_time, split_numbered, Body, Envelope, Signer};
 use crate::chat::names::{valid_nick, Folded};
 use crate::chat::remote::{Claim, Request};
 use crate::chat::{ConnId, Hub, Sink};
@@ -295,28 +294,6 @@ struct Say {
     room: Box<str>,
     /// The `MSG` line.
     line: Box<str>,
-}
-
-/// Split `!ID TIME PAYLOAD` (a room message numbered by [`SAY_SCRIPT`]).
-fn split_numbered(payload: &[u8]) -> Option<(MsgId, u64, &[u8])> {
-    let rest = payload.strip_prefix(b"!")?;
-    let (id, time, rest) = split_id_time(rest)?;
-    let rest = rest.strip_prefix(b" ")?;
-    Some((id, time, rest))
-}
-
-/// Parse `ID TIME` at the start of `b`; returns what follows.
-fn split_id_time(b: &[u8]) -> Option<(MsgId, u64, &[u8])> {
-    let sp = b.iter().position(|&c| c == b' ')?;
-    let id = MsgId::parse(std::str::from_utf8(&b[..sp]).ok()?)?;
-    let rest = &b[sp + 1..];
-    let end = rest.iter().position(|&c| c == b' ').unwrap_or(rest.len());
-    let digits = &rest[..end];
-    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let time = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some((id, time, &rest[end..]))
 }
 
 /// A room as another node spells it, and that node's members in it.

@@ -864,6 +864,81 @@ mod tests {
     }
 
     #[test]
+    fn history_from_redis_is_exact_about_what_is_kept() {
+        let mut hub = Hub::new(ChatConfig {
+            rate_limit: 0,
+            history: crate::chat::history::HistoryConfig {
+                ttl_ms: 1000,
+                ..ChatConfig::default().history
+            },
+            ..ChatConfig::default()
+        });
+        hub.enable_cluster("ab12");
+        let mut sink = Lines::default();
+        connect(&mut hub, 0, "ann", Some("Dev"), &mut sink);
+        hub.handle(0, "/caps ids", 0, &mut sink);
+        sink.0.clear();
+        hub.handle(0, "/history dev after 5-3 2", 0, &mut sink);
+        assert_eq!(
+            requests(&mut hub),
+            [Request::History {
+                id: 0,
+                room: "dev".into(),
+                after: Some("5-3".into()),
+                limit: 2,
+            }]
+        );
+        assert!(sink.0.is_empty(), "answered by Redis, not here");
+        // Kept: numbers 3..=6 of epoch 5 (1 and 2 trimmed); one malformed
+        // entry and one of an older epoch are skipped.
+        let entries: Vec<String> = [(3, 1000), (4, 1500), (5, 1600), (6, 1700)]
+            .iter()
+            .map(|(n, t)| format!("5-{n} {t} MSG dev bob m{n}"))
+            .chain(["junk".to_string(), "4-9 1700 MSG dev bob old".into()])
+            .collect();
+        let entries: Vec<&[u8]> = entries.iter().map(|e| e.as_bytes()).collect();
+        let mut ask = |after: Option<&str>, limit: u32, now: u64| {
+            let mut sink = Lines::default();
+            hub.answer_history(
+                0,
+                "dev",
+                after,
+                limit,
+                Some((5, 6)),
+                &entries,
+                now,
+                &mut sink,
+            );
+            sink.0.into_iter().map(|(_, l)| l).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ask(Some("5-3"), 2, 1800),
+            [
+                "HISTORY Dev 2",
+                "@id=5-4;time=1970-01-01T00:00:01.500Z MSG dev bob m4",
+                "@id=5-5;time=1970-01-01T00:00:01.600Z MSG dev bob m5"
+            ]
+        );
+        assert_eq!(ask(Some("5-6"), 10, 1800), ["HISTORY Dev 0"]);
+        // Trimmed, expired (5-3 is older than the TTL at 2100), another
+        // epoch, a future id, not an id: lost.
+        for (after, now) in [
+            ("5-1", 1800),
+            ("5-2", 2100),
+            ("4-9", 1800),
+            ("5-7", 1800),
+            ("x", 1800),
+        ] {
+            assert_eq!(ask(Some(after), 10, now), ["HISTORY Dev lost"], "{after}");
+        }
+        assert_eq!(ask(None, 2, 1800).len(), 3);
+        assert_eq!(ask(None, 10, 2550)[0], "HISTORY Dev 2");
+        let mut sink = Lines::default();
+        hub.answer_history(0, "dev", Some("1-1"), 5, None, &[], 0, &mut sink);
+        assert_eq!(sink.0, [(0, "HISTORY Dev lost".to_string())]);
+    }
+
+    #[test]
     fn a_requested_nick_is_confirmed_before_anything_is_announced() {
         let mut hub = Hub::new(ChatConfig {
             rate_limit: 3,
