@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: loopchat against the broadcast servers a user would
-# write with gorilla/websocket (Go), tokio-tungstenite (Rust, current-thread)
-# and ws (Node.js), all driven by `loopchat load`.
+# write with gorilla/websocket (Go), tokio-tungstenite (Rust, current-thread;
+# `tokio-batched`: its writer feeds every queued message and flushes once),
+# ws (Node.js) and Bun (`server.publish`, uWebSockets' pub/sub), all driven by
+# `loopchat load`. The compressed rows (scenarios `idlez`, `fanout10z`, with
+# `loopchat load --compression`) set loopchat against `node-deflate` (ws with
+# perMessageDeflate) and `bun-deflate` (Bun's perMessageDeflate).
 #
 # Every server is pinned to CPU 0 and the generator to CPU 1 (taskset). Each
 # scenario runs against every server in turn (A B C D, A B C D, ...), REPS
@@ -14,7 +18,8 @@
 # Environment (defaults in brackets, QUICK values after the slash):
 #   REPS [3/1]  WARMUP [1s/500ms]  DURATION [5s/2s]  IDLE_N [10000]  IDLE_BIG [19000/0: skip]
 #   RECEIVERS [1000]  FANOUT_WINDOW [32]  LAT_RATE [100]  CHURN_SLOTS [64]  SOURCES [8]
-#   SERVERS ["loopchat gorilla tokio node"]  SCENARIOS [all]  BASE_PORT [19400]
+#   SERVERS ["loopchat gorilla tokio tokio-batched node bun node-deflate bun-deflate"]
+#   SCENARIOS [all]  Z_SIZE [100: payload bytes of the compressed fan-out]  BASE_PORT [19400]
 #   OUT [target/compare]  SKIP_INSTALL [0]
 set -euo pipefail
 
@@ -33,8 +38,9 @@ FANOUT_WINDOW=${FANOUT_WINDOW:-32}
 LAT_RATE=${LAT_RATE:-100}
 CHURN_SLOTS=${CHURN_SLOTS:-64}
 SOURCES=${SOURCES:-8}
-SERVERS=${SERVERS:-"loopchat gorilla tokio node"}
-SCENARIOS=${SCENARIOS:-"idle idle_big fanout1 fanout10 latency churn echo"}
+SERVERS=${SERVERS:-"loopchat gorilla tokio tokio-batched node bun node-deflate bun-deflate"}
+SCENARIOS=${SCENARIOS:-"idle idle_big fanout1 fanout10 latency churn echo idlez fanout10z"}
+Z_SIZE=${Z_SIZE:-100}
 BASE_PORT=${BASE_PORT:-19400}
 OUT=${OUT:-target/compare}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
@@ -43,6 +49,8 @@ LOOPCHAT=$ROOT/target/release/loopchat
 GORILLA=$ROOT/benches/peers/gorilla/peer-gorilla
 TOKIO=$ROOT/benches/peers/tokio/target/release/peer-tokio
 NODE_DIR=$ROOT/benches/peers/node
+BUN_DIR=$ROOT/benches/peers/bun
+BUN=$BUN_DIR/node_modules/@oven/bun-linux-x64/bin/bun
 
 log() { printf '[compare] %s\n' "$*" >&2; }
 
@@ -69,11 +77,18 @@ build() {
                 GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=${GOCACHE:-$ROOT/target/gocache} \
                     go build -o peer-gorilla main.go)
             ;;
-        tokio)
+        tokio | tokio-batched)
             log "building the tokio-tungstenite peer (release)"
             cargo build --release --quiet --manifest-path benches/peers/tokio/Cargo.toml
             ;;
-        node)
+        bun | bun-deflate)
+            command -v npm >/dev/null || apt_install npm
+            if [ ! -x "$BUN" ]; then
+                log "installing Bun (npm ci: @oven/bun-linux-x64 ships the binary)"
+                (cd "$BUN_DIR" && npm ci --no-audit --no-fund --silent)
+            fi
+            ;;
+        node | node-deflate)
             command -v node >/dev/null || apt_install nodejs
             command -v npm >/dev/null || apt_install npm
             if [ ! -d "$NODE_DIR/node_modules/ws" ]; then
@@ -92,6 +107,8 @@ port_of() {
     case $1 in
     loopchat) echo "$BASE_PORT" ;; gorilla) echo $((BASE_PORT + 1)) ;;
     tokio) echo $((BASE_PORT + 2)) ;; node) echo $((BASE_PORT + 3)) ;;
+    tokio-batched) echo $((BASE_PORT + 4)) ;; bun) echo $((BASE_PORT + 5)) ;;
+    node-deflate) echo $((BASE_PORT + 6)) ;; bun-deflate) echo $((BASE_PORT + 7)) ;;
     esac
 }
 
@@ -109,6 +126,14 @@ start_server() { # name -> sets SERVER_PID
     gorilla) taskset -c 0 "$GORILLA" "$port" >"$OUT/server-$name.log" 2>&1 & ;;
     tokio) taskset -c 0 "$TOKIO" "$port" >"$OUT/server-$name.log" 2>&1 & ;;
     node) taskset -c 0 node "$NODE_DIR/server.js" "$port" >"$OUT/server-$name.log" 2>&1 & ;;
+    tokio-batched) taskset -c 0 "$TOKIO" "$port" batched >"$OUT/server-$name.log" 2>&1 & ;;
+    bun) taskset -c 0 "$BUN" "$BUN_DIR/server.js" "$port" >"$OUT/server-$name.log" 2>&1 & ;;
+    node-deflate)
+        taskset -c 0 node "$NODE_DIR/server.js" "$port" deflate >"$OUT/server-$name.log" 2>&1 &
+        ;;
+    bun-deflate)
+        taskset -c 0 "$BUN" "$BUN_DIR/server.js" "$port" deflate >"$OUT/server-$name.log" 2>&1 &
+        ;;
     esac
     SERVER_PID=$!
     local i
@@ -140,6 +165,12 @@ scenario_flags() {
     port=$(port_of "$name")
     if [ "$name" = loopchat ]; then proto=loopchat; path=/ws; else proto=plain; path=/; fi
     local common="--protocol $proto --url ws://127.0.0.1:$port$path --warmup $WARMUP --duration $DURATION"
+    # The deflate peers only in the compressed scenarios, which only they and
+    # loopchat (compression is on by default) take part in.
+    case $sc/$name in
+    *z/loopchat | *z/*-deflate) ;;
+    *z/* | */*-deflate) return 0 ;;
+    esac
     case $sc in
     idle) echo "$common --mode idle -n $IDLE_N --sources $SOURCES --concurrency 512" ;;
     idle_big) [ "$IDLE_BIG" -gt 0 ] &&
@@ -148,6 +179,8 @@ scenario_flags() {
     fanout10) echo "$common --mode broadcast -c $RECEIVERS -s 10 --window $FANOUT_WINDOW" ;;
     latency) echo "$common --mode latency -c $RECEIVERS --rate $LAT_RATE" ;;
     churn) echo "$common --mode churn -n $CHURN_SLOTS --sources $SOURCES" ;;
+    idlez) echo "$common --mode idle -n $IDLE_N --sources $SOURCES --concurrency 512 --compression" ;;
+    fanout10z) echo "$common --mode broadcast -c $RECEIVERS -s 10 --window $FANOUT_WINDOW --size $Z_SIZE --compression" ;;
     echo) [ "$name" = loopchat ] &&
         echo "--url ws://127.0.0.1:$port/echo --warmup $WARMUP --duration $DURATION --mode echo -n 8 --window 4 --size 65536" ;;
     esac
@@ -225,6 +258,11 @@ rows = [
     ("churn", "churn: cycles per server CPU s", "server.deliveries_per_cpu_sec", True),
     ("churn", "churn: server CPU %", "server.cpu_pct", None),
     ("churn", "churn: generator CPU %", "gen_cpu_pct", None),
+    ("idlez", "idle 10k compressed: server RSS per connection (B)", "server.rss_per_conn", False),
+    ("fanout10z", "fan-out 10 senders compressed: deliveries/s", "deliveries_per_sec", True),
+    ("fanout10z", "fan-out 10 senders compressed: deliveries per server CPU s", "server.deliveries_per_cpu_sec", True),
+    ("fanout10z", "fan-out 10 senders compressed: server CPU %", "server.cpu_pct", None),
+    ("fanout10z", "fan-out 10 senders compressed: generator CPU %", "gen_cpu_pct", None),
     ("echo", "echo 64 KiB: MB/s", "mb_per_sec", True),
     ("echo", "echo 64 KiB: server CPU %", "server.cpu_pct", None),
     ("echo", "echo 64 KiB: generator CPU %", "gen_cpu_pct", None),

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use loopchat::chat::{ChatConfig, ConnId, Hub, Sink};
+use loopchat::ws::deflate::Deflater;
+use loopchat::ws::frame::OpCode;
 
 /// Counts allocations and reallocations; frees are not interesting here.
 struct Counting;
@@ -51,6 +53,9 @@ const TEXT: &str = "0123456789abcdef0123456789abcdef";
 struct OutboxSink {
     frame: Vec<u8>,
     outboxes: Vec<Vec<u8>>,
+    /// permessage-deflate for every member: the line is deflated once and
+    /// the compressed frame appended to every outbox, as the server does.
+    deflater: Option<Deflater>,
 }
 
 impl OutboxSink {
@@ -63,8 +68,17 @@ impl OutboxSink {
 
 impl Sink for OutboxSink {
     fn deliver(&mut self, to: &[ConnId], line: &str) {
-        // An unmasked, final text frame (RFC 6455 5.2), written by hand.
         self.frame.clear();
+        if let Some(z) = &mut self.deflater {
+            z.encode_frame(&mut self.frame, OpCode::Text, line.as_bytes(), None);
+            for &id in to {
+                if let Some(outbox) = self.outboxes.get_mut(id) {
+                    outbox.extend_from_slice(&self.frame);
+                }
+            }
+            return;
+        }
+        // An unmasked, final text frame (RFC 6455 5.2), written by hand.
         self.frame.push(0x81);
         let len = line.len();
         if len < 126 {
@@ -88,6 +102,10 @@ impl Sink for OutboxSink {
 
 /// A hub with `MEMBERS` connections in one room, warmed up by one message.
 fn setup() -> (Hub, OutboxSink) {
+    setup_with(None)
+}
+
+fn setup_with(deflater: Option<Deflater>) -> (Hub, OutboxSink) {
     let config = ChatConfig {
         // Joins stay O(1): presence notices go only to the joiner.
         presence_limit: 8,
@@ -98,6 +116,7 @@ fn setup() -> (Hub, OutboxSink) {
     let mut sink = OutboxSink {
         frame: Vec::new(),
         outboxes: (0..MEMBERS).map(|_| Vec::new()).collect(),
+        deflater,
     };
     for id in 0..MEMBERS {
         hub.connect(id, Some(&format!("u{id}")), Some("bench"), 0, &mut sink);
@@ -147,6 +166,29 @@ fn fanout(c: &mut Criterion) {
             total
         })
     });
+    // A 200-byte chat line to 10k members, plain against deflated once.
+    let line = "anyone around for the release review at three? the build is green again, \
+                thanks to whoever fixed the flaky websocket test. lunch is at noon in the \
+                big room, bring questions";
+    for (name, z) in [("plain", None), ("deflate", Some(Deflater::new()))] {
+        let (mut hub, mut sink) = setup_with(z);
+        group.bench_function(format!("say_200B_to_10k/{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    sink.clear();
+                    let start = Instant::now();
+                    hub.handle(0, line, 0, &mut sink);
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+        println!(
+            "fanout {name}: {} bytes per delivery",
+            sink.outboxes[1].len()
+        );
+    }
     group.finish();
     assert_eq!(
         sink.outboxes[MEMBERS - 1].len(),

@@ -1,7 +1,16 @@
 //! `loopchat client URL`: a terminal chat client that reads lines from stdin,
 //! sends each as a text message, and prints every line that arrives. It works in
 //! a pipe as well as a terminal, reconnects with exponential backoff and jitter,
-//! and rejoins its rooms. It speaks the `ws` client role (masked frames).
+//! and comes back where it was. It speaks the `ws` client role (masked frames).
+//!
+//! Unless the URL names its own `caps=`, it asks for `ids,resume`: it prints
+//! each room's recent history when it joins, prints server times, and after
+//! a dropped connection resumes its session with the id of the last message
+//! it saw per room, so the missed lines come once and in order. When the
+//! server cannot resume (`ERR bad-session`, or no `resume` in its `CAPS`, as
+//! on a cluster node) it rejoins as a v1 client does; the rooms' history then
+//! fills the gap where it still can. A message id it has printed is never
+//! printed again. Server lines are read with [`crate::chat::line`].
 //!
 //! In a terminal it reads with `rustyline`, so arriving lines are printed above
 //! the prompt instead of splicing into what is being typed; in a pipe it reads
@@ -9,8 +18,6 @@
 //! characters, escape sequences and line separators are shown as escapes).
 
 use std::borrow::Cow;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufRead, ErrorKind, IsTerminal, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -21,9 +28,13 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::ws::frame::{encode_close, encode_frame, OpCode, Role};
-use crate::ws::handshake::{generate_key, parse_response, write_client_request, Status};
-use crate::ws::message::{Limits, Message, Receiver};
+use crate::chat::line::{Count, Line};
+use crate::chat::ErrorCode;
+use crate::ws::deflate::{Inflater, CLIENT_OFFER};
+use crate::ws::endpoint::Endpoint;
+use crate::ws::frame::{encode_frame, OpCode, Role};
+use crate::ws::handshake::{generate_key, parse_response_ext, write_client_request_ext, Status};
+use crate::ws::message::{Limits, Message};
 
 const SOCK: Token = Token(0);
 const STDIN: Token = Token(1);
@@ -54,6 +65,20 @@ pub struct ClientArgs {
     /// Largest message accepted from the server, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message: usize,
+
+    /// Offer permessage-deflate: the server's lines may then arrive compressed
+    /// (what the client sends stays plain, which RFC 7692 allows).
+    #[arg(long)]
+    pub compression: bool,
+
+    /// Sign in with this token (`?token=` on the URL) on a server with `--auth-key`.
+    #[arg(
+        long,
+        value_name = "JWT",
+        env = "LOOPCHAT_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 
     /// Prefix printed lines with the time (`HH:MM:SS`, local): the server's
     /// `time=` tag when the line has one (the tag block is then not printed),
@@ -156,14 +181,23 @@ impl WsUrl {
     }
 
     /// Path and query with `nick` and `room` replaced (used to rejoin after a reconnect).
+    #[cfg(test)]
     fn target_with(&self, nick: Option<&str>, room: Option<&str>) -> String {
+        self.target_v2(nick, room, &[])
+    }
+
+    /// Path and query with `nick` and `room` replaced and `extra` parameters
+    /// (`key=value`, already URL-safe) added, replacing those of the same key.
+    fn target_v2(&self, nick: Option<&str>, room: Option<&str>, extra: &[(&str, &str)]) -> String {
         let mut params: Vec<String> = self
             .query
             .split('&')
             .filter(|p| !p.is_empty())
             .filter(|p| {
                 let key = p.split('=').next().unwrap_or("");
-                !(nick.is_some() && key == "nick" || room.is_some() && key == "room")
+                !(nick.is_some() && key == "nick"
+                    || room.is_some() && key == "room"
+                    || extra.iter().any(|(k, _)| *k == key))
             })
             .map(str::to_owned)
             .collect();
@@ -172,6 +206,9 @@ impl WsUrl {
         }
         if let Some(r) = room {
             params.push(format!("room={r}"));
+        }
+        for (k, v) in extra {
+            params.push(format!("{k}={v}"));
         }
         if params.is_empty() {
             self.path.clone()
@@ -204,6 +241,84 @@ struct Session {
     retry_out: bool,
     retry_base: Duration,
     retry_max: Duration,
+    /// The v2 state: capabilities, the resume token and where we are in each room.
+    v2: Resume,
+}
+
+/// How many message ids the client remembers to print nothing twice.
+const SEEN_IDS: usize = 4096;
+
+/// What the client keeps to resume its session after a reconnect (the `ids`
+/// and `resume` capabilities of PROTOCOL.md) and to print each message once.
+#[derive(Debug, Default)]
+struct Resume {
+    /// The client put `caps=` into the URL itself: `CAPS` and `SESSION` are
+    /// its business (not printed) and tag blocks are not printed either.
+    own_caps: bool,
+    /// The server's last `CAPS` included `ids` / `resume`.
+    ids: bool,
+    resume: bool,
+    /// The secret of the session (single-use; a new one comes with each resume).
+    /// Kept in memory only: it is never printed nor written anywhere.
+    token: Option<String>,
+    /// The id of the last message seen per room (room names as the server
+    /// wrote them, compared case-insensitively).
+    last: Vec<(String, String)>,
+    /// A resume was asked for at connect and not yet answered.
+    resuming: bool,
+    /// Automatic `/history` requests whose answer is not in yet.
+    history_out: u32,
+    /// Ids already printed, oldest first, at most [`SEEN_IDS`].
+    seen: std::collections::VecDeque<String>,
+    seen_set: std::collections::HashSet<String>,
+    /// Lines to send on behalf of the session (rejoins, `/history`).
+    outgoing: Vec<String>,
+    /// Things to tell the user about the session (stderr, or above the prompt).
+    notes: Vec<String>,
+}
+
+impl Resume {
+    /// Record `id` as printed; false when it was printed before.
+    fn first_sight(&mut self, id: &str) -> bool {
+        if self.seen_set.contains(id) {
+            return false;
+        }
+        if self.seen.len() >= SEEN_IDS {
+            if let Some(old) = self.seen.pop_front() {
+                self.seen_set.remove(&old);
+            }
+        }
+        self.seen.push_back(id.to_string());
+        self.seen_set.insert(id.to_string());
+        true
+    }
+
+    fn set_last(&mut self, room: &str, id: &str) {
+        match self
+            .last
+            .iter_mut()
+            .find(|(r, _)| r.eq_ignore_ascii_case(room))
+        {
+            Some(slot) => id.clone_into(&mut slot.1),
+            None => self.last.push((room.to_string(), id.to_string())),
+        }
+    }
+
+    /// `ROOM:ID,ROOM:ID` for `?since=`, for `rooms` in order.
+    fn since(&self, rooms: &[String]) -> String {
+        let mut out = String::new();
+        for room in rooms {
+            if let Some((_, id)) = self.last.iter().find(|(r, _)| r.eq_ignore_ascii_case(room)) {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                out.push_str(room);
+                out.push(':');
+                out.push_str(id);
+            }
+        }
+        out
+    }
 }
 
 /// Guest nicks are the server's (`guest-N`, `guest-TAG-N` in a cluster); users
@@ -226,21 +341,39 @@ impl Session {
             retry_out: false,
             retry_base: Duration::from_secs(1),
             retry_max: retry_max.max(Duration::from_millis(1)),
+            v2: Resume::default(),
         }
     }
 
     /// Follow the server's lines that change who we are and where we are;
-    /// false for a line not worth printing (the refusal of an automatic retry).
-    fn observe(&mut self, line: &str, now: Instant) -> bool {
-        let mut it = line.splitn(3, ' ');
-        let (kind, a, b) = (it.next(), it.next(), it.next());
-        match (kind, a, b) {
-            (Some("WELCOME"), Some(n), None) => {
-                self.nick = Some(n.to_string());
+    /// false for a line not worth printing (the refusal of an automatic retry,
+    /// a message already printed, the client's own `CAPS`/`SESSION`, the
+    /// answer to a resume that failed).
+    fn observe(&mut self, raw: &str, now: Instant) -> bool {
+        // A line that is not of the protocol is printed, and changes nothing.
+        let Ok((tags, line)) = Line::parse(raw) else {
+            return true;
+        };
+        if !matches!(
+            line,
+            Line::Welcome { .. } | Line::Caps(_) | Line::Session(_)
+        ) && !matches!(
+            line,
+            Line::Err {
+                code: ErrorCode::BadSession,
+                ..
+            }
+        ) {
+            // Anything else after WELCOME means the resume was taken.
+            self.v2.resuming = false;
+        }
+        match line {
+            Line::Welcome { nick } => {
+                self.nick = Some(nick.to_string());
                 self.retry_out = false;
                 self.check_nick(now);
             }
-            (Some("NICK"), Some(old), Some(new)) if self.is_me(old) => {
+            Line::Nick { old, new } if self.is_me(old) => {
                 self.nick = Some(new.to_string());
                 if !is_guest(new) {
                     self.wanted = Some(new.to_string());
@@ -249,23 +382,93 @@ impl Session {
                 self.check_nick(now);
             }
             // nick-unavailable: a cluster whose registry could not confirm it.
-            (Some("ERR"), Some("nick-taken" | "nick-unavailable"), _) if self.retry_out => {
+            Line::Err {
+                code: ErrorCode::NickTaken | ErrorCode::NickUnavailable,
+                ..
+            } if self.retry_out => {
                 self.retry_out = false;
                 self.check_nick(now);
                 return false;
             }
-            (Some("ERR"), Some("bad-nick"), _) if self.retry_out || self.retries > 0 => {
+            Line::Err {
+                code: ErrorCode::BadNick,
+                ..
+            } if self.retry_out || self.retries > 0 => {
                 // The wanted nick can never be granted: stop asking.
                 self.wanted = None;
                 self.retry_out = false;
                 self.check_nick(now);
             }
-            (Some("JOINED"), Some(room), Some(n)) if self.is_me(n) => {
+            Line::Err {
+                code: ErrorCode::BadSession,
+                text,
+            } if self.v2.resuming => {
+                // The session is gone (expired, or the server restarted): the
+                // server made this a new connection in the URL's room; join the
+                // others as a v1 client would, the current room last, and ask
+                // each room's history for what was said meanwhile.
+                self.v2.resuming = false;
+                self.v2.token = None;
+                self.v2.notes.push(format!(
+                    "the session could not be resumed ({text}): rejoining"
+                ));
+                let rooms = std::mem::take(&mut self.rooms);
+                for room in rooms.iter().skip(1) {
+                    self.v2.outgoing.push(format!("/join {room}"));
+                }
+                return false;
+            }
+            Line::Err {
+                code: ErrorCode::HistoryOff,
+                ..
+            } if self.v2.history_out > 0 => {
+                self.v2.history_out -= 1;
+                return false;
+            }
+            Line::Joined { room, nick } if self.is_me(nick) => {
                 self.rooms.retain(|r| !r.eq_ignore_ascii_case(room));
                 self.rooms.push(room.to_string());
+                if self.v2.ids {
+                    self.v2.history_out += 1;
+                    self.v2.outgoing.push(format!("/history {room}"));
+                }
             }
-            (Some("LEFT"), Some(room), Some(n)) if self.is_me(n) => {
+            Line::Left { room, nick } if self.is_me(nick) => {
                 self.rooms.retain(|r| !r.eq_ignore_ascii_case(room));
+                self.v2.last.retain(|(r, _)| !r.eq_ignore_ascii_case(room));
+            }
+            Line::Caps(list) => {
+                self.v2.ids = list.split(',').any(|c| c == "ids");
+                self.v2.resume = list.split(',').any(|c| c == "resume");
+                if !self.v2.resume {
+                    self.v2.token = None;
+                }
+                return !self.v2.own_caps;
+            }
+            Line::Session(token) => {
+                self.v2.token = Some(token.to_string());
+                return !self.v2.own_caps;
+            }
+            Line::History { .. } => {
+                self.v2.history_out = self.v2.history_out.saturating_sub(1);
+            }
+            // The gap is longer than the history: print what is left of it
+            // (what was printed before is not printed again).
+            Line::Resumed {
+                room,
+                count: Count::Lost,
+            } => {
+                self.v2.history_out += 1;
+                self.v2.outgoing.push(format!("/history {room}"));
+            }
+            Line::Msg { room, .. } => {
+                if let Some(id) = tags.id {
+                    let fresh = self.v2.first_sight(id);
+                    // Blocks and live lines come in the room's order: the
+                    // last one read is the newest seen.
+                    self.v2.set_last(room, id);
+                    return fresh;
+                }
             }
             _ => {}
         }
@@ -368,14 +571,8 @@ pub fn parse_utc(s: &str) -> Option<i64> {
 
 /// `HH:MM:SS` of Unix time `secs` in the local time zone (UTC if unknown).
 fn clock(secs: i64) -> String {
-    let t = secs as libc::time_t;
-    // SAFETY: an all-zero `tm` is a valid value; `localtime_r` only writes to it.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are valid for the call; `localtime_r` is the
-    // thread-safe variant and keeps no reference to them.
-    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
-    if ok {
-        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    if let Some((h, m, s)) = crate::sys::local_time_of_day(secs) {
+        format!("{h:02}:{m:02}:{s:02}")
     } else {
         let s = secs.rem_euclid(86_400);
         format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
@@ -427,29 +624,10 @@ pub fn render_line(line: &str, times: bool, now_unix: i64) -> String {
     format!("{} {}", clock(secs), escape_for_terminal(body))
 }
 
-/// Exponential backoff with jitter: attempt `n` (from 1) waits a random time in
-/// `[d/2, d]` where `d = min(max, base * 2^(n-1))`, so many clients dropped at
-/// once do not come back in lockstep.
-pub fn backoff(base: Duration, max: Duration, attempt: u32, rand: u64) -> Duration {
-    let exp = attempt.saturating_sub(1).min(30);
-    let d = base.saturating_mul(1u32 << exp).min(max);
-    let half = d / 2;
-    let jitter_ns = if half.is_zero() {
-        0
-    } else {
-        rand % (half.as_nanos() as u64 + 1)
-    };
-    half + Duration::from_nanos(jitter_ns)
-}
+pub use crate::rng::backoff;
 
 fn random_u64() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
+    crate::rng::with_thread_rng(|r| r.next_u64())
 }
 
 enum Phase {
@@ -475,7 +653,18 @@ enum End {
 
 /// Run the client; returns the process exit code.
 pub fn run(args: ClientArgs) -> ExitCode {
-    let url = match WsUrl::parse(&args.url) {
+    let parsed = WsUrl::parse(&args.url).map(|mut u| {
+        if let Some(t) = args.token.as_deref().filter(|t| !t.is_empty()) {
+            // A reconnect sends it again: the server ties the nick to the token.
+            if !u.query.is_empty() {
+                u.query.push('&');
+            }
+            u.query.push_str("token=");
+            u.query.push_str(t);
+        }
+        u
+    });
+    let url = match parsed {
         Ok(u) => u,
         Err(e) => {
             eprintln!("loopchat client: {e}");
@@ -527,13 +716,7 @@ impl Drop for Client {
     }
 }
 
-/// The terminal settings of stdin, if it is a terminal.
-fn tty_settings() -> Option<libc::termios> {
-    // SAFETY: an all-zero termios is a valid value for tcgetattr to fill.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: fd 0 and a valid pointer; tcgetattr only writes to it.
-    (unsafe { libc::tcgetattr(0, &mut t) } == 0).then_some(t)
-}
+use crate::sys::tty_settings;
 
 /// `/quit` or `/quit REASON`, in any letter case.
 fn is_quit(line: &str) -> bool {
@@ -544,14 +727,7 @@ fn is_quit(line: &str) -> bool {
 
 /// Rows a typed line took on the terminal after the prompt `> `.
 fn typed_rows(line: &str) -> usize {
-    // SAFETY: an all-zero winsize is valid; TIOCGWINSZ only writes to it.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: fd 1 and a valid pointer to a winsize, as TIOCGWINSZ expects.
-    let cols = if unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0 {
-        usize::from(ws.ws_col)
-    } else {
-        80
-    };
+    let cols = crate::sys::terminal_columns().unwrap_or(80);
     (2 + line.chars().count()).div_ceil(cols).max(1)
 }
 
@@ -632,7 +808,13 @@ impl Client {
             .split('&')
             .find_map(|p| p.strip_prefix("nick="))
             .map(str::to_owned);
-        let session = Session::new(wanted, args.nick_retry_max);
+        let mut session = Session::new(wanted, args.nick_retry_max);
+        // Unless the URL asks for capabilities itself, ask for ids (times,
+        // printing nothing twice) and resume (nothing lost across a reconnect).
+        session.v2.own_caps = !url
+            .query
+            .split('&')
+            .any(|p| p.split('=').next() == Some("caps"));
         Ok(Client {
             args,
             url,
@@ -651,6 +833,12 @@ impl Client {
 
     /// Print a line from the server.
     fn show(&mut self, line: &str) {
+        // Tags the client asked for itself are its business: printed without.
+        let line = if self.session.v2.own_caps && !self.times {
+            split_tags(line).1
+        } else {
+            line
+        };
         let text = render_line(line, self.times, now_unix());
         match &mut self.out {
             Out::Plain(o) => {
@@ -754,8 +942,7 @@ impl Client {
     /// Restore the terminal's settings and print plainly from now on.
     fn end_prompt(&mut self) {
         if let Some(t) = self.saved_tty.take() {
-            // SAFETY: fd 0 and a termios read from it by tcgetattr.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+            crate::sys::restore_tty(&t);
             // Leave the rest on lines of their own, below the prompt.
             let _ = writeln!(io::stdout());
         }
@@ -833,17 +1020,44 @@ impl Client {
         // After a reconnect, come back under the same nick and in the same rooms:
         // the first through the URL, the others by /join in their old order, so the
         // room that was current (joined last) is current again.
-        let target = self.url.target_with(
+        //
+        // With a session to resume, the URL asks for it instead, passing the
+        // last message id seen per room so that nothing is missed or printed
+        // twice; nick and room stay in the URL for when the server no longer
+        // has the session (`ERR bad-session`: then the rejoin happens as above).
+        let v2 = &mut self.session.v2;
+        let resume = v2.token.clone().filter(|_| v2.resume);
+        v2.resuming = resume.is_some();
+        let since = v2.since(&self.session.rooms);
+        let mut extra: Vec<(&str, &str)> = Vec::new();
+        if v2.own_caps {
+            extra.push(("caps", "ids,resume"));
+        }
+        if let Some(token) = &resume {
+            extra.push(("resume", token));
+            if !since.is_empty() {
+                extra.push(("since", &since));
+            }
+        }
+        let target = self.url.target_v2(
             self.session.connect_nick(),
             self.session.rooms.first().map(String::as_str),
+            &extra,
         );
-        let rejoin: Vec<String> = self.session.rooms.iter().skip(1).cloned().collect();
-        write_client_request(&mut wbuf, &self.url.authority, &target, &key, None);
+        let rejoin: Vec<String> = if resume.is_some() {
+            Vec::new()
+        } else {
+            self.session.rooms.iter().skip(1).cloned().collect()
+        };
+        let offer = self.args.compression.then_some(CLIENT_OFFER);
+        write_client_request_ext(&mut wbuf, &self.url.authority, &target, &key, None, offer);
         let mut phase = Phase::Handshake {
             key,
             head: Vec::new(),
         };
-        let mut rx = Receiver::new(Role::Client);
+        // Receiver, close state and the replies the protocol obliges.
+        let mut ws = Endpoint::new(Role::Client);
+        let mut inflater = Inflater::new();
         let limits = Limits {
             max_frame: self.args.max_message as u64,
             max_message: self.args.max_message,
@@ -880,7 +1094,15 @@ impl Client {
             if let Phase::Open = phase {
                 self.drain_stdin(Some(&mut wbuf));
                 if self.stdin_done {
-                    encode_close(&mut wbuf, Some(1000), "", Some(mask()));
+                    // The user is done: a session left behind would keep the
+                    // nick and hide our LEFT for --session-ttl. /quit ends it.
+                    if self.session.v2.token.take().is_some() && !self.quit_sent {
+                        send_text(&mut wbuf, "/quit");
+                        self.quit_sent = true;
+                    }
+                    // The replies to the last lines still count: keep reading
+                    // data until the server answers the close.
+                    ws.close_keep_reading(&mut wbuf, Some(1000), "", Some(mask()));
                     phase = Phase::Closing(Instant::now() + Duration::from_secs(5));
                 }
             } else if !matches!(phase, Phase::Closing(_)) {
@@ -903,14 +1125,19 @@ impl Client {
                         let data = &mut buf[..n];
                         if let Phase::Handshake { key, head } = &mut phase {
                             head.extend_from_slice(data);
-                            match parse_response(head, key, MAX_HEAD) {
+                            let offered = self.args.compression;
+                            match parse_response_ext(head, key, MAX_HEAD, offered) {
                                 Ok(Status::Partial) => continue,
-                                Ok(Status::Complete((101, len))) => {
+                                Ok(Status::Complete((101, len, deflate))) => {
+                                    ws = Endpoint::with_deflate(Role::Client, deflate);
                                     let rest = head.split_off(len);
                                     phase = Phase::Open;
                                     opened = true;
-                                    // The server's JOINED lines rebuild the room list.
-                                    self.session.rooms.clear();
+                                    // The server's JOINED lines rebuild the room
+                                    // list (a resume keeps it: none come).
+                                    if !self.session.v2.resuming {
+                                        self.session.rooms.clear();
+                                    }
                                     for room in &rejoin {
                                         send_text(&mut wbuf, &format!("/join {room}"));
                                     }
@@ -919,13 +1146,18 @@ impl Client {
                                     }
                                     let mut rest = rest;
                                     if let Some(end) = self.on_frames(
-                                        &mut rx, &limits, &mut rest, &mut wbuf, &mut phase,
+                                        &mut ws,
+                                        &mut inflater,
+                                        &limits,
+                                        &mut rest,
+                                        &mut wbuf,
+                                        &mut phase,
                                     ) {
                                         return Ok((end, opened));
                                     }
                                     continue;
                                 }
-                                Ok(Status::Complete((status, len))) => {
+                                Ok(Status::Complete((status, len, _))) => {
                                     let body =
                                         String::from_utf8_lossy(&head[len..]).trim().to_string();
                                     let why = format!("server answered {status}: {body}");
@@ -945,9 +1177,14 @@ impl Client {
                                 }
                             }
                         }
-                        if let Some(end) =
-                            self.on_frames(&mut rx, &limits, data, &mut wbuf, &mut phase)
-                        {
+                        if let Some(end) = self.on_frames(
+                            &mut ws,
+                            &mut inflater,
+                            &limits,
+                            data,
+                            &mut wbuf,
+                            &mut phase,
+                        ) {
                             return Ok((end, opened));
                         }
                     }
@@ -986,7 +1223,8 @@ impl Client {
 
     fn on_frames(
         &mut self,
-        rx: &mut Receiver,
+        ws: &mut Endpoint,
+        inflater: &mut Inflater,
         limits: &Limits,
         data: &mut [u8],
         wbuf: &mut Vec<u8>,
@@ -994,29 +1232,38 @@ impl Client {
     ) -> Option<End> {
         let mut off = 0;
         while off < data.len() {
-            match rx.feed(&mut data[off..], limits) {
+            // The endpoint writes the pong, the answer to the server's close
+            // and the close for a protocol error into `wbuf`.
+            match ws.read(
+                &mut data[off..],
+                limits,
+                Some(&mut *inflater),
+                wbuf,
+                Some(mask()),
+            ) {
                 Ok((used, msg)) => {
                     off += used;
                     match msg {
-                        Some(Message::Text(t))
-                            if self.session.observe(split_tags(t).1, Instant::now()) =>
-                        {
-                            self.show(t);
+                        Some(Message::Text(t)) => {
+                            if self.session.observe(t, Instant::now()) {
+                                self.show(t);
+                            }
+                            for line in self.session.v2.outgoing.drain(..) {
+                                send_text(wbuf, &line);
+                            }
+                            for note in std::mem::take(&mut self.session.v2.notes) {
+                                self.note(&note);
+                            }
                         }
-                        Some(Message::Text(_)) => {}
                         Some(Message::Binary(b)) => {
                             let text = String::from_utf8_lossy(b).into_owned();
                             self.show(&text);
                         }
-                        Some(Message::Ping(p)) => {
-                            encode_frame(wbuf, OpCode::Pong, true, p, Some(mask()))
-                        }
-                        Some(Message::Pong(_)) => {}
+                        Some(Message::Ping(_) | Message::Pong(_)) => {}
                         Some(Message::Close { code, reason }) => {
                             if matches!(phase, Phase::Closing(_)) {
                                 return Some(End::Done);
                             }
-                            encode_close(wbuf, code, "", Some(mask()));
                             let code = code.unwrap_or(1005);
                             let why = if reason.is_empty() {
                                 format!("closed by server ({code})")
@@ -1037,7 +1284,6 @@ impl Client {
                     }
                 }
                 Err(e) => {
-                    encode_close(wbuf, Some(e.close_code()), "", Some(mask()));
                     return Some(End::Lost(format!("protocol error from server: {e}")));
                 }
             }
@@ -1047,7 +1293,7 @@ impl Client {
 }
 
 fn mask() -> [u8; 4] {
-    (random_u64() as u32).to_ne_bytes()
+    crate::rng::with_thread_rng(|r| r.mask())
 }
 
 fn send_text(wbuf: &mut Vec<u8>, line: &str) {
@@ -1151,6 +1397,47 @@ mod tests {
         // A nick the user picked and got replaces the wanted one.
         assert!(s.observe("NICK guest-3 carol", t));
         assert_eq!((s.wanted.as_deref(), s.retry_at), (Some("carol"), None));
+    }
+
+    #[test]
+    fn a_session_is_resumed_with_per_room_positions_or_rejoined() {
+        let now = Instant::now();
+        let mut s = Session::new(Some("me".into()), Duration::from_secs(60));
+        s.v2.own_caps = true;
+        for (l, shown) in [
+            ("WELCOME me", true),
+            ("CAPS ids,resume", false),
+            ("SESSION abcdefghijklmnopqrstuvwxyz012345", false),
+            ("JOINED lobby me", true),
+            ("JOINED dev me", true),
+            ("@id=1-1;time=2026-11-30T10:00:00.000Z MSG dev x one", true),
+            ("@id=1-2;time=2026-11-30T10:00:00.000Z MSG Dev x two", true),
+            ("HISTORY dev 1", true),
+            ("@id=1-2;time=2026-11-30T10:00:00.000Z MSG dev x two", false),
+        ] {
+            assert_eq!(s.observe(l, now), shown, "{l}");
+        }
+        // Each own JOINED asked for the room's history.
+        assert_eq!(s.v2.outgoing, ["/history lobby", "/history dev"]);
+        s.v2.outgoing.clear();
+        assert_eq!(s.v2.since(&s.rooms), "dev:1-2");
+        assert!(s.v2.resume && s.v2.token.is_some());
+        // A resume the server no longer knows: rejoin the rooms after the first.
+        s.v2.resuming = true;
+        assert!(s.observe("WELCOME me", now));
+        assert!(!s.observe("ERR bad-session unknown or expired session", now));
+        assert_eq!(s.v2.outgoing, ["/join dev"]);
+        assert!(s.v2.token.is_none() && s.rooms.is_empty());
+        // A server without resume: no token is kept.
+        s.observe("SESSION x", now);
+        s.observe("CAPS ids", now);
+        assert!(s.v2.token.is_none());
+        // Lost gap: what is left is asked for.
+        s.v2.outgoing.clear();
+        assert!(s.observe("RESUMED dev lost", now));
+        assert_eq!(s.v2.outgoing, ["/history dev"]);
+        // Lines that are not of the protocol are printed as they are.
+        assert!(s.observe("something else", now));
     }
 
     #[test]

@@ -39,6 +39,10 @@ enum Cmd {
     ///
     /// Example: loopchat load --mode broadcast -c 1000 -s 10 --duration 10s --json
     Load(loopchat::load::LoadArgs),
+    /// Print an HS256 token for `--auth-key` servers, signed with a key file.
+    ///
+    /// Example: loopchat token --key chat.key --sub alice --ttl 1h --role mod --rooms 'dev,ops-*'
+    Token(loopchat::token_tool::TokenArgs),
 }
 
 /// Server flags (the default command). Every flag can also be set through the
@@ -122,6 +126,17 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value = "64KiB", env = "LOOPCHAT_MAX_CHAT_MESSAGE",
           value_parser = loopchat::cli::parse_bytes, help_heading = "Limits")]
     max_chat_message: usize,
+
+    /// permessage-deflate (RFC 7692) on /ws and /echo: on accepts browsers' offers,
+    /// off answers every handshake without the extension.
+    #[arg(long, value_name = "on|off", default_value = "on", env = "LOOPCHAT_COMPRESSION",
+          value_parser = parse_on_off, action = clap::ArgAction::Set, help_heading = "Limits")]
+    compression: bool,
+
+    /// Messages shorter than this go uncompressed even when compression was negotiated.
+    #[arg(long, value_name = "BYTES", default_value = "64", env = "LOOPCHAT_COMPRESSION_THRESHOLD",
+          value_parser = loopchat::cli::parse_bytes, help_heading = "Limits")]
+    compression_threshold: usize,
 
     /// Longest chat command line (`ERR too-long` beyond).
     #[arg(long, value_name = "BYTES", default_value = "4KiB", env = "LOOPCHAT_MAX_LINE",
@@ -292,6 +307,9 @@ struct ServeArgs {
           help_heading = "Cluster")]
     redis_query_timeout: Duration,
 
+    #[command(flatten)]
+    auth: loopchat::server::AuthArgs,
+
     /// A file holding the cluster's shared secret (at least 16 bytes; one
     /// trailing newline is ignored): every payload between nodes is signed with
     /// HMAC-SHA256, unsigned or badly signed ones are dropped and counted.
@@ -378,11 +396,21 @@ fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
     Ok(s)
 }
 
+/// `on` or `off` (also `true`/`false`, `1`/`0`).
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Cmd::Client(args)) => loopchat::client::run(args),
         Some(Cmd::Load(args)) => loopchat::load::run(args),
+        Some(Cmd::Token(args)) => loopchat::token_tool::run(args),
         None => serve(cli.serve),
     }
 }
@@ -427,7 +455,7 @@ fn serve(cli: ServeArgs) -> ExitCode {
             })
         }
     };
-    let cfg = Config {
+    let mut cfg = Config {
         listen: cli.listen,
         line_listen: cli.line_listen,
         metrics_listen: cli.metrics_listen,
@@ -439,6 +467,8 @@ fn serve(cli: ServeArgs) -> ExitCode {
         max_header_bytes: cli.max_header_bytes,
         max_message: cli.max_message,
         max_chat_message: cli.max_chat_message,
+        compression: cli.compression,
+        compression_threshold: cli.compression_threshold,
         outbox_soft: cli.outbox_soft,
         outbox_hard: cli.outbox_hard,
         outbox_grace: cli.outbox_grace,
@@ -468,7 +498,11 @@ fn serve(cli: ServeArgs) -> ExitCode {
             ..ChatConfig::default()
         },
         redis,
+        auth: None,
     };
+    if let Err(e) = cli.auth.apply(&mut cfg) {
+        refuse(e);
+    }
     if let Err(e) = cfg.validate() {
         refuse(e);
     }

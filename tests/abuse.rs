@@ -472,3 +472,36 @@ fn a_backlog_from_a_stopped_server_is_not_rate_limited() {
     }
     assert_eq!(got, sent, "every line was said");
 }
+
+/// An echo client that never reads stops being read once all outboxes
+/// together are over the budget, long before its own cap.
+#[test]
+fn an_echo_client_that_never_reads_is_paused_by_the_budget() {
+    const BUDGET: usize = 256 * 1024;
+    let mut cfg = common::config();
+    cfg.outbox_soft = 4 << 20;
+    cfg.outbox_hard = 8 << 20;
+    cfg.outbox_total = BUDGET;
+    cfg.send_buffer = 16 * 1024;
+    let s = TestServer::start(cfg);
+    let mut c = small_window(s.addr);
+    c.write_all(common::upgrade_request("/echo").as_bytes())
+        .unwrap();
+    let (head, _) = common::read_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let frame = common::client_frame(0x2, true, &[7u8; 64 * 1024]);
+    c.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    // Bounded: 64 MiB at most; the server stops reading long before.
+    let mut sent = 0;
+    for _ in 0..1024 {
+        if c.write_all(&frame).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(sent < 1024, "the server never stopped reading");
+    let queued = metric(&s, "loopchat_outbox_bytes") as usize;
+    println!("echo paused after {sent} frames of 64 KiB with {queued} bytes queued");
+    assert!(queued <= BUDGET + 2 * frame.len(), "{queued} bytes queued");
+}

@@ -348,3 +348,186 @@ fn times_come_from_the_servers_tags_and_the_tag_block_is_not_printed() {
     );
     assert!(timed.lines().all(|l| !l.contains('@')), "{timed}");
 }
+
+/// A TCP proxy in front of the server whose connections the test can cut
+/// (both sides shut down: no close frame, as when a network drops) and whose
+/// new connections it can hold back until told, so lines are said while the
+/// client is surely away.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    /// One message per connection accepted.
+    accepted: Receiver<()>,
+}
+
+impl Proxy {
+    fn start(target: std::net::SocketAddr) -> Proxy {
+        use std::sync::{Arc, Condvar, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new((Mutex::new(true), Condvar::new()));
+        let live: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (a, accepted) = mpsc::channel();
+        let (o, l) = (open.clone(), live.clone());
+        std::thread::spawn(move || {
+            for down in listener.incoming() {
+                let Ok(down) = down else { return };
+                let _ = a.send(());
+                // Held while the proxy is closed: the client's connect
+                // succeeds, its handshake waits.
+                let (lock, cv) = &*o;
+                let guard = cv.wait_while(lock.lock().unwrap(), |open| !*open).unwrap();
+                drop(guard);
+                let Ok(up) = std::net::TcpStream::connect(target) else {
+                    return;
+                };
+                let mut live = l.lock().unwrap();
+                live.push(down.try_clone().unwrap());
+                live.push(up.try_clone().unwrap());
+                drop(live);
+                for (mut from, mut to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, down),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy {
+            addr,
+            open,
+            live,
+            accepted,
+        }
+    }
+
+    /// Drop every connection (no close frame either way) and hold new ones.
+    fn cut(&self) {
+        *self.open.0.lock().unwrap() = false;
+        for s in self.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Let connections through again.
+    fn reopen(&self) {
+        *self.open.0.lock().unwrap() = true;
+        self.open.1.notify_all();
+    }
+}
+
+impl Bot {
+    /// Every printed line up to and including the one equal to `want`.
+    fn until(&mut self, want: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        for _ in 0..10_000 {
+            match self.lines.recv_timeout(WAIT) {
+                Ok(l) => {
+                    let done = l == want;
+                    seen.push(l);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("client never printed {want:?}; printed {seen:?}"),
+            }
+        }
+        panic!("client never printed {want:?}");
+    }
+}
+
+/// The bot's connection is cut; 20 lines are said while it is away; it
+/// comes back and prints each exactly once, in order, then live traffic.
+fn cut_and_come_back(cfg: loopchat::server::Config, resumes: bool) {
+    let s = TestServer::start(cfg);
+    let proxy = Proxy::start(s.addr);
+    let mut b = bot(
+        &format!("ws://{}/ws?nick=bot&room=lobby", proxy.addr),
+        &["--reconnect-base", "20ms", "--reconnect-max", "100ms"],
+    );
+    b.expect("JOINED lobby bot");
+    b.say("/join dev");
+    b.expect("JOINED dev bot");
+    let (mut w, _) = Client::chat(&s, "?nick=watcher&room=dev");
+    w.recv_until(|l| l == "JOINED dev watcher");
+    w.send("before the cut");
+    b.expect("MSG dev watcher before the cut");
+
+    while proxy.accepted.try_recv().is_ok() {}
+    proxy.cut();
+    // The client noticed and is trying again (held by the proxy) before
+    // anything is said: every line below is said while it is away.
+    proxy
+        .accepted
+        .recv_timeout(WAIT)
+        .expect("the client did not reconnect");
+    for i in 1..=20 {
+        w.send(&format!("away {i}"));
+    }
+    let mut heard = w.recv_until_eq("MSG dev watcher away 20");
+    proxy.reopen();
+
+    // Back: the same nick, the 20 lines (resumed, or from the room's
+    // history after a rejoin), then a live line.
+    let mut printed = b.until("WELCOME bot");
+    printed.extend(b.until("MSG dev watcher away 20"));
+    w.send("live after");
+    printed.extend(b.until("MSG dev watcher live after"));
+    let away: Vec<&str> = printed
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.starts_with("MSG dev watcher "))
+        .collect();
+    let want: Vec<String> = (1..=20)
+        .map(|i| format!("MSG dev watcher away {i}"))
+        .chain(["MSG dev watcher live after".to_string()])
+        .collect();
+    assert_eq!(away, want, "every line once, in order: {printed:#?}");
+    assert!(
+        printed.iter().all(|l| !l.starts_with('@')),
+        "tags the client asked for are not printed: {printed:#?}"
+    );
+    w.send("/ping end");
+    heard.extend(w.recv_until_eq("PONG end"));
+    if resumes {
+        assert!(
+            printed.contains(&"RESUMED dev 20".to_string()),
+            "{printed:#?}"
+        );
+        // Resumed, not rejoined: no JOINED for the bot, no LEFT for the others.
+        assert!(
+            !printed.iter().any(|l| l.starts_with("JOINED ")),
+            "{printed:#?}"
+        );
+        assert!(!heard.iter().any(|l| l == "LEFT dev bot"), "{heard:?}");
+    } else {
+        // No session: the v1 rejoin (the others see it), and the gap is
+        // filled from the room's history.
+        assert!(
+            printed.contains(&"JOINED dev bot".to_string()),
+            "{printed:#?}"
+        );
+        assert!(
+            printed.iter().any(|l| l.starts_with("HISTORY dev ")),
+            "{printed:#?}"
+        );
+        assert!(heard.iter().any(|l| l == "LEFT dev bot"), "{heard:?}");
+    }
+    assert!(b.child.try_wait().unwrap().is_none(), "the client exited");
+}
+
+#[test]
+fn a_cut_connection_resumes_and_prints_every_missed_line_once() {
+    cut_and_come_back(config(), true);
+}
+
+#[test]
+fn without_resume_on_the_server_the_client_rejoins_and_fills_the_gap_from_history() {
+    let mut cfg = config();
+    cfg.chat.session_ttl_ms = 0;
+    cut_and_come_back(cfg, false);
+}

@@ -8,8 +8,10 @@
 //!
 //! Input: byte 0 is the mode (bit 0: line protocol; bit 1: a valid upgrade to
 //! `/ws` first, bit 2: to `/echo` instead; bit 3: wrap each chunk in one masked
-//! client frame, opcode from the chunk's first byte). Then chunks: one byte of
-//! time gap (in 10 ms steps), one byte of length, that many bytes.
+//! client frame, opcode from the chunk's first byte; bit 4: the upgrade offers
+//! permessage-deflate, and a wrapped chunk whose first byte has bit 6 set is
+//! sent compressed). Then chunks: one byte of time gap (in 10 ms steps), one
+//! byte of length, that many bytes.
 #![no_main]
 
 use std::cell::RefCell;
@@ -17,6 +19,7 @@ use std::cell::RefCell;
 use libfuzzer_sys::fuzz_target;
 use loopchat::server::fuzzing::Harness;
 use loopchat::ws::close::is_valid_close_code;
+use loopchat::ws::deflate::{set_rsv1, Deflater, Inflater};
 use loopchat::ws::frame::{encode_frame, OpCode, Role};
 use loopchat::ws::message::{Limits, Message, Receiver};
 
@@ -25,7 +28,7 @@ thread_local! {
 }
 
 const UPGRADE: &str = "HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
 
 const OPCODES: [OpCode; 6] = [
     OpCode::Text,
@@ -40,7 +43,12 @@ fn chunks(mode: u8, mut data: &[u8]) -> Vec<(u16, Vec<u8>)> {
     let mut out = Vec::new();
     if mode & 1 == 0 && mode & 6 != 0 {
         let path = if mode & 4 != 0 { "/echo" } else { "/ws?nick=f" };
-        out.push((0, format!("GET {path} {UPGRADE}").into_bytes()));
+        let offer = if mode & 16 != 0 {
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+        } else {
+            ""
+        };
+        out.push((0, format!("GET {path} {UPGRADE}{offer}\r\n").into_bytes()));
     }
     while let [gap, len, rest @ ..] = data {
         let n = (*len as usize).min(rest.len());
@@ -50,7 +58,13 @@ fn chunks(mode: u8, mut data: &[u8]) -> Vec<(u16, Vec<u8>)> {
             let op = OPCODES[bytes[0] as usize % OPCODES.len()];
             let fin = bytes[0] & 0x80 == 0;
             let mut frame = Vec::new();
-            encode_frame(&mut frame, op, fin, &bytes[1..], Some([1, 2, 3, 4]));
+            if mode & 16 != 0 && bytes[0] & 0x40 != 0 {
+                let z = Deflater::new().compress(&bytes[1..]).to_vec();
+                encode_frame(&mut frame, op, fin, &z, Some([1, 2, 3, 4]));
+                set_rsv1(&mut frame, 0);
+            } else {
+                encode_frame(&mut frame, op, fin, &bytes[1..], Some([1, 2, 3, 4]));
+            }
             frame
         } else {
             bytes.to_vec()
@@ -86,14 +100,23 @@ fn check_output(mode: u8, out: &mut [u8]) {
         return;
     }
     let echo = mode & 4 != 0;
-    let mut rx = Receiver::new(Role::Client);
+    // The server may have accepted permessage-deflate (any offer in raw bytes).
+    let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+    let mut rx = if head.contains("sec-websocket-extensions: permessage-deflate") {
+        Receiver::with_deflate(Role::Client, false)
+    } else {
+        Receiver::new(Role::Client)
+    };
+    let mut inflater = Inflater::new();
     let limits = Limits {
         max_frame: 1 << 20,
         max_message: 1 << 20,
     };
     let mut rest = &mut out[end + 4..];
     while !rest.is_empty() {
-        let (used, msg) = rx.feed(rest, &limits).expect("the server sends valid frames");
+        let (used, msg) = rx
+            .feed_with(rest, &limits, Some(&mut inflater))
+            .expect("the server sends valid frames");
         match msg {
             Some(Message::Close { code, .. }) => {
                 if let Some(code) = code {

@@ -58,6 +58,15 @@ pub enum Command<'a> {
     Quit(Option<&'a str>),
     /// `/help`.
     Help,
+    /// `/kick ROOM NICK [TEXT]` (moderators only).
+    Kick {
+        /// The room to remove NICK from.
+        room: &'a str,
+        /// Who is removed.
+        nick: &'a str,
+        /// The reason, if any.
+        text: Option<&'a str>,
+    },
     /// `/caps [LIST]`: replace the capabilities with LIST (comma-separated,
     /// unknown names ignored); without LIST, report them.
     Caps(Option<&'a str>),
@@ -136,6 +145,7 @@ const USAGE_SAY: &str = "usage: /say ROOM TEXT";
 const USAGE_MSG: &str = "usage: /msg NICK TEXT";
 const USAGE_ROOMS: &str = "usage: /rooms";
 const USAGE_HELP: &str = "usage: /help";
+const USAGE_KICK: &str = "usage: /kick ROOM NICK [TEXT]";
 const USAGE_HISTORY: &str = "usage: /history ROOM [N] or /history ROOM after ID [N]";
 const USAGE_RESUME: &str = "usage: /resume TOKEN [ROOM=ID ...]";
 
@@ -286,6 +296,12 @@ pub fn parse(line: &str, max_line: usize) -> Result<Command<'_>, ParseError> {
             None => Ok(Command::Help),
             Some(_) => Err(ParseError::UnexpectedArgument(USAGE_HELP)),
         }
+    } else if is("kick") {
+        let (room, rest) = split_arg(rest.ok_or(ParseError::MissingArgument(USAGE_KICK))?);
+        let room = room_arg(room)?;
+        let (nick, text) = split_arg(rest.ok_or(ParseError::MissingArgument(USAGE_KICK))?);
+        let nick = nick_arg(nick)?;
+        Ok(Command::Kick { room, nick, text })
     } else if is("caps") {
         Ok(Command::Caps(rest))
     } else if is("history") {
@@ -325,6 +341,24 @@ mod tests {
     fn every_command() {
         assert_eq!(p("/nick Bob"), Ok(Command::Nick("Bob")));
         assert_eq!(p("/join dev"), Ok(Command::Join("dev")));
+        assert_eq!(
+            p("/kick dev bob spam  again"),
+            Ok(Command::Kick {
+                room: "dev",
+                nick: "bob",
+                text: Some("spam  again")
+            })
+        );
+        assert_eq!(
+            p("/KICK dev bob"),
+            Ok(Command::Kick {
+                room: "dev",
+                nick: "bob",
+                text: None
+            })
+        );
+        assert_eq!(p("/kick dev"), Err(ParseError::MissingArgument(USAGE_KICK)));
+        assert_eq!(p("/kick #dev bob"), Err(ParseError::BadRoom));
         assert_eq!(p("/leave"), Ok(Command::Leave(None)));
         assert_eq!(p("/leave "), Ok(Command::Leave(None)));
         assert_eq!(p("/leave dev"), Ok(Command::Leave(Some("dev"))));

@@ -61,6 +61,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::access::{Access, Role};
 use super::command::{parse, Command};
 use super::compact::{InlineList, NickIndex};
 use super::history::{IdGen, MsgId, RoomHistory};
@@ -72,7 +73,9 @@ use super::session::Sessions;
 use super::{ChatConfig, ConnId, ErrorCode, Sink};
 use cluster::HoldOutcome;
 
+mod auth;
 mod cluster;
+pub use auth::{full_exp, AuthState, Identity};
 mod resume;
 pub use cluster::RemoteState;
 pub use resume::{Caps, Connect};
@@ -99,10 +102,13 @@ struct User {
     rate: RateLimiter,
     /// Generation stamp for deduplicating `NICK` recipients without a set.
     seen: u32,
-    /// A close was requested (quit or rate abuse): further lines are ignored.
-    closing: bool,
     /// Capabilities (`resume::CAP_*` bits); 0 for a v1 client.
     caps: u8,
+    /// Role, whether a token vouches for the nick, and whether a close was
+    /// requested (quit, rate abuse, token expiry: further lines are ignored).
+    access: Access,
+    /// The low 16 bits of the token's `exp` (see `hub/auth.rs`).
+    exp_tag: u16,
 }
 
 #[derive(Debug)]
@@ -135,6 +141,8 @@ const HELP: &[&str] = &[
     "SYS /who [ROOM] - list members",
     "SYS /ping [TOKEN] - answered with PONG [TOKEN]",
     "SYS /quit [TEXT] - leave and close",
+    "SYS /auth TOKEN - sign in, or refresh a token before it expires",
+    "SYS /kick ROOM NICK [TEXT] - moderators: remove NICK from ROOM",
     "SYS /caps [LIST] - capabilities: ids (message ids and times), resume (sessions)",
     "SYS /history ROOM [N] - recent messages; /history ROOM after ID [N]",
     "SYS /resume TOKEN [ROOM=ID ...] - take back a dropped session",
@@ -193,6 +201,8 @@ pub struct Hub {
     /// other nodes (see [`super::remote`]). `None` keeps single-process
     /// behaviour exactly.
     remote: Option<Box<RemoteState>>,
+    /// Signed sessions: room grants, kick bans, held identities.
+    auth: AuthState,
 }
 
 /// Deliver `line` to `to` (nothing when `to` is empty) and count the deliveries.
@@ -280,6 +290,7 @@ impl Hub {
             tagged: String::new(),
             tagged_to: Vec::new(),
             remote: None,
+            auth: AuthState::default(),
             config,
         }
     }
@@ -370,7 +381,8 @@ impl Hub {
             rooms: InlineList::default(),
             rate: RateLimiter::new(self.config.rate_limit, now_ms),
             seen: 0,
-            closing: false,
+            access: Access::guest(Role::Member),
+            exp_tag: 0,
             caps: 0,
         });
         self.live += 1;
@@ -385,19 +397,30 @@ impl Hub {
             self.err(id, code, text, sink);
         }
         let requested = room.filter(|r| !r.is_empty());
+        let mut forbidden = false;
         if let Some(r) = requested.filter(|r| valid_room(r)) {
-            if self.join(id, r, false, sink).is_ok() {
-                return;
+            match self.join_refusal(id, r, now_ms) {
+                None if self.join(id, r, false, sink).is_ok() => return,
+                None => {}
+                Some(why) => {
+                    self.err(id, ErrorCode::Forbidden, why, sink);
+                    forbidden = true;
+                }
             }
         }
         // Taken out and put back so `join` can borrow the hub mutably; no copy.
         let default = std::mem::take(&mut self.config.default_room);
-        let joined = valid_room(&default) && self.join(id, &default, true, sink).is_ok();
-        if !joined {
+        let joined = valid_room(&default)
+            && self.join_refusal(id, &default, now_ms).is_none()
+            && self.join(id, &default, true, sink).is_ok();
+        self.config.default_room = default;
+        if !joined
+            && !self.join_first_allowed(id, now_ms, sink)
+            && self.join_refusal(id, "lobby", now_ms).is_none()
+        {
             let _ = self.join(id, "lobby", true, sink);
         }
-        self.config.default_room = default;
-        if requested.is_some() {
+        if requested.is_some() && !forbidden {
             self.err(
                 id,
                 ErrorCode::BadRoom,
@@ -436,7 +459,7 @@ impl Hub {
         let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
-        if user.closing {
+        if user.access.closing() {
             return;
         }
         // Parsing is bounded by `max_line` and has no effect: it comes first so
@@ -458,7 +481,7 @@ impl Hub {
                 return;
             }
             RateDecision::Abuse => {
-                user.closing = true;
+                user.access.set_closing();
                 self.err(
                     id,
                     ErrorCode::RateLimited,
@@ -476,6 +499,10 @@ impl Hub {
                 return;
             }
         };
+        if let Some(why) = self.refusal(id, &cmd, now_ms) {
+            self.err(id, ErrorCode::Forbidden, why, sink);
+            return;
+        }
         match cmd {
             Command::Empty => {}
             Command::Say(text) => match self.current_room_id(id) {
@@ -542,6 +569,7 @@ impl Hub {
                     send(sink, &mut self.deliveries, &[id], line);
                 }
             }
+            Command::Kick { room, nick, text } => self.kick(id, room, nick, text, now_ms, sink),
         }
     }
 
@@ -565,6 +593,7 @@ impl Hub {
         }
         self.request(|| Request::Gone(id));
         self.forget_pending(id);
+        self.forget_grant(id);
         self.live -= 1;
         // Trailing free slots are given back so a burst of connections does not
         // pin the table at its peak forever.
@@ -1211,7 +1240,7 @@ impl Hub {
             self.leave(id, n - 1, sink);
         }
         if let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) {
-            user.closing = true;
+            user.access.set_closing();
         }
         // Clients show the reason too: cleaned like any text.
         let mut reason = String::new();

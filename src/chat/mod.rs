@@ -15,6 +15,7 @@
 //! - [`hub`]: users, rooms, membership and the output lines;
 //! - [`remote`]: what a hub that is one node of a cluster asks of the others.
 
+pub mod access;
 pub mod command;
 pub mod compact;
 pub mod history;
@@ -25,6 +26,7 @@ pub mod rate;
 pub mod remote;
 pub mod session;
 
+pub use access::{Grant, Role};
 pub use command::{Command, ParseError};
 pub use hub::Hub;
 pub use rate::{RateDecision, RateLimiter};
@@ -62,6 +64,11 @@ pub struct ChatConfig {
     pub query_cost: u32,
     /// The room a connection joins when it asks for none (or a bad one).
     pub default_room: String,
+    /// How long a user removed by `/kick` may not rejoin that room, in ms.
+    pub kick_ban_ms: u64,
+    /// Seconds a token is still honoured after its `exp` (clock skew); at most
+    /// 600, which the 16-bit `exp` kept per user relies on (see `hub/auth.rs`).
+    pub token_leeway: u64,
     /// Messages kept per room and for how long (`--history`, `--history-ttl`).
     pub history: history::HistoryConfig,
     /// How long a dropped `resume` session keeps its nick and rooms
@@ -84,6 +91,8 @@ impl Default for ChatConfig {
             max_rooms_total: 100_000,
             query_cost: 10,
             default_room: "lobby".to_string(),
+            kick_ban_ms: 5 * 60 * 1000,
+            token_leeway: 30,
             history: history::HistoryConfig::default(),
             session_ttl_ms: 120_000,
             max_sessions: 100_000,
@@ -97,7 +106,8 @@ pub trait Sink {
     /// Deliver one server→client line (no trailing newline) to each connection in `to`.
     fn deliver(&mut self, to: &[ConnId], line: &str);
     /// Close `id` once its queued output is flushed: 1000 for /quit, 1008 for
-    /// sustained rate abuse.
+    /// sustained rate abuse, 4001 for a signed session that ended (replaced by
+    /// a newer sign-in, or its token expired).
     fn close(&mut self, id: ConnId, code: u16, reason: &str);
 }
 

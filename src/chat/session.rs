@@ -29,27 +29,7 @@ pub const TOKEN_BYTES: usize = 24;
 /// Characters of a written token.
 pub const TOKEN_CHARS: usize = 32;
 
-/// Fill `buf` from the OS's random source (`getrandom(2)`, falling back to
-/// `/dev/urandom`). Errors only when neither works.
-pub fn os_random(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: `rest` is a valid writable buffer of `rest.len()` bytes.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n > 0 {
-            filled += n as usize;
-            continue;
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        use std::io::Read as _;
-        return std::fs::File::open("/dev/urandom")?.read_exact(&mut buf[filled..]);
-    }
-    Ok(())
-}
+pub use crate::sys::os_random;
 
 /// A decoded token.
 #[derive(Clone, Copy, PartialEq, Eq)]

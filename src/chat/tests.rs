@@ -689,3 +689,5 @@ mod props {
         }
     }
 }
+
+mod auth;

@@ -375,39 +375,9 @@ impl Peer {
     }
 }
 
-/// A small xorshift generator for jitter (seeded from the node id).
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
-
-/// A random 64-bit node id, from the OS where possible.
+/// A random 64-bit node id (never zero).
 fn random_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut buf = [0u8; 8];
-    let from_os = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
-        .is_ok();
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(u64::from_le_bytes(buf));
-    h.write_u32(std::process::id());
-    if !from_os {
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-    }
-    h.finish() | 1
+    crate::rng::random_u64() | 1
 }
 
 /// The cluster side of one process.
@@ -465,7 +435,7 @@ pub struct Cluster {
     next_heartbeat: Instant,
     next_prune: Instant,
     reported_up: Option<bool>,
-    rng: Rng,
+    rng: crate::rng::Rng,
     requests: Vec<Request>,
     /// When each nick this node holds (folded) was registered, in ms since
     /// the Unix epoch: stored with the key and compared on conflicts.
@@ -522,7 +492,7 @@ impl Cluster {
             next_heartbeat: now,
             next_prune: now + FORGET_NODE,
             reported_up: None,
-            rng: Rng(id | 1),
+            rng: crate::rng::Rng::new(id),
             requests: Vec::new(),
             refresh_queue: Vec::new(),
             registered: HashMap::new(),
@@ -651,13 +621,7 @@ impl Cluster {
     }
 
     fn jittered(&mut self, base: Duration) -> Duration {
-        let half = base.as_millis() as u64 / 2;
-        let extra = if base.is_zero() {
-            0
-        } else {
-            self.rng.next() % (base.as_millis() as u64 + 1)
-        };
-        Duration::from_millis(half + extra)
+        crate::rng::jitter(base, self.rng.next_u64())
     }
 
     fn report(&mut self, reason: Option<&str>) {

@@ -12,11 +12,13 @@ use slab::Slab;
 
 use super::payload::{classify, parse_payload, write_payload, Line};
 use super::report::{Latency, LoadResult, Sample, ServerStats};
-use super::sys::{self, ProcSample};
 use super::{Mode, Plan, Protocol};
-use crate::ws::frame::{encode_close, encode_frame, OpCode, Role};
-use crate::ws::handshake::{generate_key, parse_response, write_client_request, Status};
-use crate::ws::message::{Limits, Message, Receiver};
+use crate::sys::{self, ProcSample};
+use crate::ws::deflate::{Deflater, Inflater, CLIENT_OFFER};
+use crate::ws::endpoint::{CloseState, Endpoint};
+use crate::ws::frame::{encode_frame, OpCode, Role};
+use crate::ws::handshake::{generate_key, parse_response_ext, write_client_request_ext, Status};
+use crate::ws::message::{Limits, Message};
 
 const MAX_HEAD: usize = 16 * 1024;
 const READ_BUF: usize = 256 * 1024;
@@ -50,7 +52,8 @@ struct Conn {
     state: State,
     key: String,
     head: Vec<u8>,
-    rx: Receiver,
+    /// Receiver, close state and negotiated compression.
+    ws: Endpoint,
     wbuf: Vec<u8>,
     /// Ready for traffic: in its room (loopchat) or open (plain).
     ready: bool,
@@ -118,7 +121,7 @@ struct Engine<'p> {
     limits: Limits,
     epoch: Instant,
     phase: Phase,
-    rng: u64,
+    rng: crate::rng::Rng,
     // Connection bookkeeping.
     started_conns: usize,
     pending: usize,
@@ -153,6 +156,11 @@ struct Engine<'p> {
     srv_measure_end: Option<ProcSample>,
     read_buf: Vec<u8>,
     measure_started: bool,
+    /// `--compression`: one compressor and one inflater for every connection.
+    deflater: Deflater,
+    inflater: Inflater,
+    /// The server answered an offer without the extension (warned once).
+    deflate_declined: bool,
 }
 
 fn hist() -> Histogram<u64> {
@@ -161,7 +169,7 @@ fn hist() -> Histogram<u64> {
 }
 
 /// Run the plan to completion.
-pub fn run(plan: &Plan) -> io::Result<LoadResult> {
+pub(super) fn run(plan: &Plan) -> io::Result<LoadResult> {
     let now = Instant::now();
     let mut e = Engine {
         plan,
@@ -173,7 +181,7 @@ pub fn run(plan: &Plan) -> io::Result<LoadResult> {
         },
         epoch: now,
         phase: Phase::Connecting,
-        rng: (now.elapsed().as_nanos() as u64 ^ u64::from(std::process::id())) | 1,
+        rng: crate::rng::Rng::from_entropy(),
         started_conns: 0,
         pending: 0,
         open: 0,
@@ -210,6 +218,9 @@ pub fn run(plan: &Plan) -> io::Result<LoadResult> {
         srv_measure_end: None,
         read_buf: Vec::new(),
         measure_started: false,
+        deflater: Deflater::new(),
+        inflater: Inflater::new(),
+        deflate_declined: false,
     };
     e.srv_start = e.server_sample();
     e.main_loop()?;
@@ -226,11 +237,7 @@ impl Engine<'_> {
     }
 
     fn mask(&mut self) -> [u8; 4] {
-        // xorshift64: masks need only differ, not be secret.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng as u32).to_ne_bytes()
+        self.rng.mask()
     }
 
     fn planned(&self) -> usize {
@@ -473,11 +480,13 @@ impl Engine<'_> {
         }
         self.text.clear();
         write_payload(&mut self.text, i as u32, s.seq, nanos, plan.size);
-        encode_frame(
+        // Compressed whenever negotiated (`--compression`), whatever the size.
+        c.ws.send(
             &mut c.wbuf,
             OpCode::Text,
-            true,
             self.text.as_bytes(),
+            Some(&mut self.deflater),
+            0,
             Some(mask),
         );
         mark_dirty(&mut self.dirty, c, s.token);
@@ -495,11 +504,12 @@ impl Engine<'_> {
             return;
         };
         self.echo_payload[..8].copy_from_slice(&nanos.to_le_bytes());
-        encode_frame(
+        c.ws.send(
             &mut c.wbuf,
             OpCode::Binary,
-            true,
             &self.echo_payload,
+            Some(&mut self.deflater),
+            0,
             Some(mask),
         );
         mark_dirty(&mut self.dirty, c, t);
@@ -606,14 +616,15 @@ impl Engine<'_> {
         )?;
         let key = generate_key();
         let mut wbuf = Vec::new();
-        write_client_request(&mut wbuf, &plan.authority, &plan.target, &key, None);
+        let offer = plan.args.compression.then_some(CLIENT_OFFER);
+        write_client_request_ext(&mut wbuf, &plan.authority, &plan.target, &key, None, offer);
         entry.insert(Conn {
             sock,
             kind,
             state: State::Connecting,
             key,
             head: Vec::new(),
-            rx: Receiver::new(Role::Client),
+            ws: Endpoint::new(Role::Client),
             wbuf,
             ready: false,
             blocked: true,
@@ -750,9 +761,17 @@ impl Engine<'_> {
         let c = &mut self.conns[t];
         if c.state == State::Handshake || c.state == State::Connecting {
             c.head.extend_from_slice(data);
-            match parse_response(&c.head, &c.key, MAX_HEAD) {
+            let offered = self.plan.args.compression;
+            match parse_response_ext(&c.head, &c.key, MAX_HEAD, offered) {
                 Ok(Status::Partial) => return true,
-                Ok(Status::Complete((101, len))) => {
+                Ok(Status::Complete((101, len, deflate))) => {
+                    c.ws = Endpoint::with_deflate(Role::Client, deflate);
+                    if offered && deflate.is_none() && !self.deflate_declined {
+                        self.deflate_declined = true;
+                        if !self.plan.args.quiet {
+                            eprintln!("loopchat load: the server declined permessage-deflate");
+                        }
+                    }
                     let mut rest = c.head.split_off(len);
                     c.head = Vec::new();
                     c.key = String::new();
@@ -833,14 +852,28 @@ impl Engine<'_> {
                 senders,
                 rng,
                 dirty,
+                inflater,
                 ..
             } = self;
             let c = &mut conns[t];
             let kind = c.kind;
             let mut off = 0;
             while off < data.len() {
-                let Conn { rx, wbuf, .. } = &mut *c;
-                match rx.feed(&mut data[off..], &self.limits) {
+                let mask = rng.mask();
+                let was_open = c.ws.state() == CloseState::Open;
+                let queued = c.wbuf.len();
+                let Conn { ws, wbuf, .. } = &mut *c;
+                // Pongs, the close answer and the close for a protocol error
+                // are written into `wbuf` by the endpoint.
+                let read = ws.read(
+                    &mut data[off..],
+                    &self.limits,
+                    Some(&mut *inflater),
+                    wbuf,
+                    Some(mask),
+                );
+                let replied = wbuf.len() > queued;
+                match read {
                     Ok((used, msg)) => {
                         off += used;
                         match msg {
@@ -914,26 +947,14 @@ impl Engine<'_> {
                                 echoes += 1;
                             }
                             Some(Message::Binary(_)) => {}
-                            Some(Message::Ping(p)) => {
-                                *rng ^= *rng << 13;
-                                *rng ^= *rng >> 7;
-                                *rng ^= *rng << 17;
-                                let mask = (*rng as u32).to_ne_bytes();
-                                encode_frame(wbuf, OpCode::Pong, true, p, Some(mask));
-                                mark_dirty(dirty, c, t);
-                            }
-                            Some(Message::Pong(_)) => {}
+                            Some(Message::Ping(_)) if replied => mark_dirty(dirty, c, t),
+                            Some(Message::Ping(_) | Message::Pong(_)) => {}
                             Some(Message::Close { code, .. }) => {
-                                if c.state == State::Closing {
+                                if !was_open {
                                     outcome = Some("closed");
                                 } else {
                                     close_code =
                                         Some(code.map_or("1005".to_string(), |c| c.to_string()));
-                                    *rng ^= *rng << 13;
-                                    *rng ^= *rng >> 7;
-                                    *rng ^= *rng << 17;
-                                    let mask = (*rng as u32).to_ne_bytes();
-                                    encode_close(&mut c.wbuf, code, "", Some(mask));
                                     c.state = State::Closing;
                                     mark_dirty(dirty, c, t);
                                 }
@@ -943,12 +964,7 @@ impl Engine<'_> {
                             None => {}
                         }
                     }
-                    Err(e) => {
-                        *rng ^= *rng << 13;
-                        *rng ^= *rng >> 7;
-                        *rng ^= *rng << 17;
-                        let mask = (*rng as u32).to_ne_bytes();
-                        encode_close(wbuf, Some(e.close_code()), "", Some(mask));
+                    Err(_) => {
                         outcome = Some("protocol-error");
                         break;
                     }
@@ -961,7 +977,6 @@ impl Engine<'_> {
             self.open = self.open.saturating_sub(1);
             if let Some(c) = self.conns.get_mut(t) {
                 c.ready = false;
-                c.rx.set_closing();
             }
             self.flush(t);
             return self.conns.contains(t);
@@ -1015,9 +1030,8 @@ impl Engine<'_> {
         }
         c.done = true;
         let cycle_us = now.duration_since(c.started).as_micros() as u64;
-        encode_close(&mut c.wbuf, Some(1000), "", Some(mask));
+        c.ws.close(&mut c.wbuf, Some(1000), "", Some(mask));
         c.state = State::Closing;
-        c.rx.set_closing();
         mark_dirty(&mut self.dirty, c, t);
         self.open = self.open.saturating_sub(1);
         self.interval.cycles += 1;
@@ -1077,9 +1091,8 @@ impl Engine<'_> {
             let c = &mut self.conns[t];
             match c.state {
                 State::Open => {
-                    encode_close(&mut c.wbuf, Some(1000), "", Some(mask));
+                    c.ws.close(&mut c.wbuf, Some(1000), "", Some(mask));
                     c.state = State::Closing;
-                    c.rx.set_closing();
                     mark_dirty(&mut self.dirty, c, t);
                 }
                 State::Closing => {}

@@ -27,7 +27,6 @@ pub mod html;
 pub mod payload;
 pub mod ramp;
 pub mod report;
-pub mod sys;
 
 mod engine;
 
@@ -37,6 +36,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::client::WsUrl;
+use crate::sys;
 
 /// What the generator does (see the module documentation).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +128,12 @@ pub struct LoadArgs {
     /// Report the CPU time and RSS of this process (the server) from /proc.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+
+    /// Offer permessage-deflate (both no_context_takeover parameters); when the
+    /// server accepts, every message sent is compressed and compressed
+    /// deliveries are inflated by one shared inflater.
+    #[arg(long)]
+    pub compression: bool,
 
     /// Print one JSON object at the end instead of the text summary.
     #[arg(long)]

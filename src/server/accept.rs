@@ -9,7 +9,7 @@ use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::conn::{Conn, Kind, COUNTED, IN_CHAT, PROXIED};
+use super::conn::{Conn, Kind, COUNTED, PROXIED};
 use super::{Server, Starved, ACCEPT_BACKOFF, ACCEPT_BUDGET};
 
 impl Server {
@@ -106,11 +106,7 @@ impl Server {
         debug!(conn = id, peer:% = addr.ip(), kind:? = kind; "accepted");
         self.schedule(id);
         if line {
-            let c = &mut self.conns[id];
-            c.set(IN_CHAT);
-            let now = self.ctx.now_ms;
-            let (hub, mut out) = self.chat();
-            hub.connect(id, None, None, now, &mut out);
+            self.admit_line(id);
         }
     }
 

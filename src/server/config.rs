@@ -34,6 +34,11 @@ pub struct Config {
     pub max_message: usize,
     /// Largest WebSocket message (and frame) on `/ws`.
     pub max_chat_message: usize,
+    /// Accept permessage-deflate (RFC 7692) offers on `/ws` and `/echo`.
+    pub compression: bool,
+    /// Messages shorter than this go uncompressed even to a peer that
+    /// negotiated compression (deflating a few bytes rarely saves any).
+    pub compression_threshold: usize,
     /// Outbox bytes beyond which broadcast chat lines to a connection are dropped.
     pub outbox_soft: usize,
     /// Outbox bytes (queued plus dropped since it last drained) that close a slow consumer.
@@ -66,6 +71,8 @@ pub struct Config {
     pub chat: ChatConfig,
     /// Join a cluster through this Redis server (`--redis`); `None` runs alone.
     pub redis: Option<crate::cluster::ClusterConfig>,
+    /// Require signed tokens (`--auth-key`); `None` admits everyone as a guest.
+    pub auth: Option<super::AuthConfig>,
 }
 
 impl Default for Config {
@@ -82,6 +89,8 @@ impl Default for Config {
             max_header_bytes: 8 * 1024,
             max_message: 16 * 1024 * 1024,
             max_chat_message: 64 * 1024,
+            compression: true,
+            compression_threshold: 64,
             outbox_soft: 512 * 1024,
             outbox_hard: 4 * 1024 * 1024,
             outbox_grace: Duration::from_secs(10),
@@ -96,13 +105,14 @@ impl Default for Config {
             handle_signals: false,
             chat: ChatConfig::default(),
             redis: None,
+            auth: None,
         }
     }
 }
 
 /// Byte limits past this are refused: outbox offsets are 32-bit to keep the
 /// connection entry small, and no chat needs a message that large.
-pub const MAX_BYTES: usize = 1 << 30;
+pub(super) const MAX_BYTES: usize = 1 << 30;
 
 impl Config {
     /// Refuse settings that cannot work, naming the flag and what is valid. The

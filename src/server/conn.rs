@@ -8,8 +8,8 @@ use std::time::Duration;
 use mio::net::TcpStream;
 
 use super::timer::TICK_MS;
+use crate::ws::endpoint::Endpoint;
 use crate::ws::frame::Role;
-use crate::ws::message::Receiver;
 
 /// What the connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,7 +148,8 @@ pub(crate) enum Due {
 /// A connection entry in the slab.
 pub(crate) struct Conn {
     pub(crate) sock: TcpStream,
-    pub(crate) rx: Receiver,
+    /// The WebSocket endpoint: receiver, close state, negotiated compression.
+    pub(crate) ws: Endpoint,
     /// Bytes queued for the socket; `out_pos` of them are already written.
     pub(crate) outbox: Vec<u8>,
     /// Partial HTTP request head or partial line; empty (no heap) otherwise.
@@ -180,7 +181,7 @@ impl Conn {
     pub(crate) fn new(sock: TcpStream, ip: IpAddr, kind: Kind, now: u32) -> Self {
         Conn {
             sock,
-            rx: Receiver::new(Role::Server),
+            ws: Endpoint::new(Role::Server),
             outbox: Vec::new(),
             inbuf: Vec::new(),
             ip,
@@ -251,7 +252,7 @@ impl Conn {
     /// only the peer's answer.
     pub(crate) fn closing(&mut self, now: u32) {
         if self.go(Phase::Closing, now) {
-            self.rx.set_closing();
+            self.ws.set_closing();
         }
     }
 
@@ -514,8 +515,8 @@ mod tests {
         }
         let entry = std::mem::size_of::<SlabEntry>();
         let conn = std::mem::size_of::<Conn>();
-        let rx = std::mem::size_of::<Receiver>();
-        println!("slab entry {entry} B, Conn {conn} B, Receiver {rx} B");
+        let ws = std::mem::size_of::<Endpoint>();
+        println!("slab entry {entry} B, Conn {conn} B, Endpoint {ws} B");
         assert!(entry <= 176, "slab entry grew to {entry} bytes");
     }
 }

@@ -3,10 +3,13 @@
 
 use log::{debug, info};
 
+use super::auth_glue::Admission;
 use super::conn::{Kind, Then, COUNTED, IN_CHAT, PROXIED};
 use super::out::{finish_with, mark_dirty};
 use super::{client_ip, metrics, Server};
-use crate::chat::hub::{Caps, Connect};
+use crate::chat::hub::{Caps, Connect, Identity};
+use crate::ws::endpoint::Endpoint;
+use crate::ws::frame::Role;
 use crate::ws::handshake::{self, parse_request, write_response, HttpError, Request, Status};
 
 /// The built-in web chat page, its script and its style sheet.
@@ -33,6 +36,8 @@ enum Route {
         kind: Kind,
         nick: Option<String>,
         room: Option<String>,
+        /// With `--auth-key`: who the connection is (`None`: a guest).
+        who: Option<Identity>,
         /// The v2 query fields, boxed: absent for v1 clients.
         v2: Option<Box<V2Query>>,
     },
@@ -121,6 +126,7 @@ impl Server {
             kind,
             nick,
             room,
+            who,
             v2,
         } = route
         else {
@@ -135,6 +141,7 @@ impl Server {
         if kind == Kind::Chat {
             self.conns[id].set(IN_CHAT);
             let now = self.ctx.now_ms;
+            let who = who.unwrap_or(Identity::Guest(Default::default()));
             let (hub, mut out) = self.chat();
             let v2 = v2.as_deref();
             let args = Connect {
@@ -144,7 +151,8 @@ impl Server {
                 resume: v2.and_then(|q| q.resume.as_deref()),
                 since: v2.and_then(|q| q.since.as_deref()),
             };
-            hub.connect_with(id, &args, now, &mut out);
+            hub.connect_as(id, who, &args, now, &mut out);
+            self.schedule(id);
         }
         if rest > 0 {
             if from_scratch {
@@ -227,10 +235,40 @@ impl Server {
                 self.answer(id, head, 403, "text/plain", b"origin not allowed\n");
                 return Route::Answered;
             }
+            let admission = match kind {
+                Kind::Chat => self.admission(id, req.query_param("token")),
+                _ => None,
+            };
+            let who = match admission {
+                Some(Admission::Refuse(why)) => {
+                    self.answer_with(
+                        id,
+                        false,
+                        401,
+                        "text/plain",
+                        &[("WWW-Authenticate", "Bearer realm=\"loopchat\"")],
+                        why.as_bytes(),
+                    );
+                    return Route::Answered;
+                }
+                Some(Admission::Admit(who)) => Some(who),
+                None => None,
+            };
             let c = &mut self.conns[id];
+            // Declined offers are not an error: the connection goes on plain.
+            let deflate = if self.ctx.cfg.compression {
+                crate::ws::deflate::negotiate(up.extensions)
+            } else {
+                None
+            };
+            let answer = deflate.map(|a| a.response_value());
             c.append(&mut self.ctx.outbox_bytes, |o| {
-                handshake::write_upgrade_response(o, up.key, None)
+                handshake::write_upgrade_response_ext(o, up.key, None, answer.as_deref())
             });
+            c.ws = Endpoint::with_deflate(Role::Server, deflate);
+            if deflate.is_some() {
+                self.ctx.metrics.ws_deflate_total += 1;
+            }
             let was = c.kind;
             c.upgraded(kind, self.ctx.tick);
             if c.kind != was {
@@ -253,6 +291,7 @@ impl Server {
                 kind,
                 nick,
                 room,
+                who,
                 v2,
             };
         }

@@ -27,12 +27,12 @@ const TURN_BUCKETS: [f64; 17] = [
 
 /// Close codes with their own series (RFC 6455 7.4.1 and the IANA registry's
 /// 1012–1015); any other code counts under `other`.
-pub const CLOSE_CODES: [u16; 15] = [
+pub(super) const CLOSE_CODES: [u16; 15] = [
     1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 1015,
 ];
 
 /// Failed-handshake reasons (`HttpError::reason`), present at 0 from the start.
-pub const HANDSHAKE_REASONS: [&str; 11] = [
+pub(super) const HANDSHAKE_REASONS: [&str; 11] = [
     "header_too_large",
     "too_many_headers",
     "malformed",
@@ -47,10 +47,10 @@ pub const HANDSHAKE_REASONS: [&str; 11] = [
 ];
 
 /// Reasons a connection is refused at accept.
-pub const REFUSE_REASONS: [&str; 2] = ["max_connections", "max_per_ip"];
+pub(super) const REFUSE_REASONS: [&str; 2] = ["max_connections", "max_per_ip"];
 
 /// Timers that close connections.
-pub const TIMEOUT_KINDS: [&str; 3] = ["handshake", "idle", "close"];
+pub(super) const TIMEOUT_KINDS: [&str; 3] = ["handshake", "idle", "close"];
 
 /// `kind` label values of `loopchat_connections`, indexed by [`kind_index`].
 const KINDS: [&str; 4] = ["http", "chat", "echo", "line"];
@@ -117,21 +117,41 @@ impl CloseCodes {
 /// All counters; each is documented in the HELP text of `render`.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Connections accepted (`loopchat_connections_accepted_total`).
     pub connections_total: u64,
+    /// WebSocket upgrades completed.
     pub ws_upgrades_total: u64,
+    /// WebSocket handshakes that negotiated permessage-deflate.
+    pub ws_deflate_total: u64,
+    /// Messages compressed (a broadcast counts once, however many get it).
+    pub deflated_messages: u64,
+    /// Plain HTTP requests answered.
     pub http_requests_total: u64,
+    /// Failed handshakes by reason.
     pub handshake_failures: Labelled,
+    /// Connections refused at accept, by reason.
     pub refused_total: Labelled,
+    /// WebSocket messages and chat lines received.
     pub messages_in: u64,
+    /// Bytes read from clients.
     pub bytes_in: u64,
+    /// Messages queued, one per recipient.
     pub messages_out: u64,
+    /// Bytes written to clients.
     pub bytes_out: u64,
+    /// Chat lines delivered to recipients.
     pub deliveries: u64,
+    /// Chat lines dropped for slow readers.
     pub slow_drops: u64,
+    /// Slow readers disconnected (hard cap or `--outbox-grace`).
     pub slow_disconnects: u64,
+    /// Close frames sent, by code.
     pub close_codes_sent: CloseCodes,
+    /// Close frames received, by code.
     pub close_codes_received: CloseCodes,
+    /// Connections closed by a timer, by kind.
     pub timeouts: Labelled,
+    /// `accept()` failures.
     pub accept_errors: u64,
     /// Open connections by kind (index: [`kind_index`]).
     open: [u64; KINDS.len()],
@@ -146,6 +166,8 @@ impl Default for Metrics {
         Metrics {
             connections_total: 0,
             ws_upgrades_total: 0,
+            ws_deflate_total: 0,
+            deflated_messages: 0,
             http_requests_total: 0,
             handshake_failures: Labelled::new(&HANDSHAKE_REASONS),
             refused_total: Labelled::new(&REFUSE_REASONS),
@@ -177,14 +199,14 @@ impl Default for Metrics {
 /// ends. Kept beside the slab rather than in the connection entry: 4 bytes per
 /// slot, and the entry's size stays guarded.
 #[derive(Default, Debug)]
-pub struct Queued {
+pub(super) struct Queued {
     by_id: Vec<u32>,
     total: u64,
 }
 
 impl Queued {
     /// Record that connection `id` has `bytes` queued now.
-    pub fn set(&mut self, id: usize, bytes: usize) {
+    pub(super) fn set(&mut self, id: usize, bytes: usize) {
         if id >= self.by_id.len() {
             if bytes == 0 {
                 return;
@@ -198,7 +220,7 @@ impl Queued {
     }
 
     /// Bytes queued in all outboxes.
-    pub fn total(&self) -> usize {
+    pub(super) fn total(&self) -> usize {
         self.total as usize
     }
 }
@@ -282,10 +304,10 @@ impl Metrics {
     /// The Prometheus text exposition, process figures read now.
     pub fn render(&self, g: &Gauges, out: &mut String) {
         let p = Process {
-            cpu_seconds: super::sys::cpu_seconds(),
-            rss_bytes: super::sys::rss_bytes(),
-            open_fds: super::sys::open_fds(),
-            max_fds: super::sys::max_fds(),
+            cpu_seconds: crate::sys::cpu_seconds(),
+            rss_bytes: crate::sys::rss_bytes(),
+            open_fds: crate::sys::open_fds(),
+            max_fds: crate::sys::max_fds(),
         };
         self.render_with(g, &p, out);
     }
@@ -336,6 +358,20 @@ impl Metrics {
             c,
             "Successful WebSocket handshakes.",
             self.ws_upgrades_total,
+        );
+        one(
+            out,
+            "loopchat_websocket_deflate_total",
+            c,
+            "WebSocket handshakes that negotiated permessage-deflate.",
+            self.ws_deflate_total,
+        );
+        one(
+            out,
+            "loopchat_deflated_messages_total",
+            c,
+            "Messages compressed (a broadcast counts once, however many get it).",
+            self.deflated_messages,
         );
         one(
             out,
@@ -404,7 +440,7 @@ impl Metrics {
             out,
             "loopchat_slow_consumer_disconnects_total",
             c,
-            "Connections closed for exceeding the outbox hard cap.",
+            "Connections closed as slow readers: over the outbox hard cap, or losing lines for --outbox-grace.",
             self.slow_disconnects,
         );
         codes(
@@ -563,7 +599,7 @@ impl Metrics {
 }
 
 /// The `--redis` lines of `/metrics`.
-pub fn render_cluster(node: &str, s: &crate::cluster::ClusterStats, out: &mut String) {
+pub(super) fn render_cluster(node: &str, s: &crate::cluster::ClusterStats, out: &mut String) {
     let rows: &[(&str, &str, &str, u64)] = &[
         (
             "loopchat_redis_up",

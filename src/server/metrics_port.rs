@@ -25,11 +25,11 @@ pub(super) const METRICS_LISTENER: Token = Token(usize::MAX - 7);
 /// Scraper `i` has token `SCRAPER_BASE + i`: far above any connection id.
 pub(super) const SCRAPER_BASE: usize = usize::MAX / 2;
 /// Scrapers served at once; more are closed at accept.
-pub const MAX_SCRAPERS: usize = 16;
+pub(super) const MAX_SCRAPERS: usize = 16;
 /// Longest a scraper may take to send its request and read the answer.
-pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head a scraper may send.
-pub const MAX_REQUEST: usize = 4096;
+pub(super) const MAX_REQUEST: usize = 4096;
 
 struct Scraper {
     sock: TcpStream,

@@ -4,6 +4,7 @@
 //! of the loop turn.
 
 mod accept;
+mod auth_glue;
 mod cluster_glue;
 mod config;
 mod conn;
@@ -12,17 +13,17 @@ mod metrics;
 mod metrics_port;
 mod out;
 mod read;
-mod sys;
 mod timer;
 mod timers;
 mod write;
 
+pub use auth_glue::{AuthArgs, AuthConfig, GuestPolicy};
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use crate::sys::raise_nofile_limit;
 pub use config::{client_ip, Config, IpNet};
 pub use metrics::Metrics;
-pub use sys::raise_nofile_limit;
 
 use std::collections::HashMap;
 use std::io;
@@ -36,6 +37,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::chat::{Hub, Sink};
+use crate::sys;
+use crate::ws::deflate::{Deflater, Inflater};
 use crate::ws::message::Limits;
 use conn::{Conn, Phase, Timeouts, WRITABLE};
 use out::{begin_close, kill, mark_dirty, Out};
@@ -84,6 +87,11 @@ struct Ctx {
     read_again: Vec<usize>,
     /// One broadcast encoded once, as a WebSocket text frame.
     ws_frame: Vec<u8>,
+    /// The same broadcast compressed once (permessage-deflate), for every
+    /// recipient that negotiated it; built on the first such recipient.
+    ws_frame_z: Vec<u8>,
+    /// The loop's one compressor: broadcasts and echo replies.
+    deflater: Deflater,
     /// The same broadcast as a `\n`-terminated line.
     line_buf: Vec<u8>,
     chat_limits: Limits,
@@ -141,6 +149,10 @@ pub struct Server {
     cluster: Option<Box<cluster_glue::ClusterIo>>,
     /// The `--metrics-listen` listener and its scrapers.
     metrics_port: Option<metrics_port::MetricsPort>,
+    /// Signed tokens (`--auth-key`); `None` admits everyone as a guest.
+    auth: Option<Box<auth_glue::Auth>>,
+    /// The loop's one decompressor, lent to the read path (`None` while lent).
+    inflater: Option<Box<Inflater>>,
 }
 
 impl Server {
@@ -178,6 +190,7 @@ impl Server {
             let mut s = signal_hook_mio::v1_0::Signals::new([
                 signal_hook::consts::SIGINT,
                 signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGHUP,
             ])?;
             poll.registry()
                 .register(&mut s, SIGNALS, Interest::READABLE)?;
@@ -211,6 +224,8 @@ impl Server {
                 dead: Vec::new(),
                 read_again: Vec::new(),
                 ws_frame: Vec::new(),
+                ws_frame_z: Vec::new(),
+                deflater: Deflater::new(),
                 line_buf: Vec::new(),
                 chat_limits,
                 echo_limits,
@@ -234,7 +249,10 @@ impl Server {
             capture: None,
             cluster: None,
             metrics_port,
+            auth: None,
+            inflater: Some(Box::default()),
         };
+        server.start_auth()?;
         // Message ids are EPOCH-SEQ with EPOCH the start time, and `time` tags
         // are EPOCH plus the monotonic clock (chat::history).
         let epoch = std::time::SystemTime::now()
@@ -428,8 +446,15 @@ impl Server {
             return false;
         };
         let mut got = false;
-        for _ in signals.pending() {
-            got = true;
+        let mut hup = false;
+        for s in signals.pending() {
+            match s {
+                signal_hook::consts::SIGHUP => hup = true,
+                _ => got = true,
+            }
+        }
+        if hup {
+            self.reload_auth();
         }
         if !got {
             return false;

@@ -19,7 +19,9 @@ impl Sink for Out<'_> {
     fn deliver(&mut self, to: &[ConnId], line: &str) {
         let ctx = &mut *self.ctx;
         ctx.ws_frame.clear();
+        ctx.ws_frame_z.clear();
         ctx.line_buf.clear();
+        let threshold = ctx.cfg.compression_threshold;
         let mut behind_mark = over_budget_mark(ctx);
         for &id in to {
             let Some(c) = self.conns.get_mut(id) else {
@@ -34,6 +36,15 @@ impl Sink for Out<'_> {
                     ctx.line_buf.push(b'\n');
                 }
                 &ctx.line_buf
+            } else if c.ws.compresses(line.len(), threshold) {
+                // Deflated once, on the first recipient that wants it; the
+                // same frame then goes to every other (no context takeover).
+                if ctx.ws_frame_z.is_empty() {
+                    let z = &mut ctx.deflater;
+                    z.encode_frame(&mut ctx.ws_frame_z, OpCode::Text, line.as_bytes(), None);
+                    ctx.metrics.deflated_messages += 1;
+                }
+                &ctx.ws_frame_z
             } else {
                 if ctx.ws_frame.is_empty() {
                     encode_frame(&mut ctx.ws_frame, OpCode::Text, true, line.as_bytes(), None);

@@ -5,11 +5,12 @@ use std::io::{self, Read};
 
 use log::debug;
 
-use super::conn::{Kind, Phase, Then, LINE_OVERFLOW, PAUSED};
+use super::conn::{Conn, Kind, Phase, Then, LINE_OVERFLOW, PAUSED};
 use super::out::{finish_with, kill, mark_dirty};
-use super::{Server, KEEP_OUTBOX};
-use crate::ws::frame::{encode_close, encode_frame, OpCode};
-use crate::ws::message::{Message, Receiver};
+use super::{Ctx, Server, KEEP_OUTBOX};
+use crate::ws::endpoint::{CloseState, Endpoint, SendPolicy};
+use crate::ws::frame::{encode_frame, OpCode, Role};
+use crate::ws::message::Message;
 
 impl Server {
     /// Read until `WouldBlock`, the read budget, or the connection stops reading.
@@ -73,9 +74,13 @@ impl Server {
             _ => {}
         }
         if let Some(c) = self.conns.get_mut(id) {
-            if c.pending() > self.ctx.cfg.outbox_soft && !c.has(PAUSED) {
-                // Its own output is backing up (an echo client that never reads):
-                // stop reading until the outbox drains, so it cannot grow us.
+            let over_budget = self.ctx.outbox_bytes >= self.ctx.cfg.outbox_total;
+            let backed_up =
+                c.pending() > self.ctx.cfg.outbox_soft || (over_budget && c.pending() > 0);
+            if backed_up && !c.has(PAUSED) {
+                // Its own output is backing up (an echo client that never reads),
+                // or all outboxes together are over the budget and this one has
+                // output left: stop reading until it drains, so it cannot grow us.
                 c.set(PAUSED);
             }
         }
@@ -86,8 +91,11 @@ impl Server {
         let c = &mut self.conns[id];
         let chat = c.kind == Kind::Chat;
         // Taken out so that the chat may touch every connection (this one too)
-        // while a message still borrows the receiver.
-        let mut rx = std::mem::replace(&mut c.rx, Receiver::new(crate::ws::frame::Role::Server));
+        // while a message still borrows the endpoint. The stand-in keeps the
+        // negotiated compression, so this connection's own broadcasts match.
+        let policy = c.ws.policy();
+        let mut ws = std::mem::replace(&mut c.ws, Endpoint::with_policy(Role::Server, policy));
+        let mut inflater = self.inflater.take();
         let limits = if chat {
             self.ctx.chat_limits
         } else {
@@ -95,11 +103,37 @@ impl Server {
         };
         let mut off = 0;
         while off < data.len() {
-            match rx.feed(&mut data[off..], &limits) {
+            let Some(c) = self.conns.get_mut(id) else {
+                break;
+            };
+            if c.phase() != Phase::Open {
+                // The chat may have closed it while `ws` was out (rate
+                // abuse, /quit): no second close, data is dropped.
+                ws.set_closing();
+            }
+            let was_open = ws.state() == CloseState::Open;
+            let (queued, cap) = (c.outbox.len(), c.outbox.capacity());
+            let read = ws.read(
+                &mut data[off..],
+                &limits,
+                inflater.as_deref_mut(),
+                &mut c.outbox,
+                None,
+            );
+            if c.outbox.len() > queued {
+                // A pong or a close the protocol obliges us to send; its
+                // growth counts in the outbox budget as `Conn::append` would.
+                self.ctx.outbox_bytes = self
+                    .ctx
+                    .outbox_bytes
+                    .saturating_add(c.outbox.capacity().saturating_sub(cap));
+                mark_dirty(&mut self.ctx.dirty, id, c);
+            }
+            match read {
                 Ok((used, msg)) => {
                     off += used;
                     let go_on = match msg {
-                        Some(m) => self.on_message(id, m),
+                        Some(m) => self.on_message(id, m, was_open, policy),
                         None => used > 0,
                     };
                     if !go_on {
@@ -107,20 +141,12 @@ impl Server {
                     }
                 }
                 Err(e) => {
-                    let Some(c) = self.conns.get_mut(id) else {
-                        break;
-                    };
                     debug!(
                         conn = id, peer:% = c.ip, code = e.close_code();
                         "protocol error: {e}"
                     );
-                    if c.phase() == Phase::Open {
-                        let code = e.close_code();
-                        let reason = e.to_string();
-                        c.append(&mut self.ctx.outbox_bytes, |o| {
-                            encode_close(o, Some(code), &reason, None)
-                        });
-                        self.ctx.metrics.close_sent(code);
+                    if was_open {
+                        self.ctx.metrics.close_sent(e.close_code());
                     }
                     // Fail the connection (RFC 6455 7.1.7): no waiting for the
                     // peer's close; its remaining input is discarded.
@@ -129,44 +155,47 @@ impl Server {
                 }
             }
         }
+        if let Some(inf) = inflater.as_deref_mut() {
+            // A big message leaves a big shared buffer: give it back.
+            inf.trim();
+        }
+        self.inflater = inflater;
         if let Some(c) = self.conns.get_mut(id) {
             if c.phase() == Phase::Closing {
-                // The chat may have closed this connection while `rx` was out
-                // (rate abuse, /quit): the placeholder got the flag, not `rx`.
-                rx.set_closing();
+                ws.set_closing();
             }
-            if rx.heap_bytes() > 0 && !c.is_dead() {
+            if !c.is_dead() {
                 // A message delivered from the reassembly buffer frees it on the
-                // next feed: do that now, so an idle connection holds no buffer.
-                let _ = rx.feed(&mut [], &limits);
+                // next read: do that now, so an idle connection holds no buffer.
+                ws.release(&limits);
             }
-            c.rx = rx;
+            c.ws = ws;
         }
     }
 
-    /// Act on one message; false when nothing more should be read from the connection.
-    pub(super) fn on_message(&mut self, id: usize, m: Message<'_>) -> bool {
+    /// Act on one message; false when nothing more should be read from the
+    /// connection. `was_open`: the endpoint was open before this message, so
+    /// it answered a Close itself; `policy`: this connection's compression.
+    pub(super) fn on_message(
+        &mut self,
+        id: usize,
+        m: Message<'_>,
+        was_open: bool,
+        policy: SendPolicy,
+    ) -> bool {
         let ctx = &mut self.ctx;
         let Some(c) = self.conns.get_mut(id) else {
             return false;
         };
         match m {
-            Message::Ping(p) => {
-                c.append(&mut ctx.outbox_bytes, |o| {
-                    encode_frame(o, OpCode::Pong, true, p, None)
-                });
-                mark_dirty(&mut ctx.dirty, id, c);
-            }
-            Message::Pong(_) => {}
+            // The endpoint queued the pong.
+            Message::Ping(_) | Message::Pong(_) => {}
             Message::Close { code, reason } => {
                 debug!(conn = id, peer:% = c.ip, code = code.unwrap_or(1005), reason = reason; "peer closed");
                 ctx.metrics.close_received(code.unwrap_or(1005));
-                if c.phase() == Phase::Open {
-                    let echo = code.unwrap_or(1000);
-                    c.append(&mut ctx.outbox_bytes, |o| {
-                        encode_close(o, Some(echo), "", None)
-                    });
-                    ctx.metrics.close_sent(echo);
+                if was_open {
+                    // The endpoint echoed it.
+                    ctx.metrics.close_sent(code.unwrap_or(1000));
                 }
                 // Either way the handshake is complete: close once written.
                 finish_with(ctx, id, c, Then::Close);
@@ -175,11 +204,7 @@ impl Server {
             Message::Text(t) => {
                 ctx.metrics.messages_in += 1;
                 if c.kind == Kind::Echo {
-                    c.append(&mut ctx.outbox_bytes, |o| {
-                        encode_frame(o, OpCode::Text, true, t.as_bytes(), None)
-                    });
-                    ctx.metrics.messages_out += 1;
-                    mark_dirty(&mut ctx.dirty, id, c);
+                    echo(ctx, id, c, OpCode::Text, t.as_bytes(), policy);
                 } else {
                     self.chat_line(id, t);
                 }
@@ -187,11 +212,7 @@ impl Server {
             Message::Binary(b) => {
                 ctx.metrics.messages_in += 1;
                 if c.kind == Kind::Echo {
-                    c.append(&mut ctx.outbox_bytes, |o| {
-                        encode_frame(o, OpCode::Binary, true, b, None)
-                    });
-                    ctx.metrics.messages_out += 1;
-                    mark_dirty(&mut ctx.dirty, id, c);
+                    echo(ctx, id, c, OpCode::Binary, b, policy);
                 } else {
                     // tsung sends chat lines as binary frames by default.
                     match std::str::from_utf8(b) {
@@ -207,6 +228,9 @@ impl Server {
     }
 
     pub(super) fn chat_line(&mut self, id: usize, line: &str) {
+        if self.auth_line(id, line) {
+            return;
+        }
         let (arrived, now) = (self.ctx.arrived_ms, self.ctx.now_ms);
         let (hub, mut out) = self.chat();
         hub.handle_arrived(id, line, arrived, now, &mut out);
@@ -276,6 +300,27 @@ impl Server {
         );
         self.reply(id, &text);
     }
+}
+
+/// Send an echo reply, compressed when the connection negotiated it and the
+/// message reaches the threshold.
+fn echo(ctx: &mut Ctx, id: usize, c: &mut Conn, op: OpCode, payload: &[u8], policy: SendPolicy) {
+    if c.phase() != Phase::Open {
+        return;
+    }
+    if policy.compresses(payload.len(), ctx.cfg.compression_threshold) {
+        let z = &mut ctx.deflater;
+        c.append(&mut ctx.outbox_bytes, |o| {
+            z.encode_frame(o, op, payload, None)
+        });
+        ctx.metrics.deflated_messages += 1;
+    } else {
+        c.append(&mut ctx.outbox_bytes, |o| {
+            encode_frame(o, op, true, payload, None)
+        });
+    }
+    ctx.metrics.messages_out += 1;
+    mark_dirty(&mut ctx.dirty, id, c);
 }
 
 fn append_bounded(buf: &mut Vec<u8>, bytes: &[u8], max: usize) {

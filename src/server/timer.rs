@@ -5,14 +5,14 @@
 //! (a closed connection, a reused slab key, a superseded deadline) costs one compare.
 
 /// Milliseconds per tick: deadlines are accurate to one tick.
-pub const TICK_MS: u64 = 100;
+pub(super) const TICK_MS: u64 = 100;
 const SLOTS: usize = 512;
 
 /// One filed connection: its slab key and the tick it asked for. The connection
 /// remembers the tick of its one live entry; an entry whose tick differs is stale
 /// (superseded by an earlier deadline, or its key was reused) and is skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Entry {
+pub(super) struct Entry {
     /// Slab key of the connection.
     pub key: u32,
     /// The deadline tick requested when filed (before clamping).
@@ -21,7 +21,7 @@ pub struct Entry {
 
 /// Timer wheel with `SLOTS` slots of one tick each. Deadlines further than the
 /// wheel's span are filed in the farthest slot and re-filed when it fires.
-pub struct Wheel {
+pub(super) struct Wheel {
     slots: Vec<Vec<Entry>>,
     /// The next tick not yet fired.
     next: u64,
@@ -36,7 +36,7 @@ impl Default for Wheel {
 
 impl Wheel {
     /// An empty wheel starting at tick 0.
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Wheel {
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
             next: 0,
@@ -45,19 +45,19 @@ impl Wheel {
     }
 
     /// File `entry` to fire at `tick` (clamped into the wheel's span).
-    pub fn insert(&mut self, tick: u64, entry: Entry) {
+    pub(super) fn insert(&mut self, tick: u64, entry: Entry) {
         let tick = tick.clamp(self.next, self.next + SLOTS as u64 - 1);
         self.slots[(tick % SLOTS as u64) as usize].push(entry);
         self.len += 1;
     }
 
     /// True when nothing is filed.
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Move every entry due at or before `now` into `out` (which is cleared first).
-    pub fn expire(&mut self, now: u64, out: &mut Vec<Entry>) {
+    pub(super) fn expire(&mut self, now: u64, out: &mut Vec<Entry>) {
         out.clear();
         // Never walk more than one lap: after a long stall every slot is due once.
         let end = now.min(self.next + SLOTS as u64 - 1);

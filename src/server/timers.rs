@@ -1,6 +1,8 @@
 //! Per-connection deadlines: handshake, idle, ping and close timeouts, filed
 //! in the timer wheel and acted on when they fire. Both sides ask
-//! [`Conn::deadline`](super::conn::Conn::deadline) what is due and when.
+//! [`Conn::deadline`](super::conn::Conn::deadline) what is due and when; a
+//! signed chat connection is also filed under its token's expiry
+//! (`auth_glue.rs`).
 
 use log::debug;
 
@@ -13,12 +15,18 @@ use crate::ws::frame::{encode_frame, OpCode};
 impl Server {
     /// File connection `id` under its next deadline (if it changed).
     pub(super) fn schedule(&mut self, id: usize) {
+        let token_at = self.token_tick(id);
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
-        let Some((at, _)) = c.deadline(&self.ctx.timeouts) else {
-            c.timer_at = u32::MAX;
-            return;
+        let conn_at = c.deadline(&self.ctx.timeouts).map(|(at, _)| at);
+        let at = match (conn_at, token_at) {
+            (Some(a), Some(t)) if !c.is_closing() => a.min(t),
+            (Some(a), _) => a,
+            (None, _) => {
+                c.timer_at = u32::MAX;
+                return;
+            }
         };
         if c.timer_at != at {
             c.timer_at = at;
@@ -48,6 +56,7 @@ impl Server {
             c.timer_at = u32::MAX;
             // An entry clamped into the wheel's span fires early: nothing is
             // due yet and it is simply filed again.
+            self.expire_token(id);
             self.on_timer(id, now);
             self.schedule(id);
         }

@@ -112,7 +112,11 @@ impl Server {
                     .saturating_sub(before - c.outbox.capacity());
             }
         }
-        if c.has(PAUSED) && c.pending() <= self.ctx.cfg.outbox_soft / 2 {
+        let under_budget = self.ctx.outbox_bytes < self.ctx.cfg.outbox_total;
+        if c.has(PAUSED)
+            && c.pending() <= self.ctx.cfg.outbox_soft / 2
+            && (c.pending() == 0 || under_budget)
+        {
             c.clear(PAUSED);
             self.ctx.read_again.push(id);
         }

@@ -1,6 +1,6 @@
 //! Close frame payloads (RFC 6455 sections 5.5.1 and 7.4).
 
-use super::message::ProtocolError;
+use super::error::ProtocolError;
 
 /// Whether a peer may send `code` in a Close frame: 1000-1003 and 1007-1014
 /// are defined for the wire, 3000-4999 are for libraries and applications.

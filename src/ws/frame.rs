@@ -6,8 +6,8 @@
 //! buffer, so the payload is never copied by the decoder. Every header rule is
 //! checked as soon as the byte carrying it is seen.
 
+use super::error::ProtocolError;
 use super::mask::apply_mask;
-use super::message::ProtocolError;
 
 /// Which end of the connection this is; it decides the masking rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,9 +83,13 @@ pub struct FrameHeader {
     pub len: u64,
     /// Masking key, present exactly when the frame was masked.
     pub mask: Option<[u8; 4]>,
+    /// RSV1: the message this frame starts is compressed (RFC 7692). Only
+    /// ever true when the caller allowed it, and only on Text or Binary.
+    pub rsv1: bool,
 }
 
-/// Parse a frame header at the start of `buf`.
+/// Parse a frame header at the start of `buf`, with no extension negotiated
+/// (every RSV bit is an error).
 ///
 /// Returns `Ok(None)` when `buf` holds only part of the header; the rules that
 /// the available bytes already decide are checked anyway, so a bad frame fails
@@ -95,15 +99,32 @@ pub fn parse_header(
     role: Role,
     max_frame: u64,
 ) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+    parse_header_ext(buf, role, max_frame, false)
+}
+
+/// [`parse_header`] with permessage-deflate negotiated when `deflate`: RSV1
+/// is then allowed on the first frame of a Text or Binary message and is
+/// [`ProtocolError::UnexpectedCompression`] (1002) on a control or
+/// continuation frame (RFC 7692 section 6). RSV2 and RSV3 are always errors.
+pub fn parse_header_ext(
+    buf: &[u8],
+    role: Role,
+    max_frame: u64,
+    deflate: bool,
+) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
     let Some(&b0) = buf.first() else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Err(ProtocolError::ReservedBits);
     }
     let Some(opcode) = OpCode::from_u8(b0 & 0x0F) else {
         return Err(ProtocolError::ReservedOpcode(b0 & 0x0F));
     };
+    if rsv1 && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+        return Err(ProtocolError::UnexpectedCompression);
+    }
     let fin = b0 & 0x80 != 0;
     if !fin && opcode.is_control() {
         return Err(ProtocolError::FragmentedControl);
@@ -158,6 +179,7 @@ pub fn parse_header(
             opcode,
             len,
             mask,
+            rsv1,
         },
         pos,
     )))
@@ -176,6 +198,8 @@ pub struct Chunk<'a> {
     pub first: bool,
     /// Payload bytes of the frame still to come after this chunk.
     pub remaining: u64,
+    /// RSV1 of the frame; reported on its first chunk only (`first`).
+    pub compressed: bool,
     /// Unmasked payload bytes; they are the last bytes consumed by the call.
     pub payload: &'a [u8],
 }
@@ -203,6 +227,8 @@ pub struct FrameDecoder {
     fin: bool,
     opcode: OpCode,
     role: Role,
+    /// permessage-deflate was negotiated: RSV1 may start a data message.
+    deflate: bool,
 }
 
 impl FrameDecoder {
@@ -217,7 +243,19 @@ impl FrameDecoder {
             fin: false,
             opcode: OpCode::Continuation,
             role,
+            deflate: false,
         }
+    }
+
+    /// Allow RSV1 on the first frame of data messages (permessage-deflate
+    /// negotiated); call before the first byte is decoded.
+    pub fn set_deflate(&mut self, on: bool) {
+        self.deflate = on;
+    }
+
+    /// Whether RSV1 is allowed (see [`FrameDecoder::set_deflate`]).
+    pub fn deflate(&self) -> bool {
+        self.deflate
     }
 
     /// The role this decoder enforces.
@@ -248,10 +286,11 @@ impl FrameDecoder {
     ) -> Result<(usize, Option<Chunk<'a>>), ProtocolError> {
         let first = !self.in_payload;
         let mut pos = 0;
+        let mut compressed = false;
         if first {
             let old = usize::from(self.spill_len);
             let (header, used) = if old == 0 {
-                match parse_header(input, self.role, max_frame)? {
+                match parse_header_ext(input, self.role, max_frame, self.deflate)? {
                     Some(found) => found,
                     None => {
                         // Shorter than a header, so it fits the spill array.
@@ -264,7 +303,8 @@ impl FrameDecoder {
             } else {
                 let k = (MAX_HEADER_LEN - old).min(input.len());
                 self.spill[old..old + k].copy_from_slice(&input[..k]);
-                match parse_header(&self.spill[..old + k], self.role, max_frame)? {
+                match parse_header_ext(&self.spill[..old + k], self.role, max_frame, self.deflate)?
+                {
                     // The first `old` bytes were not a whole header, so n > old.
                     Some((header, n)) => (header, n.saturating_sub(old)),
                     None => {
@@ -280,6 +320,7 @@ impl FrameDecoder {
             self.opcode = header.opcode;
             self.remaining = header.len;
             self.mask = header.mask.unwrap_or([0; 4]);
+            compressed = header.rsv1;
             pos = used;
         } else if input.is_empty() {
             return Ok((0, None));
@@ -305,6 +346,7 @@ impl FrameDecoder {
                 opcode: self.opcode,
                 first,
                 remaining: self.remaining,
+                compressed,
                 payload,
             }),
         ))

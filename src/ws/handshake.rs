@@ -12,12 +12,8 @@
 //! start on every call; that keeps the parser stateless (nothing to store per
 //! connection) and is cheap because the head is bounded by `max_header_bytes`.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -205,6 +201,9 @@ pub struct Request<'b> {
     /// The first `Sec-WebSocket-Protocol` header, raw. Later ones are ignored: the
     /// server then chooses among fewer offers, which is never wrong.
     pub ws_protocol: Option<&'b str>,
+    /// The first `Sec-WebSocket-Extensions` header, raw. Later ones are
+    /// ignored, as for the protocol: fewer offers to choose from.
+    pub ws_extensions: Option<&'b str>,
 }
 
 /// What a valid upgrade request asks for.
@@ -215,6 +214,9 @@ pub struct Upgrade<'b> {
     pub key: &'b str,
     /// The raw `Sec-WebSocket-Protocol` offer (comma list), or `""`; see [`choose_protocol`].
     pub protocols: &'b str,
+    /// The raw `Sec-WebSocket-Extensions` offer, or `""`; see
+    /// [`crate::ws::deflate::negotiate`].
+    pub extensions: &'b str,
 }
 
 /// Parse an HTTP/1.x request head from `buf`, the bytes received so far.
@@ -260,6 +262,7 @@ pub fn parse_request(
         ws_version: None,
         ws_key: None,
         ws_protocol: None,
+        ws_extensions: None,
     };
     for h in req.headers.iter() {
         let name = h.name;
@@ -295,6 +298,10 @@ pub fn parse_request(
             22 if name.eq_ignore_ascii_case("sec-websocket-protocol") => {
                 let v = header_str(h.value)?;
                 out.ws_protocol.get_or_insert(v);
+            }
+            24 if name.eq_ignore_ascii_case("sec-websocket-extensions") => {
+                let v = header_str(h.value)?;
+                out.ws_extensions.get_or_insert(v);
             }
             _ => {}
         }
@@ -341,6 +348,7 @@ impl<'b> Request<'b> {
         Ok(Upgrade {
             key,
             protocols: self.ws_protocol.map_or("", trim_ows),
+            extensions: self.ws_extensions.map_or("", trim_ows),
         })
     }
 
@@ -437,6 +445,17 @@ pub fn accept_key_into<'o>(key: &str, out: &'o mut [u8; ACCEPT_KEY_LEN]) -> &'o 
 /// Append `HTTP/1.1 101 Switching Protocols` with `Upgrade`, `Connection`,
 /// `Sec-WebSocket-Accept` and, when `protocol` is given, `Sec-WebSocket-Protocol`.
 pub fn write_upgrade_response(out: &mut Vec<u8>, key: &str, protocol: Option<&str>) {
+    write_upgrade_response_ext(out, key, protocol, None);
+}
+
+/// [`write_upgrade_response`] confirming `extensions` (a
+/// `Sec-WebSocket-Extensions` value) when given.
+pub fn write_upgrade_response_ext(
+    out: &mut Vec<u8>,
+    key: &str,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+) {
     let mut accept = [0u8; ACCEPT_KEY_LEN];
     let accept = accept_key_into(key, &mut accept);
     out.extend_from_slice(
@@ -446,6 +465,9 @@ pub fn write_upgrade_response(out: &mut Vec<u8>, key: &str, protocol: Option<&st
     out.extend_from_slice(b"\r\n");
     if let Some(p) = protocol {
         push_header(out, "Sec-WebSocket-Protocol", p);
+    }
+    if let Some(e) = extensions {
+        push_header(out, "Sec-WebSocket-Extensions", e);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -475,6 +497,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -491,23 +514,10 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// A fresh `Sec-WebSocket-Key`: base64 of 16 pseudo-random bytes.
 ///
 /// The key only has to differ between connections (it proves the server speaks
-/// WebSocket, it is not a secret), so std's randomly seeded SipHash over the
-/// time and a process-wide counter is enough.
+/// WebSocket, it is not a secret): the thread's generator of [`crate::rng`].
 pub fn generate_key() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let state = RandomState::new();
     let mut bytes = [0u8; 16];
-    for (i, chunk) in bytes.chunks_exact_mut(8).enumerate() {
-        let mut h = state.build_hasher();
-        h.write_u64(nanos);
-        h.write_u64(count);
-        h.write_usize(i);
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
-    }
+    crate::rng::with_thread_rng(|r| r.fill(&mut bytes));
     STANDARD.encode(bytes)
 }
 
@@ -518,6 +528,19 @@ pub fn write_client_request(
     path_and_query: &str,
     key: &str,
     origin: Option<&str>,
+) {
+    write_client_request_ext(out, host, path_and_query, key, origin, None);
+}
+
+/// [`write_client_request`] offering `extensions` (e.g.
+/// [`crate::ws::deflate::CLIENT_OFFER`]) when given.
+pub fn write_client_request_ext(
+    out: &mut Vec<u8>,
+    host: &str,
+    path_and_query: &str,
+    key: &str,
+    origin: Option<&str>,
+    extensions: Option<&str>,
 ) {
     out.extend_from_slice(b"GET ");
     if path_and_query.is_empty() {
@@ -534,6 +557,9 @@ pub fn write_client_request(
     if let Some(origin) = origin {
         push_header(out, "Origin", origin);
     }
+    if let Some(e) = extensions {
+        push_header(out, "Sec-WebSocket-Extensions", e);
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -549,6 +575,24 @@ pub fn parse_response(
     key: &str,
     max_header_bytes: usize,
 ) -> Result<Status<(u16, usize)>, HttpError> {
+    Ok(
+        match parse_response_ext(buf, key, max_header_bytes, false)? {
+            Status::Complete((code, len, _)) => Status::Complete((code, len)),
+            Status::Partial => Status::Partial,
+        },
+    )
+}
+
+/// [`parse_response`] after a request that offered
+/// [`crate::ws::deflate::CLIENT_OFFER`] when `offered_deflate`: a 101 may then
+/// confirm it (checked by [`crate::ws::deflate::check_answer`]), and the
+/// agreement is the third element.
+pub fn parse_response_ext(
+    buf: &[u8],
+    key: &str,
+    max_header_bytes: usize,
+    offered_deflate: bool,
+) -> Result<Status<(u16, usize, Option<crate::ws::deflate::Agreement>)>, HttpError> {
     let (window, at_limit) = limit_window(buf, max_header_bytes);
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -561,8 +605,9 @@ pub fn parse_response(
     };
     let code = resp.code.unwrap_or(0);
     if code != 101 {
-        return Ok(Status::Complete((code, len)));
+        return Ok(Status::Complete((code, len, None)));
     }
+    let mut deflate = None;
     let (mut upgrade, mut connection, mut accept_ok, mut accept_seen) =
         (false, false, false, false);
     let mut expected = [0u8; ACCEPT_KEY_LEN];
@@ -580,7 +625,11 @@ pub fn parse_response(
             accept_ok = !accept_seen && trim_ows(value) == expected;
             accept_seen = true;
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
-            return Err(HttpError::BadResponse("unrequested extension in 101"));
+            if !offered_deflate || deflate.is_some() {
+                return Err(HttpError::BadResponse("unrequested extension in 101"));
+            }
+            deflate =
+                Some(crate::ws::deflate::check_answer(value).map_err(HttpError::BadResponse)?);
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
             return Err(HttpError::BadResponse("unrequested subprotocol in 101"));
         }
@@ -594,7 +643,7 @@ pub fn parse_response(
     if !accept_ok {
         return Err(HttpError::BadAccept);
     }
-    Ok(Status::Complete((code, len)))
+    Ok(Status::Complete((code, len, deflate)))
 }
 
 /// The part of `buf` the parser may look at, and whether that part is already
@@ -1257,6 +1306,7 @@ mod tests {
             (101, "Switching Protocols"),
             (200, "OK"),
             (400, "Bad Request"),
+            (401, "Unauthorized"),
             (403, "Forbidden"),
             (404, "Not Found"),
             (405, "Method Not Allowed"),

@@ -6,9 +6,11 @@
 //! fragments is copied into the receiver's buffer, which exists only while
 //! such a message is in flight, so an idle connection holds no heap memory.
 
-use std::fmt;
+use std::cell::Cell;
 
 use super::close::parse_close_payload;
+use super::deflate::Inflater;
+pub use super::error::ProtocolError;
 use super::frame::{Chunk, FrameDecoder, OpCode, Role, MAX_CONTROL_PAYLOAD};
 use super::utf8::Utf8Validator;
 
@@ -83,76 +85,6 @@ impl Message<'_> {
     }
 }
 
-/// Every protocol error; each maps to an RFC 6455 close code (1002, 1007, 1009 ...).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProtocolError {
-    /// 1002: a server received a frame without the MASK bit.
-    UnmaskedFrame,
-    /// 1002: a client received a masked frame.
-    MaskedFrame,
-    /// 1002: RSV1-3 set although no extension was negotiated.
-    ReservedBits,
-    /// 1002: opcode 3-7 or 11-15 (the value is carried).
-    ReservedOpcode(u8),
-    /// 1002: a control frame without FIN.
-    FragmentedControl,
-    /// 1002: a control frame longer than 125 bytes.
-    ControlTooLong,
-    /// 1002: a 64-bit length with the most significant bit set.
-    BadLength,
-    /// 1009: a frame longer than [`Limits::max_frame`].
-    FrameTooLarge,
-    /// 1009: a message longer than [`Limits::max_message`].
-    MessageTooLarge,
-    /// 1002: a continuation frame with no fragmented message in progress.
-    UnexpectedContinuation,
-    /// 1002: a new Text or Binary frame while a fragmented message is in progress.
-    ExpectedContinuation,
-    /// 1007: a text message that is not valid UTF-8.
-    InvalidUtf8,
-    /// 1002: a close payload of exactly one byte.
-    BadClosePayload,
-    /// 1002: a close code that may not appear on the wire (the code is carried).
-    InvalidCloseCode(u16),
-    /// 1007: a close reason that is not valid UTF-8.
-    InvalidCloseReason,
-}
-
-impl ProtocolError {
-    /// The RFC 6455 status code to close the connection with.
-    pub fn close_code(&self) -> u16 {
-        match self {
-            ProtocolError::FrameTooLarge | ProtocolError::MessageTooLarge => 1009,
-            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCloseReason => 1007,
-            _ => 1002,
-        }
-    }
-}
-
-impl fmt::Display for ProtocolError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProtocolError::UnmaskedFrame => f.write_str("unmasked frame from client"),
-            ProtocolError::MaskedFrame => f.write_str("masked frame from server"),
-            ProtocolError::ReservedBits => f.write_str("reserved bits set"),
-            ProtocolError::ReservedOpcode(op) => write!(f, "reserved opcode {op}"),
-            ProtocolError::FragmentedControl => f.write_str("fragmented control frame"),
-            ProtocolError::ControlTooLong => f.write_str("control frame over 125 bytes"),
-            ProtocolError::BadLength => f.write_str("invalid frame length"),
-            ProtocolError::FrameTooLarge => f.write_str("frame too large"),
-            ProtocolError::MessageTooLarge => f.write_str("message too large"),
-            ProtocolError::UnexpectedContinuation => f.write_str("continuation without a message"),
-            ProtocolError::ExpectedContinuation => f.write_str("expected a continuation frame"),
-            ProtocolError::InvalidUtf8 => f.write_str("invalid UTF-8 in text"),
-            ProtocolError::BadClosePayload => f.write_str("one-byte close payload"),
-            ProtocolError::InvalidCloseCode(c) => write!(f, "invalid close code {c}"),
-            ProtocolError::InvalidCloseReason => f.write_str("invalid UTF-8 in close reason"),
-        }
-    }
-}
-
-impl std::error::Error for ProtocolError {}
-
 /// The data message being received across frames or reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Partial {
@@ -178,10 +110,10 @@ enum Kind {
 
 /// Where the payload of a completed message is, without holding a borrow.
 enum Done {
-    /// `input[start..end]`.
-    Input(Kind, usize, usize),
-    /// `buf[start..]`.
-    Buffer(Kind, usize),
+    /// `input[start..end]`; compressed when the flag is set.
+    Input(Kind, usize, usize, bool),
+    /// `buf[start..]`; compressed when the flag is set.
+    Buffer(Kind, usize, bool),
 }
 
 const CLOSING: u8 = 1;
@@ -190,6 +122,24 @@ const CLOSED: u8 = 2;
 const RELEASE: u8 = 4;
 /// A buffered control frame was delivered: drop its `ctrl_len` bytes from the end of `buf`.
 const CTRL_DONE: u8 = 8;
+/// The data message in progress is compressed (RSV1 on its first frame).
+const COMPRESSED: u8 = 16;
+/// permessage-deflate was negotiated with a narrowed server window: compress
+/// towards this peer only messages of at most `deflate::NARROW_MAX` bytes.
+const NARROW: u8 = 32;
+/// This end sent a Close but still wants the data the peer sent before
+/// answering it (a client that sent its last lines and waits for the replies).
+const SENT_CLOSE: u8 = 64;
+
+/// Largest compressed size accepted for a message of at most `max_message`
+/// inflated bytes: incompressible data grows a little when deflated (stored
+/// blocks cost 5 bytes per 64 KiB; a poor encoder's fixed Huffman codes up to
+/// 1/8), so the wire bound is the limit plus an eighth.
+pub fn wire_limit(max_message: usize) -> usize {
+    max_message
+        .saturating_add(max_message / 8)
+        .saturating_add(64)
+}
 
 /// Decoder + fragment assembler + incremental (fail-fast) UTF-8 validation + close-code validation.
 /// Small: keep size_of::<Receiver>() <= 64 bytes if at all possible (it lives in every connection entry);
@@ -206,6 +156,9 @@ pub struct Receiver {
     partial: Partial,
     ctrl_len: u8,
     flags: u8,
+    /// An error was returned: the stream is unusable. A `Cell` so that the
+    /// last step of `feed`, which already lends out the message, can set it.
+    failed: Cell<bool>,
 }
 
 impl Receiver {
@@ -218,7 +171,52 @@ impl Receiver {
             partial: Partial::None,
             ctrl_len: 0,
             flags: 0,
+            failed: Cell::new(false),
         }
+    }
+
+    /// A receiver for a connection that negotiated permessage-deflate: RSV1
+    /// may start a data message, which [`Receiver::feed_with`] inflates.
+    /// `narrow`: the peer limited the server's window (see
+    /// [`crate::ws::deflate::Agreement::narrow`]); only recorded here.
+    pub fn with_deflate(role: Role, narrow: bool) -> Self {
+        let mut rx = Receiver::new(role);
+        rx.decoder.set_deflate(true);
+        if narrow {
+            rx.flags |= NARROW;
+        }
+        rx
+    }
+
+    /// permessage-deflate was negotiated.
+    pub fn deflate(&self) -> bool {
+        self.decoder.deflate()
+    }
+
+    /// permessage-deflate was negotiated with a window below 32 KiB.
+    pub fn narrow(&self) -> bool {
+        self.flags & NARROW != 0
+    }
+
+    /// The role whose input rules this receiver enforces.
+    pub fn role(&self) -> Role {
+        self.decoder.role()
+    }
+
+    /// True once `feed` returned an error.
+    pub fn is_failed(&self) -> bool {
+        self.failed.get()
+    }
+
+    /// True after [`Receiver::set_closing`] or [`Receiver::set_close_sent`].
+    pub fn is_closing(&self) -> bool {
+        self.flags & (CLOSING | SENT_CLOSE) != 0
+    }
+
+    /// Record that this end sent a Close, but keep returning data messages
+    /// until the peer's Close (unlike [`Receiver::set_closing`]).
+    pub fn set_close_sent(&mut self) {
+        self.flags |= SENT_CLOSE;
     }
 
     /// Consume bytes from `input` (payload is unmasked in place) until one message completes or input ends.
@@ -233,43 +231,109 @@ impl Receiver {
         input: &'a mut [u8],
         limits: &Limits,
     ) -> Result<(usize, Option<Message<'a>>), ProtocolError> {
+        self.feed_with(input, limits, None)
+    }
+
+    /// [`Receiver::feed`] for a connection that may receive compressed
+    /// messages: they are inflated by the loop's shared `inflater` (reset per
+    /// message), and the message then borrows its output buffer. The inflated
+    /// size counts against `limits.max_message` while inflating (1009 beyond
+    /// it); a compressed message without an inflater is
+    /// [`ProtocolError::UnexpectedCompression`].
+    ///
+    /// Compressed bytes spanning frames or reads are kept in the receiver's
+    /// buffer (at most [`wire_limit`] bytes) and inflated when the message is
+    /// complete, which is what lets one inflater serve every connection.
+    /// UTF-8 of a compressed text message is checked once it is inflated.
+    pub fn feed_with<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        limits: &Limits,
+        inflater: Option<&'a mut Inflater>,
+    ) -> Result<(usize, Option<Message<'a>>), ProtocolError> {
         self.release_delivered();
-        if self.flags & CLOSED != 0 {
+        if self.flags & CLOSED != 0 || self.failed.get() {
             return Ok((input.len(), None));
         }
+        let (pos, done) = match self.step(input, limits) {
+            Ok((pos, Some(done))) => (pos, done),
+            Ok((pos, None)) => return Ok((pos, None)),
+            Err(e) => {
+                self.failed.set(true);
+                return Err(e);
+            }
+        };
+        let input: &'a [u8] = input;
+        let this: &'a Self = self;
+        let (kind, payload, compressed) = match done {
+            Done::Input(kind, start, end, z) => {
+                (kind, input.get(start..end).unwrap_or_default(), z)
+            }
+            Done::Buffer(kind, start, z) => (kind, this.buf.get(start..).unwrap_or_default(), z),
+        };
+        let payload = if compressed {
+            let Some(inflater) = inflater else {
+                return this.fail(ProtocolError::UnexpectedCompression);
+            };
+            match inflater.inflate(&[payload], limits.max_message) {
+                Ok(p) => p,
+                Err(e) => return this.fail(e),
+            }
+        } else {
+            payload
+        };
+        let message = match kind {
+            Kind::Text => match std::str::from_utf8(payload) {
+                Ok(t) => Message::Text(t),
+                Err(_) => return this.fail(ProtocolError::InvalidUtf8),
+            },
+            Kind::Binary => Message::Binary(payload),
+            Kind::Ping => Message::Ping(payload),
+            Kind::Pong => Message::Pong(payload),
+            Kind::Close => match parse_close_payload(payload) {
+                Ok((code, reason)) => Message::Close { code, reason },
+                Err(e) => return this.fail(e),
+            },
+        };
+        Ok((pos, Some(message)))
+    }
+
+    fn fail<T>(&self, e: ProtocolError) -> Result<T, ProtocolError> {
+        self.failed.set(true);
+        Err(e)
+    }
+
+    /// Decode until a message is complete (`Some`) or the input is used up.
+    fn step(
+        &mut self,
+        input: &mut [u8],
+        limits: &Limits,
+    ) -> Result<(usize, Option<Done>), ProtocolError> {
         let mut pos = 0;
-        let done = loop {
+        // A compressed frame may be a little longer than what it inflates to:
+        // with deflate negotiated, frames get the wire bound; messages are
+        // still held to theirs below.
+        let max_frame = if self.decoder.deflate() {
+            wire_limit(usize::try_from(limits.max_frame).unwrap_or(usize::MAX)) as u64
+        } else {
+            limits.max_frame
+        };
+        loop {
             let (n, chunk) = self
                 .decoder
-                .decode(input.get_mut(pos..).unwrap_or_default(), limits.max_frame)?;
+                .decode(input.get_mut(pos..).unwrap_or_default(), max_frame)?;
             pos += n;
             let Some(chunk) = chunk else {
                 return Ok((input.len(), None));
             };
             let start = pos - chunk.payload.len();
             if let Some(done) = self.on_chunk(chunk, start, pos, limits)? {
-                break done;
+                if matches!(done, Done::Input(_, _, _, true) | Done::Buffer(_, _, true)) {
+                    self.flags &= !COMPRESSED;
+                }
+                return Ok((pos, Some(done)));
             }
-        };
-        let input: &'a [u8] = input;
-        let this: &'a Self = self;
-        let (kind, payload) = match done {
-            Done::Input(kind, start, end) => (kind, input.get(start..end).unwrap_or_default()),
-            Done::Buffer(kind, start) => (kind, this.buf.get(start..).unwrap_or_default()),
-        };
-        let message = match kind {
-            Kind::Text => {
-                Message::Text(std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?)
-            }
-            Kind::Binary => Message::Binary(payload),
-            Kind::Ping => Message::Ping(payload),
-            Kind::Pong => Message::Pong(payload),
-            Kind::Close => {
-                let (code, reason) = parse_close_payload(payload)?;
-                Message::Close { code, reason }
-            }
-        };
-        Ok((pos, Some(message)))
+        }
     }
 
     /// After this endpoint sent a Close: data messages are consumed and dropped; control frames still returned.
@@ -340,7 +404,7 @@ impl Receiver {
                 if matches!(kind, Kind::Close) {
                     self.flags |= CLOSED;
                 }
-                return Ok(Some(Done::Input(kind, start, end)));
+                return Ok(Some(Done::Input(kind, start, end, false)));
             }
             // The decoder bounds control payloads to 125 bytes.
             self.append(chunk.payload, limits);
@@ -353,7 +417,7 @@ impl Receiver {
                 self.flags |= CLOSED;
             }
             let at = self.buf.len().saturating_sub(usize::from(self.ctrl_len));
-            return Ok(Some(Done::Buffer(kind, at)));
+            return Ok(Some(Done::Buffer(kind, at, false)));
         }
 
         let message_end = chunk.fin && last;
@@ -367,6 +431,7 @@ impl Receiver {
             }
         }
         if self.flags & CLOSING != 0 {
+            self.flags &= !COMPRESSED;
             if self.partial != Partial::Drop {
                 self.buf = Vec::new();
                 self.utf8.reset();
@@ -379,17 +444,27 @@ impl Receiver {
             return Ok(None);
         }
         if chunk.first {
+            if chunk.compressed {
+                // The decoder allows RSV1 only on Text/Binary, so this starts a message.
+                self.flags |= COMPRESSED;
+            }
+            let z = self.flags & COMPRESSED != 0;
             let frame_len = chunk.payload.len() as u64 + chunk.remaining;
+            let max = if z {
+                wire_limit(limits.max_message)
+            } else {
+                limits.max_message
+            };
             // Only data bytes are in `buf` here: control frames never overlap a data frame.
-            if self.buf.len() as u64 + frame_len > limits.max_message as u64 {
+            if self.buf.len() as u64 + frame_len > max as u64 {
                 return Err(ProtocolError::MessageTooLarge);
             }
             match chunk.opcode {
                 OpCode::Text if message_end => {
-                    return Ok(Some(Done::Input(Kind::Text, start, end)))
+                    return Ok(Some(Done::Input(Kind::Text, start, end, z)))
                 }
                 OpCode::Binary if message_end => {
-                    return Ok(Some(Done::Input(Kind::Binary, start, end)))
+                    return Ok(Some(Done::Input(Kind::Binary, start, end, z)))
                 }
                 OpCode::Text => {
                     self.partial = Partial::Text;
@@ -399,7 +474,10 @@ impl Receiver {
                 _ => {}
             }
         }
+        let z = self.flags & COMPRESSED != 0;
         let kind = match self.partial {
+            // Compressed text is checked once inflated.
+            Partial::Text if z => Kind::Text,
             Partial::Text => {
                 self.utf8
                     .feed(chunk.payload)
@@ -414,12 +492,12 @@ impl Receiver {
         if !message_end {
             return Ok(None);
         }
-        if matches!(kind, Kind::Text) {
+        if matches!(kind, Kind::Text) && !z {
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         self.partial = Partial::None;
         self.flags |= RELEASE;
-        Ok(Some(Done::Buffer(kind, 0)))
+        Ok(Some(Done::Buffer(kind, 0, z)))
     }
 }
 
@@ -922,18 +1000,205 @@ mod tests {
             ProtocolError::BadClosePayload,
             ProtocolError::InvalidCloseCode(5000),
             ProtocolError::InvalidCloseReason,
+            ProtocolError::UnexpectedCompression,
+            ProtocolError::BadCompressedData,
         ];
         let codes: Vec<u16> = all.iter().map(|e| e.close_code()).collect();
         assert_eq!(
             codes,
             [
                 1002, 1002, 1002, 1002, 1002, 1002, 1002, 1009, 1009, 1002, 1002, 1007, 1002, 1002,
-                1007
+                1007, 1002, 1007
             ]
         );
         for e in &all {
             assert!(!e.to_string().is_empty());
         }
+    }
+
+    /// Feed `bytes` `step` at a time to a deflate receiver with a shared inflater.
+    fn run_z(
+        rx: &mut Receiver,
+        inf: &mut Inflater,
+        bytes: &[u8],
+        step: usize,
+        limits: &Limits,
+    ) -> (Vec<Owned>, Option<ProtocolError>) {
+        let mut data = bytes.to_vec();
+        let mut out = Vec::new();
+        for piece in data.chunks_mut(step.max(1)) {
+            let mut pos = 0;
+            loop {
+                match rx.feed_with(&mut piece[pos..], limits, Some(&mut *inf)) {
+                    Err(e) => return (out, Some(e)),
+                    Ok((n, Some(m))) => {
+                        pos += n;
+                        out.push(own(m));
+                    }
+                    Ok((_, None)) => break,
+                }
+            }
+        }
+        (out, None)
+    }
+
+    /// Compressed, masked frames for `payload` cut at `cuts` (RSV1 on the first).
+    fn z_frames(op: OpCode, payload: &[u8], cuts: &[usize], ping_between: bool) -> Vec<u8> {
+        let mut c = crate::ws::deflate::Deflater::new();
+        let z = c.compress(payload).to_vec();
+        let mut cuts: Vec<usize> = cuts.iter().map(|x| x % (z.len() + 1)).collect();
+        cuts.sort_unstable();
+        cuts.push(z.len());
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (i, &cut) in cuts.iter().enumerate() {
+            let at = out.len();
+            let fin = i + 1 == cuts.len();
+            encode_frame(
+                &mut out,
+                if i == 0 { op } else { K },
+                fin,
+                &z[start..cut],
+                M,
+            );
+            if i == 0 {
+                crate::ws::deflate::set_rsv1(&mut out, at);
+            }
+            if ping_between && !fin {
+                encode_frame(&mut out, P, true, b"p", M);
+            }
+            start = cut;
+        }
+        out
+    }
+
+    #[test]
+    fn compressed_messages() {
+        let limits = Limits::default();
+        let text = "héllo ".repeat(300);
+        for cuts in [&[][..], &[3], &[1, 2, 50, 51]] {
+            let mut bytes = z_frames(T, text.as_bytes(), cuts, true);
+            bytes.extend(z_frames(B, &[7; 1000], cuts, false));
+            encode_frame(&mut bytes, T, true, b"plain", M);
+            for step in [1, 5, 64, usize::MAX] {
+                let mut rx = Receiver::with_deflate(Role::Server, false);
+                let mut inf = Inflater::new();
+                let (msgs, err) = run_z(&mut rx, &mut inf, &bytes, step, &limits);
+                assert_eq!(err, None);
+                let pings = if cuts.is_empty() { 0 } else { cuts.len() };
+                assert_eq!(msgs.len(), pings + 3);
+                assert_eq!(msgs[pings], Owned::Text(text.clone()));
+                assert_eq!(msgs[pings + 1], Owned::Binary(vec![7; 1000]));
+                assert_eq!(msgs[pings + 2], text_owned("plain"));
+                rx.feed(&mut [], &limits).unwrap();
+                assert_eq!(rx.heap_bytes(), 0);
+            }
+        }
+    }
+
+    fn text_owned(s: &str) -> Owned {
+        Owned::Text(s.into())
+    }
+
+    #[test]
+    fn rsv1_rules() {
+        let limits = Limits::default();
+        let mut inf = Inflater::new();
+        // Not negotiated: any RSV1 is 1002.
+        let bytes = z_frames(T, b"hi", &[], false);
+        let (_, err) = run_all(Role::Server, &bytes, &limits);
+        assert_eq!(err, Some(ProtocolError::ReservedBits));
+        // Negotiated: RSV1 on a control frame or a continuation is 1002.
+        let mut ping = Vec::new();
+        encode_frame(&mut ping, P, true, b"x", M);
+        ping[0] |= 0x40;
+        let mut cont = Vec::new();
+        encode_frame(&mut cont, T, false, b"a", M);
+        let at = cont.len();
+        encode_frame(&mut cont, K, true, b"b", M);
+        cont[at] |= 0x40;
+        for bytes in [ping, cont] {
+            let mut rx = Receiver::with_deflate(Role::Server, false);
+            let (_, err) = run_z(&mut rx, &mut inf, &bytes, 1, &limits);
+            assert_eq!(err, Some(ProtocolError::UnexpectedCompression));
+            assert_eq!(err.unwrap().close_code(), 1002);
+            assert!(rx.is_failed());
+        }
+        // RSV2/RSV3 stay errors.
+        let mut rx = Receiver::with_deflate(Role::Server, false);
+        let (_, err) = run_z(&mut rx, &mut inf, &[0xA1, 0x80, 0, 0, 0, 0], 1, &limits);
+        assert_eq!(err, Some(ProtocolError::ReservedBits));
+        // A compressed message without an inflater.
+        let mut rx = Receiver::with_deflate(Role::Server, false);
+        let mut bytes = z_frames(T, b"hi", &[], false);
+        assert_eq!(
+            rx.feed(&mut bytes, &limits).err(),
+            Some(ProtocolError::UnexpectedCompression)
+        );
+        // Bad deflate data is 1007; bad UTF-8 inside is 1007.
+        let mut bad = Vec::new();
+        encode_frame(&mut bad, B, true, &[0xff, 0xff, 0xff], M);
+        bad[0] |= 0x40;
+        let mut rx = Receiver::with_deflate(Role::Server, false);
+        let (_, err) = run_z(&mut rx, &mut inf, &bad, usize::MAX, &limits);
+        assert_eq!(err.map(|e| e.close_code()), Some(1007));
+        let bytes = z_frames(T, b"ok\xff", &[1], false);
+        let mut rx = Receiver::with_deflate(Role::Server, false);
+        let (_, err) = run_z(&mut rx, &mut inf, &bytes, 3, &limits);
+        assert_eq!(err, Some(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn incompressible_message_at_the_limit_fits() {
+        let limits = Limits {
+            max_frame: 1000,
+            max_message: 1000,
+        };
+        let data: Vec<u8> = (0..1000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut z = crate::ws::deflate::Deflater::with_level(0);
+        let wire = z.compress(&data).to_vec();
+        assert!(wire.len() > 1000);
+        let mut bytes = Vec::new();
+        encode_frame(&mut bytes, B, true, &wire, M);
+        bytes[0] |= 0x40;
+        let mut rx = Receiver::with_deflate(Role::Server, false);
+        let mut inf = Inflater::new();
+        let (msgs, err) = run_z(&mut rx, &mut inf, &bytes, usize::MAX, &limits);
+        assert_eq!((msgs, err), (vec![Owned::Binary(data)], None));
+        // An uncompressed frame on the same connection is still held to 1000.
+        let mut plain = Vec::new();
+        encode_frame(&mut plain, B, true, &[0; 1001], M);
+        let (_, err) = run_z(&mut rx, &mut inf, &plain, usize::MAX, &limits);
+        assert_eq!(err, Some(ProtocolError::MessageTooLarge));
+    }
+
+    #[test]
+    fn compressed_bombs_are_1009() {
+        let limits = Limits {
+            max_frame: 64 << 10,
+            max_message: 64 << 10,
+        };
+        let big = vec![b'z'; 64 << 20];
+        let mut inf = Inflater::new();
+        for cuts in [&[][..], &[10, 20, 30]] {
+            let bytes = z_frames(B, &big, cuts, false);
+            assert!(bytes.len() < 64 << 10);
+            let mut rx = Receiver::with_deflate(Role::Server, false);
+            let (msgs, err) = run_z(&mut rx, &mut inf, &bytes, 4096, &limits);
+            assert_eq!((msgs, err), (vec![], Some(ProtocolError::MessageTooLarge)));
+            assert!(inf.heap_bytes() <= limits.max_message + 1);
+            assert!(rx.heap_bytes() <= wire_limit(limits.max_message) + MAX_CONTROL_PAYLOAD);
+        }
+        // The compressed size is bounded too.
+        let mut rx = Receiver::with_deflate(Role::Server, false);
+        let mut bytes = Vec::new();
+        encode_frame(&mut bytes, B, false, &[0; 60 << 10], M);
+        bytes[0] |= 0x40;
+        encode_frame(&mut bytes, K, true, &[0; 20 << 10], M);
+        let (_, err) = run_z(&mut rx, &mut inf, &bytes, usize::MAX, &limits);
+        assert_eq!(err, Some(ProtocolError::MessageTooLarge));
     }
 
     /// One step of a generated stream: a data message cut into fragments,
@@ -1041,6 +1306,34 @@ mod tests {
             let limits = Limits::default();
             prop_assert_eq!(split_run(role, &bytes, &cuts, &limits), (expected.clone(), None));
             prop_assert_eq!(run(&mut Receiver::new(role), &bytes, 1, &limits), (expected, None));
+        }
+
+        #[test]
+        fn compressed_any_split(
+            msgs in proptest::collection::vec(msg_strategy(), 0..4),
+            zcuts in proptest::collection::vec(any::<usize>(), 0..4),
+            step in 1usize..200,
+        ) {
+            let mut bytes = Vec::new();
+            let mut expected = Vec::new();
+            for (i, m) in msgs.iter().enumerate() {
+                if i % 2 == 0 {
+                    bytes.extend(z_frames(if m.text { T } else { B }, &m.payload, &zcuts, i % 4 == 0));
+                    if i % 4 == 0 {
+                        expected.extend(std::iter::repeat(Owned::Ping(b"p".to_vec())).take(zcuts.len()));
+                    }
+                } else {
+                    encode_frame(&mut bytes, if m.text { T } else { B }, true, &m.payload, M);
+                }
+                expected.push(if m.text {
+                    Owned::Text(String::from_utf8(m.payload.clone()).unwrap())
+                } else {
+                    Owned::Binary(m.payload.clone())
+                });
+            }
+            let mut rx = Receiver::with_deflate(Role::Server, false);
+            let mut inf = Inflater::new();
+            prop_assert_eq!(run_z(&mut rx, &mut inf, &bytes, step, &Limits::default()), (expected, None));
         }
 
         #[test]

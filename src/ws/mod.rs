@@ -2,6 +2,9 @@
 //! tested, fuzzed and benched without sockets.
 
 pub mod close;
+pub mod deflate;
+pub mod endpoint;
+pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

@@ -10,6 +10,10 @@
 //   keyboard access (tabs, tab close, Space on members), contrast and input
 //   sizes, the live status region, a taken nick at connect (and won back), and
 //   a server that refuses the page's Origin (behind a proxy rewriting Host).
+//   v2: a page joining a room shows its history above its JOINED line, with
+//   the server's times; a page whose connection drops while carol says ten
+//   lines comes back by resuming its session and shows each of them exactly
+//   once, in order, with no LEFT/JOINED churn on either side.
 //
 // Screenshots go to tests/browser/out/ (ignored by git).
 //
@@ -18,7 +22,7 @@
 // Environment: LOOPCHAT_BIN (default ../../target/release/loopchat),
 // CHROMIUM (default /usr/bin/chromium), TEST_TIMEOUT_MS (default 120000).
 
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync, existsSync } from "node:fs";
 import { createServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
@@ -75,8 +79,8 @@ function waitOn(emitterish, get, ms, what) {
 
 // ---- the server -----------------------------------------------------------------
 
-async function startServer(listen) {
-  const proc = spawn(BIN, ["--listen", listen, "--log-level", "warn"], {
+async function startServer(listen, extra = []) {
+  const proc = spawn(BIN, ["--listen", listen, "--log-level", "warn", ...extra], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   const ev = new EventEmitter();
@@ -103,6 +107,24 @@ async function startServer(listen) {
   };
   cleanups.push(() => server.kill());
   return server;
+}
+
+// A redis-server on a free loopback port, or null when it is not installed.
+async function startRedis() {
+  if (spawnSync("redis-server", ["--version"]).status !== 0) return null;
+  const port = await new Promise((res) => {
+    const probe = createServer();
+    probe.listen(0, "127.0.0.1", () => { const p = probe.address().port; probe.close(() => res(p)); });
+  });
+  const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: ["ignore", "pipe", "ignore"],
+  });
+  const ev = new EventEmitter();
+  let ready = false;
+  createInterface({ input: proc.stdout }).on("line", (l) => { if (/Ready to accept connections/.test(l)) ready = true; ev.emit("line"); });
+  cleanups.push(() => { proc.kill("SIGKILL"); });
+  await waitOn(ev, () => ready, WAIT, "redis-server to be ready");
+  return { url: "redis://127.0.0.1:" + port };
 }
 
 // ---- the terminal client ----------------------------------------------------------
@@ -135,7 +157,7 @@ function startClient(url) {
 }
 
 // ---- pages -----------------------------------------------------------------------
-async function openPage(name, baseUrl, viewport, { fakeClock = false, nick = name } = {}) {
+async function openPage(name, baseUrl, viewport, { fakeClock = false, nick = name, room = "lobby" } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), "loopchat-chromium-" + name + "-"));
   const context = await chromium.launchPersistentContext(dataDir, {
     executablePath: CHROMIUM,
@@ -158,13 +180,23 @@ async function openPage(name, baseUrl, viewport, { fakeClock = false, nick = nam
   });
   const page = context.pages()[0] || (await context.newPage());
   page.setDefaultTimeout(WAIT);
-  const p = { name, page, dialogs: [], problems: [], sent: [], recv: [], sockets: 0, ev: new EventEmitter() };
+  const p = { name, page, context, dialogs: [], problems: [], sent: [], recv: [], urls: [], sockets: 0, ev: new EventEmitter() };
   // The WebSocket frames the page sends and receives, for protocol-level checks.
   page.on("websocket", (ws) => {
     p.sockets += 1;
+    p.urls.push(ws.url());
     p.ev.emit("line");
     ws.on("framesent", (f) => { p.sent.push(String(f.payload)); p.ev.emit("line"); });
     ws.on("framereceived", (f) => { p.recv.push(String(f.payload)); p.ev.emit("line"); });
+  });
+  // The 101's Sec-WebSocket-Extensions (Chromium offers permessage-deflate).
+  p.wsExtensions = [];
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Network.enable");
+  cdp.on("Network.webSocketHandshakeResponseReceived", (e) => {
+    const h = e.response.headers || {};
+    const k = Object.keys(h).find((n) => n.toLowerCase() === "sec-websocket-extensions");
+    p.wsExtensions.push(k ? h[k] : "");
   });
   page.on("dialog", (d) => { p.dialogs.push(d.message()); d.dismiss().catch(() => {}); });
   page.on("pageerror", (e) => p.problems.push("page error: " + e.message));
@@ -175,7 +207,7 @@ async function openPage(name, baseUrl, viewport, { fakeClock = false, nick = nam
   // A controllable clock (time still flows): the test jumps over the 20 s
   // heartbeat interval instead of waiting for it.
   if (fakeClock) await page.clock.install();
-  await page.goto(baseUrl + "/?nick=" + nick + "&room=lobby");
+  await page.goto(baseUrl + "/?nick=" + nick + "&room=" + room);
   return p;
 }
 
@@ -269,6 +301,47 @@ function hostRewritingProxy(target) {
   });
 }
 
+// A TCP proxy to `target` whose connections the test can cut (both sides
+// destroyed: no close frame, as when Wi-Fi goes), holding new connections
+// back until `reopen()`.
+function cuttableProxy(target) {
+  return new Promise((res) => {
+    const live = new Set();
+    const held = [];
+    let open = true;
+    const srv = createServer((down) => {
+      const go = () => {
+        if (down.destroyed) return;
+        const up = tcpConnect(target.port, "127.0.0.1");
+        live.add(down); live.add(up);
+        down.pipe(up); up.pipe(down);
+        const end = () => { down.destroy(); up.destroy(); live.delete(down); live.delete(up); };
+        down.on("error", end); up.on("error", end); down.on("close", end); up.on("close", end);
+      };
+      down.on("error", () => down.destroy());
+      if (open) go(); else held.push(go);
+    });
+    srv.listen(0, "127.0.0.1", () => {
+      cleanups.push(() => new Promise((r) => { for (const s of live) s.destroy(); srv.close(() => r()); }));
+      res({
+        addr: "127.0.0.1:" + srv.address().port,
+        cut() { open = false; for (const s of live) s.destroy(); live.clear(); },
+        reopen() { open = true; for (const go of held.splice(0)) go(); },
+      });
+    });
+  });
+}
+
+// The lines of a view, in order: {kind, text, id, title} (text: the parts after the time).
+async function viewLines(p, key) {
+  return p.page.evaluate((sel) => [...document.querySelectorAll(sel + " .line")].map((l) => ({
+    kind: l.dataset.kind,
+    id: l.dataset.id || null,
+    title: l.querySelector(".ts").title,
+    text: [...l.children].filter((c) => !c.classList.contains("ts")).map((c) => c.textContent).join(" "),
+  })), view(key));
+}
+
 // WCAG contrast ratio of two CSS colours (rgb()/hex as computed by the page).
 async function contrast(p, fg, bg) {
   return p.page.evaluate(([a, b]) => {
@@ -317,6 +390,13 @@ async function main() {
   await waitActive(alice, "#lobby");
   await waitActive(bob, "#lobby");
   ok("alice and bob connected, in lobby");
+  for (const p of [alice, bob]) {
+    const ext = p.wsExtensions[0] || "";
+    if (!/^permessage-deflate; server_no_context_takeover; client_no_context_takeover/.test(ext)) {
+      throw new Error(p.name + ": no permessage-deflate in the 101 (" + JSON.stringify(p.wsExtensions) + ")");
+    }
+  }
+  ok("Chromium negotiated " + alice.wsExtensions[0]);
 
   step = "focus and accessibility";
   await alice.page.waitForFunction(() => document.activeElement && document.activeElement.id === "input");
@@ -632,8 +712,117 @@ async function main() {
   if (!retryVisible) fail("no Retry now button after the refusal");
   ok("a page whose Origin the server refuses stops after " + tries + " attempts and says why (--allow-origin)");
 
+  step = "history on join";
+  // dora reaches the server through a proxy the test can cut.
+  const cut = await cuttableProxy(s2);
+  const dora = await openPage("dora", "http://" + cut.addr, { width: 1024, height: 700 }, { room: "dev" });
+  await waitConnected(dora, "dora");
+  await waitLineIn(dora, "#dev", "dora joined #dev");
+  await waitLineIn(dora, "#dev", "all three of us again");
+  if (!dora.recv.includes("CAPS ids,resume") || !dora.recv.some((l) => /^SESSION [A-Za-z0-9_-]{32}$/.test(l))) {
+    fail("dora's page did not get ids and resume: " + q(dora.recv.slice(0, 6)));
+  }
+  if (!dora.sent.includes("/history dev")) fail("dora's page did not ask for dev's history: " + q(dora.sent));
+  {
+    const lines = await viewLines(dora, "#dev");
+    const texts = lines.map((l) => l.text);
+    const hist = ["alice back after the restart", "bob welcome back", "carol all three of us again"];
+    const at = hist.map((h) => texts.indexOf(h));
+    const joined = texts.indexOf("dora joined #dev");
+    if (at.some((i) => i < 0) || at.some((i, k) => k > 0 && i <= at[k - 1]) || at[2] > joined) {
+      fail("dev's history is not shown in order above dora's JOINED: " + q(texts));
+    }
+    for (const h of hist) if (texts.filter((t) => t === h).length !== 1) fail(h + " shown twice: " + q(texts));
+    const l = lines[at[0]];
+    if (!l.id || !/\d{4}/.test(l.title)) fail("a history line lacks its id or the server time in its title: " + q(l));
+  }
+  ok("a joining page shows the room's history above its JOINED line, once, with the server's time in a title");
+
+  step = "offline and back";
+  carol.send("before dora goes offline");
+  await waitLineIn(dora, "#dev", "before dora goes offline");
+  const before = await viewLines(dora, "#dev");
+  const carolMark = carol.lines.length;
+  const socketsBefore = dora.sockets;
+  await dora.context.setOffline(true);
+  // setOffline stops new connections, but Chromium may leave an open
+  // WebSocket alone: whether it dropped it is logged, and the proxy cuts
+  // the connection either way (a network drop: no close frame).
+  const dropped = await dora.page.waitForFunction(
+    () => document.getElementById("status").dataset.state !== "connected", null, { timeout: 2000 },
+  ).then(() => true, () => false);
+  log("# setOffline(true) " + (dropped ? "dropped" : "did not drop") + " the open WebSocket; the proxy cuts it");
+  cut.cut();
+  await dora.page.waitForFunction(() => document.getElementById("status").dataset.state !== "connected");
+  const N = 10;
+  for (let i = 1; i <= N; i++) carol.send("offline line " + i);
+  await carol.waitLine("MSG dev carol offline line " + N, carolMark);
+  await dora.context.setOffline(false);
+  cut.reopen();
+  await waitConnected(dora, "dora");
+  await waitLineIn(dora, "#dev", "offline line " + N);
+  carol.send("after dora is back");
+  await waitLineIn(dora, "#dev", "after dora is back");
+  {
+    const resumedUrl = dora.urls.slice(socketsBefore).find((u) => u.includes("resume="));
+    if (!resumedUrl || !/[?&]since=dev(%3A|:)/.test(resumedUrl)) fail("dora's page did not resume with its position: " + q(dora.urls));
+    const after = (await viewLines(dora, "#dev")).slice(before.length);
+    const msgs = after.filter((l) => l.kind === "msg").map((l) => l.text);
+    const want = [];
+    for (let i = 1; i <= N; i++) want.push("carol offline line " + i);
+    want.push("carol after dora is back");
+    if (JSON.stringify(msgs) !== JSON.stringify(want)) fail("after the drop dora's page shows " + q(msgs));
+    const churn = after.filter((l) => l.kind === "join" || l.kind === "leave");
+    if (churn.length) fail("JOINED/LEFT churn on dora's page: " + q(churn));
+    if (!after.some((l) => l.text === "reconnected: " + N + " messages while you were away")) fail("no resume notice: " + q(after));
+    const seenByCarol = carol.lines.slice(carolMark);
+    if (seenByCarol.some((l) => /^(LEFT|JOINED) dev dora$/.test(l))) fail("carol saw dora leave or join: " + q(seenByCarol));
+    const ids = (await viewLines(dora, "#dev")).map((l) => l.id).filter(Boolean);
+    if (new Set(ids).size !== ids.length) fail("a message id shown twice on dora's page");
+  }
+  ok("offline and back: the page resumed (since=dev:ID) and shows all " + N + " lines once, in order, no LEFT/JOINED churn");
+
+  step = "cluster node";
+  // A node started with --redis offers neither ids nor resume: the page must
+  // behave exactly as a v1 page (no history asked, a rejoin after a drop).
+  const redis = await startRedis();
+  if (!redis) {
+    log("# SKIPPED cluster node: redis-server is not installed");
+  } else {
+    const node1 = await startServer("127.0.0.1:0", ["--redis", redis.url]);
+    const walt = startClient("ws://" + node1.addr + "/ws?nick=walt&room=dev");
+    await walt.waitLine("JOINED dev walt");
+    const cut2 = await cuttableProxy(node1);
+    const vic = await openPage("vic", "http://" + cut2.addr, { width: 1024, height: 700 }, { room: "dev" });
+    await waitConnected(vic, "vic");
+    await waitLineIn(vic, "#dev", "vic joined #dev");
+    await waitOn(vic.ev, () => vic.recv.includes("CAPS"), WAIT, "the node's bare CAPS on vic's page");
+    walt.send("hello from the node");
+    await waitLineIn(vic, "#dev", "hello from the node");
+    const waltMark = walt.lines.length;
+    const vicSockets = vic.sockets;
+    cut2.cut();
+    await vic.page.waitForFunction(() => document.getElementById("status").dataset.state !== "connected");
+    walt.send("said while vic is away");
+    await walt.waitLine("MSG dev walt said while vic is away", waltMark);
+    cut2.reopen();
+    await walt.waitLine("JOINED dev vic", waltMark);
+    await waitConnected(vic, "vic");
+    walt.send("after vic is back");
+    await waitLineIn(vic, "#dev", "after vic is back");
+    if (vic.recv.some((l) => /^(SESSION|HISTORY|RESUMED|@)/.test(l))) fail("the node sent v2 lines: " + q(vic.recv));
+    if (vic.sent.some((l) => /^\/history/.test(l))) fail("the page asked a node for history: " + q(vic.sent));
+    if (vic.urls.slice(vicSockets).some((u) => u.includes("resume="))) fail("the page tried to resume on a node: " + q(vic.urls));
+    const texts = (await viewLines(vic, "#dev")).map((l) => l.text);
+    if (texts.filter((t) => t === "vic joined #dev").length !== 2) fail("no v1 rejoin on vic's page: " + q(texts));
+    if (texts.some((t) => t.includes("said while vic is away"))) fail("a v1 reconnect cannot have that line: " + q(texts));
+    ok("on a cluster node (CAPS without ids/resume) the page asks no history and rejoins after a drop, as before");
+    await walt.end();
+    await node1.kill();
+  }
+
   step = "screenshots";
-  for (const p of [alice, bob, fp, eve]) {
+  for (const p of [alice, bob, fp, eve, dora]) {
     if (p.problems.length) fail(p.name + ": " + p.problems.join("; "));
   }
   const outDir = join(here, "out");

@@ -262,6 +262,13 @@ impl Hub {
         true
     }
 
+    /// True while `id` waits for the cluster's answer about its nick.
+    pub(super) fn is_held(&self, id: ConnId) -> bool {
+        self.remote
+            .as_deref()
+            .is_some_and(|r| r.held.contains_key(&id))
+    }
+
     /// `id` left while held: forget it; true when it was held.
     pub(super) fn drop_held(&mut self, id: ConnId) -> bool {
         let Some(r) = self.remote.as_deref_mut() else {
@@ -388,6 +395,9 @@ impl Hub {
                 ..super::Connect::default()
             };
             self.connect_with(id, &args, h.now_ms, sink);
+            // Role and token of a connection held for its nick (`hub/auth.rs`),
+            // before its held lines run.
+            self.apply_held_identity(id, claim, sink);
             if h.dropped > 0 {
                 let text = format!(
                     "{} lines sent before the nick was confirmed were dropped",

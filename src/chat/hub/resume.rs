@@ -5,9 +5,9 @@
 //! - `/caps LIST` replaces the set (so `/caps ids` after `ids,resume` turns
 //!   `resume` off and ends the session); `/caps` alone reports it. Unknown
 //!   names are ignored; `CAPS` lists what is on, in a fixed order.
-//! - A cluster node offers neither `ids` nor `resume`, and `/history` answers
-//!   `ERR history-off`: its other nodes' messages carry no ids yet, so it
-//!   could not keep the promises (one order per room, exactly once).
+//! - A cluster node offers `ids` (Redis numbers each room's messages, see
+//!   `cluster::node`) and asks Redis for `/history`, but does not offer
+//!   `resume` yet: its sessions are not shared through Redis.
 //! - A dropped session is invisible to `/who`, `/rooms` counts and `/msg`
 //!   (`no such nick`) while it is away; only its nick and rooms are held.
 //! - `/resume` of a session whose connection the server still thinks open
@@ -27,6 +27,7 @@ use super::super::remote::Request;
 use super::super::session::{os_random, Refused, Taken, TOKEN_BYTES};
 use super::super::{ConnId, ErrorCode, Sink};
 use super::{send, Hub, Membership, RoomId, User};
+use crate::chat::access::{Access, Role};
 use crate::chat::compact::InlineList;
 use crate::chat::rate::RateLimiter;
 
@@ -73,7 +74,7 @@ pub struct Connect<'a> {
 
 /// What a dropped session leaves in the hub until it is resumed or expires.
 #[derive(Debug)]
-pub struct Detached {
+pub(super) struct Detached {
     nick: Box<str>,
     /// Rooms in join order, with the room's last message id when the
     /// connection dropped (everything up to it was handed to its outbox).
@@ -400,7 +401,7 @@ impl Hub {
                     return Err("unknown or expired session");
                 }
                 if let Some(u) = self.users.get_mut(old).and_then(Option::as_mut) {
-                    u.closing = true;
+                    u.access.set_closing();
                 }
                 sink.close(old, 1000, "session resumed elsewhere");
                 match self.sessions.take(token, now_ms) {
@@ -480,7 +481,8 @@ impl Hub {
             rooms: InlineList::default(),
             rate: RateLimiter::new(self.config.rate_limit, now_ms),
             seen: 0,
-            closing: false,
+            access: Access::guest(Role::Member),
+            exp_tag: 0,
             caps: caps & self.offered(),
         });
         self.live += 1;
@@ -536,6 +538,12 @@ impl Hub {
         let Some(user) = self.user(id) else {
             return false;
         };
+        // A token holder comes back with its token, not a session: a held nick
+        // would keep it from its own nick (see `hub/auth.rs`).
+        if user.access.is_signed() {
+            self.sessions.end(id);
+            return false;
+        }
         let rooms: Vec<(RoomId, u64)> = user
             .rooms
             .iter()

@@ -85,7 +85,28 @@
     refusedSuspect: 0, // of those, failures while HTTP worked
     lineLimit: Infinity, // learnt from ERR too-long: longest line the server took
     lastSent: null, // {text, lines}: what the last send carried, to restore on ERR too-long
+    // v2 (PROTOCOL.md "v2 additions"): what the server's last CAPS enabled.
+    caps: { ids: false, resume: false },
+    // The SESSION token: in memory only, never in storage. It is a secret
+    // that takes over this page's nick and rooms; sessionStorage would write
+    // it to disk and copy it into a duplicated tab (two tabs would then take
+    // the session from each other). A reload is a fresh page: it sends /quit
+    // on the way out (so its old session does not hold the nick) and shows
+    // the rooms' history on the way in.
+    token: null,
+    lastId: new Map(), // room key -> id of the last message seen there
+    resuming: false, // a resume was asked for at connect, not yet answered
+    historyWant: new Map(), // room key -> where the answer to our /history goes
+    block: null, // the HISTORY/RESUMED block being read: {key, left, place, quiet}
   };
+
+  // A token from the embedding application (`?token=`): the server then names
+  // us after it and tells our role; the nick field is fixed.
+  const TOKEN = params.get("token");
+  if (TOKEN) {
+    el.nick.disabled = true;
+    el.nick.title = "your nick comes from your sign-in token";
+  }
 
   const initialRoom = params.get("room");
   const firstRoom = initialRoom && ROOM_RE.test(initialRoom) ? initialRoom : "lobby";
@@ -120,9 +141,20 @@
     return "hsl(" + (h % 360) + ", 55%, 38%)";
   }
 
-  function clock() {
-    const d = new Date();
+  function clock(d) {
     return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
+  }
+
+  // The line's time: the server's (from the time= tag) when there is one,
+  // else now. Local HH:MM, the full local date and time on hover.
+  function timeNode(ms) {
+    const d = ms === undefined ? new Date() : new Date(ms);
+    const t = node("time", "ts", clock(d));
+    if (ms !== undefined) {
+      t.dateTime = d.toISOString();
+      t.title = d.toLocaleString(undefined, { dateStyle: "full", timeStyle: "medium" });
+    }
+    return t;
   }
 
   let viewSeq = 0;
@@ -156,7 +188,7 @@
     tab.addEventListener("click", () => activate(v.key, true));
     tab.addEventListener("keydown", onTabKey);
     wrap.append(tab);
-    v = { key, title, kind, node: pane, tab, wrap, label, badge, unread: 0 };
+    v = { key, title, kind, node: pane, tab, wrap, label, badge, unread: 0, ids: new Set() };
     if (kind !== "room") {
       // A button of its own (not inside the tab), so Tab reaches it and
       // Enter or Space closes the conversation.
@@ -234,6 +266,7 @@
     } else {
       el.input.placeholder = "a command, e.g. /join ROOM or /help";
     }
+    if (el.input.disabled) el.input.placeholder = el.input.title;
     renderMembers();
     renderRooms();
     if (fromUser) {
@@ -244,19 +277,30 @@
     }
   }
 
-  function addLine(key, title, kind, parts) {
+  // `at` (optional): {ms, id} from the line's tags; `place(line)` puts a
+  // history line where it belongs instead of at the end; `quiet` adds no
+  // unread count (history is not news).
+  function addLine(key, title, kind, parts, at) {
     const v = ensureView(key, title);
     const atBottom = v.node.scrollHeight - v.node.scrollTop - v.node.clientHeight < 40;
     const line = node("div", "line " + kind);
     line.dataset.kind = kind;
-    line.append(node("time", "ts", clock()));
+    line.append(timeNode(at ? at.ms : undefined));
     for (const p of parts) line.append(p);
-    v.node.append(line);
-    while (v.node.childElementCount > MAX_LINES_PER_VIEW) v.node.firstElementChild.remove();
+    if (at && at.id) {
+      line.dataset.id = at.id;
+      v.ids.add(at.id);
+    }
+    if (!(at && at.place && at.place(line))) v.node.append(line);
+    while (v.node.childElementCount > MAX_LINES_PER_VIEW) {
+      const first = v.node.firstElementChild;
+      if (first.dataset.id) v.ids.delete(first.dataset.id);
+      first.remove();
+    }
     if (S.active === null) activate(key, false);
     if (S.active === key) {
       if (atBottom) v.node.scrollTop = v.node.scrollHeight;
-    } else if (kind === "msg" || kind === "priv") {
+    } else if ((kind === "msg" || kind === "priv") && !(at && at.quiet)) {
       v.unread += 1;
       v.badge.textContent = String(v.unread);
       v.badge.hidden = false;
@@ -438,25 +482,78 @@
     return out;
   }
 
-  function onLine(line) {
+  // An IRCv3-style tag block in front of a line: {id, ms} and the line
+  // without it. Unknown keys are ignored, as the protocol asks.
+  function untag(line) {
+    const tags = {};
+    if (line[0] !== "@") return [tags, line];
+    const sp = line.indexOf(" ");
+    if (sp < 0) return [tags, line];
+    for (const kv of line.slice(1, sp).split(";")) {
+      const eq = kv.indexOf("=");
+      const k = eq < 0 ? kv : kv.slice(0, eq);
+      const v = eq < 0 ? "" : kv.slice(eq + 1);
+      if (k === "id" && /^[A-Za-z0-9:._-]{1,64}$/.test(v)) tags.id = v;
+      if (k === "time") {
+        const ms = Date.parse(v);
+        if (!Number.isNaN(ms)) tags.ms = ms;
+      }
+    }
+    return [tags, line.slice(sp + 1)];
+  }
+
+  function onLine(raw) {
+    const [tags, line] = untag(raw);
     const [cmd] = split(line, 2);
+    // Whatever follows WELCOME but CAPS, SESSION or the refusal says the
+    // resume was taken.
+    if (S.resuming && cmd !== "WELCOME" && cmd !== "CAPS" && cmd !== "SESSION" && cmd !== "ERR") S.resuming = false;
+    // The next COUNT MSG lines after HISTORY/RESUMED are that block's.
+    let block = null;
+    if (S.block && cmd === "MSG") {
+      block = S.block;
+      block.left -= 1;
+      if (block.left <= 0) S.block = null;
+    }
     switch (cmd) {
       case "WELCOME": return onWelcome(split(line, 2)[1] || "");
       case "JOINED": { const [, room, nick] = split(line, 3); return onJoined(room, nick); }
       case "LEFT": { const [, room, nick] = split(line, 3); return onLeft(room, nick); }
-      case "MSG": { const [, room, nick, text] = split(line, 4); return onMsg(room, nick, text || ""); }
-      case "PRIV": { const [, from, to, text] = split(line, 4); return onPriv(from, to, text || ""); }
+      case "MSG": { const [, room, nick, text] = split(line, 4); return onMsg(room, nick, text || "", tags, block); }
+      case "PRIV": { const [, from, to, text] = split(line, 4); return onPriv(from, to, text || "", tags); }
+      case "CAPS": return onCaps((split(line, 2)[1] || "").split(","));
+      case "SESSION": S.token = split(line, 2)[1] || null; return null;
+      case "HISTORY": { const [, room, count] = split(line, 3); return onHistory(room, count); }
+      case "RESUMED": { const [, room, count] = split(line, 3); return onResumed(room, count); }
       case "NICK": { const [, from, to] = split(line, 3); return onNick(from, to); }
       case "ROOMS": return onRooms(line.split(" ").slice(1));
       case "WHO": { const parts = line.split(" "); return onWho(parts[1], parts.slice(2)); }
       case "PONG": return onPong(split(line, 2)[1]);
       case "ERR": { const [, code, text] = split(line, 3); return onErr(code, text || ""); }
-      case "SYS": return notice("sys", split(line, 2)[1] || "");
+      case "SYS": return onSys(split(line, 2)[1] || "");
       default: return notice("sys", line);
     }
   }
 
+  // `SYS signed in as NICK, role ROLE`: show the role; a viewer may not speak.
+  function onSys(text) {
+    const m = /^signed in as (\S+), role (\S+)$/.exec(text);
+    if (m) {
+      setStatus("connected", "connected as " + m[1] + " (" + m[2] + ")");
+      setReadOnly(m[2] === "viewer" ? "read only: your role is viewer" : null);
+    }
+    return notice("sys", text);
+  }
+
+  function setReadOnly(reason) {
+    el.input.disabled = !!reason;
+    $("send").disabled = !!reason;
+    el.input.title = reason || "";
+    if (reason) el.input.placeholder = reason;
+  }
+
   function onWelcome(nick) {
+    if (TOKEN) S.wanted = nick;
     S.me = nick;
     S.connected = true;
     S.attempt = 0;
@@ -466,18 +563,77 @@
       storage.set("loopchat.nick", nick);
     }
     S.nickRetryOut = false;
+    // The CAPS line (if any) follows: until then, v1.
+    S.caps = { ids: false, resume: false };
+    S.block = null;
+    S.historyWant.clear();
     checkNick();
     startHeartbeat();
-    // The first room came with the URL; join the others, the current one last.
-    const cur = S.current;
-    const others = S.joined.slice(1).filter((r) => r.key !== cur);
-    for (const r of others) send("/join " + r.name);
-    if (S.joined.length > 1 && cur) send("/join " + roomName(cur));
+    // A resumed session is back in its rooms; otherwise join them again.
+    if (!S.resuming) rejoin();
     requestRooms();
     clearInterval(S.roomsTimer);
     S.roomsTimer = setInterval(requestRooms, ROOMS_EVERY_MS);
     renderRooms();
     renderMembers();
+  }
+
+  // The first room came with the URL; join the others, the current one last.
+  function rejoin() {
+    const cur = S.current;
+    const others = S.joined.slice(1).filter((r) => r.key !== cur);
+    for (const r of others) send("/join " + r.name);
+    if (S.joined.length > 1 && cur) send("/join " + roomName(cur));
+  }
+
+  function onCaps(list) {
+    S.caps = { ids: list.includes("ids"), resume: list.includes("resume") };
+    if (!S.caps.resume) S.token = null;
+  }
+
+  // Where a block's lines go: before `before` (our JOINED line: the room's
+  // history comes above what was seen live since), or one after the other
+  // after `after`; at the end when that line is gone. True when placed.
+  function placer(before, after) {
+    let cursor = after;
+    return (line) => {
+      if (before && before.isConnected) { before.before(line); return true; }
+      if (cursor && cursor.isConnected) { cursor.after(line); cursor = line; return true; }
+      return false;
+    };
+  }
+
+  function askHistory(room, where) {
+    S.historyWant.set(lower(room), where);
+    send("/history " + room);
+  }
+
+  function onHistory(room, count) {
+    const key = lower(room || "");
+    const where = S.historyWant.get(key) || {};
+    S.historyWant.delete(key);
+    const n = Number(count);
+    if (!(n > 0)) return;
+    S.block = { key, left: n, place: placer(where.before, where.after), quiet: true };
+  }
+
+  function onResumed(room, count) {
+    S.resuming = false;
+    const key = lower(room || "");
+    if (!isJoined(key)) S.joined.push({ key, name: room });
+    send("/who " + room);
+    if (count === "lost") {
+      // More was said than the room keeps: show what it still has, after
+      // this notice; lines seen before are not shown twice.
+      const n = addLine("#" + key, room, "warn", [node("span", "text",
+        "reconnected; some messages said while you were away are no longer kept")]);
+      askHistory(room, { after: n });
+      return;
+    }
+    const n = Number(count);
+    addLine("#" + key, room, "sys", [node("span", "text", "reconnected: " + n +
+      (n === 1 ? " message" : " messages") + " while you were away")]);
+    if (n > 0) S.block = { key, left: n, place: null, quiet: false };
   }
 
   function onJoined(room, nick) {
@@ -498,6 +654,8 @@
     memberSet(key).set(lower(nick), nick);
     const line = addLine("#" + key, room, "join", [nickSpan(nick), node("span", "text", "joined #" + room)]);
     line.dataset.nick = nick;
+    // The room's recent history goes above our JOINED line.
+    if (self && S.caps.ids) askHistory(room, { before: line });
     if (self && (S.pendingActivate === "#" + key || S.active === null)) {
       S.pendingActivate = null;
       activate("#" + key, false);
@@ -521,6 +679,7 @@
     const set = S.members.get(key);
     if (set) set.delete(lower(nick));
     if (self) {
+      S.lastId.delete(key);
       S.joined = S.joined.filter((r) => r.key !== key);
       S.members.delete(key);
       // The server makes the most recently joined remaining room current.
@@ -534,18 +693,27 @@
     roomsSoon();
   }
 
-  function onMsg(room, nick, text) {
+  function onMsg(room, nick, text, tags, block) {
     const key = lower(room);
-    const line = addLine("#" + key, room, "msg", [nickSpan(nick), richText(text)]);
+    if (tags.id) {
+      // Blocks and live lines come in the room's order: the last one read is
+      // the newest seen, whatever was inserted above.
+      S.lastId.set(key, tags.id);
+      const v = S.views.get("#" + key);
+      if (v && v.ids.has(tags.id)) return; // seen already: never twice
+    }
+    const line = addLine("#" + key, room, "msg", [nickSpan(nick), richText(text)],
+      { id: tags.id, ms: tags.ms, place: block && block.place, quiet: Boolean(block && block.quiet) });
     line.dataset.nick = nick;
     if (S.me && lower(nick) === lower(S.me)) line.classList.add("mine");
   }
 
-  function onPriv(from, to, text) {
+  function onPriv(from, to, text, tags) {
     const mine = S.me && lower(from) === lower(S.me);
     const peer = mine ? to : from;
     const key = viewKeyForPeer(peer);
-    const line = addLine(key, peer, "priv", [nickSpan(from), node("span", "arrow", "→"), nickSpan(to), richText(text)]);
+    const line = addLine(key, peer, "priv", [nickSpan(from), node("span", "arrow", "→"), nickSpan(to), richText(text)],
+      { id: tags.id, ms: tags.ms });
     line.dataset.nick = from;
     if (mine) line.classList.add("mine");
   }
@@ -609,7 +777,18 @@
   }
 
   function onErr(code, text) {
+    if (code === "bad-session" && S.resuming) {
+      // The server no longer has the session (expired, or restarted): it
+      // made this a new connection in the URL's room; join the others as
+      // before. Each room's history then fills what it still can.
+      S.resuming = false;
+      S.token = null;
+      rejoin();
+      return notice("sys", "the session could not be resumed; rejoined");
+    }
+    if (code === "history-off" && S.historyWant.size) { S.historyWant.clear(); return null; }
     if (code === "not-in-room" || code === "bad-room") S.pendingActivate = null;
+    if (code === "forbidden" && /^viewers /.test(text)) setReadOnly("read only: " + text);
     // nick-unavailable: a cluster whose registry could not confirm the nick.
     const refused = code === "nick-taken" || code === "nick-unavailable";
     if (code === "too-long" && S.lastSent) {
@@ -685,7 +864,17 @@
   function wsUrl() {
     const q = new URLSearchParams();
     if (S.wanted) q.set("nick", S.wanted);
+    if (TOKEN) q.set("token", TOKEN);
     if (S.joined.length) q.set("room", S.joined[0].name);
+    q.set("caps", "ids,resume");
+    // With a session, ask to resume it from the last message seen per room;
+    // nick and room stay for when the server no longer has it.
+    S.resuming = Boolean(S.token && S.caps.resume);
+    if (S.resuming) {
+      q.set("resume", S.token);
+      const since = S.joined.filter((r) => S.lastId.has(r.key)).map((r) => r.name + ":" + S.lastId.get(r.key));
+      if (since.length) q.set("since", since.join(","));
+    }
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     return scheme + location.host + "/ws?" + q.toString();
   }
@@ -943,6 +1132,14 @@
   el.menu.addEventListener("click", () => {
     const open = el.app.classList.toggle("menu-open");
     el.menu.setAttribute("aria-expanded", open ? "true" : "false");
+  });
+
+  // Leaving the page ends its session at once (the others see LEFT, as
+  // before): the token dies with the page, and a session left behind would
+  // hold the nick for --session-ttl against the page that replaces it.
+  addEventListener("pagehide", () => {
+    if (S.token) send("/quit");
+    S.token = null;
   });
 
   connect();
