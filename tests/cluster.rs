@@ -1259,6 +1259,10 @@ fn interleaved_senders_on_two_nodes_give_every_member_one_id_order() {
     // Redis holds the room's history, trimmed to --history (100).
     let reply = redis_cmd(redis.port, &[&["LLEN", "lc:hist:r"]]);
     assert!(reply.starts_with(":100\r\n"), "{reply:?}");
+    // The counter expires a week after the room's last message.
+    let reply = redis_cmd(redis.port, &[&["PTTL", "lc:seq:r"]]);
+    let pttl: i64 = reply[1..reply.find('\r').unwrap()].parse().unwrap();
+    assert!(pttl > 6 * 24 * 3600 * 1000, "{reply:?}");
     for n in [&a, &b] {
         assert_eq!(n.metric("loopchat_redis_dropped_total"), 0.0);
     }

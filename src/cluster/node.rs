@@ -21,7 +21,9 @@
 //!   expire; on conflict the earlier registration wins).
 //!
 //! - `lc:seq:ROOM`: the room's message counter (hash: `e` its epoch, `s` the
-//!   last number), kept without expiry;
+//!   last number), expiring [`COUNTER_IDLE`] (or `--history-ttl`, if longer)
+//!   after the room's last message: a counter that expired or was lost
+//!   starts a new, later epoch, so ids are never reused either way;
 //! - `lc:hist:ROOM`: the room's last `--history` messages, `ID TIME LINE`,
 //!   expiring `--history-ttl` after the last one;
 //! - `lc:applied:NODE`: the last sequence number of NODE's room messages
@@ -86,6 +88,10 @@ const SUBSCRIBE_BATCH: usize = 512;
 const MAX_PEER_MEMBERS: usize = 65_536;
 /// Forget the last sequence number of a node not heard from for this long.
 const FORGET_NODE: Duration = Duration::from_secs(600);
+/// A room's message counter in Redis expires this long after the room's
+/// last message (unless `--history-ttl` is longer), so rooms that were used
+/// once do not stay in Redis for ever.
+const COUNTER_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most other nodes whose sequence numbers are remembered.
 const MAX_NODES: usize = 65_536;
 
@@ -104,7 +110,8 @@ if mine then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1 end ret
 /// `KEYS`: `lc:seq:ROOM` (hash: `e` the room's epoch, `s` its counter),
 /// `lc:hist:ROOM`, `lc:applied:NODE`. `ARGV`: channel, payload, the node's
 /// sequence number, history length, history TTL in ms (0: none), TTL of
-/// `lc:applied:NODE` in ms, the line. A payload the node sends again after a
+/// `lc:applied:NODE` in ms, the line, the idle lifetime of `lc:seq:ROOM` in
+/// ms. A payload the node sends again after a
 /// lost reply is recognised by its sequence number and not numbered twice
 /// (nil reply). The reply is `ID TIME`; what is published is `!ID TIME `
 /// followed by the payload. TIME is Redis' clock in ms; the epoch is that
@@ -118,6 +125,7 @@ local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)) \
 local e = redis.call('HGET', KEYS[1], 'e') \
 if not e then e = now redis.call('HSET', KEYS[1], 'e', e) end \
 local id = e .. '-' .. redis.call('HINCRBY', KEYS[1], 's', 1) \
+redis.call('PEXPIRE', KEYS[1], ARGV[8]) \
 local k = tonumber(ARGV[4]) \
 if k > 0 then redis.call('RPUSH', KEYS[2], id .. ' ' .. now .. ' ' .. ARGV[7]) \
 redis.call('LTRIM', KEYS[2], -k, -1) \
@@ -1490,6 +1498,7 @@ impl Cluster {
         let keep = keep.to_string();
         let ttl = ttl_ms.to_string();
         let applied_ttl = (FORGET_NODE.as_millis() as u64).to_string();
+        let counter_ttl = (COUNTER_IDLE.as_millis() as u64).max(ttl_ms).to_string();
         let mut bytes =
             Vec::with_capacity(SAY_SCRIPT.len() + self.payload.len() + 2 * line.len() + 160);
         super::resp::encode_command(
@@ -1508,6 +1517,7 @@ impl Cluster {
                 ttl.as_bytes(),
                 applied_ttl.as_bytes(),
                 line.as_bytes(),
+                counter_ttl.as_bytes(),
             ],
         );
         let say = Box::new(Say {
