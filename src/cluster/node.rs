@@ -41,7 +41,10 @@
 //! The sender's node is not subscribed yet right after the room's first local
 //! join: until Redis confirms the subscription, it delivers its own messages
 //! from the script's reply. While Redis is away the node falls back to the
-//! v1 path (delivered here at once, relayed later as a plain line).
+//! v1 path (delivered here at once, relayed later as a plain line). A
+//! message Redis will not number (the backlog is full, or the script fails)
+//! is delivered here unnumbered and its sender told, like any line the
+//! cluster cannot carry.
 //!
 //! Payloads are [`super::wire`] envelopes, signed with a cluster secret. A
 //! node ignores its own, and drops one whose sequence number is not above the
@@ -416,6 +419,10 @@ pub struct Cluster {
     backlog_bytes: usize,
     /// Senders of lines that could not be kept: told with a `SYS` line.
     undelivered: Vec<ConnId>,
+    /// Room messages Redis will not number (the backlog was full, or the
+    /// script failed): delivered to this node's members unnumbered, so at
+    /// least they see them (bounded as `undelivered`).
+    unnumbered: Vec<Say>,
     /// When both links were last fully up (every channel subscribed again);
     /// `None` while either is down or still resubscribing.
     up_since: Option<Instant>,
@@ -485,6 +492,7 @@ impl Cluster {
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             undelivered: Vec::new(),
+            unnumbered: Vec::new(),
             up_since: None,
             resub: Vec::new(),
             sub_sent: 0,
@@ -706,6 +714,9 @@ impl Cluster {
         self.subscribe_some();
         self.liveness(hub, sink, now);
         self.drain_backlog(now);
+        for say in std::mem::take(&mut self.unnumbered) {
+            hub.deliver_room(&say.room, &say.line, sink);
+        }
         for id in std::mem::take(&mut self.undelivered) {
             hub.not_relayed(id, sink);
         }
@@ -876,6 +887,11 @@ impl Cluster {
                 self.backlog.push_front(o);
             } else {
                 self.lost(o.sender);
+                if let Some(say) = o.say {
+                    if self.unnumbered.len() < 4096 {
+                        self.unnumbered.push(*say);
+                    }
+                }
             }
         }
         self.report(Some(reason));
@@ -977,7 +993,11 @@ impl Cluster {
                     Some(_) => {}
                     // Nil: already numbered before a reconnect.
                     None if matches!(v, Value::Bulk(None)) => {}
-                    None => self.lost(sender),
+                    // The script failed: not numbered, not published.
+                    None => {
+                        self.lost(sender);
+                        hub.deliver_room(&say.room, &say.line, sink);
+                    }
                 }
             }
             Pending::Publish { query, .. } => {
@@ -1555,6 +1575,11 @@ impl Cluster {
         }
         if !keep || self.backlog_bytes + bytes.len() > self.cfg.max_buffer {
             self.lost(if keep { sender } else { CANCELLED });
+            if let Some(say) = say {
+                if self.unnumbered.len() < 4096 {
+                    self.unnumbered.push(*say);
+                }
+            }
             return false;
         }
         self.backlog_bytes += bytes.len();
@@ -2200,6 +2225,8 @@ mod tests {
         answer: bool,
         /// Subscribers a PUBLISH reaches (this node included).
         publish_reply: i64,
+        /// The room script's reply.
+        say_reply: &'static [u8],
     }
 
     impl Harness {
@@ -2220,6 +2247,7 @@ mod tests {
                 seen: [Vec::new(), Vec::new()],
                 answer: true,
                 publish_reply: 2,
+                say_reply: b"$6\r\n1-1 10\r\n",
             }
         }
 
@@ -2266,7 +2294,7 @@ mod tests {
                         (Which::Cmd, "PING") => Some(b"+PONG\r\n".to_vec()),
                         (Which::Cmd, "SET") => Some(b"+OK\r\n".to_vec()),
                         (Which::Cmd, "EVAL") => Some(b":1\r\n".to_vec()),
-                        (Which::Cmd, "SAY") => Some(b"$6\r\n1-1 10\r\n".to_vec()),
+                        (Which::Cmd, "SAY") => Some(self.say_reply.to_vec()),
                         (Which::Cmd, "PUBLISH") => {
                             Some(format!(":{}\r\n", self.publish_reply).into_bytes())
                         }
@@ -2479,6 +2507,34 @@ mod tests {
         h.turn();
         assert_eq!(h.room_publishes(), published + 1);
         assert_eq!(h.node.stats().backlog_bytes, 0);
+    }
+
+    #[test]
+    fn a_message_redis_cannot_number_is_still_seen_here() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
+        h.turn();
+        h.turn();
+        // Numbered: delivered from the reply (the harness never confirms
+        // the room's subscription), tagged nowhere (no ids member).
+        h.sink.0.clear();
+        h.hub.handle(0, "one", 0, &mut h.sink);
+        h.turn();
+        assert_eq!(h.sink.0, [(0, "MSG r alice one".to_string())]);
+        // The script fails: seen here anyway, and the sender told.
+        h.say_reply = b"-ERR script failed\r\n";
+        h.sink.0.clear();
+        h.hub.handle(0, "two", 0, &mut h.sink);
+        h.turn();
+        h.turn();
+        assert_eq!(h.sink.0[0], (0, "MSG r alice two".to_string()));
+        assert!(
+            h.sink.0[1].1.starts_with("SYS not delivered"),
+            "{:?}",
+            h.sink.0
+        );
+        assert_eq!(h.node.stats().dropped, 1);
     }
 
     #[test]
