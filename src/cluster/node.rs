@@ -38,9 +38,10 @@
 //! above the last it delivered (exactly once). The id and time are written by
 //! Redis in front of the signed payload (`!ID TIME PAYLOAD`), outside the
 //! signature: they come from Redis, which the nodes trust for ordering anyway.
-//! The sender's node is not subscribed yet right after the room's first local
-//! join: until Redis confirms the subscription, it delivers its own messages
-//! from the script's reply. While Redis is away the node falls back to the
+//! Right after a room's first local join Redis may not have taken the node's
+//! `SUBSCRIBE` yet, so the room's messages from this node wait (bounded)
+//! until it is confirmed; if the subscriber link fails with messages in
+//! flight, those are delivered here from the script's reply. While Redis is away the node falls back to the
 //! v1 path (delivered here at once, relayed later as a plain line). A
 //! message Redis will not number (the backlog is full, or the script fails)
 //! is delivered here unnumbered and its sender told, like any line the
@@ -423,6 +424,11 @@ pub struct Cluster {
     /// script failed): delivered to this node's members unnumbered, so at
     /// least they see them (bounded as `undelivered`).
     unnumbered: Vec<Say>,
+    /// Room messages waiting for their room's subscription to be confirmed
+    /// (see `say`), oldest first (each with its `say`), their bytes in
+    /// `early_bytes`.
+    early: Vec<Outgoing>,
+    early_bytes: usize,
     /// When both links were last fully up (every channel subscribed again);
     /// `None` while either is down or still resubscribing.
     up_since: Option<Instant>,
@@ -493,6 +499,8 @@ impl Cluster {
             backlog_bytes: 0,
             undelivered: Vec::new(),
             unnumbered: Vec::new(),
+            early: Vec::new(),
+            early_bytes: 0,
             up_since: None,
             resub: Vec::new(),
             sub_sent: 0,
@@ -920,6 +928,9 @@ impl Cluster {
         self.actions.push_back(Action::Close(Which::Sub));
         self.went_down();
         self.confirmed.clear();
+        // Not coming back by pub/sub now: numbered at once, delivered here
+        // from the script's reply.
+        self.release_early(None);
         self.stats.subscriptions = 0;
         let delay = self.jittered(self.sub.backoff);
         self.sub.retry = Some(now + delay);
@@ -983,10 +994,10 @@ impl Cluster {
                     .and_then(split_id_time)
                     .filter(|(_, _, rest)| rest.is_empty());
                 match numbered {
-                    // Not subscribed yet when the room's first local member
-                    // spoke: its copy cannot come back by pub/sub, so it
-                    // is delivered from the reply (a later pub/sub copy
-                    // has the same id and is dropped by the hub).
+                    // The subscriber link failed (or the room was left) after
+                    // the message went out: its copy cannot come back by
+                    // pub/sub, so it is delivered from the reply (a later
+                    // pub/sub copy has the same id and is dropped by the hub).
                     Some((id, time, _)) if !self.confirmed.contains(&say.room) => {
                         hub.deliver_ordered(&say.room, id, time, &say.line, sink);
                     }
@@ -1187,6 +1198,8 @@ impl Cluster {
                     if kind == b"subscribe" {
                         if self.rooms.contains(room) {
                             self.confirmed.insert(room.into());
+                            let room = room.to_string();
+                            self.release_early(Some(&room));
                         }
                     } else {
                         self.confirmed.remove(room);
@@ -1544,7 +1557,45 @@ impl Cluster {
             room: room.into(),
             line: line.into(),
         });
+        // Right after the room's first local join, Redis may not have taken
+        // this node's SUBSCRIBE yet: numbered now, the message would not come
+        // back here, and delivering it from the reply could put it ahead of
+        // another node's message numbered earlier. So it waits until Redis
+        // confirms the subscription (one round trip), then comes back in
+        // order like every other.
+        if self.sub.is_open()
+            && !self.confirmed.contains(room)
+            && self.early_bytes + bytes.len() <= self.cfg.max_buffer
+        {
+            self.early_bytes += bytes.len();
+            self.early.push(Outgoing {
+                bytes: bytes.into_boxed_slice(),
+                sender,
+                say: Some(say),
+            });
+            return;
+        }
         self.publish(bytes, None, true, sender, Some(say));
+    }
+
+    /// Send the room messages held by `say` for `room` (every room: `None`).
+    fn release_early(&mut self, room: Option<&str>) {
+        if self.early.is_empty() {
+            return;
+        }
+        let (go, stay): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.early)
+                .into_iter()
+                .partition(|o| match (room, &o.say) {
+                    (None, _) => true,
+                    (Some(r), Some(say)) => *say.room == *r,
+                    (Some(_), None) => false,
+                });
+        self.early = stay;
+        for o in go {
+            self.early_bytes -= o.bytes.len();
+            self.publish(o.bytes.into_vec(), None, true, o.sender, o.say);
+        }
     }
 
     /// Publish `self.payload` to `channel`. While the link is down, its
@@ -1834,6 +1885,7 @@ impl Cluster {
             }
             Request::Unsubscribe(room) => {
                 self.confirmed.remove(&room);
+                self.release_early(Some(&room));
                 let ch = format!("lc:room:{room}");
                 if self.rooms.remove(&room) && self.sub.is_open() {
                     let waiting = self.resub.len();
@@ -1985,7 +2037,12 @@ impl Cluster {
                     }
                 }
                 self.queries.gone(id);
-                for o in self.backlog.iter_mut().filter(|o| o.sender == id) {
+                for o in self
+                    .backlog
+                    .iter_mut()
+                    .chain(self.early.iter_mut())
+                    .filter(|o| o.sender == id)
+                {
                     o.sender = CANCELLED;
                 }
                 self.undelivered.retain(|&i| i != id);
@@ -2303,9 +2360,13 @@ mod tests {
                         (Which::Sub, "SUBSCRIBE") => {
                             let mut r = Vec::new();
                             for i in 1..args.len() {
+                                let ch = arg(i);
                                 r.extend_from_slice(
-                                    format!("*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:{i}\r\n")
-                                        .as_bytes(),
+                                    format!(
+                                        "*3\r\n$9\r\nsubscribe\r\n${}\r\n{ch}\r\n:{i}\r\n",
+                                        ch.len()
+                                    )
+                                    .as_bytes(),
                                 );
                             }
                             Some(r)
@@ -2516,11 +2577,14 @@ mod tests {
         h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
         h.turn();
         h.turn();
-        // Numbered: delivered from the reply (the harness never confirms
-        // the room's subscription), tagged nowhere (no ids member).
+        // Numbered: not delivered before it comes back by pub/sub.
         h.sink.0.clear();
         h.hub.handle(0, "one", 0, &mut h.sink);
         h.turn();
+        assert_eq!(h.room_publishes(), 2, "JOINED and the message");
+        assert!(h.sink.0.is_empty(), "{:?}", h.sink.0);
+        let own = format!("!1-1 10 M {} 3 MSG r alice one", h.node.node_id());
+        h.feed("lc:room:r", &own);
         assert_eq!(h.sink.0, [(0, "MSG r alice one".to_string())]);
         // The script fails: seen here anyway, and the sender told.
         h.say_reply = b"-ERR script failed\r\n";
@@ -2535,6 +2599,43 @@ mod tests {
             h.sink.0
         );
         assert_eq!(h.node.stats().dropped, 1);
+    }
+
+    #[test]
+    fn a_rooms_first_messages_wait_for_its_subscription() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        h.hub.connect(0, Some("alice"), None, 0, &mut h.sink);
+        h.turn();
+        // Joined and spoke before Redis confirmed the room's subscription:
+        // the message waits for the confirmation, then goes out.
+        h.hub.handle(0, "/join r", 0, &mut h.sink);
+        h.hub.handle(0, "early", 0, &mut h.sink);
+        for _ in 0..4 {
+            h.node.turn(&mut h.hub, &mut h.sink, h.now);
+        }
+        assert_eq!(h.room_publishes(), 0);
+        assert_eq!(h.node.early.len(), 1);
+        h.io();
+        assert!(h.node.early.is_empty());
+        h.turn();
+        assert_eq!(h.room_publishes(), 2, "JOINED and the message");
+        // The subscriber link fails with a message in flight: delivered
+        // here from the script's reply.
+        h.answer = false;
+        h.sink.0.clear();
+        h.hub.handle(0, "late", 0, &mut h.sink);
+        h.turn();
+        h.node
+            .on_closed(Which::Sub, "test", &mut h.hub, &mut h.sink, h.now);
+        h.node.on_bytes(
+            Which::Cmd,
+            b"$6\r\n1-2 11\r\n",
+            &mut h.hub,
+            &mut h.sink,
+            h.now,
+        );
+        assert_eq!(h.sink.0, [(0, "MSG r alice late".to_string())]);
     }
 
     #[test]
