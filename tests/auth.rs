@@ -500,3 +500,112 @@ fn sighup_rotates_the_key_and_the_old_one_stays_for_the_grace() {
     assert_eq!(c.status(&with(k3, "g")), 101);
     let _ = std::fs::remove_file(&file);
 }
+
+/// The `SESSION` token among what `c` receives next.
+fn session_token(c: &mut Client) -> String {
+    c.recv_until(|l| l.starts_with("SESSION "))["SESSION ".len()..].to_string()
+}
+
+#[test]
+fn a_signed_session_resumes_with_its_identity_and_still_expires() {
+    let s = server(GuestPolicy::Deny);
+    let mut obs = signed(&s, &token("obs", 120, |_| {}), "&room=dev");
+    obs.sync("start");
+    // Resumed with the session token alone (guests are denied): nick, role,
+    // rooms claim and expiry come back.
+    let t = token("sam", 6, |c| {
+        c.role = Role::Mod;
+        c.rooms = Some(vec!["dev".into()]);
+    });
+    let mut sam = Client::connect(&s, &format!("/ws?token={t}&room=dev&caps=resume"));
+    let session = session_token(&mut sam);
+    sam.sync("before");
+    // The old connection still looks open (a half-open one after a network
+    // change): the resume takes it over.
+    let mut back = Client::connect(&s, &format!("/ws?resume={session}"));
+    assert_eq!(back.recv_text(), "WELCOME sam");
+    assert!(back.recv_text().starts_with("SESSION "));
+    assert_eq!(back.recv_text(), "RESUMED dev 0");
+    assert_eq!(back.recv_text(), "SYS signed in as sam, role mod");
+    assert_eq!(sam.expect_close(), CloseCode::Normal);
+    back.send("/join ops");
+    assert_eq!(
+        back.recv_text(),
+        "ERR forbidden your token does not allow that room"
+    );
+    back.send("/kick dev obs");
+    assert_eq!(back.recv_text(), "KICKED dev obs sam");
+    // ... and the token's expiry still ends it.
+    assert_eq!(
+        back.recv_until(|l| l.starts_with("SYS")),
+        "SYS token expired"
+    );
+    assert_eq!(back.expect_close(), CloseCode::Library(4001));
+    // A resume token naming no held signed session: no way in without a token.
+    let mut bad = raw(s.addr);
+    bad.write_all(upgrade_request("/ws?resume=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").as_bytes())
+        .unwrap();
+    let (head, _) = read_head(&mut bad);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}
+
+#[test]
+fn a_held_signed_session_ends_at_exp_or_when_its_holder_signs_in() {
+    let s = server(GuestPolicy::Deny);
+    let mut obs = signed(&s, &token("obs", 120, |_| {}), "&room=dev");
+    // Held past its token's exp: ended, the room sees LEFT.
+    let exp = now() + 3;
+    let mut ann = signed(&s, &token("ann", 3, |_| {}), "&room=dev&caps=resume");
+    ann.sync("a");
+    drop(ann);
+    assert_eq!(
+        obs.recv_until(|l| l.starts_with("LEFT")),
+        "LEFT dev ann",
+        "the held session ended with its token"
+    );
+    assert!(
+        now() >= exp,
+        "held until exp (leeway 0), not dropped at once"
+    );
+    // A new connection with a token for a held nick takes it over at once.
+    let bo_token = token("bo", 120, |_| {});
+    let mut bo = Client::connect(&s, &format!("/ws?token={bo_token}&room=dev&caps=resume"));
+    let session = session_token(&mut bo);
+    bo.sync("b");
+    drop(bo);
+    obs.sync("held");
+    let mut again = signed(&s, &token("bo", 120, |_| {}), "&room=dev");
+    again.sync("c");
+    assert_eq!(
+        obs.recv_until(|l| l.starts_with("LEFT") || l.starts_with("JOINED")),
+        "LEFT dev bo"
+    );
+    assert_eq!(obs.recv_text(), "JOINED dev bo");
+    // The replaced session's token is spent.
+    let mut late = Line::connect(&s);
+    late.send(&format!("/resume {session}"));
+    late.expect("ERR forbidden sign in first: /auth TOKEN");
+    late.expect_end();
+}
+
+#[test]
+fn a_line_connection_resumes_a_signed_session_first() {
+    let s = server(GuestPolicy::Deny);
+    let mut cy = Line::connect(&s);
+    cy.send(&format!("/auth {}", token("cy", 120, |_| {})));
+    cy.expect("WELCOME cy");
+    cy.expect("JOINED lobby cy");
+    cy.expect("SYS signed in as cy, role member");
+    cy.send("/caps resume");
+    cy.expect("CAPS resume");
+    let session = cy.recv().unwrap()["SESSION ".len()..].to_string();
+    drop(cy);
+    let mut back = Line::connect(&s);
+    back.send(&format!("/resume {session} lobby=0"));
+    back.expect("WELCOME cy");
+    assert!(back.recv().unwrap().starts_with("SESSION "));
+    assert!(back.recv().unwrap().starts_with("RESUMED lobby "));
+    back.expect("SYS signed in as cy, role member");
+    back.send("hello");
+    back.expect("MSG lobby cy hello");
+}

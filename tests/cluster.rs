@@ -1380,3 +1380,194 @@ fn history_is_read_from_redis_the_same_on_every_node() {
     carol.send("/history elsewhere");
     assert_eq!(carol.recv(), "ERR not-in-room not in that room");
 }
+
+/// Signed tokens on a cluster: nodes started with this key file.
+mod signed {
+    use super::*;
+    use loopchat::auth::token::{sign, Claims, Key};
+    use loopchat::chat::access::Role;
+
+    const SECRET: &[u8] = b"cluster-test-key-0123456789abcdef0123";
+
+    pub(super) fn key_file() -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "loopchat-cluster-auth-{}-{}.key",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::write(&path, SECRET).unwrap();
+        path
+    }
+
+    pub(super) fn token(sub: &str, role: Role) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut c = Claims::new(sub, now + 600);
+        c.role = role;
+        sign(&c, &Key::new(SECRET).unwrap())
+    }
+}
+
+impl Client {
+    /// Lines until the server closes; returns them and the close code.
+    fn until_close(&mut self) -> (Vec<String>, u16) {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => seen.push(t.to_string()),
+                Ok(Message::Close(f)) => return (seen, f.map_or(1005, |f| f.code.into())),
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "{}: read failed before a close: {e} after {seen:?}",
+                    self.nick
+                ),
+            }
+        }
+        panic!("{}: no close within {WAIT:?} after {seen:?}", self.nick);
+    }
+}
+
+fn auth_nodes(redis: &Redis, key: &std::path::Path) -> (Node, Node) {
+    let key = key.to_str().unwrap();
+    let args = [
+        "--redis-nick-ttl",
+        "3s",
+        "--auth-key",
+        key,
+        "--guests",
+        "allow",
+        "--auth-leeway",
+        "0s",
+    ];
+    let a = Node::start(redis, &args);
+    let b = Node::start(redis, &args);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    (a, b)
+}
+
+#[test]
+fn a_token_takes_its_nick_on_any_node_and_a_newer_sign_in_replaces_the_older() {
+    let Some(()) = need_redis("a_token_takes_its_nick_on_any_node") else {
+        return;
+    };
+    use loopchat::chat::access::Role;
+    let redis = Redis::start();
+    let key = signed::key_file();
+    let (a, b) = auth_nodes(&redis, &key);
+    // A guest on b has "alice"; her token on a takes it, the guest is renamed.
+    let mut guest = Client::connect(b.addr, "?nick=alice&room=r");
+    assert_eq!(guest.nick, "alice");
+    let t = signed::token("alice", Role::Member);
+    let mut first = Client::connect(a.addr, &format!("?token={t}&room=r"));
+    assert_eq!(first.nick, "alice");
+    first.until(|l| l == "SYS signed in as alice, role member");
+    let lines = guest.until(|l| l.starts_with("NICK alice guest-"));
+    assert!(
+        lines.contains(&"ERR nick-taken nick taken on another node, using a guest nick".into()),
+        "{lines:?}"
+    );
+    let reply = redis_cmd(redis.port, &[&["GET", "lc:nick:alice"]]);
+    assert!(
+        reply.contains(&format!("{} ", a.id())) && reply.contains(" alice signed"),
+        "{reply:?}"
+    );
+    // A second sign-in on b replaces the first, on a.
+    let t = signed::token("alice", Role::Member);
+    let mut second = Client::connect(b.addr, &format!("?token={t}&room=r"));
+    assert_eq!(second.nick, "alice");
+    let (lines, code) = first.until_close();
+    assert!(
+        lines.contains(&"SYS signed in elsewhere".into()),
+        "{lines:?}"
+    );
+    assert_eq!(code, 4001);
+    second.send("still here");
+    second.until(|l| l == "MSG r alice still here");
+    let reply = redis_cmd(redis.port, &[&["GET", "lc:nick:alice"]]);
+    assert!(reply.contains(&format!("{} ", b.id())), "{reply:?}");
+}
+
+#[test]
+fn the_token_holder_wins_when_the_registry_returns() {
+    let Some(()) = need_redis("the_token_holder_wins_when_the_registry_returns") else {
+        return;
+    };
+    use loopchat::chat::access::Role;
+    let redis = Redis::start();
+    let key = signed::key_file();
+    let (a, b) = auth_nodes(&redis, &key);
+    // The guest registered first; then the registry stops answering and the
+    // token holder signs in on a: the signature is enough for now.
+    let mut guest = Client::connect(b.addr, "?nick=bob&room=r");
+    assert_eq!(guest.nick, "bob");
+    guest.sync("registered");
+    redis.run(false);
+    let t = signed::token("bob", Role::Member);
+    let mut holder = Client::connect(a.addr, &format!("?token={t}&room=r"));
+    let lines = holder.until(|l| l == "SYS signed in as bob, role member");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("NICK guest-") && l.ends_with(" bob")),
+        "{lines:?}"
+    );
+    redis.run(true);
+    // Back: the later, signed registration wins over the earlier guest's.
+    let lines = guest.until(|l| l.starts_with("NICK bob guest-"));
+    assert!(
+        lines.contains(&"ERR nick-taken nick taken on another node, using a guest nick".into()),
+        "{lines:?}"
+    );
+    let mine = holder.sync("after");
+    assert!(
+        mine.iter()
+            .all(|l| !l.starts_with("NICK bob ") && !l.starts_with("SYS")),
+        "{mine:?}"
+    );
+    holder.send("mine");
+    holder.until(|l| l == "MSG r bob mine");
+    let reply = redis_cmd(redis.port, &[&["GET", "lc:nick:bob"]]);
+    assert!(
+        reply.contains(&format!("{} ", a.id())) && reply.contains(" bob signed"),
+        "{reply:?}"
+    );
+}
+
+#[test]
+fn a_kick_reaches_the_nick_on_another_node() {
+    let Some(()) = need_redis("a_kick_reaches_the_nick_on_another_node") else {
+        return;
+    };
+    use loopchat::chat::access::Role;
+    let redis = Redis::start();
+    let key = signed::key_file();
+    let (a, b) = auth_nodes(&redis, &key);
+    let t = signed::token("moe", Role::Mod);
+    let mut moe = Client::connect(a.addr, &format!("?token={t}&room=r"));
+    moe.until(|l| l == "SYS signed in as moe, role mod");
+    a.wait_subscriptions(3);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=r");
+    // bob's JOINED can reach moe before Redis has taken bob's node's
+    // SUBSCRIBE (two links): wait for it, or the KICKED may pass it by.
+    b.wait_subscriptions(3);
+    moe.until(|l| l == "JOINED r bob");
+    moe.send("/kick r bob off-topic");
+    moe.until(|l| l == "KICKED r bob moe off-topic");
+    moe.until(|l| l == "LEFT r bob");
+    bob.until(|l| l == "KICKED r bob moe off-topic");
+    bob.until(|l| l == "LEFT r bob");
+    // The ban holds on bob's node.
+    bob.send("/join r");
+    bob.until(|l| l == "ERR forbidden you were kicked from that room, try later");
+    // A nick in the room on no node.
+    moe.send("/kick r nobody");
+    let lines = moe.until(|l| l.starts_with("ERR "));
+    assert!(
+        lines.last().unwrap().starts_with("ERR no-such-nick "),
+        "{lines:?}"
+    );
+}

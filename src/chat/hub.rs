@@ -576,7 +576,7 @@ impl Hub {
     /// The connection is gone: `LEFT` to its rooms' members (per presence
     /// rules), and the hub forgets it so the id can be reused.
     pub fn disconnect(&mut self, id: ConnId, sink: &mut impl Sink) {
-        if self.drop_held(id) || self.detach(id) {
+        if self.drop_held(id) || self.detach(id, sink) {
             return;
         }
         while let Some(n) = self.user(id).map(|u| u.rooms.len()).filter(|&n| n > 0) {

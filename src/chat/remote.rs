@@ -110,6 +110,21 @@ pub enum Request {
         /// The asker.
         id: ConnId,
     },
+    /// `/kick` of a nick that is not on this node: when another node is known
+    /// to have `nick` in `room`, deliver `line` here with
+    /// [`super::Hub::kick_confirmed`] and publish it to the room (the node
+    /// that has the nick removes it); otherwise answer
+    /// [`super::Hub::kick_not_found`].
+    Kick {
+        /// The moderator.
+        id: ConnId,
+        /// Folded room name.
+        room: Box<str>,
+        /// The kicked nick as typed.
+        nick: Box<str>,
+        /// `KICKED ROOM NICK BY [TEXT]`.
+        line: Box<str>,
+    },
     /// The connection left the hub: forget anything pending for it (its id
     /// will be reused).
     Gone(ConnId),

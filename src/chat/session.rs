@@ -182,6 +182,18 @@ impl<T> Sessions<T> {
     /// when `conn` had no session, the TTL is 0, or the table is full, so the
     /// caller ends it as a plain disconnect.
     pub fn detach(&mut self, conn: ConnId, now_ms: u64, data: T) -> Result<(), T> {
+        self.detach_until(conn, now_ms, u64::MAX, data)
+    }
+
+    /// [`Sessions::detach`], but kept no later than `until_ms` (a signed
+    /// session ends with its token). A deadline already passed keeps nothing.
+    pub fn detach_until(
+        &mut self,
+        conn: ConnId,
+        now_ms: u64,
+        until_ms: u64,
+        data: T,
+    ) -> Result<(), T> {
         let Some(sel) = self.by_conn.remove(&conn) else {
             return Err(data);
         };
@@ -192,9 +204,16 @@ impl<T> Sessions<T> {
         let Some(entry) = self.by_selector.get_mut(&sel) else {
             return Err(data);
         };
-        let deadline = now_ms.saturating_add(self.ttl_ms);
+        let deadline = now_ms.saturating_add(self.ttl_ms).min(until_ms);
+        if deadline <= now_ms {
+            self.by_selector.remove(&sel);
+            return Err(data);
+        }
         entry.state = State::Detached { deadline, data };
-        self.expiries.push_back((deadline, sel));
+        // Deadlines mostly arrive in order (now + ttl); an earlier one (a
+        // token's expiry) is inserted in place so the queue stays sorted.
+        let at = self.expiries.partition_point(|&(d, _)| d <= deadline);
+        self.expiries.insert(at, (deadline, sel));
         self.detached += 1;
         Ok(())
     }
@@ -227,6 +246,45 @@ impl<T> Sessions<T> {
                 Ok(Taken::Detached(data))
             }
             _ => Err(Refused::BadSession),
+        }
+    }
+
+    /// What [`Sessions::take`] would find for `token`, without using it:
+    /// `None` when it is not a good token or its session expired.
+    pub fn peek(&self, token: &str, now_ms: u64) -> Option<Taken<&T>> {
+        let token = Token::parse(token)?;
+        let entry = self.by_selector.get(&token.selector)?;
+        if !ct_eq(&entry.verifier, &token.verifier) {
+            return None;
+        }
+        match &entry.state {
+            State::Live(conn) => Some(Taken::Live(*conn)),
+            State::Detached { deadline, data } if now_ms < *deadline => Some(Taken::Detached(data)),
+            State::Detached { .. } => None,
+        }
+    }
+
+    /// Remove the first detached session whose data satisfies `pred` (a scan
+    /// of the table: for the rare case of a token holder taking its nick back
+    /// from its own held session).
+    pub fn remove_detached(&mut self, mut pred: impl FnMut(&T) -> bool) -> Option<T> {
+        let sel = self
+            .by_selector
+            .iter()
+            .find_map(|(sel, e)| match &e.state {
+                State::Detached { data, .. } if pred(data) => Some(*sel),
+                _ => None,
+            })?;
+        match self.by_selector.remove(&sel) {
+            Some(Entry {
+                state: State::Detached { data, .. },
+                ..
+            }) => {
+                self.detached -= 1;
+                self.prune();
+                Some(data)
+            }
+            _ => None,
         }
     }
 

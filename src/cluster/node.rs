@@ -100,14 +100,21 @@ const COUNTER_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_NODES: usize = 65_536;
 
 /// Refresh a nick registration (`KEYS[1]`; `ARGV`: value, `NODE `, ttl in
-/// ms, registration time in ms): keep the key when it is free or ours, take
-/// it over from a holder registered later (IRC's rule: after a Redis restart
-/// or an outage the earlier registration wins, ties to the holder), refuse
-/// otherwise. Values are `NODE REGISTERED_MS DISPLAY`.
+/// ms, registration time in ms, `1` when a token vouches for the nick): keep
+/// the key when it is free or ours; against another holder, a signed
+/// registration beats an unsigned one whatever the times (the token holder
+/// wins); between two unsigned ones the earlier wins (IRC's rule: after a
+/// Redis restart or an outage, ties to the holder), between two signed ones
+/// the later (a second sign-in replaces the first); refuse otherwise. Values
+/// are `NODE REGISTERED_MS DISPLAY`, plus ` signed` for a token holder's.
 const REFRESH_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
 local mine = v == false or string.sub(v, 1, string.len(ARGV[2])) == ARGV[2] \
-if not mine then local ts = tonumber(string.match(v, '^%S+ (%d+) ')) \
-mine = ts == nil or tonumber(ARGV[4]) < ts end \
+if not mine then local theirs = string.match(v, '^%S+ %d+ %S+ signed$') ~= nil \
+local me = ARGV[5] == '1' \
+if me ~= theirs then mine = me else \
+local ts = tonumber(string.match(v, '^%S+ (%d+) ')) \
+if me then mine = ts == nil or tonumber(ARGV[4]) > ts \
+else mine = ts == nil or tonumber(ARGV[4]) < ts end end end \
 if mine then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1 end return 0";
 /// One room message (see the module docs): number it in the room's order,
 /// keep it in the room's history, and publish it with its id, atomically.
@@ -465,7 +472,7 @@ pub struct Cluster {
     /// timeout (a reservation past it was answered `TimedOut`).
     timed_out: usize,
     /// Nicks whose refresh is still to be sent (this heartbeat).
-    refresh_queue: Vec<(ConnId, Box<str>)>,
+    refresh_queue: Vec<(ConnId, Box<str>, bool)>,
     payload: Vec<u8>,
     /// Signs what this node publishes and checks what it receives.
     signer: Signer,
@@ -615,10 +622,17 @@ impl Cluster {
 
 /// A registry value `NODE REGISTERED_MS DISPLAY`: the node and the nick.
 fn parse_registration(v: &str) -> Option<(&str, &str)> {
-    let mut it = v.splitn(3, ' ');
+    let mut it = v.split(' ');
     let node = it.next()?;
     it.next()?.parse::<u64>().ok()?;
     Some((node, it.next()?))
+}
+
+/// A registry value: `NODE REGISTERED_MS DISPLAY`, plus ` signed` when a
+/// token vouches for the nick (`prefix` is `NODE `).
+fn registration(prefix: &str, at: u64, nick: &str, signed: bool) -> String {
+    let mark = if signed { " signed" } else { "" };
+    format!("{prefix}{at} {nick}{mark}")
 }
 
 /// Milliseconds since the Unix epoch (registration times are compared across
@@ -1806,8 +1820,10 @@ impl Cluster {
     /// next turns, as the buffer toward Redis has room (see `refresh_some`).
     fn refresh_nicks(&mut self, hub: &Hub) {
         self.refresh_queue.clear();
-        self.refresh_queue
-            .extend(hub.nicks().map(|(id, n)| (id, Box::<str>::from(n))));
+        self.refresh_queue.extend(hub.nicks().map(|(id, n)| {
+            let signed = hub.claims_signed(id);
+            (id, Box::<str>::from(n), signed)
+        }));
     }
 
     /// Queue refresh commands while the outgoing buffer is under half full, so
@@ -1819,7 +1835,7 @@ impl Cluster {
         let ttl = self.ttl_ms();
         let prefix = self.node_prefix.clone();
         while self.cmd.queued() < self.cfg.max_buffer / 2 {
-            let Some((id, nick)) = self.refresh_queue.pop() else {
+            let Some((id, nick, signed)) = self.refresh_queue.pop() else {
                 break;
             };
             let Some(key) = nick_key(&nick) else {
@@ -1829,7 +1845,7 @@ impl Cluster {
             let at = folded
                 .and_then(|k| self.registered.get(k.as_str()).copied())
                 .unwrap_or_else(unix_ms);
-            let value = format!("{prefix}{at} {nick}");
+            let value = registration(&prefix, at, &nick, signed);
             let at = at.to_string();
             if self.cmd.queue(&[
                 b"EVAL",
@@ -1840,6 +1856,7 @@ impl Cluster {
                 prefix.as_bytes(),
                 ttl.as_bytes(),
                 at.as_bytes(),
+                if signed { b"1" } else { b"0" },
             ]) {
                 self.expect(Pending::Refresh { id, nick });
             } else {
@@ -1924,6 +1941,33 @@ impl Cluster {
                 let (keep, ttl) = (h.keep, h.ttl_ms);
                 self.say(&room, &line, sender, keep, ttl);
             }
+            Request::Kick {
+                id,
+                room,
+                nick,
+                line,
+            } => {
+                let key = Folded::new(&nick);
+                let key = key.as_ref().map(|k| k.as_str());
+                let there = self.peers.values().any(|p| {
+                    p.members.get(&room).is_some_and(|(_, nicks)| {
+                        nicks
+                            .iter()
+                            .any(|n| Folded::new(n).as_ref().map(|k| k.as_str()) == key)
+                    })
+                });
+                if there {
+                    hub.kick_confirmed(&room, &line, sink);
+                    self.send(
+                        format!("lc:room:{room}").as_bytes(),
+                        Body::Room { line: &line },
+                        None,
+                        id,
+                    );
+                } else {
+                    hub.kick_not_found(id, sink);
+                }
+            }
             Request::Nick { rooms, line } => {
                 if rooms.is_empty() {
                     return;
@@ -1944,18 +1988,18 @@ impl Cluster {
                     return;
                 };
                 let at = unix_ms();
-                let value = format!("{}{at} {nick}", self.node_prefix);
+                // A token holder takes its nick from whoever has it (a guest
+                // elsewhere is renamed, an older sign-in replaced, at their
+                // node's next refresh); anyone else only a free nick.
+                let signed = hub.claims_signed(id);
+                let value = registration(&self.node_prefix, at, &nick, signed);
                 let ttl = self.ttl_ms();
-                if self.cmd.state != LinkState::Down
-                    && self.cmd.queue(&[
-                        b"SET",
-                        &key,
-                        value.as_bytes(),
-                        b"NX",
-                        b"PX",
-                        ttl.as_bytes(),
-                    ])
-                {
+                let set: &[&[u8]] = if signed {
+                    &[b"SET", &key, value.as_bytes(), b"PX", ttl.as_bytes()]
+                } else {
+                    &[b"SET", &key, value.as_bytes(), b"NX", b"PX", ttl.as_bytes()]
+                };
+                if self.cmd.state != LinkState::Down && self.cmd.queue(set) {
                     self.expect(Pending::Reserve { id, nick, at });
                 } else {
                     // Nobody can confirm the nick: fail closed.
@@ -2047,7 +2091,7 @@ impl Cluster {
                 }
                 self.undelivered.retain(|&i| i != id);
                 if !self.refresh_queue.is_empty() {
-                    self.refresh_queue.retain(|(i, _)| *i != id);
+                    self.refresh_queue.retain(|(i, _, _)| *i != id);
                 }
             }
         }

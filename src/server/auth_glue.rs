@@ -13,6 +13,12 @@
 //!   PROTOCOL.md says); a line-listener connection has no upgrade, so it is
 //!   held without a nick or room until its first line, which must be
 //!   `/auth TOKEN` (anything else: `ERR forbidden` and close 1008);
+//! - a held signed session may be resumed where guests are denied: a `/ws`
+//!   upgrade with `?resume=` naming one, or a live one it takes over (and
+//!   no `?token=`), is admitted, and
+//!   so is a line-listener connection whose first line is `/resume TOKEN`;
+//!   the session token proves the identity. Any other resume still needs a
+//!   token (401, or `ERR forbidden` and close 1008);
 //! - the 401 carries `WWW-Authenticate: Bearer` (RFC 6750) and the reason;
 //! - `/auth` lines skip the chat's rate limit: a bad one closes the
 //!   connection, and a good one costs about as much as any chat line.
@@ -251,7 +257,12 @@ impl Server {
 
     /// Decide a `/ws` upgrade from `id` with `token` (`?token=`); `None` when
     /// tokens are off (a guest as always).
-    pub(super) fn admission(&mut self, id: usize, token: Option<&str>) -> Option<Admission> {
+    pub(super) fn admission(
+        &mut self,
+        id: usize,
+        token: Option<&str>,
+        resume: Option<&str>,
+    ) -> Option<Admission> {
         let auth = self.auth.as_deref()?;
         let ip = self.conns.get(id).map(|c| c.ip);
         let ip = ip.map_or_else(String::new, |ip| ip.to_string());
@@ -265,6 +276,12 @@ impl Server {
                 }
             },
             None => match auth.cfg.guests {
+                GuestPolicy::Deny
+                    if resume.is_some_and(|r| self.hub.resumes_signed(r, self.ctx.now_ms)) =>
+                {
+                    info!("auth: {ip} admitted to resume a signed session");
+                    Admission::Admit(Identity::Guest(Role::Viewer))
+                }
                 GuestPolicy::Deny => {
                     info!("auth: {ip} refused: no token and guests are denied");
                     self.ctx.metrics.handshake_failed("no_token");
@@ -299,9 +316,9 @@ impl Server {
     /// Handle `line` if it is the server's business (`/auth`, or any line of
     /// a line connection still waiting for `/auth`); true when it was.
     pub(super) fn auth_line(&mut self, id: usize, line: &str) -> bool {
-        let Some(auth) = self.auth.as_deref() else {
+        if self.auth.is_none() {
             return false;
-        };
+        }
         let Some(c) = self.conns.get(id) else {
             return true;
         };
@@ -311,6 +328,12 @@ impl Server {
         if !waiting && token.is_none() {
             return false;
         }
+        if waiting && token.is_none() && self.resume_first(id, line) {
+            return true;
+        }
+        let Some(auth) = self.auth.as_deref() else {
+            return false;
+        };
         let result = token.map(|t| auth.check(t, unix_now()));
         let now = self.ctx.now_ms;
         let mut out = Out {
@@ -348,6 +371,47 @@ impl Server {
             (false, None) => return false,
         }
         // A new or refreshed token: file the connection under its expiry.
+        self.schedule(id);
+        true
+    }
+
+    /// A line-listener connection waiting for `/auth` sent `line`: when it
+    /// is `/resume TOKEN [ROOM=ID ...]` naming a held signed session, resume
+    /// it (true); anything else is left to the caller.
+    fn resume_first(&mut self, id: usize, line: &str) -> bool {
+        let mut words = line.trim_end_matches('\r').split(' ');
+        if words.next() != Some("/resume") {
+            return false;
+        }
+        let Some(token) = words.next() else {
+            return false;
+        };
+        if !self.hub.resumes_signed(token, self.ctx.now_ms) {
+            return false;
+        }
+        // The `?since=` spelling of `ROOM=ID ...`.
+        let since: String = words
+            .filter(|w| !w.is_empty())
+            .map(|w| w.replacen('=', ":", 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        if let Some(c) = self.conns.get_mut(id) {
+            c.set(IN_CHAT);
+        }
+        let ip = self
+            .conns
+            .get(id)
+            .map(|c| c.ip.to_string())
+            .unwrap_or_default();
+        info!("auth: {ip} resumes a signed session");
+        let now = self.ctx.now_ms;
+        let args = Connect {
+            resume: Some(token),
+            since: (!since.is_empty()).then_some(since.as_str()),
+            ..Connect::default()
+        };
+        let (hub, mut out) = self.chat();
+        hub.connect_as(id, Identity::Guest(Role::Viewer), &args, now, &mut out);
         self.schedule(id);
         true
     }

@@ -236,7 +236,9 @@ impl Server {
                 return Route::Answered;
             }
             let admission = match kind {
-                Kind::Chat => self.admission(id, req.query_param("token")),
+                Kind::Chat => {
+                    self.admission(id, req.query_param("token"), req.query_param("resume"))
+                }
                 _ => None,
             };
             let who = match admission {

@@ -234,6 +234,10 @@ impl Server {
         let (arrived, now) = (self.ctx.arrived_ms, self.ctx.now_ms);
         let (hub, mut out) = self.chat();
         hub.handle_arrived(id, line, arrived, now, &mut out);
+        // A resumed signed session brings its token's expiry along.
+        if self.auth.is_some() && line.starts_with("/resume") {
+            self.schedule(id);
+        }
     }
 
     /// Line-protocol bytes: one command per `\n`-terminated line.

@@ -26,11 +26,14 @@
 //!   one) joins the default room if allowed, else the claim's first pattern
 //!   without `*`, else no room;
 //! - `/auth` with a token for another nick is refused like a bad token.
-//! - a signed session is not kept for `resume` when its connection drops: the
-//!   holder reconnects with its token (a kept session would hold the nick
-//!   against its own holder). A session resumed by a guest who then signs in,
-//!   or resumed together with `?token=`, takes the token's nick, role and
-//!   expiry.
+//! - a signed session with `resume` is kept when its connection drops, like
+//!   a guest's, but no longer than its token is valid (`exp` plus the
+//!   leeway); resuming it gives back the nick, role, `rooms` claim and
+//!   expiry (the session token alone proves it, also under `--guests deny`).
+//!   A new connection with a valid token for the held nick replaces the held
+//!   session (its rooms see `LEFT`), so a held nick never locks its holder
+//!   out. A session resumed together with `?token=`, or by a guest who then
+//!   signs in, takes the token's nick, role and expiry.
 
 use std::collections::HashMap;
 
@@ -39,7 +42,9 @@ use log::info;
 use super::super::access::{room_allowed, Access, Grant, Role};
 use super::super::names::Folded;
 use super::super::remote::{Claim, Request};
+use super::super::session::Taken;
 use super::super::{ConnId, ErrorCode, Sink};
+use super::resume::DETACHED;
 use super::{push_text, send, Connect, Hub};
 
 /// Who a new connection is.
@@ -105,7 +110,16 @@ impl Hub {
                 if self.is_held(id) {
                     self.auth.held.insert(id, Identity::Guest(role));
                 }
-                self.set_access(id, Access::guest(role));
+                // A resumed signed session keeps its identity: its session
+                // token proves it.
+                if self.user(id).is_some_and(|u| u.access.is_signed()) {
+                    if let Some(u) = self.user(id) {
+                        info!("auth: {} resumed as {}", u.nick, u.access.role().as_str());
+                    }
+                    self.signed_in_line(id, sink);
+                } else {
+                    self.set_access(id, Access::guest(role));
+                }
                 return;
             }
             Identity::Signed(grant) => grant,
@@ -113,7 +127,15 @@ impl Hub {
         if self.user(id).is_some() {
             self.disconnect(id, sink);
         }
-        self.claim_nick(id, &grant.nick, sink);
+        // Resuming its own session (held, or still on a half-open
+        // connection): the nick comes back with it.
+        let own = Folded::new(&grant.nick).is_some_and(|f| {
+            args.resume
+                .is_some_and(|t| self.session_nick_is(t, f.as_str(), now_ms))
+        });
+        if !own {
+            self.claim_nick(id, &grant.nick, sink);
+        }
         if let Some(rooms) = grant.rooms.clone() {
             self.auth.rooms.insert(id, rooms);
         }
@@ -127,6 +149,13 @@ impl Hub {
             // the answer (`apply_held_identity`).
             self.auth.held.insert(id, Identity::Signed(grant));
             return;
+        }
+        // A resumed session brings its own claim back: the token's wins.
+        match grant.rooms {
+            Some(rooms) => self.auth_rooms_insert(id, rooms),
+            None => {
+                self.auth.rooms.remove(&id);
+            }
         }
         // A resumed session comes back under its own nick: the token's wins.
         if self.user(id).is_some_and(|u| *u.nick != *grant.nick) {
@@ -325,6 +354,18 @@ impl Hub {
     /// Free `nick` for the token holder `id`: a signed holder is replaced,
     /// a guest holder renamed.
     fn claim_nick(&mut self, id: ConnId, nick: &str, sink: &mut impl Sink) {
+        if let Some(f) = Folded::new(nick) {
+            if self.nick_holder(f.as_str()) == Some(DETACHED) {
+                let held = self.sessions.remove_detached(|d| d.nick_is(f.as_str()));
+                if let Some(data) = held {
+                    info!(
+                        "auth: {nick} signed in while a dropped session held the nick: {} session ended",
+                        if data.is_signed() { "its" } else { "a guest's" }
+                    );
+                    self.end_detached(data, sink);
+                }
+            }
+        }
         let Some(holder) = self.nick_owner(nick).filter(|&h| h != id) else {
             return;
         };
@@ -332,14 +373,7 @@ impl Hub {
             return;
         };
         if user.access.is_signed() {
-            info!("auth: {nick} signed in elsewhere, replacing the older session");
-            self.out.clear();
-            self.out.push_str("SYS signed in elsewhere");
-            send(sink, &mut self.deliveries, &[holder], &self.out);
-            sink.close(holder, 4001, "signed in elsewhere");
-            // Gone from the chat now, so the nick is free at once; the server's
-            // later disconnect of `holder` finds nothing to do.
-            self.disconnect(holder, sink);
+            self.signed_in_elsewhere(holder, sink);
         } else {
             info!("auth: guest using {nick} renamed for its token holder");
             let guest = self.guest_nick();
@@ -457,6 +491,32 @@ impl Hub {
             return;
         };
         let Some(target) = self.nick_owner(nick) else {
+            // Clustered: the node that has NICK in ROOM removes it.
+            let by = self.user(id).map(|u| u.nick.clone());
+            let room_name = self.room(rid).map(|r| r.name.clone());
+            if let (true, Some(by), Some(room_name), Some(key)) =
+                (self.is_clustered(), by, room_name, Folded::new(room))
+            {
+                self.out.clear();
+                self.out.push_str("KICKED ");
+                self.out.push_str(&room_name);
+                self.out.push(' ');
+                self.out.push_str(nick);
+                self.out.push(' ');
+                self.out.push_str(&by);
+                if let Some(text) = text {
+                    self.out.push(' ');
+                    push_text(&mut self.out, text);
+                }
+                let line: Box<str> = self.out.as_str().into();
+                self.request(|| Request::Kick {
+                    id,
+                    room: key.as_str().into(),
+                    nick: nick.into(),
+                    line,
+                });
+                return;
+            }
             self.err(id, ErrorCode::NoSuchNick, "no such nick here", sink);
             return;
         };
@@ -493,23 +553,135 @@ impl Hub {
         send(sink, &mut self.deliveries, &r.members, &self.out);
         self.publish_room(rid);
         if let (Some(room_key), Some(nick_key)) = key {
-            if self.config.kick_ban_ms > 0 {
-                let bans = &mut self.auth.bans;
-                if bans.len() >= 2 * self.auth.bans_pruned + 64 {
-                    bans.retain(|_, until| *until > now_ms);
-                    self.auth.bans_pruned = bans.len();
-                }
-                bans.insert(
-                    (room_key.as_str().into(), nick_key.as_str().into()),
-                    now_ms + self.config.kick_ban_ms,
-                );
-            }
+            self.ban(room_key.as_str(), nick_key.as_str(), now_ms);
         }
         self.leave(target, idx, sink);
+    }
+
+    /// `nick` (folded) may not rejoin `room` (folded) for `--kick-ban`.
+    fn ban(&mut self, room: &str, nick: &str, now_ms: u64) {
+        if self.config.kick_ban_ms == 0 {
+            return;
+        }
+        let bans = &mut self.auth.bans;
+        if bans.len() >= 2 * self.auth.bans_pruned + 64 {
+            bans.retain(|_, until| *until > now_ms);
+            self.auth.bans_pruned = bans.len();
+        }
+        bans.insert((room.into(), nick.into()), now_ms + self.config.kick_ban_ms);
+    }
+
+    /// Another node is known to have the nick a local moderator kicked from
+    /// `room` (folded): `line` (`KICKED ...`) to the local members, and the
+    /// ban here too. The node publishes `line` to the room.
+    pub fn kick_confirmed(&mut self, room: &str, line: &str, sink: &mut impl Sink) {
+        self.deliver_room(room, line, sink);
+        self.kicked_here(room, line, sink);
+    }
+
+    /// No node is known to have that nick in that room (this node learns
+    /// other nodes' members from their room lines and `/who` answers).
+    pub fn kick_not_found(&mut self, id: ConnId, sink: &mut impl Sink) {
+        self.err(
+            id,
+            ErrorCode::NoSuchNick,
+            "that nick is in that room on no node this one knows of (/who ROOM, then again)",
+            sink,
+        );
+    }
+
+    /// A `KICKED ROOM NICK BY [TEXT]` line for `room` (folded), already
+    /// delivered here: NICK is banned from the room on this node too, and
+    /// removed from it when it is a member here (its `LEFT` goes to the
+    /// room on every node).
+    pub(super) fn kicked_here(&mut self, room: &str, line: &str, sink: &mut impl Sink) {
+        let Some(nick) = line.split(' ').nth(2) else {
+            return;
+        };
+        let Some(nick_key) = Folded::new(nick) else {
+            return;
+        };
+        let now_ms = self.now_ms;
+        self.ban(room, nick_key.as_str(), now_ms);
+        let Some(rid) = self.room_id(room) else {
+            return;
+        };
+        let Some(target) = self.nick_owner(nick) else {
+            return;
+        };
+        if let Some(idx) = self.membership_index(target, rid) {
+            info!("auth: {nick} kicked from {room} by a moderator on another node");
+            self.leave(target, idx, sink);
+        }
     }
 
     /// The hub forgets `id`'s room grant.
     pub(super) fn forget_grant(&mut self, id: ConnId) {
         self.auth.rooms.remove(&id);
+    }
+
+    /// `id`'s room grant, taken out (a session being held).
+    pub(super) fn auth_rooms_take(&mut self, id: ConnId) -> Option<Box<[Box<str>]>> {
+        self.auth.rooms.remove(&id)
+    }
+
+    /// Give `id` a room grant (a resumed session's).
+    pub(super) fn auth_rooms_insert(&mut self, id: ConnId, rooms: Box<[Box<str>]>) {
+        self.auth.rooms.insert(id, rooms);
+    }
+
+    /// True when a token vouches for `id`'s nick, or will once the cluster
+    /// grants it (a signed connection held for its nick): its registration
+    /// beats an unsigned one.
+    pub fn claims_signed(&self, id: ConnId) -> bool {
+        self.user(id).is_some_and(|u| u.access.is_signed())
+            || matches!(self.auth.held.get(&id), Some(Identity::Signed(_)))
+    }
+
+    /// A newer sign-in for `id`'s nick elsewhere (this node or another):
+    /// `SYS signed in elsewhere`, close 4001, and `id` leaves the chat now,
+    /// not held for resume.
+    pub(super) fn signed_in_elsewhere(&mut self, id: ConnId, sink: &mut impl Sink) {
+        let Some(user) = self.users.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        info!(
+            "auth: {} signed in elsewhere, replacing the older session",
+            user.nick
+        );
+        user.access.set_closing();
+        self.out.clear();
+        self.out.push_str("SYS signed in elsewhere");
+        send(sink, &mut self.deliveries, &[id], &self.out);
+        sink.close(id, 4001, "signed in elsewhere");
+        // Gone from the chat now, so the nick is free at once; the server's
+        // later disconnect of `id` finds nothing to do.
+        self.sessions.end(id);
+        self.disconnect(id, sink);
+    }
+
+    /// True when `token` names a held session of a token holder: enough to
+    /// admit a resume where guests are denied (the session token proves
+    /// the identity).
+    pub fn resumes_signed(&self, token: &str, now_ms: u64) -> bool {
+        match self.sessions.peek(token, now_ms) {
+            Some(Taken::Detached(d)) => d.is_signed(),
+            // Its connection is still open (a half-open one after a network
+            // change): the resume takes it over.
+            Some(Taken::Live(conn)) => self.user(conn).is_some_and(|u| u.access.is_signed()),
+            None => false,
+        }
+    }
+
+    /// True when `token` names a session (held or live) whose nick is `folded`.
+    fn session_nick_is(&self, token: &str, folded: &str, now_ms: u64) -> bool {
+        match self.sessions.peek(token, now_ms) {
+            Some(Taken::Detached(d)) => d.nick_is(folded),
+            Some(Taken::Live(conn)) => self
+                .user(conn)
+                .and_then(|u| Folded::new(&u.nick))
+                .is_some_and(|f| f.as_str() == folded),
+            None => false,
+        }
     }
 }

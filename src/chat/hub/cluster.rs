@@ -453,6 +453,12 @@ impl Hub {
         if claim != Claim::Taken {
             return granted;
         }
+        // A token holder loses its registration only to a newer sign-in of
+        // the same nick on another node: replaced, as on one node.
+        if self.user(id).is_some_and(|u| u.access.is_signed()) {
+            self.signed_in_elsewhere(id, sink);
+            return false;
+        }
         // Sent to the renamed connection alone, before its `NICK`: a client
         // tells a forced rename from its own `/nick` by it.
         self.err(
@@ -512,6 +518,10 @@ impl Hub {
         let presence = line.starts_with("JOINED ") || line.starts_with("LEFT ");
         if !presence || self.room_len(room) <= self.config.presence_limit {
             self.deliver_room(room, line, sink);
+        }
+        // A moderator on another node kicked someone: if it is here, it goes.
+        if line.starts_with("KICKED ") {
+            self.kicked_here(room, line, sink);
         }
     }
 

@@ -27,7 +27,7 @@ use super::super::remote::Request;
 use super::super::session::{os_random, Refused, Taken, TOKEN_BYTES};
 use super::super::{ConnId, ErrorCode, Sink};
 use super::{send, Hub, Membership, RoomId, User};
-use crate::chat::access::{Access, Role};
+use crate::chat::access::Access;
 use crate::chat::compact::InlineList;
 use crate::chat::rate::RateLimiter;
 
@@ -80,6 +80,33 @@ pub(super) struct Detached {
     /// connection dropped (everything up to it was handed to its outbox).
     rooms: Vec<(RoomId, u64)>,
     caps: u8,
+    /// The role and signed flag the connection had.
+    access: Access,
+    /// What a token holder's session keeps of its token (boxed: most
+    /// sessions are guests').
+    signed: Option<Box<SignedHold>>,
+}
+
+/// A dropped signed session's token: restored on resume, and the session
+/// is kept no longer than the token is valid.
+#[derive(Debug)]
+pub(super) struct SignedHold {
+    /// `exp`, Unix seconds.
+    exp: u64,
+    /// The `rooms` claim, if the token had one.
+    rooms: Option<Box<[Box<str>]>>,
+}
+
+impl Detached {
+    /// True when this session's nick is `folded`.
+    pub(super) fn nick_is(&self, folded: &str) -> bool {
+        Folded::new(&self.nick).is_some_and(|f| f.as_str() == folded)
+    }
+
+    /// True for a token holder's session.
+    pub(super) fn is_signed(&self) -> bool {
+        self.access.is_signed()
+    }
 }
 
 /// Write `@id=…;time=… ` + `line` into `out`.
@@ -397,7 +424,7 @@ impl Hub {
             Ok(Taken::Detached(data)) => Ok(data),
             Ok(Taken::Live(old)) if old == id => Err("that session is this connection"),
             Ok(Taken::Live(old)) => {
-                if !self.detach(old) {
+                if !self.detach(old, sink) {
                     return Err("unknown or expired session");
                 }
                 if let Some(u) = self.users.get_mut(old).and_then(Option::as_mut) {
@@ -469,7 +496,14 @@ impl Hub {
         if self.users.len() <= id {
             self.users.resize_with(id + 1, || None);
         }
-        let Detached { nick, rooms, .. } = data;
+        let Detached {
+            nick,
+            rooms,
+            access,
+            signed,
+            ..
+        } = data;
+        let exp_tag = signed.as_ref().map_or(0, |h| h.exp as u16);
         if let Some(key) = Folded::new(&nick) {
             self.nicks.remove(key.as_str(), DETACHED);
             self.nicks.insert(key.as_str(), id);
@@ -481,10 +515,13 @@ impl Hub {
             rooms: InlineList::default(),
             rate: RateLimiter::new(self.config.rate_limit, now_ms),
             seen: 0,
-            access: Access::guest(Role::Member),
-            exp_tag: 0,
+            access,
+            exp_tag,
             caps: caps & self.offered(),
         });
+        if let Some(claim) = signed.and_then(|h| h.rooms) {
+            self.auth_rooms_insert(id, claim);
+        }
         self.live += 1;
         self.resumes += 1;
         send(sink, &mut self.deliveries, &[id], &self.out);
@@ -531,19 +568,36 @@ impl Hub {
     /// Connection `id` dropped: when it has a session, keep its nick and rooms
     /// for the TTL without telling anyone, and forget the connection. False
     /// (nothing changed) when it has none, or the table is full.
-    pub(super) fn detach(&mut self, id: ConnId) -> bool {
+    pub(super) fn detach(&mut self, id: ConnId, sink: &mut impl Sink) -> bool {
         if !self.sessions.can_detach(id) {
             return false;
         }
         let Some(user) = self.user(id) else {
             return false;
         };
-        // A token holder comes back with its token, not a session: a held nick
-        // would keep it from its own nick (see `hub/auth.rs`).
-        if user.access.is_signed() {
-            self.sessions.end(id);
-            return false;
+        // A token holder's session is kept no longer than its token is valid
+        // (`exp` plus the leeway); an expired or closing one is not kept.
+        let (access, exp_tag) = (user.access, user.exp_tag);
+        let mut until_ms = u64::MAX;
+        let mut signed = None;
+        if access.is_signed() {
+            let epoch = self.ids.epoch();
+            let now_s = epoch.saturating_add(self.now_ms) / 1000;
+            let exp = super::auth::full_exp(exp_tag, now_s);
+            let end_s = exp + self.config.token_leeway;
+            if access.closing() || end_s <= now_s {
+                self.sessions.end(id);
+                return false;
+            }
+            until_ms = end_s.saturating_mul(1000).saturating_sub(epoch);
+            signed = Some(Box::new(SignedHold {
+                exp,
+                rooms: self.auth_rooms_take(id),
+            }));
         }
+        let Some(user) = self.user(id) else {
+            return false;
+        };
         let rooms: Vec<(RoomId, u64)> = user
             .rooms
             .iter()
@@ -575,9 +629,14 @@ impl Hub {
             nick: user.nick,
             rooms,
             caps: user.caps,
+            access,
+            signed,
         };
-        let kept = self.sessions.detach(id, self.now_ms, data);
-        debug_assert!(kept.is_ok(), "can_detach said yes");
+        let kept = self.sessions.detach_until(id, self.now_ms, until_ms, data);
+        debug_assert!(kept.is_ok(), "can_detach said yes, the deadline is ahead");
+        if let Err(data) = kept {
+            self.end_detached(data, sink);
+        }
         true
     }
 
@@ -592,6 +651,14 @@ impl Hub {
     pub fn handle_timeout(&mut self, now_ms: u64, sink: &mut impl Sink) {
         self.now_ms = now_ms;
         while let Some(data) = self.sessions.pop_expired(now_ms) {
+            self.end_detached(data, sink);
+        }
+    }
+
+    /// A dropped session ends without being resumed: `LEFT` to its rooms
+    /// (per presence rules), the nick is free again, unused rooms deleted.
+    pub(super) fn end_detached(&mut self, data: Detached, sink: &mut impl Sink) {
+        {
             for &(rid, _) in &data.rooms {
                 let Some(room) = self.rooms.get_mut(rid as usize).and_then(Option::as_mut) else {
                     continue;

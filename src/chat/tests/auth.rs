@@ -294,23 +294,101 @@ fn a_guest_signs_in_with_auth() {
     hub.check_invariants();
 }
 
+fn session_of(lines: &[String]) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("SESSION "))
+        .expect("a SESSION line")
+        .to_string()
+}
+
 #[test]
-fn a_signed_session_is_not_held_for_resume() {
+fn a_signed_session_is_held_resumed_with_its_identity_and_ends_with_its_token() {
     use crate::chat::hub::Caps;
     let (mut hub, mut rec) = hub_with(cfg(), &[]);
+    hub.set_epoch(T0 * 1000);
+    let args = Connect {
+        caps: Some(Caps::parse("resume")),
+        room: Some("dev"),
+        ..Connect::default()
+    };
+    let g = grant("sam", Role::Mod, Some(&["dev"]), T0 + 60);
+    hub.connect_as(0, Identity::Signed(g.clone()), &args, 0, &mut rec);
+    let token = session_of(&rec.take(0));
+    hub.disconnect(0, &mut rec);
+    assert_eq!(hub.detached_sessions(), 1, "held like a guest's");
+    // Nobody else takes the nick meanwhile.
+    hub.connect(1, Some("sam"), None, 0, &mut rec);
+    assert_eq!(hub.nick(1).map(|n| n.starts_with("guest-")), Some(true));
+    rec.clear();
+    // The session token alone brings the identity back.
+    let resume = Connect {
+        resume: Some(&token),
+        ..Connect::default()
+    };
+    hub.connect_as(2, Identity::Guest(Role::Viewer), &resume, 1_000, &mut rec);
+    let lines = rec.take(2);
+    assert_eq!(lines[0], "WELCOME sam");
+    assert!(lines.contains(&"SYS signed in as sam, role mod".to_string()));
+    assert_eq!(hub.access(2), Some((Role::Mod, true)));
+    assert_eq!(hub.token_deadline(2, T0 + 1), Some(T0 + 60 + 30));
+    h(&mut hub, &mut rec, 2, "/join ops");
+    assert_eq!(
+        rec.take(2),
+        ["ERR forbidden your token does not allow that room"]
+    );
+    // Dropped again: held no longer than the token (exp + leeway = 90 s,
+    // before the 120 s session TTL), then LEFT.
+    let token = session_of(&lines);
+    hub.disconnect(2, &mut rec);
+    assert_eq!(hub.poll_timeout(), Some(90_000));
+    hub.handle_timeout(89_999, &mut rec);
+    assert_eq!(hub.detached_sessions(), 1);
+    hub.handle_timeout(90_000, &mut rec);
+    assert_eq!(hub.detached_sessions(), 0);
+    let resume = Connect {
+        resume: Some(&token),
+        ..Connect::default()
+    };
+    hub.connect_as(3, Identity::Guest(Role::Viewer), &resume, 90_000, &mut rec);
+    assert_eq!(
+        hub.access(3),
+        Some((Role::Viewer, false)),
+        "expired with it"
+    );
+    hub.check_invariants();
+}
+
+#[test]
+fn a_token_for_a_held_nick_replaces_the_held_session() {
+    use crate::chat::hub::Caps;
+    let (mut hub, mut rec) = hub_with(cfg(), &["bob"]);
+    hub.set_epoch(T0 * 1000);
     let args = Connect {
         caps: Some(Caps::parse("resume")),
         ..Connect::default()
     };
     let g = grant("sam", Role::Member, None, T0 + 60);
-    hub.connect_as(0, Identity::Signed(g.clone()), &args, 0, &mut rec);
-    assert!(rec.take(0).iter().any(|l| l.starts_with("SESSION ")));
-    hub.disconnect(0, &mut rec);
-    assert_eq!(hub.detached_sessions(), 0);
+    hub.connect_as(1, Identity::Signed(g.clone()), &args, 0, &mut rec);
+    let token = session_of(&rec.take(1));
+    hub.disconnect(1, &mut rec);
+    assert_eq!(hub.detached_sessions(), 1);
     rec.clear();
-    // The holder comes back with its token (the same slab id, reused).
-    hub.connect_as(0, Identity::Signed(g), &Connect::default(), 0, &mut rec);
-    assert_eq!(rec.take(0)[0], "WELCOME sam");
+    hub.connect_as(2, Identity::Signed(g), &Connect::default(), 0, &mut rec);
+    assert_eq!(hub.detached_sessions(), 0);
+    assert_eq!(rec.take(2)[0], "WELCOME sam");
+    assert_eq!(
+        rec.take(0),
+        ["LEFT lobby sam", "JOINED lobby sam"],
+        "the held session ended, the new one joined"
+    );
+    // Its old session token is spent.
+    let resume = Connect {
+        resume: Some(&token),
+        ..Connect::default()
+    };
+    hub.connect_as(3, Identity::Guest(Role::Member), &resume, 0, &mut rec);
+    assert!(rec.take(3).iter().any(|l| l.starts_with("ERR bad-session")));
     hub.check_invariants();
 }
 
@@ -375,4 +453,96 @@ fn a_clustered_sign_in_waits_for_the_registry() {
     );
     assert_eq!(hub.nick(2), Some("xen"));
     assert_eq!(hub.access(2), Some((Role::Member, true)));
+}
+
+#[test]
+fn kicks_cross_nodes_and_a_signed_nick_lost_to_a_newer_sign_in_is_replaced() {
+    use crate::chat::remote::{Claim, Request};
+    let mut hub = Hub::new(cfg());
+    hub.enable_cluster("n1");
+    let mut rec = Rec::default();
+    for (id, nick) in [(0, "moe"), (1, "bob")] {
+        let g = grant(
+            nick,
+            if id == 0 { Role::Mod } else { Role::Member },
+            None,
+            T0 + 60,
+        );
+        let args = Connect {
+            room: Some("dev"),
+            ..Connect::default()
+        };
+        hub.connect_as(id, Identity::Signed(g), &args, 0, &mut rec);
+        assert!(hub.nick_reserved(id, nick, Claim::Granted, &mut rec));
+    }
+    let mut reqs = Vec::new();
+    hub.take_requests(&mut reqs);
+    rec.clear();
+    // A nick that is not here: the cluster is asked, nothing is said yet.
+    hub.handle(0, "/kick dev zed spam", 0, &mut rec);
+    reqs.clear();
+    hub.take_requests(&mut reqs);
+    assert_eq!(
+        reqs,
+        [Request::Kick {
+            id: 0,
+            room: "dev".into(),
+            nick: "zed".into(),
+            line: "KICKED dev zed moe spam".into(),
+        }]
+    );
+    assert!(rec.take(0).is_empty());
+    hub.kick_confirmed("dev", "KICKED dev zed moe spam", &mut rec);
+    assert_eq!(rec.take(1), ["KICKED dev zed moe spam"]);
+    // Another node's moderator kicked bob, who is here: bob leaves, banned.
+    hub.deliver_remote_room("dev", "KICKED dev bob ann", &mut rec);
+    assert_eq!(rec.take(1), ["KICKED dev bob ann", "LEFT dev bob"]);
+    hub.handle(1, "/join dev", 0, &mut rec);
+    assert_eq!(
+        rec.take(1),
+        ["ERR forbidden you were kicked from that room, try later"]
+    );
+    // moe's registration lost to a newer sign-in elsewhere: replaced.
+    rec.clear();
+    assert!(!hub.nick_reserved(0, "moe", Claim::Taken, &mut rec));
+    assert_eq!(rec.take(0), ["SYS signed in elsewhere", "LEFT dev moe"]);
+    assert_eq!(rec.closes, [(0, 4001, "signed in elsewhere".to_string())]);
+    assert_eq!(hub.nick(0), None);
+    hub.check_invariants();
+}
+
+#[test]
+fn a_token_with_its_own_session_resumes_it_rather_than_replacing_it() {
+    use crate::chat::hub::Caps;
+    let (mut hub, mut rec) = hub_with(cfg(), &["bob"]);
+    hub.set_epoch(T0 * 1000);
+    let args = Connect {
+        caps: Some(Caps::parse("resume")),
+        ..Connect::default()
+    };
+    let g = grant("sam", Role::Member, None, T0 + 60);
+    hub.connect_as(1, Identity::Signed(g.clone()), &args, 0, &mut rec);
+    let token = session_of(&rec.take(1));
+    rec.clear();
+    // Its connection still open (half-open): `?token=` with `?resume=`.
+    let resume = Connect {
+        resume: Some(&token),
+        ..Connect::default()
+    };
+    hub.connect_as(2, Identity::Signed(g), &resume, 0, &mut rec);
+    let lines = rec.take(2);
+    assert_eq!(lines[0], "WELCOME sam");
+    assert!(
+        lines.iter().any(|l| l.starts_with("RESUMED lobby ")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        rec.closes,
+        [(1, 1000, "session resumed elsewhere".to_string())]
+    );
+    assert!(
+        rec.take(0).is_empty(),
+        "no LEFT, no JOINED: the same session"
+    );
+    hub.check_invariants();
 }
