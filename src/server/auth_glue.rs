@@ -196,10 +196,15 @@ impl Auth {
     /// Read the key file; an unreadable or short key stops the start.
     pub(super) fn load(cfg: AuthConfig) -> io::Result<Auth> {
         let (key, loaded) = read_key(&cfg)?;
+        // The flag's spelling, so the log names what the operator typed.
+        let guests = match cfg.guests {
+            GuestPolicy::Deny => "deny",
+            GuestPolicy::ReadOnly => "read-only",
+            GuestPolicy::Allow => "allow",
+        };
         info!(
-            "auth: tokens required (key {}, guests {:?})",
-            cfg.key_file.display(),
-            cfg.guests
+            "auth: tokens required (key {}, guests {guests})",
+            cfg.key_file.display()
         );
         Ok(Auth {
             keys: KeySet::new(key),
