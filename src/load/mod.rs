@@ -264,9 +264,11 @@ impl Plan {
                         .replace("%2c", ",")
                         .split(',')
                         .any(|c| c == "resume") => {}
-                Some(caps) => return Err(format!(
+                Some(caps) => {
+                    return Err(format!(
                     "--mode resume needs the resume capability, but the URL asks for caps={caps}"
-                )),
+                ))
+                }
             }
             if query.split('&').any(|p| p.starts_with("resume=")) {
                 return Err(
