@@ -470,6 +470,19 @@ fn a_resume_storm_resumes_every_session_each_round() {
     assert!(field(server, "cpu_secs").is_some(), "{server}");
     // The server agrees: every drop was held as a session and resumed.
     assert_eq!(metric(&srv, "loopchat_sessions_resumed_total"), 400.0);
+
+    // The baseline: the same storm with v1 connections, each reconnecting as new.
+    let out = run_load(&[
+        "--mode", "resume", "--fresh", "--url", &url, "-n", "100", "--json", "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let json = stdout.trim();
+    let get = |k: &str| field(json, k).unwrap_or_else(|| panic!("no {k} in {json}"));
+    assert!(json.contains("\"fresh\":true"), "{json}");
+    assert_eq!(get("resumed"), 100.0, "{json}");
+    assert_eq!(get("opened"), 200.0, "{json}");
+    assert_eq!(metric(&srv, "loopchat_sessions_resumed_total"), 400.0);
 }
 
 #[test]

@@ -624,8 +624,12 @@ impl Engine<'_> {
                 let Some(slot) = self.slots.get(i as usize) else {
                     continue;
                 };
-                let target = format!("{}?resume={}", plan.path, slot.token);
-                self.connect_to(Kind::Session(i), Some(&target))?;
+                if plan.args.fresh {
+                    self.connect_to(Kind::Session(i), None)?;
+                } else {
+                    let target = format!("{}?resume={}", plan.path, slot.token);
+                    self.connect_to(Kind::Session(i), Some(&target))?;
+                }
             }
             return Ok(());
         }
@@ -935,6 +939,7 @@ impl Engine<'_> {
         let mut resumed = false;
         let mut bad_session = false;
         let taking = self.phase == Phase::Connecting;
+        let fresh = plan.args.fresh;
         {
             let Engine {
                 conns,
@@ -1021,6 +1026,14 @@ impl Engine<'_> {
                                                 }
                                                 _ => {}
                                             }
+                                        }
+                                        Line::Joined
+                                            if fresh
+                                                && !taking
+                                                && matches!(kind, Kind::Session(_)) =>
+                                        {
+                                            // The baseline's answer: the new connection is in its room.
+                                            resumed = true;
                                         }
                                         Line::Joined => {
                                             if let Kind::Session(i) = kind {
@@ -1115,7 +1128,7 @@ impl Engine<'_> {
             if let (Kind::Session(i), true) = (kind, taking) {
                 became_ready |= slots
                     .get(i as usize)
-                    .is_some_and(|s| s.joined && (s.unoffered || !s.token.is_empty()));
+                    .is_some_and(|s| s.joined && (fresh || s.unoffered || !s.token.is_empty()));
             }
         }
         if let Some(code) = close_code {
@@ -1189,13 +1202,12 @@ impl Engine<'_> {
             if let Some(c) = self.conns.get(t) {
                 if let Kind::Session(i) = c.kind {
                     let ok = c.ready
-                        && self
-                            .slots
-                            .get(i as usize)
-                            .is_some_and(|s| s.round == prev && !s.token.is_empty());
+                        && self.slots.get(i as usize).is_some_and(|s| {
+                            s.round == prev && (self.plan.args.fresh || !s.token.is_empty())
+                        });
                     if ok {
                         queue.push(i);
-                    } else if c.ready && prev == 0 {
+                    } else if c.ready && prev == 0 && !self.plan.args.fresh {
                         self.res.no_session += 1;
                     }
                 }
@@ -1241,8 +1253,13 @@ impl Engine<'_> {
         let done = self.slots.iter().filter(|s| s.round == round).count();
         if !self.plan.args.quiet {
             eprintln!(
-                "round {round}: {done} of {} sessions resumed in {:.3}s ({:.0}/s){}",
+                "round {round}: {done} of {} {} in {:.3}s ({:.0}/s){}",
                 st.total,
+                if self.plan.args.fresh {
+                    "connections reconnected"
+                } else {
+                    "sessions resumed"
+                },
                 wall,
                 done as f64 / wall.max(1e-9),
                 if stalled && !finished {
@@ -1484,6 +1501,7 @@ impl Engine<'_> {
         }
         if plan.mode == Mode::Resume {
             r.rounds = self.round;
+            r.fresh = plan.args.fresh;
             r.measure_secs = self.storm_secs;
             if self.storm_secs > 0.0 {
                 r.resumes_per_sec = r.resumed as f64 / self.storm_secs;

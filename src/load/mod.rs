@@ -146,6 +146,12 @@ pub struct LoadArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub rounds: u32,
 
+    /// Resume mode's baseline: the same storm with v1 connections (no
+    /// `caps=resume`); each round drops them and connects N new ones, each
+    /// timed until its `JOINED`.
+    #[arg(long)]
+    pub fresh: bool,
+
     /// Print one JSON object at the end instead of the text summary.
     #[arg(long)]
     pub json: bool,
@@ -257,6 +263,7 @@ impl Plan {
                 return Err("--rounds must be at least 1".into());
             }
             match query.split('&').find_map(|p| p.strip_prefix("caps=")) {
+                _ if args.fresh => {}
                 None => query.push_str("&caps=resume"),
                 Some(caps)
                     if caps

@@ -108,6 +108,8 @@ pub struct LoadResult {
     pub timed_out: u64,
     /// Resume: rounds of drop and resume run.
     pub rounds: u32,
+    /// Resume with `--fresh`: the baseline (new v1 connections, not resumes).
+    pub fresh: bool,
     /// Resume: sessions dropped, summed over the rounds (each should come back).
     pub resume_expected: u64,
     /// Resume: resumes answered with `RESUMED` (and the missed messages).
@@ -303,6 +305,7 @@ impl LoadResult {
         field(&mut s, "mb_per_sec", num(self.mb_per_sec));
         field(&mut s, "cycles_per_sec", num(self.cycles_per_sec));
         field(&mut s, "rounds", self.rounds.to_string());
+        field(&mut s, "fresh", self.fresh.to_string());
         field(&mut s, "resume_expected", self.resume_expected.to_string());
         field(&mut s, "resumed", self.resumed.to_string());
         field(&mut s, "resume_failures", self.resume_failures.to_string());
@@ -397,11 +400,19 @@ impl LoadResult {
             }
         );
         if mode == "resume" {
-            let _ = writeln!(
-                s,
-                "sessions: {} dropped over {} rounds, {} resumed, {} refused (ERR bad-session)",
-                self.resume_expected, self.rounds, self.resumed, self.resume_failures
-            );
+            if self.fresh {
+                let _ = writeln!(
+                    s,
+                    "baseline (--fresh): {} v1 connections dropped over {} rounds, {} reconnected",
+                    self.resume_expected, self.rounds, self.resumed
+                );
+            } else {
+                let _ = writeln!(
+                    s,
+                    "sessions: {} dropped over {} rounds, {} resumed, {} refused (ERR bad-session)",
+                    self.resume_expected, self.rounds, self.resumed, self.resume_failures
+                );
+            }
         }
         if chat || mode == "echo" {
             let _ = write!(
@@ -433,8 +444,9 @@ impl LoadResult {
             ),
             "churn" => format!(": {:.0} cycles/s", self.cycles_per_sec),
             "resume" => format!(
-                ": {:.0} resumes/s (wall, drop to last answer)",
-                self.resumes_per_sec
+                ": {:.0} {}/s (wall, drop to last answer)",
+                self.resumes_per_sec,
+                if self.fresh { "reconnects" } else { "resumes" }
             ),
             _ => String::new(),
         };
@@ -448,6 +460,7 @@ impl LoadResult {
             let what = match mode {
                 "echo" => "round trip",
                 "churn" => "cycle",
+                "resume" if self.fresh => "reconnect (connect to JOINED)",
                 "resume" => "resume (connect to RESUMED)",
                 _ => "delivery",
             };
@@ -485,6 +498,7 @@ impl LoadResult {
                     let per = match mode {
                         "echo" => "echoes",
                         "churn" => "cycles",
+                        "resume" if self.fresh => "reconnects",
                         "resume" => "resumes",
                         _ => "deliveries",
                     };
