@@ -128,7 +128,8 @@ pub struct LoadArgs {
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub concurrency: usize,
 
-    /// Give up waiting for connections, a stalled message, or the final drain after this long.
+    /// Give up waiting for connections, a stalled message, a resume round in
+    /// which nothing moves, or the final drain after this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::cli::parse_duration)]
     pub timeout: Duration,
 

@@ -194,7 +194,7 @@ impl LoadResult {
                 lost as f64 * 100.0 / self.expected.max(1) as f64
             ));
         }
-        if loss && self.timed_out > 0 {
+        if loss && self.timed_out > 0 && self.mode != "resume" {
             p.push(format!(
                 "{} messages not delivered everywhere within --timeout",
                 self.timed_out
