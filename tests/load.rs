@@ -513,6 +513,9 @@ fn refused_resumes_fail_the_run_and_say_why() {
     let get = |k: &str| field(json, k).unwrap_or_else(|| panic!("no {k} in {json}"));
     let refused = get("resume_failures");
     assert!(refused >= 1.0, "{json}");
+    // A refused drop's token must not take over another connection (close
+    // 1000 "session resumed elsewhere" on one of the new ones).
+    assert_eq!(object(json, "closes"), Some("{}"), "{json}");
     assert_eq!(
         get("resumed") + refused,
         50.0,
