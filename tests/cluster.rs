@@ -1142,6 +1142,245 @@ fn a_crowd_of_queries_costs_one_question_at_a_time_and_chat_flows() {
     assert!((1.0..=10.0).contains(&asked), "{asked}");
 }
 
+/// `(id, time, line)` of an `@id=ID;time=TIME LINE` line.
+fn tagged(l: &str) -> Option<(String, String, String)> {
+    let (tags, line) = l.strip_prefix('@')?.split_once(' ')?;
+    let mut id = None;
+    let mut time = None;
+    for t in tags.split(';') {
+        match t.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("time", v)) => time = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    Some((id?, time?, line.to_string()))
+}
+
+/// `EPOCH-SEQ` as numbers.
+fn id_parts(id: &str) -> (u64, u64) {
+    let (e, s) = id.split_once('-').expect("EPOCH-SEQ");
+    (e.parse().unwrap(), s.parse().unwrap())
+}
+
+#[test]
+fn interleaved_senders_on_two_nodes_give_every_member_one_id_order() {
+    let Some(()) = need_redis("interleaved_senders_on_two_nodes_give_every_member_one_id_order")
+    else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &[]);
+    let b = Node::start(&redis, &[]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r&caps=ids");
+    assert_eq!(alice.recv(), "CAPS ids");
+    a.wait_subscriptions(3);
+    let mut carol = Client::connect(a.addr, "?nick=carol&room=r");
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=r&caps=ids,resume");
+    // A cluster node offers ids, not yet resume.
+    assert_eq!(bob.recv(), "CAPS ids");
+    b.wait_subscriptions(3);
+    let mut dave = Client::connect(b.addr, "?nick=dave&room=r&caps=ids");
+    assert_eq!(dave.recv(), "CAPS ids");
+    for c in [&mut alice, &mut carol, &mut bob] {
+        c.until(|l| l == "JOINED r dave");
+    }
+
+    // Two senders on two nodes, interleaved, then an end marker each.
+    for i in 0..60 {
+        alice.send(&format!("a{i}"));
+        bob.send(&format!("b{i}"));
+    }
+    alice.send("end");
+    bob.send("end");
+    let ends = ["MSG r alice end".to_string(), "MSG r bob end".to_string()];
+    let mut orders: Vec<Vec<String>> = Vec::new();
+    let mut ids: Vec<Vec<String>> = Vec::new();
+    for c in [&mut alice, &mut carol, &mut bob, &mut dave] {
+        let mut msgs = Vec::new();
+        let mut got_ids = Vec::new();
+        let mut seen_ends = 0;
+        for _ in 0..10_000 {
+            if seen_ends == 2 {
+                break;
+            }
+            let l = c.recv();
+            let line = match tagged(&l) {
+                Some((id, time, line)) => {
+                    assert!(time.ends_with('Z') && time.len() == 24, "{l}");
+                    got_ids.push(id);
+                    line
+                }
+                None => l,
+            };
+            if line.starts_with("MSG ") {
+                seen_ends += usize::from(ends.contains(&line));
+                msgs.push(line);
+            }
+        }
+        assert_eq!(seen_ends, 2, "{}: {msgs:?}", c.nick);
+        // Nothing more (no second copy) behind a round trip.
+        let rest = c.sync("after");
+        assert!(
+            rest.iter().all(|l| !l.contains("MSG ")),
+            "{}: {rest:?}",
+            c.nick
+        );
+        orders.push(msgs);
+        ids.push(got_ids);
+    }
+    // Every member, on both nodes, v1 or ids, saw each message once and in
+    // one order; the ids members saw the same ids, growing.
+    assert_eq!(orders[0].len(), 122, "{:?}", orders[0]);
+    for o in &orders[1..] {
+        assert_eq!(o, &orders[0]);
+    }
+    for i in 0..60 {
+        assert_eq!(count(&orders[0], &format!("MSG r alice a{i}")), 1);
+        assert_eq!(count(&orders[0], &format!("MSG r bob b{i}")), 1);
+    }
+    assert!(ids[1].is_empty(), "the v1 member got tags: {:?}", ids[1]);
+    for i in [2, 3] {
+        assert_eq!(ids[i], ids[0]);
+    }
+    let parts: Vec<(u64, u64)> = ids[0].iter().map(|id| id_parts(id)).collect();
+    assert!(
+        parts
+            .windows(2)
+            .all(|w| w[0].0 == w[1].0 && w[1].1 == w[0].1 + 1),
+        "{parts:?}"
+    );
+    // (How the two senders' lines interleave depends on scheduling; that
+    // alice, carol, bob and dave saw the same sequence is the point: a
+    // sender's node delivering its own lines at once would disagree with the
+    // other node as soon as they interleave at Redis.)
+    // Redis holds the room's history, trimmed to --history (100).
+    let reply = redis_cmd(redis.port, &[&["LLEN", "lc:hist:r"]]);
+    assert!(reply.starts_with(":100\r\n"), "{reply:?}");
+    // The counter expires a week after the room's last message.
+    let reply = redis_cmd(redis.port, &[&["PTTL", "lc:seq:r"]]);
+    let pttl: i64 = reply[1..reply.find('\r').unwrap()].parse().unwrap();
+    assert!(pttl > 6 * 24 * 3600 * 1000, "{reply:?}");
+    for n in [&a, &b] {
+        assert_eq!(n.metric("loopchat_redis_dropped_total"), 0.0);
+    }
+
+    // A Redis that lost everything (FLUSHALL): the room's counter starts
+    // again in a later epoch, so no id is ever handed out twice, and
+    // delivery goes on.
+    redis_cmd(redis.port, &[&["FLUSHALL"]]);
+    bob.send("after flush");
+    for c in [&mut alice, &mut bob, &mut dave] {
+        let l = c.until(|l| l.ends_with("MSG r bob after flush"));
+        let (id, _, _) = tagged(l.last().unwrap()).unwrap();
+        let (epoch, seq) = id_parts(&id);
+        assert!(epoch > parts[0].0, "{id} after {:?}", parts[0]);
+        assert_eq!(seq, 1, "{id}");
+    }
+    carol.until(|l| l == "MSG r bob after flush");
+}
+
+#[test]
+fn history_is_read_from_redis_the_same_on_every_node() {
+    let Some(()) = need_redis("history_is_read_from_redis_the_same_on_every_node") else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &["--history", "10"]);
+    let b = Node::start(&redis, &["--history", "10"]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r&caps=ids");
+    alice.recv();
+    a.wait_subscriptions(3);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=r&caps=ids");
+    bob.recv();
+    b.wait_subscriptions(3);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    alice.until(|l| l == "JOINED r carol");
+    bob.until(|l| l == "JOINED r carol");
+    // Nothing said yet: an empty history, and no position to start after.
+    bob.send("/history r");
+    assert_eq!(bob.recv(), "HISTORY r 0");
+    bob.send("/history r after 1-1");
+    assert_eq!(bob.recv(), "HISTORY r lost");
+    for i in 0..15 {
+        let c = if i % 2 == 0 { &mut alice } else { &mut bob };
+        c.send(&format!("m{i}"));
+    }
+    let said: Vec<String> = (0..15)
+        .map(|i| format!("MSG r {} m{i}", if i % 2 == 0 { "alice" } else { "bob" }))
+        .collect();
+    let live = carol.until_all(&said);
+    let live: Vec<&String> = live.iter().filter(|l| l.starts_with("MSG ")).collect();
+    assert_eq!(live.len(), 15, "{live:?}");
+    let mut tagged_live = Vec::new();
+    while tagged_live.len() < 15 {
+        let l = alice.recv();
+        if l.contains(" MSG ") {
+            tagged_live.push(l);
+        }
+    }
+    let ids: Vec<String> = tagged_live
+        .iter()
+        .filter_map(|l| tagged(l))
+        .map(|(id, _, _)| id)
+        .collect();
+    assert_eq!(ids.len(), 15);
+
+    let ask = |c: &mut Client, q: &str| -> Vec<String> {
+        c.send(q);
+        let head = c.until(|l| l.starts_with("HISTORY "));
+        let head = head.last().unwrap().clone();
+        let n: usize = head.rsplit(' ').next().unwrap().parse().unwrap_or(0);
+        let mut out = vec![head];
+        for _ in 0..n {
+            out.push(c.recv());
+        }
+        out
+    };
+    // The same answer on both nodes: the last 10 (trimmed to --history),
+    // oldest first, with the ids the members saw live.
+    let on_a = ask(&mut alice, "/history r");
+    let on_b = ask(&mut bob, "/history r");
+    assert_eq!(on_a, on_b);
+    assert_eq!(on_a.len(), 11, "{on_a:?}");
+    assert_eq!(on_a[0], "HISTORY r 10");
+    let expect: Vec<&String> = tagged_live
+        .iter()
+        .filter(|l| l.contains(" MSG "))
+        .skip(5)
+        .collect();
+    assert_eq!(on_a[1..].iter().collect::<Vec<_>>(), expect);
+    // v1 members get the same lines untagged.
+    let plain = ask(&mut carol, "/history r 3");
+    assert_eq!(
+        plain[1..],
+        live[12..].iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    );
+    // `after ID`: what follows, at most N; an id trimmed away: lost.
+    let after = ask(&mut bob, &format!("/history r after {} 2", ids[9]));
+    assert_eq!(after[0], "HISTORY r 2");
+    assert_eq!(after[1..], on_a[6..8]);
+    assert_eq!(
+        ask(&mut alice, &format!("/history r after {}", ids[14])),
+        ["HISTORY r 0"]
+    );
+    assert_eq!(
+        ask(&mut alice, &format!("/history r after {}", ids[2])),
+        ["HISTORY r lost"]
+    );
+    assert_eq!(
+        ask(&mut alice, &format!("/history r after {}", ids[4])).len(),
+        11
+    );
+    // Only members read a room.
+    carol.send("/history elsewhere");
+    assert_eq!(carol.recv(), "ERR not-in-room not in that room");
+}
+
 /// Signed tokens on a cluster: nodes started with this key file.
 mod signed {
     use super::*;
@@ -1312,6 +1551,9 @@ fn a_kick_reaches_the_nick_on_another_node() {
     moe.until(|l| l == "SYS signed in as moe, role mod");
     a.wait_subscriptions(3);
     let mut bob = Client::connect(b.addr, "?nick=bob&room=r");
+    // bob's JOINED can reach moe before Redis has taken bob's node's
+    // SUBSCRIBE (two links): wait for it, or the KICKED may pass it by.
+    b.wait_subscriptions(3);
     moe.until(|l| l == "JOINED r bob");
     moe.send("/kick r bob off-topic");
     moe.until(|l| l == "KICKED r bob moe off-topic");

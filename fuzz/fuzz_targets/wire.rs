@@ -2,7 +2,8 @@
 //!
 //! Input: byte 0 picks the channel and whether the receiver has a secret;
 //! the rest is a payload as it would arrive from Redis. Checks:
-//! - opening never panics, with or without a secret;
+//! - opening never panics, with or without a secret, nor does splitting the
+//!   `!ID TIME ` prefix of a numbered room message;
 //! - whatever a node without a secret accepts (unsigned) re-encodes to the
 //!   same bytes, and signed by a node with a secret it opens to the same
 //!   envelope there, while a node with another secret refuses it;
@@ -12,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use loopchat::cluster::wire::Signer;
+use loopchat::cluster::wire::{split_numbered, Signer};
 
 const CHANNELS: [&[u8]; 4] = [b"lc:all", b"lc:room:dev", b"lc:node:0123abcd", b""];
 
@@ -21,6 +22,12 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let channel = CHANNELS[(sel & 3) as usize];
+    // A numbered room message: the prefix parses or not, without panicking,
+    // and what follows it is the tail of the input.
+    if let Some((id, _, rest)) = split_numbered(payload) {
+        assert!(rest.len() < payload.len() && payload.ends_with(rest));
+        assert!(id.to_string().len() <= 41);
+    }
     let plain = Signer::new(None);
     let keyed = Signer::new(Some(b"fuzz secret, sixteen+"));
     let other = Signer::new(Some(b"another secret, 16+"));

@@ -64,7 +64,7 @@ use std::fmt::Write as _;
 use super::access::{Access, Role};
 use super::command::{parse, Command};
 use super::compact::{InlineList, NickIndex};
-use super::history::{IdGen, RoomHistory};
+use super::history::{IdGen, MsgId, RoomHistory};
 use super::line::Line;
 use super::names::{reserved_nick, valid_nick, valid_room, Folded};
 use super::rate::{RateDecision, RateLimiter};
@@ -124,6 +124,9 @@ struct Room {
     ids_members: u32,
     /// The room's message ids and history.
     log: RoomHistory,
+    /// Clustered: the last id delivered here (Redis hands out the room's
+    /// ids; a copy at or below it is a duplicate). Unused single-process.
+    last_id: MsgId,
 }
 
 /// The `/help` answer, one line per command.
@@ -820,6 +823,18 @@ impl Hub {
         }
         .write_str(&mut self.out, None);
         self.messages += 1;
+        if self.remote.as_deref().is_some_and(|r| r.is_ordered()) {
+            // Clustered, Redis gives the message its id and its place in the
+            // room's order; every node, this one included, delivers it when
+            // it comes back (`deliver_ordered`).
+            if let (Some(r), Some(key)) = (self.remote.as_deref_mut(), Folded::new(&room.name)) {
+                r.push(Request::Say {
+                    room: key.as_str().into(),
+                    line: self.out.as_str().into(),
+                });
+            }
+            return;
+        }
         let id = self.ids.next_id();
         let time_ms = self.ids.epoch().saturating_add(now_ms);
         if self.remote.is_none() {
@@ -904,6 +919,7 @@ impl Hub {
                     held: 0,
                     ids_members: 0,
                     log: RoomHistory::new(self.ids.last_seq()),
+                    last_id: MsgId { epoch: 0, seq: 0 },
                 });
                 self.room_index.insert(key.as_str().into(), rid);
                 self.request(|| Request::Subscribe(key.as_str().into()));

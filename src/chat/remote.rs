@@ -38,6 +38,17 @@ pub enum Request {
         /// The line, exactly as local members got it.
         line: Box<str>,
     },
+    /// A `MSG` line of a room (folded), not delivered anywhere yet: Redis
+    /// numbers it in the room's order and every node, this one included,
+    /// delivers it with [`super::Hub::deliver_ordered`]. Made only while the
+    /// cluster says it can order ([`super::Hub::set_ordered`]); otherwise a
+    /// `MSG` goes as [`Request::Room`], delivered here at once.
+    Say {
+        /// Folded room name.
+        room: Box<str>,
+        /// The `MSG` line.
+        line: Box<str>,
+    },
     /// A `NICK OLD NEW` line, already delivered here: the other nodes deliver
     /// it once to each of their members of any of `rooms` (folded).
     Nick {
@@ -81,6 +92,18 @@ pub enum Request {
         id: ConnId,
         /// The room (display spelling).
         room: Box<str>,
+    },
+    /// `/history` of a room (folded) whose history lives in Redis; answer
+    /// with [`super::Hub::answer_history`].
+    History {
+        /// The asker.
+        id: ConnId,
+        /// Folded room name.
+        room: Box<str>,
+        /// `after ID` as the asker wrote it.
+        after: Option<Box<str>>,
+        /// At most this many lines (already cut to `--history`).
+        limit: u32,
     },
     /// `/rooms` for the whole cluster; answer with [`super::Hub::answer_rooms`].
     Rooms {

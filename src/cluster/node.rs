@@ -20,6 +20,33 @@
 //!   (set with `SET NX PX ttl`, refreshed every ttl/3, so a dead node's nicks
 //!   expire; on conflict the earlier registration wins).
 //!
+//! - `lc:seq:ROOM`: the room's message counter (hash: `e` its epoch, `s` the
+//!   last number), expiring [`COUNTER_IDLE`] (or `--history-ttl`, if longer)
+//!   after the room's last message: a counter that expired or was lost
+//!   starts a new, later epoch, so ids are never reused either way;
+//! - `lc:hist:ROOM`: the room's last `--history` messages, `ID TIME LINE`,
+//!   expiring `--history-ttl` after the last one;
+//! - `lc:applied:NODE`: the last sequence number of NODE's room messages
+//!   numbered, so a resend after a lost reply is not numbered twice.
+//!
+//! Room messages (`MSG`) are ordered by Redis: while the command link is up
+//! and nothing older waits, a `MSG` is not delivered anywhere before
+//! [`SAY_SCRIPT`] has numbered it, stored it in `lc:hist:ROOM` and published
+//! it, all in one atomic script. Every node subscribed to the room, the
+//! sender's included, delivers it when it arrives, so every member sees the
+//! order in which Redis published, and the hub drops any copy whose id is not
+//! above the last it delivered (exactly once). The id and time are written by
+//! Redis in front of the signed payload (`!ID TIME PAYLOAD`), outside the
+//! signature: they come from Redis, which the nodes trust for ordering anyway.
+//! Right after a room's first local join Redis may not have taken the node's
+//! `SUBSCRIBE` yet, so the room's messages from this node wait (bounded)
+//! until it is confirmed; if the subscriber link fails with messages in
+//! flight, those are delivered here from the script's reply. While Redis is away the node falls back to the
+//! v1 path (delivered here at once, relayed later as a plain line). A
+//! message Redis will not number (the backlog is full, or the script fails)
+//! is delivered here unnumbered and its sender told, like any line the
+//! cluster cannot carry.
+//!
 //! Payloads are [`super::wire`] envelopes, signed with a cluster secret. A
 //! node ignores its own, and drops one whose sequence number is not above the
 //! last it saw from that node: what a node publishes while its link is down
@@ -40,7 +67,7 @@ use log::{debug, info, warn};
 use super::link::{Link, LinkState};
 use super::query::{self, Ask, Queries, Step};
 use super::resp::{Limits, Value};
-use super::wire::{Body, Envelope, Signer};
+use super::wire::{split_id_time, split_numbered, Body, Envelope, Signer};
 use crate::chat::names::{valid_nick, Folded};
 use crate::chat::remote::{Claim, Request};
 use crate::chat::{ConnId, Hub, Sink};
@@ -65,6 +92,10 @@ const SUBSCRIBE_BATCH: usize = 512;
 const MAX_PEER_MEMBERS: usize = 65_536;
 /// Forget the last sequence number of a node not heard from for this long.
 const FORGET_NODE: Duration = Duration::from_secs(600);
+/// A room's message counter in Redis expires this long after the room's
+/// last message (unless `--history-ttl` is longer), so rooms that were used
+/// once do not stay in Redis for ever.
+const COUNTER_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most other nodes whose sequence numbers are remembered.
 const MAX_NODES: usize = 65_536;
 
@@ -85,6 +116,40 @@ local ts = tonumber(string.match(v, '^%S+ (%d+) ')) \
 if me then mine = ts == nil or tonumber(ARGV[4]) > ts \
 else mine = ts == nil or tonumber(ARGV[4]) < ts end end end \
 if mine then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1 end return 0";
+/// One room message (see the module docs): number it in the room's order,
+/// keep it in the room's history, and publish it with its id, atomically.
+/// `KEYS`: `lc:seq:ROOM` (hash: `e` the room's epoch, `s` its counter),
+/// `lc:hist:ROOM`, `lc:applied:NODE`. `ARGV`: channel, payload, the node's
+/// sequence number, history length, history TTL in ms (0: none), TTL of
+/// `lc:applied:NODE` in ms, the line, the idle lifetime of `lc:seq:ROOM` in
+/// ms. A payload the node sends again after a
+/// lost reply is recognised by its sequence number and not numbered twice
+/// (nil reply). The reply is `ID TIME`; what is published is `!ID TIME `
+/// followed by the payload. TIME is Redis' clock in ms; the epoch is that
+/// clock when the room's counter was created, so a counter lost with a Redis
+/// flush starts a later epoch instead of reusing ids.
+const SAY_SCRIPT: &str = "local last = tonumber(redis.call('GET', KEYS[3]) or '0') \
+if tonumber(ARGV[3]) <= last then return false end \
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[6]) \
+local t = redis.call('TIME') \
+local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)) \
+local e = redis.call('HGET', KEYS[1], 'e') \
+if not e then e = now redis.call('HSET', KEYS[1], 'e', e) end \
+local id = e .. '-' .. redis.call('HINCRBY', KEYS[1], 's', 1) \
+redis.call('PEXPIRE', KEYS[1], ARGV[8]) \
+local k = tonumber(ARGV[4]) \
+if k > 0 then redis.call('RPUSH', KEYS[2], id .. ' ' .. now .. ' ' .. ARGV[7]) \
+redis.call('LTRIM', KEYS[2], -k, -1) \
+if ARGV[5] ~= '0' then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end end \
+redis.call('PUBLISH', ARGV[1], '!' .. id .. ' ' .. now .. ' ' .. ARGV[2]) \
+return id .. ' ' .. now";
+
+/// Read a room's history (`KEYS`: `lc:seq:ROOM`, `lc:hist:ROOM`; `ARGV`: the
+/// most entries to read): the counter's epoch and last number (nil when
+/// none) and the entries, oldest first, in one consistent snapshot.
+const HISTORY_SCRIPT: &str = "local c = redis.call('HMGET', KEYS[1], 'e', 's') \
+return {c[1], c[2], redis.call('LRANGE', KEYS[2], -tonumber(ARGV[1]), -1)}";
+
 /// Delete a nick registration only when it is ours.
 const RELEASE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
 if v ~= false and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then \
@@ -194,12 +259,15 @@ enum Pending {
     Handshake,
     /// PING after the handshake: the link is ready.
     Ready,
-    /// PUBLISH; kept so it can be sent again after a reconnect.
+    /// PUBLISH (or the room message script); kept so it can be sent again
+    /// after a reconnect.
     Publish {
         bytes: Box<[u8]>,
         query: Option<u64>,
         /// The connection whose line it carries (told if it is lost), or CANCELLED.
         sender: ConnId,
+        /// A room message numbered by Redis: its room and line.
+        say: Option<Box<Say>>,
     },
     /// PUBLISH of a liveness notice (never sent again).
     Alive,
@@ -211,6 +279,13 @@ enum Pending {
     Release,
     /// A heartbeat `PING` (no answer needed beyond its arrival).
     Ping,
+    /// The history script for `/history`.
+    History {
+        id: ConnId,
+        room: Box<str>,
+        after: Option<Box<str>>,
+        limit: u32,
+    },
     /// GET of a nick for `/msg`.
     Lookup {
         id: ConnId,
@@ -227,6 +302,17 @@ const CANCELLED: ConnId = ConnId::MAX;
 struct Outgoing {
     bytes: Box<[u8]>,
     sender: ConnId,
+    say: Option<Box<Say>>,
+}
+
+/// A room message sent through [`SAY_SCRIPT`]: what this node delivers from
+/// the script's reply when its own copy cannot come back by pub/sub.
+#[derive(Debug)]
+struct Say {
+    /// Folded room name.
+    room: Box<str>,
+    /// The `MSG` line.
+    line: Box<str>,
 }
 
 /// A room as another node spells it, and that node's members in it.
@@ -341,6 +427,15 @@ pub struct Cluster {
     backlog_bytes: usize,
     /// Senders of lines that could not be kept: told with a `SYS` line.
     undelivered: Vec<ConnId>,
+    /// Room messages Redis will not number (the backlog was full, or the
+    /// script failed): delivered to this node's members unnumbered, so at
+    /// least they see them (bounded as `undelivered`).
+    unnumbered: Vec<Say>,
+    /// Room messages waiting for their room's subscription to be confirmed
+    /// (see `say`), oldest first (each with its `say`), their bytes in
+    /// `early_bytes`.
+    early: Vec<Outgoing>,
+    early_bytes: usize,
     /// When both links were last fully up (every channel subscribed again);
     /// `None` while either is down or still resubscribing.
     up_since: Option<Instant>,
@@ -357,6 +452,9 @@ pub struct Cluster {
     last_seen: HashMap<Box<str>, (u64, Instant)>,
     /// Rooms (folded) with local members: subscribed while the link is up.
     rooms: HashSet<Box<str>>,
+    /// Rooms of `rooms` whose subscription Redis has confirmed: a message
+    /// this node publishes there comes back to it by pub/sub.
+    confirmed: HashSet<Box<str>>,
     /// `/who` and `/rooms` asked of the other nodes, one at a time.
     queries: Queries,
     /// This node's answer to `/rooms`, reused for [`query::CACHE_FOR`]
@@ -407,6 +505,9 @@ impl Cluster {
             backlog: VecDeque::new(),
             backlog_bytes: 0,
             undelivered: Vec::new(),
+            unnumbered: Vec::new(),
+            early: Vec::new(),
+            early_bytes: 0,
             up_since: None,
             resub: Vec::new(),
             sub_sent: 0,
@@ -416,6 +517,7 @@ impl Cluster {
             seq: 0,
             last_seen: HashMap::new(),
             rooms: HashSet::new(),
+            confirmed: HashSet::new(),
             queries,
             rooms_answer: None,
             next_heartbeat: now,
@@ -634,10 +736,14 @@ impl Cluster {
         self.subscribe_some();
         self.liveness(hub, sink, now);
         self.drain_backlog(now);
+        for say in std::mem::take(&mut self.unnumbered) {
+            hub.deliver_room(&say.room, &say.line, sink);
+        }
         for id in std::mem::take(&mut self.undelivered) {
             hub.not_relayed(id, sink);
         }
         self.finish_queries(false, hub, sink, now);
+        hub.set_ordered(self.cmd.state == LinkState::Ready && self.backlog.is_empty());
         if now >= self.next_prune {
             self.next_prune = now + FORGET_NODE;
             self.last_seen
@@ -778,8 +884,10 @@ impl Cluster {
         let mut unanswered = Vec::new();
         for (_, p) in std::mem::take(&mut self.pending) {
             match p {
-                Pending::Publish { bytes, sender, .. } => {
-                    unanswered.push(Outgoing { bytes, sender });
+                Pending::Publish {
+                    bytes, sender, say, ..
+                } => {
+                    unanswered.push(Outgoing { bytes, sender, say });
                 }
                 // Redis cannot say: fail closed.
                 Pending::Reserve { id, nick, .. } if id != CANCELLED => {
@@ -788,6 +896,9 @@ impl Cluster {
                 }
                 Pending::Lookup { id, .. } if id != CANCELLED => {
                     hub.private_not_found(id, sink);
+                }
+                Pending::History { id, .. } if id != CANCELLED => {
+                    hub.history_unavailable(id, sink);
                 }
                 _ => {}
             }
@@ -798,6 +909,11 @@ impl Cluster {
                 self.backlog.push_front(o);
             } else {
                 self.lost(o.sender);
+                if let Some(say) = o.say {
+                    if self.unnumbered.len() < 4096 {
+                        self.unnumbered.push(*say);
+                    }
+                }
             }
         }
         self.report(Some(reason));
@@ -825,6 +941,10 @@ impl Cluster {
         self.sub.close();
         self.actions.push_back(Action::Close(Which::Sub));
         self.went_down();
+        self.confirmed.clear();
+        // Not coming back by pub/sub now: numbered at once, delivered here
+        // from the script's reply.
+        self.release_early(None);
         self.stats.subscriptions = 0;
         let delay = self.jittered(self.sub.backoff);
         self.sub.retry = Some(now + delay);
@@ -878,6 +998,33 @@ impl Cluster {
                 self.next_heartbeat = now;
                 self.report(None);
             }
+            Pending::Publish {
+                say: Some(say),
+                sender,
+                ..
+            } => {
+                let numbered = v
+                    .as_bytes()
+                    .and_then(split_id_time)
+                    .filter(|(_, _, rest)| rest.is_empty());
+                match numbered {
+                    // The subscriber link failed (or the room was left) after
+                    // the message went out: its copy cannot come back by
+                    // pub/sub, so it is delivered from the reply (a later
+                    // pub/sub copy has the same id and is dropped by the hub).
+                    Some((id, time, _)) if !self.confirmed.contains(&say.room) => {
+                        hub.deliver_ordered(&say.room, id, time, &say.line, sink);
+                    }
+                    Some(_) => {}
+                    // Nil: already numbered before a reconnect.
+                    None if matches!(v, Value::Bulk(None)) => {}
+                    // The script failed: not numbered, not published.
+                    None => {
+                        self.lost(sender);
+                        hub.deliver_room(&say.room, &say.line, sink);
+                    }
+                }
+            }
             Pending::Publish { query, .. } => {
                 if let (Some(qid), Some(n)) = (query, v.as_int()) {
                     // The count includes this node's own subscription.
@@ -924,6 +1071,44 @@ impl Cluster {
                 }
             }
             Pending::Release | Pending::Ping | Pending::Alive => {}
+            Pending::History {
+                id,
+                room,
+                after,
+                limit,
+            } => {
+                if id == CANCELLED {
+                    return Ok(());
+                }
+                let Value::Array(Some(items)) = &v else {
+                    hub.history_unavailable(id, sink);
+                    return Ok(());
+                };
+                let num = |i: usize| {
+                    items
+                        .get(i)
+                        .and_then(Value::as_bytes)
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .and_then(|s| s.parse::<u64>().ok())
+                };
+                let counter = num(0).zip(num(1));
+                let entries: Vec<&[u8]> = match items.get(2) {
+                    Some(Value::Array(Some(list))) => {
+                        list.iter().filter_map(Value::as_bytes).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                hub.answer_history(
+                    id,
+                    &room,
+                    after.as_deref(),
+                    limit,
+                    counter,
+                    &entries,
+                    unix_ms(),
+                    sink,
+                );
+            }
             Pending::Lookup { id, from, text } => {
                 if id == CANCELLED {
                     return Ok(());
@@ -1018,6 +1203,22 @@ impl Cluster {
                 }
             }
             b"subscribe" | b"unsubscribe" => {
+                if let Some(room) = items
+                    .get(1)
+                    .and_then(Value::as_bytes)
+                    .and_then(|c| c.strip_prefix(b"lc:room:"))
+                    .and_then(|r| std::str::from_utf8(r).ok())
+                {
+                    if kind == b"subscribe" {
+                        if self.rooms.contains(room) {
+                            self.confirmed.insert(room.into());
+                            let room = room.to_string();
+                            self.release_early(Some(&room));
+                        }
+                    } else {
+                        self.confirmed.remove(room);
+                    }
+                }
                 if let Some(n) = items.get(2).and_then(Value::as_int) {
                     self.stats.subscriptions = n.max(0) as u64;
                 }
@@ -1045,6 +1246,12 @@ impl Cluster {
         sink: &mut impl Sink,
         now: Instant,
     ) {
+        // A room message numbered by Redis: the id and time come first,
+        // outside the signature (Redis, not the sender, writes them).
+        let (numbered, payload) = match split_numbered(payload) {
+            Some((id, time, rest)) => (Some((id, time)), rest),
+            None => (None, payload),
+        };
         // The signature (with a secret) is checked before anything is read:
         // a forged payload never reaches the sequence numbers below.
         let env = match self.signer.open(channel, payload) {
@@ -1059,6 +1266,30 @@ impl Cluster {
             }
         };
         let (node, seq) = (env.node, env.seq);
+        if let (Some((id, time)), Body::Room { line }) = (numbered, env.body) {
+            if !line.starts_with("MSG ") {
+                self.stats.malformed += 1;
+                return;
+            }
+            // Delivered from every node, this one's own included, in the
+            // order Redis published them; the hub drops copies by id.
+            if let Some(room) = channel
+                .strip_prefix(b"lc:room:")
+                .and_then(|r| std::str::from_utf8(r).ok())
+            {
+                if node != self.node {
+                    if let Some(peer) = self.peers.get_mut(node) {
+                        peer.heard = now;
+                    }
+                    self.stats.received += 1;
+                }
+                let before = hub.deliveries();
+                if hub.deliver_ordered(room, id, time, line, sink) && node != self.node {
+                    self.stats.remote_deliveries += hub.deliveries() - before;
+                }
+            }
+            return;
+        }
         if node == self.node {
             return;
         }
@@ -1292,7 +1523,93 @@ impl Cluster {
             body,
         };
         self.signer.encode(channel, &env, &mut self.payload);
-        self.publish(channel, query, keep, sender)
+        let mut bytes = Vec::with_capacity(self.payload.len() + channel.len() + 40);
+        super::resp::encode_command(&mut bytes, &[b"PUBLISH", channel, &self.payload]);
+        self.publish(bytes, query, keep, sender, None)
+    }
+
+    /// A room's `MSG` line: through [`SAY_SCRIPT`], which numbers it, keeps
+    /// it in the room's history and publishes it to every node, this one
+    /// included (it is delivered here when it comes back).
+    fn say(&mut self, room: &str, line: &str, sender: ConnId, keep: usize, ttl_ms: u64) {
+        let channel = format!("lc:room:{room}");
+        self.seq += 1;
+        let env = Envelope {
+            node: &self.node,
+            seq: self.seq,
+            body: Body::Room { line },
+        };
+        self.signer
+            .encode(channel.as_bytes(), &env, &mut self.payload);
+        let seq = self.seq.to_string();
+        let keep = keep.to_string();
+        let ttl = ttl_ms.to_string();
+        let applied_ttl = (FORGET_NODE.as_millis() as u64).to_string();
+        let counter_ttl = (COUNTER_IDLE.as_millis() as u64).max(ttl_ms).to_string();
+        let mut bytes =
+            Vec::with_capacity(SAY_SCRIPT.len() + self.payload.len() + 2 * line.len() + 160);
+        super::resp::encode_command(
+            &mut bytes,
+            &[
+                b"EVAL",
+                SAY_SCRIPT.as_bytes(),
+                b"3",
+                format!("lc:seq:{room}").as_bytes(),
+                format!("lc:hist:{room}").as_bytes(),
+                format!("lc:applied:{}", self.node).as_bytes(),
+                channel.as_bytes(),
+                &self.payload,
+                seq.as_bytes(),
+                keep.as_bytes(),
+                ttl.as_bytes(),
+                applied_ttl.as_bytes(),
+                line.as_bytes(),
+                counter_ttl.as_bytes(),
+            ],
+        );
+        let say = Box::new(Say {
+            room: room.into(),
+            line: line.into(),
+        });
+        // Right after the room's first local join, Redis may not have taken
+        // this node's SUBSCRIBE yet: numbered now, the message would not come
+        // back here, and delivering it from the reply could put it ahead of
+        // another node's message numbered earlier. So it waits until Redis
+        // confirms the subscription (one round trip), then comes back in
+        // order like every other.
+        if self.sub.is_open()
+            && !self.confirmed.contains(room)
+            && self.early_bytes + bytes.len() <= self.cfg.max_buffer
+        {
+            self.early_bytes += bytes.len();
+            self.early.push(Outgoing {
+                bytes: bytes.into_boxed_slice(),
+                sender,
+                say: Some(say),
+            });
+            return;
+        }
+        self.publish(bytes, None, true, sender, Some(say));
+    }
+
+    /// Send the room messages held by `say` for `room` (every room: `None`).
+    fn release_early(&mut self, room: Option<&str>) {
+        if self.early.is_empty() {
+            return;
+        }
+        let (go, stay): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.early)
+                .into_iter()
+                .partition(|o| match (room, &o.say) {
+                    (None, _) => true,
+                    (Some(r), Some(say)) => *say.room == *r,
+                    (Some(_), None) => false,
+                });
+        self.early = stay;
+        for o in go {
+            self.early_bytes -= o.bytes.len();
+            self.publish(o.bytes.into_vec(), None, true, o.sender, o.say);
+        }
     }
 
     /// Publish `self.payload` to `channel`. While the link is down, its
@@ -1300,9 +1617,14 @@ impl Cluster {
     /// (`keep`: a room, nick or private line) joins the backlog, sent in order
     /// once the link is back; false (counted, the sender told) when it cannot
     /// be kept. Queries are never kept (they are answered locally instead).
-    fn publish(&mut self, channel: &[u8], query: Option<u64>, keep: bool, sender: ConnId) -> bool {
-        let mut bytes = Vec::with_capacity(self.payload.len() + channel.len() + 40);
-        super::resp::encode_command(&mut bytes, &[b"PUBLISH", channel, &self.payload]);
+    fn publish(
+        &mut self,
+        bytes: Vec<u8>,
+        query: Option<u64>,
+        keep: bool,
+        sender: ConnId,
+        say: Option<Box<Say>>,
+    ) -> bool {
         if self.cmd.state == LinkState::Ready
             && self.backlog.is_empty()
             && self.cmd.queue_raw(&bytes)
@@ -1312,17 +1634,24 @@ impl Cluster {
                 bytes: bytes.into_boxed_slice(),
                 query,
                 sender,
+                say,
             });
             return true;
         }
         if !keep || self.backlog_bytes + bytes.len() > self.cfg.max_buffer {
             self.lost(if keep { sender } else { CANCELLED });
+            if let Some(say) = say {
+                if self.unnumbered.len() < 4096 {
+                    self.unnumbered.push(*say);
+                }
+            }
             return false;
         }
         self.backlog_bytes += bytes.len();
         self.backlog.push_back(Outgoing {
             bytes: bytes.into_boxed_slice(),
             sender,
+            say,
         });
         true
     }
@@ -1361,6 +1690,7 @@ impl Cluster {
                 bytes: o.bytes,
                 query: None,
                 sender: o.sender,
+                say: o.say,
             });
         }
         if self.backlog.is_empty() && self.backlog.capacity() > 1024 {
@@ -1571,6 +1901,8 @@ impl Cluster {
                 }
             }
             Request::Unsubscribe(room) => {
+                self.confirmed.remove(&room);
+                self.release_early(Some(&room));
                 let ch = format!("lc:room:{room}");
                 if self.rooms.remove(&room) && self.sub.is_open() {
                     let waiting = self.resub.len();
@@ -1598,6 +1930,16 @@ impl Cluster {
                     None,
                     sender,
                 );
+            }
+            Request::Say { room, line } => {
+                let sender = line
+                    .strip_prefix("MSG ")
+                    .and_then(|r| r.split(' ').nth(1))
+                    .and_then(|nick| hub.local_owner(nick))
+                    .unwrap_or(CANCELLED);
+                let h = &hub.config().history;
+                let (keep, ttl) = (h.keep, h.ttl_ms);
+                self.say(&room, &line, sender, keep, ttl);
             }
             Request::Kick {
                 id,
@@ -1680,6 +2022,33 @@ impl Cluster {
                     _ => hub.private_not_found(id, sink),
                 }
             }
+            Request::History {
+                id,
+                room,
+                after,
+                limit,
+            } => {
+                let keep = hub.config().history.keep.to_string();
+                if self.cmd.state == LinkState::Ready
+                    && self.cmd.queue(&[
+                        b"EVAL",
+                        HISTORY_SCRIPT.as_bytes(),
+                        b"2",
+                        format!("lc:seq:{room}").as_bytes(),
+                        format!("lc:hist:{room}").as_bytes(),
+                        keep.as_bytes(),
+                    ])
+                {
+                    self.expect(Pending::History {
+                        id,
+                        room,
+                        after,
+                        limit,
+                    });
+                } else {
+                    hub.history_unavailable(id, sink);
+                }
+            }
             Request::Who { id, room } => {
                 let ask = query::who(&room);
                 match ask {
@@ -1702,6 +2071,7 @@ impl Cluster {
                         Pending::Reserve { id: i, .. }
                         | Pending::Refresh { id: i, .. }
                         | Pending::Lookup { id: i, .. }
+                        | Pending::History { id: i, .. }
                         | Pending::Publish { sender: i, .. }
                             if *i == id =>
                         {
@@ -1711,7 +2081,12 @@ impl Cluster {
                     }
                 }
                 self.queries.gone(id);
-                for o in self.backlog.iter_mut().filter(|o| o.sender == id) {
+                for o in self
+                    .backlog
+                    .iter_mut()
+                    .chain(self.early.iter_mut())
+                    .filter(|o| o.sender == id)
+                {
                     o.sender = CANCELLED;
                 }
                 self.undelivered.retain(|&i| i != id);
@@ -1811,6 +2186,86 @@ mod tests {
     }
 
     #[test]
+    fn numbered_messages_are_delivered_once_in_id_order_own_ones_included() {
+        let mut hub = Hub::new(crate::chat::ChatConfig {
+            rate_limit: 0,
+            ..crate::chat::ChatConfig::default()
+        });
+        hub.enable_cluster("t");
+        let mut sink = Lines::default();
+        hub.connect(0, Some("a"), Some("r"), 0, &mut sink);
+        hub.nick_reserved(0, "a", Claim::Granted, &mut sink);
+        hub.connect(1, Some("b"), Some("r"), 0, &mut sink);
+        hub.nick_reserved(1, "b", Claim::Granted, &mut sink);
+        hub.handle(1, "/caps ids", 0, &mut sink);
+        let mut node = Cluster::new(
+            ClusterConfig::new("127.0.0.1:9".parse().unwrap()),
+            Instant::now(),
+        );
+        // While Redis can order, a MSG is not delivered here before it
+        // comes back numbered.
+        hub.set_ordered(true);
+        let mut reqs = Vec::new();
+        hub.take_requests(&mut reqs);
+        reqs.clear();
+        sink.0.clear();
+        hub.handle(0, "mine", 0, &mut sink);
+        assert!(sink.0.is_empty(), "{:?}", sink.0);
+        hub.take_requests(&mut reqs);
+        assert_eq!(
+            reqs,
+            [Request::Say {
+                room: "r".into(),
+                line: "MSG r a mine".into()
+            }]
+        );
+        let own = format!("!7-1 1000 M {} 3 MSG r a mine", node.node_id());
+        let other = "!7-2 1001 M other 9 MSG r z hi";
+        for p in [own.as_str(), other, own.as_str(), other] {
+            node.feed_subscriber(message("lc:room:r", p), &mut hub, &mut sink);
+        }
+        assert_eq!(
+            sink.0,
+            [
+                (0, "MSG r a mine".to_string()),
+                (
+                    1,
+                    "@id=7-1;time=1970-01-01T00:00:01.000Z MSG r a mine".to_string()
+                ),
+                (0, "MSG r z hi".to_string()),
+                (
+                    1,
+                    "@id=7-2;time=1970-01-01T00:00:01.001Z MSG r z hi".to_string()
+                ),
+            ]
+        );
+        // An older id of the same epoch is a copy; a new epoch starts over;
+        // a numbered line that is not a MSG, or a malformed id, is refused.
+        sink.0.clear();
+        for p in [
+            "!7-1 1000 M other 10 MSG r z old",
+            "!9-1 1002 M other 11 MSG r z new epoch",
+            "!9-2 1003 M other 12 JOINED r z",
+            "!9x2 1003 M other 13 MSG r z bad",
+        ] {
+            node.feed_subscriber(message("lc:room:r", p), &mut hub, &mut sink);
+        }
+        assert_eq!(sink.0.len(), 2, "{:?}", sink.0);
+        assert_eq!(sink.0[0], (0, "MSG r z new epoch".to_string()));
+        assert_eq!(node.stats().malformed, 2);
+        // Redis away: delivered here at once, relayed as a plain line.
+        hub.set_ordered(false);
+        sink.0.clear();
+        hub.handle(0, "alone", 0, &mut sink);
+        assert_eq!(sink.0[0], (0, "MSG r a alone".to_string()));
+        hub.take_requests(&mut reqs);
+        assert!(
+            matches!(reqs.last(), Some(Request::Room { .. })),
+            "{reqs:?}"
+        );
+    }
+
+    #[test]
     fn questions_go_out_one_at_a_time_and_answers_are_merged_and_checked() {
         let mut h = Harness::new(Duration::from_secs(30));
         h.publish_reply = 3;
@@ -1871,6 +2326,8 @@ mod tests {
         answer: bool,
         /// Subscribers a PUBLISH reaches (this node included).
         publish_reply: i64,
+        /// The room script's reply.
+        say_reply: &'static [u8],
     }
 
     impl Harness {
@@ -1891,6 +2348,7 @@ mod tests {
                 seen: [Vec::new(), Vec::new()],
                 answer: true,
                 publish_reply: 2,
+                say_reply: b"$6\r\n1-1 10\r\n",
             }
         }
 
@@ -1927,12 +2385,17 @@ mod tests {
                             .map(|b| String::from_utf8_lossy(b).into_owned())
                             .unwrap_or_default()
                     };
-                    let (name, first) = (arg(0), arg(1));
+                    let (mut name, mut first) = (arg(0), arg(1));
+                    // The room message script, seen as what it does.
+                    if name == "EVAL" && arg(3).starts_with("lc:seq:") {
+                        (name, first) = ("SAY".into(), arg(6));
+                    }
                     let reply: Option<Vec<u8>> = match (w, name.as_str()) {
                         (Which::Cmd, _) if !self.answer => None,
                         (Which::Cmd, "PING") => Some(b"+PONG\r\n".to_vec()),
                         (Which::Cmd, "SET") => Some(b"+OK\r\n".to_vec()),
                         (Which::Cmd, "EVAL") => Some(b":1\r\n".to_vec()),
+                        (Which::Cmd, "SAY") => Some(self.say_reply.to_vec()),
                         (Which::Cmd, "PUBLISH") => {
                             Some(format!(":{}\r\n", self.publish_reply).into_bytes())
                         }
@@ -1941,9 +2404,13 @@ mod tests {
                         (Which::Sub, "SUBSCRIBE") => {
                             let mut r = Vec::new();
                             for i in 1..args.len() {
+                                let ch = arg(i);
                                 r.extend_from_slice(
-                                    format!("*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:{i}\r\n")
-                                        .as_bytes(),
+                                    format!(
+                                        "*3\r\n$9\r\nsubscribe\r\n${}\r\n{ch}\r\n:{i}\r\n",
+                                        ch.len()
+                                    )
+                                    .as_bytes(),
                                 );
                             }
                             Some(r)
@@ -1981,7 +2448,7 @@ mod tests {
         fn room_publishes(&self) -> usize {
             self.seen[0]
                 .iter()
-                .filter(|(n, c)| n == "PUBLISH" && c == "lc:room:r")
+                .filter(|(n, c)| (n == "PUBLISH" || n == "SAY") && c == "lc:room:r")
                 .count()
         }
 
@@ -2145,6 +2612,74 @@ mod tests {
         h.turn();
         assert_eq!(h.room_publishes(), published + 1);
         assert_eq!(h.node.stats().backlog_bytes, 0);
+    }
+
+    #[test]
+    fn a_message_redis_cannot_number_is_still_seen_here() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
+        h.turn();
+        h.turn();
+        // Numbered: not delivered before it comes back by pub/sub.
+        h.sink.0.clear();
+        h.hub.handle(0, "one", 0, &mut h.sink);
+        h.turn();
+        assert_eq!(h.room_publishes(), 2, "JOINED and the message");
+        assert!(h.sink.0.is_empty(), "{:?}", h.sink.0);
+        let own = format!("!1-1 10 M {} 3 MSG r alice one", h.node.node_id());
+        h.feed("lc:room:r", &own);
+        assert_eq!(h.sink.0, [(0, "MSG r alice one".to_string())]);
+        // The script fails: seen here anyway, and the sender told.
+        h.say_reply = b"-ERR script failed\r\n";
+        h.sink.0.clear();
+        h.hub.handle(0, "two", 0, &mut h.sink);
+        h.turn();
+        h.turn();
+        assert_eq!(h.sink.0[0], (0, "MSG r alice two".to_string()));
+        assert!(
+            h.sink.0[1].1.starts_with("SYS not delivered"),
+            "{:?}",
+            h.sink.0
+        );
+        assert_eq!(h.node.stats().dropped, 1);
+    }
+
+    #[test]
+    fn a_rooms_first_messages_wait_for_its_subscription() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        h.hub.connect(0, Some("alice"), None, 0, &mut h.sink);
+        h.turn();
+        // Joined and spoke before Redis confirmed the room's subscription:
+        // the message waits for the confirmation, then goes out.
+        h.hub.handle(0, "/join r", 0, &mut h.sink);
+        h.hub.handle(0, "early", 0, &mut h.sink);
+        for _ in 0..4 {
+            h.node.turn(&mut h.hub, &mut h.sink, h.now);
+        }
+        assert_eq!(h.room_publishes(), 0);
+        assert_eq!(h.node.early.len(), 1);
+        h.io();
+        assert!(h.node.early.is_empty());
+        h.turn();
+        assert_eq!(h.room_publishes(), 2, "JOINED and the message");
+        // The subscriber link fails with a message in flight: delivered
+        // here from the script's reply.
+        h.answer = false;
+        h.sink.0.clear();
+        h.hub.handle(0, "late", 0, &mut h.sink);
+        h.turn();
+        h.node
+            .on_closed(Which::Sub, "test", &mut h.hub, &mut h.sink, h.now);
+        h.node.on_bytes(
+            Which::Cmd,
+            b"$6\r\n1-2 11\r\n",
+            &mut h.hub,
+            &mut h.sink,
+            h.now,
+        );
+        assert_eq!(h.sink.0, [(0, "MSG r alice late".to_string())]);
     }
 
     #[test]

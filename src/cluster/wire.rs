@@ -20,12 +20,40 @@ use std::fmt::{self, Write as _};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::chat::history::MsgId;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Hex digits of a tag.
 const TAG_HEX: usize = 64;
 /// Longest node id (ids this code makes are 16 hex digits).
 const MAX_NODE: usize = 32;
+
+/// Split `!ID TIME PAYLOAD`: a room message as Redis publishes it after
+/// numbering it (the node's room script writes `!ID TIME ` in front of the
+/// signed payload; see `cluster::node`). `None` unless ID is `EPOCH-SEQ`
+/// and TIME decimal milliseconds. Never panics, never allocates.
+pub fn split_numbered(payload: &[u8]) -> Option<(MsgId, u64, &[u8])> {
+    let rest = payload.strip_prefix(b"!")?;
+    let (id, time, rest) = split_id_time(rest)?;
+    let rest = rest.strip_prefix(b" ")?;
+    Some((id, time, rest))
+}
+
+/// Parse `ID TIME` at the start of `b` (also the room script's reply);
+/// returns what follows.
+pub fn split_id_time(b: &[u8]) -> Option<(MsgId, u64, &[u8])> {
+    let sp = b.iter().position(|&c| c == b' ')?;
+    let id = MsgId::parse(std::str::from_utf8(&b[..sp]).ok()?)?;
+    let rest = &b[sp + 1..];
+    let end = rest.iter().position(|&c| c == b' ').unwrap_or(rest.len());
+    let digits = &rest[..end];
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let time = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((id, time, &rest[end..]))
+}
 
 /// What a payload carries after `KIND NODE SEQ`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

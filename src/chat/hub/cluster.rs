@@ -5,9 +5,12 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use super::super::history::MsgId;
+use super::super::line::{Count, Line};
 use super::super::names::{cmp_folded, reserved_nick, valid_nick, Folded};
 use super::super::remote::{Claim, Request};
 use super::super::{ConnId, ErrorCode, Sink};
+use super::resume::CAP_IDS;
 use super::{push_text, send, Hub, RoomId};
 
 /// Nick changes one connection may have waiting for the cluster at once.
@@ -75,11 +78,18 @@ pub struct RemoteState {
     held: HashMap<ConnId, Held>,
     /// The answer for the held connect being completed now.
     outcome: Option<(ConnId, HoldOutcome)>,
+    /// Redis can number room messages now (see [`Hub::set_ordered`]).
+    ordered: bool,
 }
 
 impl RemoteState {
     pub(super) fn push(&mut self, r: Request) {
         self.requests.push(r);
+    }
+
+    /// True while room messages are ordered by Redis (see [`Hub::set_ordered`]).
+    pub(super) fn is_ordered(&self) -> bool {
+        self.ordered
     }
 
     pub(super) fn guest_tag(&self) -> &str {
@@ -115,6 +125,18 @@ impl Hub {
             },
             ..RemoteState::default()
         }));
+    }
+
+    /// Whether the cluster can number room messages now: its command link
+    /// to Redis is up and nothing older waits to be sent. While it is,
+    /// a `MSG` goes to Redis first and is delivered, here too, in the order
+    /// Redis gives it ([`Request::Say`]); while it is not, it is delivered
+    /// here at once with a node-local id and relayed as a plain line, so
+    /// local chat goes on while Redis is away.
+    pub fn set_ordered(&mut self, ordered: bool) {
+        if let Some(r) = self.remote.as_deref_mut() {
+            r.ordered = ordered;
+        }
     }
 
     /// True after [`Hub::enable_cluster`].
@@ -523,6 +545,141 @@ impl Hub {
         }
     }
 
+    /// A room's `MSG` line with the id and time Redis gave it, from any node
+    /// (this one included): to this node's members of `room`, tagged for
+    /// the `ids` ones. Returns false, delivering nothing, for a copy already
+    /// delivered (an id at or below the last one of the same epoch) or an
+    /// unknown room. Ids of one epoch grow within a room, so delivering only
+    /// growing ids is both exactly once and in Redis' order; a new epoch (the
+    /// room's counter was lost in Redis) starts over.
+    pub fn deliver_ordered(
+        &mut self,
+        room: &str,
+        id: MsgId,
+        time_ms: u64,
+        line: &str,
+        sink: &mut impl Sink,
+    ) -> bool {
+        let Some(rid) = self.room_id(room) else {
+            return false;
+        };
+        let Some(room) = self.rooms.get_mut(rid as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        if id.epoch == room.last_id.epoch && id.seq <= room.last_id.seq {
+            return false;
+        }
+        room.last_id = id;
+        if room.ids_members == 0 {
+            send(sink, &mut self.deliveries, &room.members, line);
+        } else {
+            super::resume::tag_line(&mut self.tagged, line, id, time_ms);
+            super::resume::send_split(
+                sink,
+                &mut self.deliveries,
+                &mut self.tagged_to,
+                &room.members,
+                room.ids_members as usize,
+                &self.users,
+                line,
+                &self.tagged,
+            );
+        }
+        true
+    }
+
+    /// The answer to [`Request::History`] from Redis: the room's counter
+    /// (`epoch`, `None` when Redis has none; `last`, its last number) and its
+    /// stored entries (`ID TIME LINE`, oldest first), read at Unix ms `now`.
+    /// Sends `HISTORY ROOM COUNT` and the lines (tagged for `ids`), or
+    /// `HISTORY ROOM lost` when some message after `after` is no longer kept
+    /// (trimmed, expired, from another epoch, or not an id of this room).
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer_history(
+        &mut self,
+        id: ConnId,
+        room: &str,
+        after: Option<&str>,
+        limit: u32,
+        counter: Option<(u64, u64)>,
+        entries: &[&[u8]],
+        now: u64,
+        sink: &mut impl Sink,
+    ) {
+        let tagged = match self.users.get(id).and_then(Option::as_ref) {
+            Some(u) => u.caps & CAP_IDS != 0,
+            None => return,
+        };
+        let Some(name) = self
+            .room_id(room)
+            .and_then(|rid| self.rooms.get(rid as usize))
+            .and_then(Option::as_ref)
+            .map(|r| r.name.clone())
+        else {
+            return;
+        };
+        let ttl = self.config.history.ttl_ms;
+        let kept = entries.iter().filter_map(|e| {
+            let e = std::str::from_utf8(e).ok()?;
+            let (id, rest) = e.split_once(' ')?;
+            let (time, line) = rest.split_once(' ')?;
+            let (id, time) = (MsgId::parse(id)?, time.parse::<u64>().ok()?);
+            let fresh = ttl == 0 || time.saturating_add(ttl) > now;
+            (fresh && line.starts_with("MSG ") && !line.contains(['\r', '\n']))
+                .then_some((id, time, line))
+        });
+        let mut lines: Vec<(MsgId, u64, &str)> = match counter {
+            Some((epoch, _)) => kept.filter(|e| e.0.epoch == epoch).collect(),
+            None => Vec::new(),
+        };
+        let count = match after {
+            None => {
+                let skip = lines.len().saturating_sub(limit as usize);
+                lines.drain(..skip);
+                Count::Lines(lines.len() as u32)
+            }
+            Some(text) => match (MsgId::parse(text), counter) {
+                (Some(a), Some((epoch, last))) if a.epoch == epoch && a.seq <= last => {
+                    lines.retain(|e| e.0.seq > a.seq);
+                    // Every number after `a` up to `last` is a message of
+                    // this room: all of them must still be here.
+                    if lines.len() as u64 == last - a.seq {
+                        lines.truncate(limit as usize);
+                        Count::Lines(lines.len() as u32)
+                    } else {
+                        Count::Lost
+                    }
+                }
+                _ => Count::Lost,
+            },
+        };
+        if count == Count::Lost {
+            lines.clear();
+        }
+        self.out.clear();
+        Line::History { room: &name, count }.write_str(&mut self.out, None);
+        send(sink, &mut self.deliveries, &[id], &self.out);
+        for (msg_id, time, line) in lines {
+            let out = if tagged {
+                super::resume::tag_line(&mut self.tagged, line, msg_id, time);
+                &self.tagged
+            } else {
+                line
+            };
+            send(sink, &mut self.deliveries, &[id], out);
+        }
+    }
+
+    /// `/history` could not be read from Redis (unreachable, or an error).
+    pub fn history_unavailable(&mut self, id: ConnId, sink: &mut impl Sink) {
+        self.err(
+            id,
+            ErrorCode::HistoryOff,
+            "history unavailable: Redis unreachable",
+            sink,
+        );
+    }
+
     /// A `NICK OLD NEW` line from another node: once to each local member of
     /// any of `rooms`, except a member whose own nick is OLD. That happens
     /// only when another node's claimant of the nick is renamed (the earlier
@@ -724,6 +881,81 @@ mod tests {
         hub.connect(id, Some(nick), room, 0, sink);
         assert!(hub.nick_reserved(id, nick, Claim::Granted, sink));
         requests(hub);
+    }
+
+    #[test]
+    fn history_from_redis_is_exact_about_what_is_kept() {
+        let mut hub = Hub::new(ChatConfig {
+            rate_limit: 0,
+            history: crate::chat::history::HistoryConfig {
+                ttl_ms: 1000,
+                ..ChatConfig::default().history
+            },
+            ..ChatConfig::default()
+        });
+        hub.enable_cluster("ab12");
+        let mut sink = Lines::default();
+        connect(&mut hub, 0, "ann", Some("Dev"), &mut sink);
+        hub.handle(0, "/caps ids", 0, &mut sink);
+        sink.0.clear();
+        hub.handle(0, "/history dev after 5-3 2", 0, &mut sink);
+        assert_eq!(
+            requests(&mut hub),
+            [Request::History {
+                id: 0,
+                room: "dev".into(),
+                after: Some("5-3".into()),
+                limit: 2,
+            }]
+        );
+        assert!(sink.0.is_empty(), "answered by Redis, not here");
+        // Kept: numbers 3..=6 of epoch 5 (1 and 2 trimmed); one malformed
+        // entry and one of an older epoch are skipped.
+        let entries: Vec<String> = [(3, 1000), (4, 1500), (5, 1600), (6, 1700)]
+            .iter()
+            .map(|(n, t)| format!("5-{n} {t} MSG dev bob m{n}"))
+            .chain(["junk".to_string(), "4-9 1700 MSG dev bob old".into()])
+            .collect();
+        let entries: Vec<&[u8]> = entries.iter().map(|e| e.as_bytes()).collect();
+        let mut ask = |after: Option<&str>, limit: u32, now: u64| {
+            let mut sink = Lines::default();
+            hub.answer_history(
+                0,
+                "dev",
+                after,
+                limit,
+                Some((5, 6)),
+                &entries,
+                now,
+                &mut sink,
+            );
+            sink.0.into_iter().map(|(_, l)| l).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ask(Some("5-3"), 2, 1800),
+            [
+                "HISTORY Dev 2",
+                "@id=5-4;time=1970-01-01T00:00:01.500Z MSG dev bob m4",
+                "@id=5-5;time=1970-01-01T00:00:01.600Z MSG dev bob m5"
+            ]
+        );
+        assert_eq!(ask(Some("5-6"), 10, 1800), ["HISTORY Dev 0"]);
+        // Trimmed, expired (5-3 is older than the TTL at 2100), another
+        // epoch, a future id, not an id: lost.
+        for (after, now) in [
+            ("5-1", 1800),
+            ("5-2", 2100),
+            ("4-9", 1800),
+            ("5-7", 1800),
+            ("x", 1800),
+        ] {
+            assert_eq!(ask(Some(after), 10, now), ["HISTORY Dev lost"], "{after}");
+        }
+        assert_eq!(ask(None, 2, 1800).len(), 3);
+        assert_eq!(ask(None, 10, 2550)[0], "HISTORY Dev 2");
+        let mut sink = Lines::default();
+        hub.answer_history(0, "dev", Some("1-1"), 5, None, &[], 0, &mut sink);
+        assert_eq!(sink.0, [(0, "HISTORY Dev lost".to_string())]);
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! - `/caps LIST` replaces the set (so `/caps ids` after `ids,resume` turns
 //!   `resume` off and ends the session); `/caps` alone reports it. Unknown
 //!   names are ignored; `CAPS` lists what is on, in a fixed order.
-//! - A cluster node offers neither `ids` nor `resume`, and `/history` answers
-//!   `ERR history-off`: its other nodes' messages carry no ids yet, so it
-//!   could not keep the promises (one order per room, exactly once).
+//! - A cluster node offers `ids` (Redis numbers each room's messages, see
+//!   `cluster::node`) and asks Redis for `/history`, but does not offer
+//!   `resume` yet: its sessions are not shared through Redis.
 //! - A dropped session is invisible to `/who`, `/rooms` counts and `/msg`
 //!   (`no such nick`) while it is away; only its nick and rooms are held.
 //! - `/resume` of a session whose connection the server still thinks open
@@ -23,6 +23,7 @@ use super::super::command::since_pairs;
 use super::super::history::{Lost, MsgId};
 use super::super::line::{write_tag_block, Count, Line, Tags};
 use super::super::names::Folded;
+use super::super::remote::Request;
 use super::super::session::{os_random, Refused, Taken, TOKEN_BYTES};
 use super::super::{ConnId, ErrorCode, Sink};
 use super::{send, Hub, Membership, RoomId, User};
@@ -201,10 +202,11 @@ impl Hub {
         self.connect_as_new(id, args, bad, now_ms, sink);
     }
 
-    /// The capabilities this hub offers: none when it is a cluster node.
+    /// The capabilities this hub offers: a cluster node offers `ids` (Redis
+    /// orders each room) but not yet `resume`.
     fn offered(&self) -> u8 {
         if self.remote.is_some() {
-            return 0;
+            return CAP_IDS;
         }
         let resume = if self.config.session_ttl_ms > 0 {
             CAP_RESUME
@@ -285,7 +287,7 @@ impl Hub {
         sink: &mut impl Sink,
     ) {
         let keep = self.config.history.keep;
-        if keep == 0 || self.remote.is_some() {
+        if keep == 0 {
             self.err(
                 id,
                 ErrorCode::HistoryOff,
@@ -302,6 +304,20 @@ impl Hub {
             return;
         };
         let n = limit.map_or(keep, |l| (l as usize).min(keep));
+        if self.remote.is_some() {
+            // The room's history lives in Redis: asked there, answered by
+            // `answer_history`.
+            if let Some(key) = Folded::new(name) {
+                let (room, after) = (key.as_str().into(), after.map(Into::into));
+                self.request(|| Request::History {
+                    id,
+                    room,
+                    after,
+                    limit: n as u32,
+                });
+            }
+            return;
+        }
         let time_now = self.ids.epoch().saturating_add(now_ms);
         let cfg = self.config.history;
         if let Some(room) = self.rooms.get_mut(rid as usize).and_then(Option::as_mut) {
@@ -1181,7 +1197,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_node_offers_no_v2_capability() {
+    fn a_cluster_node_offers_ids_but_not_resume() {
         let (mut hub, mut sink) = hub();
         hub.enable_cluster("n1");
         // No nick asked for: a guest is not held for the cluster registry.
@@ -1190,7 +1206,7 @@ mod tests {
             ..Connect::default()
         };
         hub.connect_with(0, &args, 0, &mut sink);
-        assert_eq!(take(&mut sink, 0)[1], "CAPS");
+        assert_eq!(take(&mut sink, 0)[1], "CAPS ids");
         // A nick is held for the registry; the answer comes after WELCOME.
         let args = Connect {
             nick: Some("ann"),
@@ -1200,6 +1216,6 @@ mod tests {
         hub.connect_with(1, &args, 0, &mut sink);
         assert!(take(&mut sink, 1).is_empty(), "held");
         assert!(hub.nick_reserved(1, "ann", crate::chat::remote::Claim::Granted, &mut sink));
-        assert_eq!(take(&mut sink, 1)[..2], ["WELCOME ann", "CAPS"]);
+        assert_eq!(take(&mut sink, 1)[..2], ["WELCOME ann", "CAPS ids"]);
     }
 }
