@@ -63,6 +63,9 @@ pub fn listener(
         let n = libc::c_int::try_from(send_buffer).unwrap_or(libc::c_int::MAX);
         set_opt(fd, libc::SO_SNDBUF, n)?;
     }
+    // Accepted sockets inherit it on Linux: one setsockopt here instead of one
+    // per connection (the test `accepted_sockets_inherit_nodelay` holds it).
+    set_opt_at(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
     let (storage, len) = sockaddr(addr);
     // SAFETY: storage holds a valid sockaddr of `len` bytes.
     if unsafe { libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) } != 0 {
@@ -76,11 +79,20 @@ pub fn listener(
 }
 
 fn set_opt(fd: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    set_opt_at(fd, libc::SOL_SOCKET, opt, value)
+}
+
+fn set_opt_at(
+    fd: libc::c_int,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt reads one c_int from a valid pointer.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
+            level,
             opt,
             &value as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
@@ -364,6 +376,31 @@ pub fn parse_status_rss_kb(status: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        let l = listener("127.0.0.1:0".parse().unwrap(), false, 0).unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        // Bounded: the connection is already in the backlog once connect returned.
+        let mut accepted = None;
+        for _ in 0..1000 {
+            match l.accept() {
+                Ok((s, _)) => {
+                    accepted = Some(s);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        let s = accepted.expect("accepted");
+        assert!(s.nodelay().unwrap(), "accepted socket lacks TCP_NODELAY");
+        assert!(!client.nodelay().unwrap());
+    }
 
     #[test]
     fn stat_and_status_parse() {

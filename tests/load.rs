@@ -406,3 +406,152 @@ fn ramp_flags_are_checked() {
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
 }
+
+/// A counter of the server's `/metrics`.
+fn metric(srv: &TestServer, name: &str) -> f64 {
+    let body = common::http(srv.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").1;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+}
+
+#[test]
+fn a_resume_storm_resumes_every_session_each_round() {
+    let srv = server();
+    let url = srv.url("/ws");
+    let pid = std::process::id().to_string();
+    // 200 sessions taken, dropped and resumed twice (the second round with
+    // the tokens the first handed out).
+    let out = run_load(&[
+        "--mode",
+        "resume",
+        "--url",
+        &url,
+        "-n",
+        "200",
+        "--rounds",
+        "2",
+        "--timeout",
+        "20s",
+        "--server-pid",
+        &pid,
+        "--json",
+        "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout.trim();
+    let get = |k: &str| field(json, k).unwrap_or_else(|| panic!("no {k} in {json}"));
+    assert_eq!(get("rounds"), 2.0, "{json}");
+    assert_eq!(get("resume_expected"), 400.0, "{json}");
+    assert_eq!(get("resumed"), 400.0, "{json}");
+    assert_eq!(get("resume_failures"), 0.0, "{json}");
+    assert_eq!(get("no_session"), 0.0, "{json}");
+    assert_eq!(get("timed_out"), 0.0, "{json}");
+    // 200 to take the sessions, 200 per round to resume them.
+    assert_eq!(get("opened"), 600.0, "{json}");
+    assert_eq!(get("up_peak"), 200.0, "{json}");
+    assert_eq!(get("connect_errors") + get("handshake_failures"), 0.0);
+    assert_eq!(object(json, "closes"), Some("{}"), "{json}");
+    assert!(get("resumes_per_sec") > 0.0, "{json}");
+    let lat = object(json, "latency_us").unwrap_or_else(|| panic!("no latency in {json}"));
+    assert_eq!(
+        field(lat, "count"),
+        Some(400.0),
+        "one sample per resume: {lat}"
+    );
+    assert!(field(lat, "p50") <= field(lat, "p99"), "{lat}");
+    let server = object(json, "server").unwrap_or_else(|| panic!("no server in {json}"));
+    assert!(field(server, "cpu_secs").is_some(), "{server}");
+    // The server agrees: every drop was held as a session and resumed.
+    assert_eq!(metric(&srv, "loopchat_sessions_resumed_total"), 400.0);
+
+    // The baseline: the same storm with v1 connections, each reconnecting as new.
+    let out = run_load(&[
+        "--mode", "resume", "--fresh", "--url", &url, "-n", "100", "--json", "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let json = stdout.trim();
+    let get = |k: &str| field(json, k).unwrap_or_else(|| panic!("no {k} in {json}"));
+    assert!(json.contains("\"fresh\":true"), "{json}");
+    assert_eq!(get("resumed"), 100.0, "{json}");
+    assert_eq!(get("opened"), 200.0, "{json}");
+    assert_eq!(metric(&srv, "loopchat_sessions_resumed_total"), 400.0);
+}
+
+#[test]
+fn refused_resumes_fail_the_run_and_say_why() {
+    // The server holds at most 10 dropped sessions: a drop beyond that is a
+    // plain disconnect, so the other tokens are refused (ERR bad-session).
+    let mut cfg = config();
+    cfg.chat.rate_limit = 0;
+    cfg.chat.max_sessions = 10;
+    let srv = TestServer::start(cfg);
+    let url = srv.url("/ws");
+    let out = run_load(&[
+        "--mode",
+        "resume",
+        "--url",
+        &url,
+        "-n",
+        "50",
+        "--timeout",
+        "20s",
+        "--json",
+        "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let json = stdout.trim();
+    let get = |k: &str| field(json, k).unwrap_or_else(|| panic!("no {k} in {json}"));
+    let refused = get("resume_failures");
+    assert!(refused >= 1.0, "{json}");
+    // A refused drop's token must not take over another connection (close
+    // 1000 "session resumed elsewhere" on one of the new ones).
+    assert_eq!(object(json, "closes"), Some("{}"), "{json}");
+    assert_eq!(
+        get("resumed") + refused,
+        50.0,
+        "every resume answered: {json}"
+    );
+    assert_eq!(
+        metric(&srv, "loopchat_sessions_resumed_total"),
+        get("resumed")
+    );
+    assert!(
+        stderr.contains(&format!(
+            "FAILED: {refused} resumes refused (ERR bad-session)"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn resume_mode_checks_its_flags() {
+    for (args, want) in [
+        (
+            &["--mode", "resume", "--rounds", "0"][..],
+            "--rounds must be at least 1",
+        ),
+        (
+            &["--mode", "resume", "--url", "ws://127.0.0.1:1/ws?caps=ids"][..],
+            "needs the resume capability",
+        ),
+        (
+            &["--mode", "resume", "--protocol", "plain"][..],
+            "needs --protocol loopchat",
+        ),
+    ] {
+        let out = run_load(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}

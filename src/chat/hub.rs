@@ -579,6 +579,10 @@ impl Hub {
         if self.drop_held(id) || self.detach(id, sink) {
             return;
         }
+        // Not kept (no session, or `--max-sessions` reached): the token must
+        // die with the connection, or it would take over the next user of
+        // this connection id.
+        self.sessions.end(id);
         while let Some(n) = self.user(id).map(|u| u.rooms.len()).filter(|&n| n > 0) {
             self.leave(id, n - 1, sink);
         }

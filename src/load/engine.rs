@@ -35,6 +35,8 @@ enum Kind {
     Sender(u32),
     Churn(u32),
     Echo,
+    /// Resume mode: the connection of session slot N (taking it, or resuming it).
+    Session(u32),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -61,8 +63,38 @@ struct Conn {
     blocked: bool,
     dirty: bool,
     started: Instant,
-    /// Churn: its message came back.
+    /// Churn: its message came back. Resume: its resume was answered
+    /// (or refused), and counted.
     done: bool,
+    /// Resume: `MSG` lines still to come after `RESUMED ROOM COUNT`.
+    msgs_left: u32,
+}
+
+/// Resume mode: one session the generator holds.
+#[derive(Default, Clone)]
+struct Slot {
+    /// The latest `SESSION` token (single-use: every resume hands out a new one).
+    token: String,
+    /// Its connection is in the room (taking the session).
+    joined: bool,
+    /// The last round in which it was resumed (0: taken, never resumed yet).
+    round: u32,
+    /// The server's `CAPS` answer left `resume` out: no session will come.
+    unoffered: bool,
+}
+
+/// Resume mode: the round in progress.
+struct Storm {
+    /// When the first connection of the round was dropped.
+    start: Instant,
+    /// When the last resume so far was answered.
+    last: Option<Instant>,
+    srv: Option<ProcSample>,
+    gen_cpu: f64,
+    /// Sessions dropped this round.
+    total: usize,
+    /// Resumed connections (101 received) not yet answered or ended.
+    awaiting: usize,
 }
 
 /// A closed-loop sender's messages not yet delivered to every receiver.
@@ -161,6 +193,15 @@ struct Engine<'p> {
     inflater: Inflater,
     /// The server answered an offer without the extension (warned once).
     deflate_declined: bool,
+    // Resume mode.
+    slots: Vec<Slot>,
+    resume_queue: Vec<u32>,
+    storm: Option<Storm>,
+    round: u32,
+    storm_secs: f64,
+    storm_srv_cpu: f64,
+    storm_gen_cpu: f64,
+    srv_up: Option<ProcSample>,
 }
 
 fn hist() -> Histogram<u64> {
@@ -221,6 +262,18 @@ pub(super) fn run(plan: &Plan) -> io::Result<LoadResult> {
         deflater: Deflater::new(),
         inflater: Inflater::new(),
         deflate_declined: false,
+        slots: if plan.mode == Mode::Resume {
+            vec![Slot::default(); plan.receivers]
+        } else {
+            Vec::new()
+        },
+        resume_queue: Vec::new(),
+        storm: None,
+        round: 0,
+        storm_secs: 0.0,
+        storm_srv_cpu: 0.0,
+        storm_gen_cpu: 0.0,
+        srv_up: None,
     };
     e.srv_start = e.server_sample();
     e.main_loop()?;
@@ -265,6 +318,8 @@ impl Engine<'_> {
                     break;
                 }
             }
+            // A phase that just began may have connections to start (a resume round).
+            self.open_more()?;
             self.send_due(Instant::now());
             self.flush_dirty();
             let mut wake = next_report;
@@ -345,6 +400,10 @@ impl Engine<'_> {
                 }
                 Ok(false)
             }
+            Phase::Running if plan.mode == Mode::Resume => {
+                self.step_storm(now);
+                Ok(false)
+            }
             Phase::Running => {
                 if self.measuring(now) && !self.measure_started {
                     self.measure_started = true;
@@ -375,7 +434,7 @@ impl Engine<'_> {
                     }
                     Mode::Churn => self.conns.is_empty(),
                     Mode::Echo => self.res.delivered >= self.res.sent,
-                    Mode::Idle => true,
+                    Mode::Idle | Mode::Resume => true,
                 };
                 if drained || self.phase_deadline.is_some_and(|d| now >= d) {
                     self.begin_close(now);
@@ -407,6 +466,13 @@ impl Engine<'_> {
                 .server
                 .get_or_insert_with(ServerStats::default)
                 .rss_up = s.rss_bytes;
+        }
+        if plan.mode == Mode::Resume {
+            self.srv_up = self.server_sample();
+            self.warm_end = None;
+            self.end = None;
+            self.begin_storm(now);
+            return;
         }
         if plan.rate.is_some() {
             self.next_send = Some(now);
@@ -549,6 +615,24 @@ impl Engine<'_> {
     /// Start connections while the plan wants more and the concurrency allows.
     fn open_more(&mut self) -> io::Result<()> {
         let plan = self.plan;
+        if plan.mode == Mode::Resume && self.phase == Phase::Running {
+            let limit = plan.args.concurrency.max(1);
+            while self.pending < limit {
+                let Some(i) = self.resume_queue.pop() else {
+                    break;
+                };
+                let Some(slot) = self.slots.get(i as usize) else {
+                    continue;
+                };
+                if plan.args.fresh {
+                    self.connect_to(Kind::Session(i), None)?;
+                } else {
+                    let target = format!("{}?resume={}", plan.path, slot.token);
+                    self.connect_to(Kind::Session(i), Some(&target))?;
+                }
+            }
+            return Ok(());
+        }
         let want_more = match self.phase {
             Phase::Connecting => self.started_conns < self.planned(),
             Phase::Running => plan.mode == Mode::Churn,
@@ -569,6 +653,7 @@ impl Engine<'_> {
             let kind = match plan.mode {
                 Mode::Idle => Kind::Idle,
                 Mode::Echo => Kind::Echo,
+                Mode::Resume => Kind::Session(self.started_conns as u32),
                 Mode::Churn => {
                     self.next_id = self.next_id.wrapping_add(1);
                     Kind::Churn(self.next_id)
@@ -588,6 +673,11 @@ impl Engine<'_> {
     }
 
     fn connect(&mut self, kind: Kind) -> io::Result<()> {
+        self.connect_to(kind, None)
+    }
+
+    /// Start a connection to the plan's target, or to `target` (path and query).
+    fn connect_to(&mut self, kind: Kind, target: Option<&str>) -> io::Result<()> {
         let plan = self.plan;
         let now = Instant::now();
         self.first_connect.get_or_insert(now);
@@ -617,7 +707,8 @@ impl Engine<'_> {
         let key = generate_key();
         let mut wbuf = Vec::new();
         let offer = plan.args.compression.then_some(CLIENT_OFFER);
-        write_client_request_ext(&mut wbuf, &plan.authority, &plan.target, &key, None, offer);
+        let target = target.unwrap_or(&plan.target);
+        write_client_request_ext(&mut wbuf, &plan.authority, target, &key, None, offer);
         entry.insert(Conn {
             sock,
             kind,
@@ -631,6 +722,7 @@ impl Engine<'_> {
             dirty: false,
             started: now,
             done: false,
+            msgs_left: 0,
         });
         if let Kind::Sender(i) = kind {
             let i = i as usize;
@@ -777,6 +869,9 @@ impl Engine<'_> {
                     c.key = String::new();
                     c.state = State::Open;
                     c.ready = self.plan.protocol == Protocol::Plain || self.plan.mode == Mode::Echo;
+                    if let (Kind::Session(_), Some(st)) = (c.kind, self.storm.as_mut()) {
+                        st.awaiting += 1;
+                    }
                     self.pending = self.pending.saturating_sub(1);
                     self.open += 1;
                     self.res.opened += 1;
@@ -841,6 +936,10 @@ impl Engine<'_> {
         let mut outcome: Option<&'static str> = None;
         let mut close_code: Option<String> = None;
         let mut churn_done = false;
+        let mut resumed = false;
+        let mut bad_session = false;
+        let taking = self.phase == Phase::Connecting;
+        let fresh = plan.args.fresh;
         {
             let Engine {
                 conns,
@@ -853,6 +952,7 @@ impl Engine<'_> {
                 rng,
                 dirty,
                 inflater,
+                slots,
                 ..
             } = self;
             let c = &mut conns[t];
@@ -862,7 +962,12 @@ impl Engine<'_> {
                 let mask = rng.mask();
                 let was_open = c.ws.state() == CloseState::Open;
                 let queued = c.wbuf.len();
-                let Conn { ws, wbuf, .. } = &mut *c;
+                let Conn {
+                    ws,
+                    wbuf,
+                    msgs_left,
+                    ..
+                } = &mut *c;
                 // Pongs, the close answer and the close for a protocol error
                 // are written into `wbuf` by the endpoint.
                 let read = ws.read(
@@ -880,6 +985,13 @@ impl Engine<'_> {
                             Some(Message::Text(text)) => {
                                 for line in text.split('\n') {
                                     match classify(line, plain) {
+                                        Line::Payload(_)
+                                            if matches!(kind, Kind::Session(_))
+                                                && *msgs_left > 0 =>
+                                        {
+                                            *msgs_left -= 1;
+                                            resumed |= *msgs_left == 0;
+                                        }
                                         Line::Payload(p) => {
                                             let Some(st) = parse_payload(p) else {
                                                 continue;
@@ -915,7 +1027,49 @@ impl Engine<'_> {
                                                 _ => {}
                                             }
                                         }
-                                        Line::Joined => became_ready = true,
+                                        Line::Joined
+                                            if fresh
+                                                && !taking
+                                                && matches!(kind, Kind::Session(_)) =>
+                                        {
+                                            // The baseline's answer: the new connection is in its room.
+                                            resumed = true;
+                                        }
+                                        Line::Joined => {
+                                            if let Kind::Session(i) = kind {
+                                                if let Some(s) = slots.get_mut(i as usize) {
+                                                    s.joined |= taking;
+                                                }
+                                            } else {
+                                                became_ready = true;
+                                            }
+                                        }
+                                        Line::Session(token) => {
+                                            if let Kind::Session(i) = kind {
+                                                if let Some(s) = slots.get_mut(i as usize) {
+                                                    s.token.clear();
+                                                    s.token.push_str(token);
+                                                }
+                                            }
+                                        }
+                                        Line::Resumed(count) => {
+                                            if matches!(kind, Kind::Session(_)) && !taking {
+                                                *msgs_left = count.unwrap_or(0);
+                                                resumed |= *msgs_left == 0;
+                                            }
+                                        }
+                                        Line::Other if taking && line.starts_with("CAPS") => {
+                                            if let Kind::Session(i) = kind {
+                                                if let Some(s) = slots.get_mut(i as usize) {
+                                                    s.unoffered = !line
+                                                        .split([' ', ','])
+                                                        .any(|c| c == "resume");
+                                                }
+                                            }
+                                        }
+                                        Line::Err if line.starts_with("ERR bad-session") => {
+                                            bad_session = true;
+                                        }
                                         Line::Err => {
                                             res.server_errors += 1;
                                             if line.starts_with("ERR rate-limited") {
@@ -970,9 +1124,16 @@ impl Engine<'_> {
                     }
                 }
             }
+            // Taking a session: ready once in the room with a token.
+            if let (Kind::Session(i), true) = (kind, taking) {
+                became_ready |= slots
+                    .get(i as usize)
+                    .is_some_and(|s| s.joined && (fresh || s.unoffered || !s.token.is_empty()));
+            }
         }
         if let Some(code) = close_code {
             // The server ended this connection: count it, answer, and let the EOF remove it.
+            self.storm_gone(t);
             *self.res.closes.entry(code).or_insert(0) += 1;
             self.open = self.open.saturating_sub(1);
             if let Some(c) = self.conns.get_mut(t) {
@@ -1004,6 +1165,13 @@ impl Engine<'_> {
         if churn_done {
             self.finish_churn(t, now);
         }
+        if bad_session {
+            self.resume_refused(t);
+            return false;
+        }
+        if resumed {
+            self.resume_answered(t, now);
+        }
         if echoes > 0 && self.phase == Phase::Running {
             for _ in 0..echoes {
                 self.send_echo(t, now);
@@ -1018,6 +1186,155 @@ impl Engine<'_> {
             }
         }
         true
+    }
+
+    /// Resume mode: drop every connection at once (the sockets closed, no
+    /// close frame) and queue the resume of every session that was taken (or
+    /// resumed in the last round).
+    fn begin_storm(&mut self, now: Instant) {
+        self.round += 1;
+        let srv = self.server_sample();
+        let gen_cpu = sys::self_cpu_secs();
+        let prev = self.round - 1;
+        let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
+        let mut queue = Vec::with_capacity(tokens.len());
+        for t in tokens {
+            if let Some(c) = self.conns.get(t) {
+                if let Kind::Session(i) = c.kind {
+                    let ok = c.ready
+                        && self.slots.get(i as usize).is_some_and(|s| {
+                            s.round == prev && (self.plan.args.fresh || !s.token.is_empty())
+                        });
+                    if ok {
+                        queue.push(i);
+                    } else if c.ready && prev == 0 && !self.plan.args.fresh {
+                        self.res.no_session += 1;
+                    }
+                }
+            }
+            // Dropping the stream closes the socket: the server sees the
+            // connection end without a close frame, as after a network drop.
+            self.remove(t);
+        }
+        self.open = 0;
+        // Resumed in slot order, as the sessions were taken.
+        queue.sort_unstable_by(|a, b| b.cmp(a));
+        self.res.resume_expected += queue.len() as u64;
+        self.storm = Some(Storm {
+            start: now,
+            last: None,
+            srv,
+            gen_cpu,
+            total: queue.len(),
+            awaiting: 0,
+        });
+        self.resume_queue = queue;
+        self.last_progress = now;
+    }
+
+    /// Resume mode: end the round when every resume was answered (or failed)
+    /// or nothing moved for `--timeout`; then the next round, or the end.
+    fn step_storm(&mut self, now: Instant) {
+        let Some(st) = &self.storm else { return };
+        let finished = self.resume_queue.is_empty() && self.pending == 0 && st.awaiting == 0;
+        let stalled = now.duration_since(self.last_progress) > self.plan.args.timeout;
+        if !finished && !stalled {
+            return;
+        }
+        let Some(st) = self.storm.take() else { return };
+        let end = st.last.filter(|_| finished).unwrap_or(now);
+        let wall = end.duration_since(st.start).as_secs_f64();
+        self.storm_secs += wall;
+        self.storm_gen_cpu += sys::self_cpu_secs() - st.gen_cpu;
+        if let (Some(a), Some(b)) = (st.srv, self.server_sample()) {
+            self.storm_srv_cpu += b.cpu_secs - a.cpu_secs;
+        }
+        let round = self.round;
+        let done = self.slots.iter().filter(|s| s.round == round).count();
+        if !self.plan.args.quiet {
+            eprintln!(
+                "round {round}: {done} of {} {} in {:.3}s ({:.0}/s){}",
+                st.total,
+                if self.plan.args.fresh {
+                    "connections reconnected"
+                } else {
+                    "sessions resumed"
+                },
+                wall,
+                done as f64 / wall.max(1e-9),
+                if stalled && !finished {
+                    " - stalled"
+                } else {
+                    ""
+                }
+            );
+        }
+        if stalled && !finished {
+            self.res.timed_out += st.awaiting as u64 + self.resume_queue.len() as u64;
+            self.resume_queue.clear();
+        }
+        if finished && round < self.plan.args.rounds && done > 0 {
+            self.begin_storm(now);
+        } else {
+            self.phase = Phase::Draining;
+            self.phase_deadline = Some(now);
+        }
+    }
+
+    /// Resume mode: connection `t` got its whole answer (`WELCOME`,
+    /// `SESSION`, `RESUMED` and the missed `MSG` lines).
+    fn resume_answered(&mut self, t: usize, now: Instant) {
+        let round = self.round;
+        let Some(c) = self.conns.get_mut(t) else {
+            return;
+        };
+        if c.done || self.storm.is_none() {
+            return;
+        }
+        c.done = true;
+        c.ready = true;
+        let us = now.duration_since(c.started).as_micros() as u64;
+        if let Kind::Session(i) = c.kind {
+            if let Some(s) = self.slots.get_mut(i as usize) {
+                s.round = round;
+            }
+        }
+        self.hist.saturating_record(us.max(1));
+        self.ihist.saturating_record(us.max(1));
+        self.interval.cycles += 1;
+        self.res.resumed += 1;
+        self.last_progress = now;
+        if let Some(st) = self.storm.as_mut() {
+            st.awaiting = st.awaiting.saturating_sub(1);
+            st.last = Some(now);
+        }
+    }
+
+    /// Resume mode: the server refused a token (`ERR bad-session`); the
+    /// connection (now a guest) is dropped.
+    fn resume_refused(&mut self, t: usize) {
+        self.res.resume_failures += 1;
+        self.storm_gone(t);
+        if self.conns.get(t).is_some_and(|c| c.state == State::Open) {
+            self.open = self.open.saturating_sub(1);
+        }
+        self.remove(t);
+    }
+
+    /// Resume mode: connection `t` ends or fails before its answer; the
+    /// round stops waiting for it.
+    fn storm_gone(&mut self, t: usize) {
+        let Some(c) = self.conns.get_mut(t) else {
+            return;
+        };
+        if !matches!(c.kind, Kind::Session(_)) || c.done || c.state != State::Open {
+            return;
+        }
+        c.done = true;
+        if let Some(st) = self.storm.as_mut() {
+            st.awaiting = st.awaiting.saturating_sub(1);
+            self.last_progress = Instant::now();
+        }
     }
 
     fn finish_churn(&mut self, t: usize, now: Instant) {
@@ -1056,6 +1373,7 @@ impl Engine<'_> {
 
     /// A connection ended without our asking.
     fn lost(&mut self, t: usize, why: &str) {
+        self.storm_gone(t);
         let Some(c) = self.conns.get(t) else { return };
         match c.state {
             State::Open => {
@@ -1137,7 +1455,9 @@ impl Engine<'_> {
         if iv.bytes > 0 {
             line.push_str(&format!(" {:.1} MB/s", iv.bytes as f64 / 1e6));
         }
-        if iv.cycles > 0 {
+        if iv.cycles > 0 && self.plan.mode == Mode::Resume {
+            line.push_str(&format!(" | round {} resumed {}/s", self.round, iv.cycles));
+        } else if iv.cycles > 0 {
             line.push_str(&format!(" cycles {}/s", iv.cycles));
         }
         if let Some(l) = lat {
@@ -1179,6 +1499,15 @@ impl Engine<'_> {
         } else if plan.mode == Mode::Echo {
             r.expected = r.sent;
         }
+        if plan.mode == Mode::Resume {
+            r.rounds = self.round;
+            r.fresh = plan.args.fresh;
+            r.measure_secs = self.storm_secs;
+            if self.storm_secs > 0.0 {
+                r.resumes_per_sec = r.resumed as f64 / self.storm_secs;
+                r.gen_cpu_pct = self.storm_gen_cpu / self.storm_secs * 100.0;
+            }
+        }
         r.latency = Latency::from_hist(&self.hist);
         r.hist = Some(self.hist.clone());
         if let Some(start) = self.srv_start {
@@ -1202,6 +1531,23 @@ impl Engine<'_> {
                     if plan.mode == Mode::Churn {
                         v.deliveries_per_cpu_sec = self.measured.cycles as f64 / v.cpu_secs;
                     }
+                }
+            }
+            if plan.mode == Mode::Resume {
+                if let Some(up) = self.srv_up {
+                    v.connect_cpu_secs = up.cpu_secs - start.cpu_secs;
+                    if v.connect_cpu_secs > 0.0 {
+                        v.connects_per_cpu_sec = r.up_peak as f64 / v.connect_cpu_secs;
+                    }
+                }
+                v.cpu_secs = self.storm_srv_cpu;
+                v.cpu_pct = 0.0;
+                v.deliveries_per_cpu_sec = 0.0;
+                if self.storm_secs > 0.0 {
+                    v.cpu_pct = v.cpu_secs / self.storm_secs * 100.0;
+                }
+                if v.cpu_secs > 0.0 {
+                    v.deliveries_per_cpu_sec = r.resumed as f64 / v.cpu_secs;
                 }
             }
             r.server = Some(v);

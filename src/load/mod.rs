@@ -12,6 +12,11 @@
 //! - `churn`: N slots, each repeating connect, handshake, one message, close.
 //! - `echo`: N connections to `/echo` sending `--size`-byte binary messages
 //!   closed-loop; reports MB/s.
+//! - `resume`: a resume storm. N connections with `?caps=resume` each take a
+//!   session (`SESSION TOKEN`) in `--room`; then all are dropped at once (the
+//!   sockets closed, no close frame) and N new connections resume them with
+//!   `/ws?resume=TOKEN`, each timed from its connect to its `RESUMED` answer;
+//!   `--rounds` repeats drop and resume with the fresh tokens.
 //!
 //! The loopchat server limits every connection to 50 commands/s by default:
 //! start it with `--rate-limit 0` for load tests. In rooms larger than its
@@ -51,6 +56,8 @@ pub enum Mode {
     Churn,
     /// Binary messages to /echo, closed loop; MB/s.
     Echo,
+    /// Take N sessions, drop them all at once, resume them all at once.
+    Resume,
 }
 
 /// The target's chat protocol.
@@ -77,7 +84,7 @@ pub struct LoadArgs {
     #[arg(long, value_enum, default_value = "loopchat")]
     pub protocol: Protocol,
 
-    /// Connections for idle and echo, concurrent slots for churn.
+    /// Connections for idle, echo and resume, concurrent slots for churn.
     #[arg(long, short = 'n', value_name = "N", default_value_t = 100)]
     pub connections: usize,
 
@@ -121,7 +128,8 @@ pub struct LoadArgs {
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub concurrency: usize,
 
-    /// Give up waiting for connections, a stalled message, or the final drain after this long.
+    /// Give up waiting for connections, a stalled message, a resume round in
+    /// which nothing moves, or the final drain after this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::cli::parse_duration)]
     pub timeout: Duration,
 
@@ -134,6 +142,16 @@ pub struct LoadArgs {
     /// deliveries are inflated by one shared inflater.
     #[arg(long)]
     pub compression: bool,
+
+    /// Resume mode: how many times to drop and resume every session.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub rounds: u32,
+
+    /// Resume mode's baseline: the same storm with v1 connections (no
+    /// `caps=resume`); each round drops them and connects N new ones, each
+    /// timed until its `JOINED`.
+    #[arg(long)]
+    pub fresh: bool,
 
     /// Print one JSON object at the end instead of the text summary.
     #[arg(long)]
@@ -195,6 +213,8 @@ pub struct Plan {
     pub authority: String,
     /// Request target (path and query) for every connection.
     pub target: String,
+    /// The URL's path (resume mode builds `PATH?resume=TOKEN` from it).
+    pub path: String,
     /// Receivers (broadcast/latency), connections (idle/echo), slots (churn).
     pub receivers: usize,
     /// Senders (broadcast/latency), else 0.
@@ -236,13 +256,41 @@ impl Plan {
             query.push_str("room=");
             query.push_str(&args.room);
         }
+        if args.mode == Mode::Resume {
+            if args.protocol != Protocol::Loopchat {
+                return Err("--mode resume needs --protocol loopchat".into());
+            }
+            if args.rounds == 0 {
+                return Err("--rounds must be at least 1".into());
+            }
+            match query.split('&').find_map(|p| p.strip_prefix("caps=")) {
+                _ if args.fresh => {}
+                None => query.push_str("&caps=resume"),
+                Some(caps)
+                    if caps
+                        .replace("%2C", ",")
+                        .replace("%2c", ",")
+                        .split(',')
+                        .any(|c| c == "resume") => {}
+                Some(caps) => {
+                    return Err(format!(
+                    "--mode resume needs the resume capability, but the URL asks for caps={caps}"
+                ))
+                }
+            }
+            if query.split('&').any(|p| p.starts_with("resume=")) {
+                return Err(
+                    "--mode resume takes the sessions itself: no resume= in the URL".into(),
+                );
+            }
+        }
         let target = if query.is_empty() {
             parsed.path.clone()
         } else {
             format!("{}?{}", parsed.path, query)
         };
         let (receivers, senders, rate) = match args.mode {
-            Mode::Idle | Mode::Churn | Mode::Echo => (args.connections, 0, None),
+            Mode::Idle | Mode::Churn | Mode::Echo | Mode::Resume => (args.connections, 0, None),
             Mode::Broadcast => (args.receivers, args.senders, args.rate),
             Mode::Latency => (args.receivers, 1, Some(args.rate.unwrap_or(100.0))),
         };
@@ -288,6 +336,7 @@ impl Plan {
             addr,
             authority: parsed.authority,
             target,
+            path: parsed.path.clone(),
             receivers,
             senders,
             size: args.size,

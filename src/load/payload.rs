@@ -70,6 +70,11 @@ pub enum Line<'a> {
     Joined,
     /// `ERR ...` (loopchat): e.g. `rate-limited`.
     Err,
+    /// `SESSION TOKEN` (loopchat, capability `resume`).
+    Session(&'a str),
+    /// `RESUMED ROOM COUNT` (Some(COUNT): that many `MSG` lines follow) or
+    /// `RESUMED ROOM lost` (None).
+    Resumed(Option<u32>),
     /// Anything else (`WELCOME`, `SYS`, ...).
     Other,
 }
@@ -83,6 +88,16 @@ pub fn classify(line: &str, plain: bool) -> Line<'_> {
         // MSG ROOM NICK TEXT
         return match rest.splitn(3, ' ').nth(2) {
             Some(text) => Line::Payload(text),
+            None => Line::Other,
+        };
+    }
+    if let Some(token) = line.strip_prefix("SESSION ") {
+        return Line::Session(token);
+    }
+    if let Some(rest) = line.strip_prefix("RESUMED ") {
+        return match rest.rsplit(' ').next() {
+            Some("lost") => Line::Resumed(None),
+            Some(n) => n.parse().map_or(Line::Other, |n| Line::Resumed(Some(n))),
             None => Line::Other,
         };
     }
@@ -153,6 +168,11 @@ mod tests {
             ]
         );
         assert_eq!(classify("MSG onlyroom", false), Line::Other);
+        assert_eq!(classify("SESSION abc-_9", false), Line::Session("abc-_9"));
+        assert_eq!(classify("RESUMED load 3", false), Line::Resumed(Some(3)));
+        assert_eq!(classify("RESUMED load lost", false), Line::Resumed(None));
+        assert_eq!(classify("RESUMED load x", false), Line::Other);
+        assert_eq!(classify("RESUMED", false), Line::Other);
         assert_eq!(classify("WELCOME x", false), Line::Other);
         assert_eq!(classify("s0 1 2 ", true), Line::Payload("s0 1 2 "));
     }

@@ -58,8 +58,14 @@ pub struct ServerStats {
     /// (rss_up - rss_start) / connections up, in bytes.
     pub rss_per_conn: f64,
     /// Deliveries per second of server CPU (broadcast, latency); echoes for
-    /// echo, connect-message-close cycles for churn.
+    /// echo, connect-message-close cycles for churn, resumes for resume.
     pub deliveries_per_cpu_sec: f64,
+    /// Resume: server CPU seconds while the sessions were first taken (the
+    /// same run's baseline: fresh connections, each a new guest joining its
+    /// room and getting a session).
+    pub connect_cpu_secs: f64,
+    /// Resume: connections taken per second of server CPU (the baseline).
+    pub connects_per_cpu_sec: f64,
 }
 
 /// Everything a run measured.
@@ -97,8 +103,24 @@ pub struct LoadResult {
     pub delivered: u64,
     /// sent × receivers (broadcast, latency).
     pub expected: u64,
-    /// Closed-loop messages given up on after `--timeout`.
+    /// Closed-loop messages given up on after `--timeout`; resume: resumes
+    /// not answered when a round stalled for `--timeout`.
     pub timed_out: u64,
+    /// Resume: rounds of drop and resume run.
+    pub rounds: u32,
+    /// Resume with `--fresh`: the baseline (new v1 connections, not resumes).
+    pub fresh: bool,
+    /// Resume: sessions dropped, summed over the rounds (each should come back).
+    pub resume_expected: u64,
+    /// Resume: resumes answered with `RESUMED` (and the missed messages).
+    pub resumed: u64,
+    /// Resume: connections that got no `SESSION` (the server did not offer `resume`).
+    pub no_session: u64,
+    /// Resume: tokens refused with `ERR bad-session`.
+    pub resume_failures: u64,
+    /// Resume: resumes per second of wall time, from each round's drop to
+    /// its last answer.
+    pub resumes_per_sec: f64,
     /// Length of the measurement in seconds.
     pub measure_secs: f64,
     /// Messages sent per second while measuring.
@@ -172,10 +194,30 @@ impl LoadResult {
                 lost as f64 * 100.0 / self.expected.max(1) as f64
             ));
         }
-        if loss && self.timed_out > 0 {
+        if loss && self.timed_out > 0 && self.mode != "resume" {
             p.push(format!(
                 "{} messages not delivered everywhere within --timeout",
                 self.timed_out
+            ));
+        }
+        if self.resume_failures > 0 {
+            p.push(format!(
+                "{} resumes refused (ERR bad-session)",
+                self.resume_failures
+            ));
+        }
+        if self.mode == "resume" && self.resumed < self.resume_expected {
+            p.push(format!(
+                "{} of {} dropped sessions not resumed",
+                self.resume_expected - self.resumed,
+                self.resume_expected
+            ));
+        }
+        if self.no_session > 0 {
+            p.push(format!(
+                "{} connections got no session: the server does not offer resume \
+                 (--session-ttl 0, or a cluster node)",
+                self.no_session
             ));
         }
         let ended: u64 = self.closes.values().sum();
@@ -262,6 +304,13 @@ impl LoadResult {
         field(&mut s, "deliveries_per_sec", num(self.deliveries_per_sec));
         field(&mut s, "mb_per_sec", num(self.mb_per_sec));
         field(&mut s, "cycles_per_sec", num(self.cycles_per_sec));
+        field(&mut s, "rounds", self.rounds.to_string());
+        field(&mut s, "fresh", self.fresh.to_string());
+        field(&mut s, "resume_expected", self.resume_expected.to_string());
+        field(&mut s, "resumed", self.resumed.to_string());
+        field(&mut s, "resume_failures", self.resume_failures.to_string());
+        field(&mut s, "no_session", self.no_session.to_string());
+        field(&mut s, "resumes_per_sec", num(self.resumes_per_sec));
         let lat = match &self.latency {
             Some(l) => format!(
                 "{{\"count\":{},\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{},\"mean\":{}}}",
@@ -279,14 +328,16 @@ impl LoadResult {
         field(&mut s, "gen_cpu_pct", num(self.gen_cpu_pct));
         let server = match &self.server {
             Some(v) => format!(
-                "{{\"cpu_secs\":{},\"cpu_pct\":{},\"rss_start\":{},\"rss_up\":{},\"rss_end\":{},\"rss_per_conn\":{},\"deliveries_per_cpu_sec\":{}}}",
+                "{{\"cpu_secs\":{},\"cpu_pct\":{},\"rss_start\":{},\"rss_up\":{},\"rss_end\":{},\"rss_per_conn\":{},\"deliveries_per_cpu_sec\":{},\"connect_cpu_secs\":{},\"connects_per_cpu_sec\":{}}}",
                 num(v.cpu_secs),
                 num(v.cpu_pct),
                 v.rss_start,
                 v.rss_up,
                 v.rss_end,
                 num(v.rss_per_conn),
-                num(v.deliveries_per_cpu_sec)
+                num(v.deliveries_per_cpu_sec),
+                num(v.connect_cpu_secs),
+                num(v.connects_per_cpu_sec)
             ),
             None => "null".into(),
         };
@@ -348,6 +399,21 @@ impl LoadResult {
                 failures.join(", ")
             }
         );
+        if mode == "resume" {
+            if self.fresh {
+                let _ = writeln!(
+                    s,
+                    "baseline (--fresh): {} v1 connections dropped over {} rounds, {} reconnected",
+                    self.resume_expected, self.rounds, self.resumed
+                );
+            } else {
+                let _ = writeln!(
+                    s,
+                    "sessions: {} dropped over {} rounds, {} resumed, {} refused (ERR bad-session)",
+                    self.resume_expected, self.rounds, self.resumed, self.resume_failures
+                );
+            }
+        }
         if chat || mode == "echo" {
             let _ = write!(
                 s,
@@ -377,6 +443,11 @@ impl LoadResult {
                 self.msgs_per_sec, self.mb_per_sec
             ),
             "churn" => format!(": {:.0} cycles/s", self.cycles_per_sec),
+            "resume" => format!(
+                ": {:.0} {}/s (wall, drop to last answer)",
+                self.resumes_per_sec,
+                if self.fresh { "reconnects" } else { "resumes" }
+            ),
             _ => String::new(),
         };
         let _ = writeln!(
@@ -389,6 +460,8 @@ impl LoadResult {
             let what = match mode {
                 "echo" => "round trip",
                 "churn" => "cycle",
+                "resume" if self.fresh => "reconnect (connect to JOINED)",
+                "resume" => "resume (connect to RESUMED)",
                 _ => "delivery",
             };
             let _ = writeln!(
@@ -425,6 +498,8 @@ impl LoadResult {
                     let per = match mode {
                         "echo" => "echoes",
                         "churn" => "cycles",
+                        "resume" if self.fresh => "reconnects",
+                        "resume" => "resumes",
                         _ => "deliveries",
                     };
                     let _ = write!(
@@ -432,6 +507,13 @@ impl LoadResult {
                         ", {:.2} CPU s ({:.0}%), {:.0} {per} per CPU s",
                         v.cpu_secs, v.cpu_pct, v.deliveries_per_cpu_sec
                     );
+                    if mode == "resume" {
+                        let _ = write!(
+                            s,
+                            "; taking them: {:.2} CPU s, {:.0} connects per CPU s",
+                            v.connect_cpu_secs, v.connects_per_cpu_sec
+                        );
+                    }
                 }
             }
             let _ = writeln!(s);

@@ -83,6 +83,8 @@ impl Server {
             );
             return;
         }
+        // Linux copies TCP_NODELAY from the listener (`sys::listener`).
+        #[cfg(not(target_os = "linux"))]
         let _ = sock.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let id = entry.key();

@@ -354,8 +354,9 @@ impl Server {
                                     mark_dirty(&mut self.ctx.dirty, id, c);
                                 }
                             }
-                            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                                self.read(id);
+                            let closed = event.is_read_closed() || event.is_error();
+                            if event.is_readable() || closed {
+                                self.read(id, !closed);
                             }
                         }
                     }
@@ -375,7 +376,7 @@ impl Server {
             }
             let again = std::mem::take(&mut self.ctx.read_again);
             for id in again {
-                self.read(id);
+                self.read(id, false);
             }
             self.timers();
             self.chat_timers();

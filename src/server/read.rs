@@ -14,7 +14,14 @@ use crate::ws::message::Message;
 
 impl Server {
     /// Read until `WouldBlock`, the read budget, or the connection stops reading.
-    pub(super) fn read(&mut self, id: usize) {
+    ///
+    /// `short_read_drains`: the call answers a readable event that reported no
+    /// end of input, so a read shorter than the buffer has emptied the socket
+    /// and any later byte raises a new (edge-triggered) event: the read that
+    /// would only return `WouldBlock` is skipped. Without an event (input left
+    /// over from an earlier turn) an end of input may be pending unseen, so
+    /// such a call reads on until `WouldBlock`.
+    pub(super) fn read(&mut self, id: usize, short_read_drains: bool) {
         let mut total = 0;
         loop {
             let Some(c) = self.conns.get_mut(id) else {
@@ -44,6 +51,9 @@ impl Server {
                     c.last_rx = self.ctx.tick;
                     self.ctx.metrics.bytes_in += n as u64;
                     self.on_bytes(id, n);
+                    if short_read_drains && n < self.scratch.len() {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

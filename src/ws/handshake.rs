@@ -357,13 +357,31 @@ impl<'b> Request<'b> {
     /// percent-decoded: the nick and room charsets never need it, and a value
     /// containing `%` simply fails their validation.
     pub fn query_param(&self, name: &str) -> Option<&'b str> {
-        self.query
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-            .find_map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (k == name).then_some(v)
-            })
+        // A byte scan rather than `split('&')` + `split_once('=')`: an upgrade
+        // asks for up to seven parameters, and the two char searchers cost
+        // ~290 instructions per call on a six-byte query (callgrind), a tenth
+        // of the server's user-space work per chat upgrade. Same answers:
+        // `query_param_matches_split` checks it against the split form.
+        if name.as_bytes().contains(&b'=') {
+            // A key ends at its first `=`, so it never contains one.
+            return None;
+        }
+        let mut rest = self.query;
+        while !rest.is_empty() {
+            let end = rest.bytes().position(|b| b == b'&').unwrap_or(rest.len());
+            let pair = &rest[..end];
+            if let Some(after) = pair.strip_prefix(name).filter(|_| !pair.is_empty()) {
+                // `name` is the whole key: the pair ends or its `=` follows.
+                if after.is_empty() {
+                    return Some("");
+                }
+                if let Some(v) = after.strip_prefix('=') {
+                    return Some(v);
+                }
+            }
+            rest = rest.get(end + 1..).unwrap_or("");
+        }
+        None
     }
 }
 
@@ -1472,6 +1490,29 @@ mod tests {
         assert_eq!(req.path, "/ab");
         assert_eq!(req.origin, Some("o"));
         assert_eq!(req.len, out.len());
+    }
+
+    /// The query lookup as it was written first, the reference for the byte scan.
+    fn query_param_by_split<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+        query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == name).then_some(v)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn query_param_matches_split(query in "[a-c=&%]{0,16}", name in "[a-c=]{0,3}") {
+            let target = format!("/ws?{query}");
+            let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let Ok(Status::Complete(req)) = parse_request(head.as_bytes(), 8192) else {
+                return Err(TestCaseError::fail("parse"));
+            };
+            prop_assert_eq!(req.query_param(&name), query_param_by_split(&query, &name));
+        }
     }
 
     proptest! {

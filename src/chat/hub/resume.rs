@@ -747,6 +747,44 @@ mod tests {
     }
 
     #[test]
+    fn a_drop_beyond_max_sessions_leaves_no_usable_token() {
+        // Found by `loopchat load --mode resume` against `--max-sessions`: a
+        // drop the full table refused must end the session, or its token
+        // takes over whatever connection gets the id next.
+        let mut hub = Hub::new(ChatConfig {
+            rate_limit: 0,
+            max_sessions: 1,
+            ..ChatConfig::default()
+        });
+        hub.set_epoch(EPOCH);
+        let mut sink = Lines::default();
+        connect(&mut hub, &mut sink, 0, "a", Some("resume"));
+        connect(&mut hub, &mut sink, 1, "b", Some("resume"));
+        let held = token_of(&take(&mut sink, 0));
+        let stale = token_of(&take(&mut sink, 1));
+        hub.disconnect(0, &mut sink);
+        hub.disconnect(1, &mut sink);
+        hub.check_invariants();
+        // A v1 connection gets id 1 again; the held session is resumed, so
+        // the table has room again.
+        connect(&mut hub, &mut sink, 1, "victim", None);
+        connect(&mut hub, &mut sink, 2, "x", None);
+        connect(&mut hub, &mut sink, 3, "y", None);
+        h(&mut hub, &mut sink, 3, &format!("/resume {held}"), 1);
+        sink.0.clear();
+        h(&mut hub, &mut sink, 2, &format!("/resume {stale}"), 1);
+        let l = take(&mut sink, 2);
+        assert!(l.len() == 1 && l[0].starts_with("ERR bad-session"), "{l:?}");
+        h(&mut hub, &mut sink, 1, "/who lobby", 2);
+        let l = take(&mut sink, 1);
+        assert!(
+            l.iter()
+                .any(|l| l.starts_with("WHO lobby") && l.contains("victim")),
+            "the v1 connection keeps its user: {l:?}"
+        );
+    }
+
+    #[test]
     fn v1_lines_stay_v1_and_ids_clients_get_tags() {
         let (mut hub, mut sink) = hub();
         connect(&mut hub, &mut sink, 0, "old", None);
