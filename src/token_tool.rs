@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::auth::token::{sign, Claims, Key};
+use crate::auth::token::{sign, Claims, Key, Policy, MAX_TTL_LIMIT};
 use crate::chat::access::{valid_pattern, Role};
 use crate::chat::names::valid_nick;
 
@@ -57,6 +57,12 @@ pub fn claims(args: &TokenArgs, now: u64) -> Result<Claims, String> {
             args.sub
         ));
     }
+    if args.ttl.as_secs() > MAX_TTL_LIMIT {
+        return Err(format!(
+            "--ttl {}s is longer than any server accepts ({MAX_TTL_LIMIT}s, 18h: --auth-max-ttl's ceiling)",
+            args.ttl.as_secs()
+        ));
+    }
     let mut c = Claims::new(&args.sub, now + args.ttl.as_secs().max(1));
     c.iat = Some(now);
     c.nbf = args.not_before.map(|d| now + d.as_secs());
@@ -94,6 +100,14 @@ pub fn run(args: TokenArgs) -> ExitCode {
         .map_or(0, |d| d.as_secs());
     match claims(&args, now) {
         Ok(c) => {
+            let default_max = Policy::default().max_ttl;
+            if args.ttl.as_secs() > default_max {
+                eprintln!(
+                    "loopchat token: warning: --ttl is over {}h, the server's default --auth-max-ttl; \
+                     a server without a larger --auth-max-ttl refuses this token",
+                    default_max / 3600
+                );
+            }
             println!("{}", sign(&c, &key));
             ExitCode::SUCCESS
         }
@@ -101,5 +115,32 @@ pub fn run(args: TokenArgs) -> ExitCode {
             eprintln!("loopchat token: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(ttl: Duration) -> TokenArgs {
+        TokenArgs {
+            key: "unused".into(),
+            sub: "alice".into(),
+            ttl,
+            role: None,
+            rooms: None,
+            aud: None,
+            iss: None,
+            not_before: None,
+        }
+    }
+
+    #[test]
+    fn a_lifetime_no_server_accepts_is_refused() {
+        let now = 1_000_000;
+        let c = claims(&args(Duration::from_secs(MAX_TTL_LIMIT)), now).unwrap();
+        assert_eq!(c.exp, now + MAX_TTL_LIMIT);
+        let err = claims(&args(Duration::from_secs(MAX_TTL_LIMIT + 1)), now).unwrap_err();
+        assert!(err.contains("--ttl"), "{err}");
     }
 }
