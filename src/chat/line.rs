@@ -865,4 +865,37 @@ mod tests {
             prop_assert_eq!(parse_time(&s), Some(ms));
         }
     }
+
+    #[test]
+    fn dates_agree_with_a_day_by_day_count() {
+        // Walk 1970..2101 a day at a time: the closed form must match.
+        let (mut y, mut m, mut d) = (1970i64, 1u32, 1u32);
+        for days in 0..(131 * 366) {
+            assert_eq!(civil_from_days(days), (y, m, d), "day {days}");
+            let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+            let len = [
+                31,
+                if leap { 29 } else { 28 },
+                31,
+                30,
+                31,
+                30,
+                31,
+                31,
+                30,
+                31,
+                30,
+                31,
+            ][m as usize - 1];
+            d += 1;
+            if d > len {
+                d = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+        }
+    }
 }
