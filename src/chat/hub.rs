@@ -855,21 +855,18 @@ impl Hub {
             );
             self.history_bytes = others + room.log.bytes();
         }
-        if room.ids_members == 0 {
-            send(sink, &mut self.deliveries, &room.members, &self.out);
-        } else {
-            resume::tag_line(&mut self.tagged, &self.out, id, time_ms);
-            resume::send_split(
-                sink,
-                &mut self.deliveries,
-                &mut self.tagged_to,
-                &room.members,
-                room.ids_members as usize,
-                &self.users,
-                &self.out,
-                &self.tagged,
-            );
-        }
+        resume::send_tagged(
+            sink,
+            &mut self.deliveries,
+            &mut self.tagged,
+            &mut self.tagged_to,
+            &room.members,
+            room.ids_members as usize,
+            &self.users,
+            &self.out,
+            id,
+            time_ms,
+        );
         self.publish_room(rid);
     }
 
@@ -1152,22 +1149,18 @@ impl Hub {
         let tagged =
             u32::from(to.caps & CAP_IDS != 0) + u32::from(target != id && from.caps & CAP_IDS != 0);
         let msg_id = self.ids.next_id();
-        if tagged == 0 {
-            send(sink, &mut self.deliveries, recipients, &self.out);
-        } else {
-            let time_ms = self.ids.epoch().saturating_add(now_ms);
-            resume::tag_line(&mut self.tagged, &self.out, msg_id, time_ms);
-            resume::send_split(
-                sink,
-                &mut self.deliveries,
-                &mut self.tagged_to,
-                recipients,
-                tagged as usize,
-                &self.users,
-                &self.out,
-                &self.tagged,
-            );
-        }
+        resume::send_tagged(
+            sink,
+            &mut self.deliveries,
+            &mut self.tagged,
+            &mut self.tagged_to,
+            recipients,
+            tagged as usize,
+            &self.users,
+            &self.out,
+            msg_id,
+            self.ids.epoch().saturating_add(now_ms),
+        );
     }
 
     /// `ROOMS ROOM=COUNT ...`, case-insensitively sorted, at most `rooms_limit`

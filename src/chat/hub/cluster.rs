@@ -570,21 +570,18 @@ impl Hub {
             return false;
         }
         room.last_id = id;
-        if room.ids_members == 0 {
-            send(sink, &mut self.deliveries, &room.members, line);
-        } else {
-            super::resume::tag_line(&mut self.tagged, line, id, time_ms);
-            super::resume::send_split(
-                sink,
-                &mut self.deliveries,
-                &mut self.tagged_to,
-                &room.members,
-                room.ids_members as usize,
-                &self.users,
-                line,
-                &self.tagged,
-            );
-        }
+        super::resume::send_tagged(
+            sink,
+            &mut self.deliveries,
+            &mut self.tagged,
+            &mut self.tagged_to,
+            &room.members,
+            room.ids_members as usize,
+            &self.users,
+            line,
+            id,
+            time_ms,
+        );
         true
     }
 

@@ -121,6 +121,30 @@ pub(super) fn tag_line(out: &mut String, line: &str, id: MsgId, time_ms: u64) {
     out.push_str(line);
 }
 
+/// `line` to everyone in `to`, `n_tagged` of whom asked for `ids`: plain
+/// alone when none did, else plain to the others and tagged with `id` and
+/// `time_ms` to them (at most two encodings, one deliver call each).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn send_tagged<S: Sink>(
+    sink: &mut S,
+    deliveries: &mut u64,
+    tagged: &mut String,
+    scratch: &mut Vec<ConnId>,
+    to: &[ConnId],
+    n_tagged: usize,
+    users: &[Option<User>],
+    line: &str,
+    id: MsgId,
+    time_ms: u64,
+) {
+    if n_tagged == 0 {
+        send(sink, deliveries, to, line);
+        return;
+    }
+    tag_line(tagged, line, id, time_ms);
+    send_split(sink, deliveries, scratch, to, n_tagged, users, line, tagged);
+}
+
 /// Deliver `plain` to the v1 members of `to` and `tagged` to its `ids`
 /// members (`n_tagged` of them): at most two deliver calls, so the server
 /// encodes each form once.
