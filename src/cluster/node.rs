@@ -1771,15 +1771,7 @@ impl Cluster {
                     // Free the nick now rather than at its expiry, if the
                     // dead node still holds it.
                     if let Some(key) = nick_key(&nick) {
-                        if self.cmd.queue(&[
-                            b"EVAL",
-                            RELEASE_SCRIPT.as_bytes(),
-                            b"1",
-                            &key,
-                            prefix.as_bytes(),
-                        ]) {
-                            self.expect(Pending::Release);
-                        }
+                        self.queue_release(&key, prefix.as_bytes());
                     }
                 }
             }
@@ -1790,6 +1782,18 @@ impl Cluster {
     /// most every heartbeat.
     fn alive_every(&self) -> Duration {
         (self.cfg.nick_ttl / 4).clamp(Duration::from_millis(50), HEARTBEAT)
+    }
+
+    /// Queue the script that deletes the registry `key` only while
+    /// `owner_prefix` (a node's `NODE ` prefix) still holds it.
+    fn queue_release(&mut self, key: &[u8], owner_prefix: &[u8]) -> bool {
+        let queued = self
+            .cmd
+            .queue(&[b"EVAL", RELEASE_SCRIPT.as_bytes(), b"1", key, owner_prefix]);
+        if queued {
+            self.expect(Pending::Release);
+        }
+        queued
     }
 
     fn release(&mut self, nick: &str) {
@@ -1803,15 +1807,7 @@ impl Cluster {
             return;
         }
         let prefix = self.node_prefix.clone();
-        if self.cmd.queue(&[
-            b"EVAL",
-            RELEASE_SCRIPT.as_bytes(),
-            b"1",
-            &key,
-            prefix.as_bytes(),
-        ]) {
-            self.expect(Pending::Release);
-        } else {
+        if !self.queue_release(&key, prefix.as_bytes()) {
             self.stats.dropped += 1;
         }
     }
