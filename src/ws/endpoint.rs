@@ -186,12 +186,7 @@ impl Endpoint {
         reason: &str,
         mask: Option<[u8; 4]>,
     ) -> bool {
-        if self.state() != CloseState::Open {
-            return false;
-        }
-        encode_close(out, code, reason, mask);
-        self.rx.set_closing();
-        true
+        self.start_close(out, code, reason, mask, false)
     }
 
     /// [`Endpoint::close`] that keeps returning the data messages the peer
@@ -205,11 +200,26 @@ impl Endpoint {
         reason: &str,
         mask: Option<[u8; 4]>,
     ) -> bool {
+        self.start_close(out, code, reason, mask, true)
+    }
+
+    fn start_close(
+        &mut self,
+        out: &mut Vec<u8>,
+        code: Option<u16>,
+        reason: &str,
+        mask: Option<[u8; 4]>,
+        keep_reading: bool,
+    ) -> bool {
         if self.state() != CloseState::Open {
             return false;
         }
         encode_close(out, code, reason, mask);
-        self.rx.set_close_sent();
+        if keep_reading {
+            self.rx.set_close_sent();
+        } else {
+            self.rx.set_closing();
+        }
         true
     }
 
