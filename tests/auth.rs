@@ -452,14 +452,7 @@ fn sighup_rotates_the_key_and_the_old_one_stays_for_the_grace() {
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = common::listening_addr(&mut out);
     let err = BufReader::new(child.stderr.take().unwrap());
     let (tx, log) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

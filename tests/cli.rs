@@ -2,7 +2,9 @@
 //! exit status 2; sizes take units; every server flag also comes from the
 //! environment as `LOOPCHAT_<FLAG>`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -124,16 +126,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn loopchat");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("an address");
+    let addr = common::listening_addr(&mut BufReader::new(child.stdout.take().unwrap()));
     Running(child, addr)
 }
 

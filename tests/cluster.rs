@@ -8,8 +8,10 @@
 //! Without `redis-server` these tests print `SKIPPED: redis-server not
 //! installed`; with `LOOPCHAT_REQUIRE_TOOLS=1` they fail instead.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -165,16 +167,7 @@ impl Node {
             })
             .spawn()
             .expect("spawn loopchat");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read the first stdout line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let addr = common::listening_addr(&mut BufReader::new(child.stdout.take().unwrap()));
         Node { child, addr }
     }
 

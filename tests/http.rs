@@ -255,7 +255,7 @@ fn favicon_is_served() {
 /// not every 100 ms while it lasts.
 #[test]
 fn emfile_is_logged_once_per_episode() {
-    use std::io::{BufRead, BufReader};
+    use std::io::BufReader;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_loopchat"));
@@ -277,14 +277,7 @@ fn emfile_is_logged_once_per_episode() {
     }
     let mut child = cmd.spawn().expect("spawn loopchat");
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .parse()
-        .unwrap();
+    let addr = common::listening_addr(&mut out);
     // More connections than descriptors, held for a second: ten retries.
     let mut held = Vec::new();
     for _ in 0..64 {

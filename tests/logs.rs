@@ -2,7 +2,9 @@
 //! with an RFC 3339 UTC timestamp, level, target and message, plus the record's
 //! structured fields; the text format carries a date.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::{BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -29,15 +31,8 @@ fn run_and_collect_stderr(args: &[&str]) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn loopchat");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let addr =
+        common::listening_addr(&mut BufReader::new(child.stdout.take().unwrap())).to_string();
     // Read stderr on a thread so a full pipe never stalls the server.
     let mut stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();

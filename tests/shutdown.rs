@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -29,14 +29,7 @@ fn spawn(extra: &[&str]) -> Proc {
         .spawn()
         .expect("spawn loopchat");
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
+    let addr = common::listening_addr(&mut out);
     Proc { child, addr }
 }
 

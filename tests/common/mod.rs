@@ -165,6 +165,19 @@ impl Client {
 }
 
 /// A raw TCP connection with a read timeout.
+/// The address a spawned `loopchat` prints as its first stdout line
+/// (`listening on ADDR`).
+pub fn listening_addr(out: &mut impl std::io::BufRead) -> SocketAddr {
+    let mut line = String::new();
+    out.read_line(&mut line)
+        .expect("read the first stdout line");
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("an address")
+}
+
 pub fn raw(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(WAIT)).unwrap();
