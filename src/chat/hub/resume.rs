@@ -169,12 +169,21 @@ pub(super) fn send_split<S: Sink>(
             .and_then(Option::as_ref)
             .is_some_and(|u| u.caps & CAP_IDS != 0)
     };
-    // Plain recipients first, in room order, then the tagged ones: the
-    // scratch vector holds both halves, so no allocation in steady state.
+    // One pass over the members: plain recipients fill the scratch vector
+    // from the front, tagged ones from the back (their order within a
+    // deliver call does not matter); no allocation in steady state.
     scratch.clear();
-    scratch.extend(to.iter().copied().filter(|id| !has_ids(id)));
-    let split = scratch.len();
-    scratch.extend(to.iter().copied().filter(has_ids));
+    scratch.resize(to.len(), 0);
+    let (mut split, mut back) = (0, to.len());
+    for &id in to {
+        if has_ids(&id) {
+            back -= 1;
+            scratch[back] = id;
+        } else {
+            scratch[split] = id;
+            split += 1;
+        }
+    }
     send(sink, deliveries, &scratch[..split], plain);
     send(sink, deliveries, &scratch[split..], tagged);
 }
