@@ -1825,7 +1825,8 @@ impl Cluster {
     /// Queue refresh commands while the outgoing buffer is under half full, so
     /// a heartbeat for many nicks never crowds out (or drops) chat traffic.
     fn refresh_some(&mut self) {
-        if self.cmd.state != LinkState::Ready {
+        // Called every loop turn: nothing to allocate when nothing waits.
+        if self.cmd.state != LinkState::Ready || self.refresh_queue.is_empty() {
             return;
         }
         let ttl = self.ttl_ms();
