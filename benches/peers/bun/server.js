@@ -2,10 +2,13 @@
 // topic and every text message received is published to it with
 // `server.publish` (uWebSockets' pub/sub underneath; the sender gets it too).
 //
-// Usage: bun server.js [PORT] [deflate]   (or env PORT; default 9104), on 127.0.0.1.
-// `deflate`: Bun's perMessageDeflate.
+// Usage: bun server.js [PORT] [deflate|echo]   (or env PORT; default 9104), on 127.0.0.1.
+// `deflate`: Bun's perMessageDeflate. `echo`: no topic; every message goes back
+// to its sender only (the counterpart of loopchat's `/echo`, for comparing the
+// cost of the upgrade itself).
 const port = Number(process.argv[2] || process.env.PORT || 9104);
 const deflate = process.argv[3] === "deflate";
+const echo = process.argv[3] === "echo";
 const server = Bun.serve({
   hostname: "127.0.0.1",
   port,
@@ -19,10 +22,11 @@ const server = Bun.serve({
     backpressureLimit: 4 * 1024 * 1024,
     closeOnBackpressureLimit: false,
     open(ws) {
-      ws.subscribe("all");
+      if (!echo) ws.subscribe("all");
     },
     message(ws, msg) {
-      if (typeof msg === "string") server.publish("all", msg);
+      if (echo) ws.send(msg);
+      else if (typeof msg === "string") server.publish("all", msg);
     },
   },
 });
