@@ -96,6 +96,9 @@ pub(crate) const LINE_OVERFLOW: u8 = 16;
 pub(crate) const COUNTED: u8 = 32;
 /// Came from a trusted proxy: `ip` is replaced by the `X-Forwarded-For` client.
 pub(crate) const PROXIED: u8 = 64;
+/// Give the outbox's allocation back as soon as a flush empties it (a fresh
+/// upgrade: nothing more may come for a long time).
+pub(crate) const RELEASE: u8 = 128;
 
 /// The per-connection time limits in timer ticks, computed once from the
 /// configuration; `None` is off.
@@ -164,7 +167,9 @@ pub(crate) struct Conn {
     /// Tick of the last inbound byte.
     pub(crate) last_rx: u32,
     /// Tick of the last ping we sent; for line clients, which get no pings,
-    /// the tick of the last idle warning.
+    /// the tick of the last idle warning. At the upgrade it is set up to half
+    /// an interval in the past ([`Conn::upgraded`]), before tick 0 (wrapped)
+    /// early in the process's life: the ping deadline adds with wrapping.
     pub(crate) last_ping: u32,
     /// Tick the current phase started (accept time for `Handshake`); in
     /// `Open`, the tick the outbox last became empty (see [`Due::Release`]).
@@ -239,12 +244,15 @@ impl Conn {
         true
     }
 
-    /// `Handshake → Open` as `kind`: the upgrade was accepted.
-    pub(crate) fn upgraded(&mut self, kind: Kind, now: u32) {
+    /// `Handshake → Open` as `kind`: the upgrade was accepted. The first ping
+    /// comes `ping_early` ticks before a full interval, so that connections
+    /// accepted in one tick are not all pinged in one tick (a burst of pings,
+    /// then of pongs, in one turn) for the rest of their lives.
+    pub(crate) fn upgraded(&mut self, kind: Kind, now: u32, ping_early: u32) {
         if self.go(Phase::Open, now) {
             self.kind = kind;
             self.last_rx = now;
-            self.last_ping = now;
+            self.last_ping = now.wrapping_sub(ping_early);
         }
     }
 
@@ -321,7 +329,9 @@ impl Conn {
                     }
                 }
                 if let (true, Some(ping)) = (self.is_ws(), t.ping) {
-                    consider(after(self.last_ping, ping), Due::Ping);
+                    // Wrapping: see `last_ping`. Not past `now` + interval
+                    // unless a caller spread by more than an interval.
+                    consider(self.last_ping.wrapping_add(ping), Due::Ping);
                 }
                 if self.outbox.capacity() > 0 && self.pending() == 0 {
                     consider(after(self.since, t.release), Due::Release);
@@ -440,7 +450,7 @@ mod tests {
         let t = limits();
         let mut c = conn(Kind::Http);
         assert_eq!(c.deadline(&t), Some((100, Due::Handshake)));
-        c.upgraded(Kind::Chat, 10);
+        c.upgraded(Kind::Chat, 10, 0);
         assert_eq!((c.phase(), c.kind), (Phase::Open, Kind::Chat));
         // Ping (10 + 300) comes before idle (10 + 900).
         assert_eq!(c.deadline(&t), Some((310, Due::Ping)));
@@ -455,6 +465,20 @@ mod tests {
         assert!(c.die());
         assert!(!c.die(), "dies once");
         assert_eq!(c.deadline(&t), None);
+    }
+
+    #[test]
+    fn the_first_ping_comes_early_by_the_spread_then_every_interval() {
+        let t = limits();
+        let mut c = conn(Kind::Http);
+        c.upgraded(Kind::Chat, 10, 120);
+        // 10 + 300 - 120, also when the spread reaches back before tick 0.
+        assert_eq!(c.deadline(&t), Some((190, Due::Ping)));
+        c.last_ping = 190; // pinged
+        assert_eq!(c.deadline(&t), Some((490, Due::Ping)));
+        let mut d = conn(Kind::Http);
+        d.upgraded(Kind::Echo, 2, 150);
+        assert_eq!(d.deadline(&t), Some((152, Due::Ping)));
     }
 
     #[test]
@@ -485,7 +509,7 @@ mod tests {
         assert_eq!(c.deadline(&t), Some((1300, Due::IdleWarn)));
         // WebSocket clients answer pings instead: no warning.
         let mut w = conn(Kind::Http);
-        w.upgraded(Kind::Chat, 0);
+        w.upgraded(Kind::Chat, 0, 0);
         w.last_ping = 900;
         assert_eq!(w.deadline(&t), Some((900, Due::Idle)));
     }

@@ -4,8 +4,9 @@
 use log::{debug, info};
 
 use super::auth_glue::Admission;
-use super::conn::{Kind, Then, COUNTED, IN_CHAT, PROXIED};
+use super::conn::{Kind, Then, COUNTED, IN_CHAT, PROXIED, RELEASE};
 use super::out::{finish_with, mark_dirty};
+use super::timers::first_ping_early;
 use super::{client_ip, metrics, Server};
 use crate::chat::hub::{Caps, Connect, Identity};
 use crate::ws::endpoint::Endpoint;
@@ -161,11 +162,13 @@ impl Server {
                 let end = buf.len();
                 self.on_frames(id, &mut buf[head_len..end]);
             }
-        } else {
-            // Nothing else to say yet: send the 101 (and WELCOME) now and give the
-            // buffer back, so a connection storm does not hold one buffer per new
-            // connection until the timer frees it (and leave the heap fragmented).
-            self.flush_and_release(id);
+        } else if let Some(c) = self.conns.get_mut(id) {
+            // Nothing else to say yet: the 101 (and WELCOME) go out with this
+            // turn's flush, in one write with whatever else the turn brings it
+            // (notices, broadcasts), and the buffer is given back once written,
+            // so a connection storm does not hold one buffer per new connection
+            // until the timer frees it (and leave the heap fragmented).
+            c.set(RELEASE);
         }
     }
 
@@ -272,7 +275,11 @@ impl Server {
                 self.ctx.metrics.ws_deflate_total += 1;
             }
             let was = c.kind;
-            c.upgraded(kind, self.ctx.tick);
+            c.upgraded(
+                kind,
+                self.ctx.tick,
+                first_ping_early(self.ctx.timeouts.ping),
+            );
             if c.kind != was {
                 self.ctx.metrics.changed(was, c.kind);
             }

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use log::debug;
 
-use super::conn::{Phase, Then, COUNTED, DIRTY, IN_CHAT, PAUSED, WRITABLE};
+use super::conn::{Phase, Then, COUNTED, DIRTY, IN_CHAT, PAUSED, RELEASE, WRITABLE};
 use super::out::kill;
 use super::{Server, KEEP_OUTBOX};
 
@@ -81,7 +81,12 @@ impl Server {
             }
         }
         if c.pending() == 0 {
-            c.outbox_written(&mut self.ctx.outbox_bytes, KEEP_OUTBOX);
+            if c.has(RELEASE) {
+                c.clear(RELEASE);
+                c.outbox_written(&mut self.ctx.outbox_bytes, 0);
+            } else {
+                c.outbox_written(&mut self.ctx.outbox_bytes, KEEP_OUTBOX);
+            }
             match c.phase() {
                 Phase::Flushing { then: Then::Close } => {
                     kill(&mut self.ctx, id, c);
