@@ -46,7 +46,7 @@ try: d=json.load(open(sys.argv[4]))
 except Exception as e: print(rep,sc,b,"no result"); sys.exit()
 s=d.get("server") or {}
 if sc=="latency":
-    l=d["latency_us"]; print("%s %-11s %-22s p50 %6d p99 %6d max %6d deliv/s %.0f srvcpu %.0f%% load %s" % (rep,sc,b,l["p50"],l["p99"],l["max"],d["deliveries_per_sec"],s.get("cpu_pct",0),load))
+    l=d["latency_us"]; print("%s %-11s %-22s p50 %6d p99 %6d p999 %6d max %6d deliv/s %.0f srvcpu %.0f%% load %s" % (rep,sc,b,l["p50"],l["p99"],l["p999"],l["max"],d["deliveries_per_sec"],s.get("cpu_pct",0),load))
 else:
     print("%s %-11s %-22s cycles/s %6.0f per-srv-cpu-s %6.0f srvcpu %.0f%% gencpu %.0f%% load %s" % (rep,sc,b,d["cycles_per_sec"],s.get("deliveries_per_cpu_sec",0),s.get("cpu_pct",0),d.get("gen_cpu_pct",0),load))
 PY
