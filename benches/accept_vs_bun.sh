@@ -10,6 +10,12 @@
 #                so loopchat's extra work over Bun is the nick and WELCOME lines
 #   echo-churn   loopchat /echo vs Bun echoing to the sender only (server.js
 #                echo): the upgrade itself, like for like
+#   upgrade      one connection at a time (benches/upgrade_driver.py: connect,
+#                upgrade, close, UPGRADES of them, default 10000): loopchat /echo
+#                vs Bun's echo mode; server CPU from /proc before and after, so
+#                no batching of several connections per loop turn helps either
+#   upgrade-chat the same against loopchat /ws (a nick, a room, WELCOME) and
+#                Bun subscribing to its topic
 #   latency      1000 receivers, one sender at 100 msgs/s (LAT_DURATION, 5s)
 # Each line ends with the 1-minute load average when the run ended.
 LAST=$(mktemp); trap 'rm -f "$LAST"' EXIT
@@ -24,7 +30,7 @@ for rep in $(seq $REPS); do for sc in $SCEN; do for b in "$@"; do
   extra=; path=/ws; bunmode=
   case $sc in
     churn-quiet) extra="--presence-limit 0";;
-    echo-churn) path=/echo; bunmode=echo;;
+    echo-churn | upgrade) path=/echo; bunmode=echo;;
   esac
   if [ "$b" = bun ]; then
     taskset -c 0 $BUN $BUNJS $P $bunmode >/dev/null 2>&1 & SP=$!; url=ws://127.0.0.1:$P/; proto=plain
@@ -33,6 +39,17 @@ for rep in $(seq $REPS); do for sc in $SCEN; do for b in "$@"; do
     proto=loopchat; [ "$path" = /echo ] && proto=plain
   fi
   for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$P) 2>/dev/null && break; sleep 0.05; done; sleep 0.2
+  if [ "${sc%%-*}" = upgrade ]; then
+    [ "$b" = bun ] && path=/
+    cpu() { awk '{print $14+$15}' /proc/$SP/stat; }
+    c0=$(cpu); t0=$(date +%s.%N)
+    out=$(taskset -c 1 python3 "$(dirname "$0")/upgrade_driver.py" 127.0.0.1 $P "$path" "${UPGRADES:-10000}")
+    c1=$(cpu); t1=$(date +%s.%N)
+    kill -KILL $SP; wait $SP 2>/dev/null
+    n=$(echo "$out" | awk '{print $2}')
+    python3 -c "import sys,os; n,c0,c1,t0,t1=map(float,sys.argv[1:6]); hz=os.sysconf('SC_CLK_TCK'); cs=(c1-c0)/hz; print('%s %-11s %-22s upgrades %5d per-srv-cpu-s %6.0f srvcpu %.0f%% load %s' % (sys.argv[6],sys.argv[7],sys.argv[8],n,n/cs if cs else 0,100*cs/(t1-t0),sys.argv[9]))" $n $c0 $c1 $t0 $t1 $rep $sc "$(basename $b)" "$(cut -d' ' -f1 /proc/loadavg)"
+    continue
+  fi
   case $sc in
     latency) flags="--mode latency -c 1000 --rate 100"; dur=$LAT_DURATION;;
     *) flags="--mode churn -n 64 --sources 8"; dur=5s;;
