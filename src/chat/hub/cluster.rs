@@ -51,18 +51,45 @@ impl HoldOutcome {
 
 /// A connection that asked for a nick and waits for the cluster's answer
 /// before `WELCOME`: nothing it sends is processed until then.
+/// Also a connection resuming a session (`hub/cluster_resume.rs`): waiting
+/// for the session's record, then for its rooms to catch up.
 #[derive(Debug)]
-struct Held {
-    nick: Box<str>,
-    room: Option<Box<str>>,
+pub(super) struct Held {
+    pub(super) nick: Box<str>,
+    pub(super) room: Option<Box<str>>,
     /// `?caps=`, answered (with what a cluster node offers) after `WELCOME`.
-    caps: Option<super::Caps>,
-    now_ms: u64,
+    pub(super) caps: Option<super::Caps>,
+    pub(super) now_ms: u64,
     /// Its lines so far, with their arrival times, replayed after `WELCOME`.
-    lines: Vec<(Box<str>, u64)>,
-    bytes: usize,
+    pub(super) lines: Vec<(Box<str>, u64)>,
+    pub(super) bytes: usize,
     /// Lines over the bound, dropped (and reported after `WELCOME`).
-    dropped: u32,
+    pub(super) dropped: u32,
+    /// An `ERR` to send after `WELCOME` (a refused resume).
+    pub(super) err: Option<(ErrorCode, &'static str)>,
+    /// Set while the session's record is asked for.
+    pub(super) resume: Option<Box<super::cluster_resume::ResumeArgs>>,
+}
+
+impl Held {
+    pub(super) fn new(
+        nick: &str,
+        room: Option<&str>,
+        caps: Option<super::Caps>,
+        now_ms: u64,
+    ) -> Held {
+        Held {
+            nick: nick.into(),
+            room: room.map(Into::into),
+            caps,
+            now_ms,
+            lines: Vec::new(),
+            bytes: 0,
+            dropped: 0,
+            err: None,
+            resume: None,
+        }
+    }
 }
 
 /// Cluster-only hub state; boxed so a single-process hub pays one pointer.
@@ -75,11 +102,16 @@ pub struct RemoteState {
     /// Part of guest nicks, so that nodes do not hand out the same ones.
     tag: Box<str>,
     /// Connections waiting for their requested nick (no `WELCOME` yet).
-    held: HashMap<ConnId, Held>,
+    pub(super) held: HashMap<ConnId, Held>,
     /// The answer for the held connect being completed now.
     outcome: Option<(ConnId, HoldOutcome)>,
     /// Redis can number room messages now (see [`Hub::set_ordered`]).
     ordered: bool,
+    /// Rooms of resumed sessions catching up (`hub/cluster_resume.rs`).
+    pub(super) catchups: Vec<super::cluster_resume::Catchup>,
+    /// Dropped sessions whose time ran out, until Redis says whether another
+    /// node resumed them (by Redis key).
+    pub(super) ending: HashMap<Box<str>, super::resume::Detached>,
 }
 
 impl RemoteState {
@@ -211,18 +243,7 @@ impl Hub {
         let Some(r) = self.remote.as_deref_mut() else {
             return false;
         };
-        r.held.insert(
-            id,
-            Held {
-                nick: nick.into(),
-                room: room.map(Into::into),
-                caps,
-                now_ms,
-                lines: Vec::new(),
-                bytes: 0,
-                dropped: 0,
-            },
-        );
+        r.held.insert(id, Held::new(nick, room, caps, now_ms));
         r.push(Request::Reserve {
             id,
             nick: nick.into(),
@@ -269,8 +290,10 @@ impl Hub {
             .is_some_and(|r| r.held.contains_key(&id))
     }
 
-    /// `id` left while held: forget it; true when it was held.
+    /// `id` left while held: forget it (and its catch-ups); true when it was
+    /// held before `WELCOME` (so there is nothing more to disconnect).
     pub(super) fn drop_held(&mut self, id: ConnId) -> bool {
+        self.drop_catchups(id);
         let Some(r) = self.remote.as_deref_mut() else {
             return false;
         };
@@ -278,7 +301,7 @@ impl Hub {
             return false;
         }
         r.push(Request::Gone(id));
-        true
+        self.user(id).is_none()
     }
 
     /// Connections waiting for the cluster to confirm their nick.
@@ -394,7 +417,7 @@ impl Hub {
                 caps: h.caps,
                 ..super::Connect::default()
             };
-            self.connect_with(id, &args, h.now_ms, sink);
+            self.connect_as_new(id, &args, h.err, h.now_ms, sink);
             // Role and token of a connection held for its nick (`hub/auth.rs`),
             // before its held lines run.
             self.apply_held_identity(id, claim, sink);
@@ -582,6 +605,13 @@ impl Hub {
             id,
             time_ms,
         );
+        if self
+            .remote
+            .as_deref()
+            .is_some_and(|r| !r.catchups.is_empty())
+        {
+            self.catchup_live(rid, id, time_ms, line, sink);
+        }
         true
     }
 
