@@ -6,8 +6,8 @@
 //!   `resume` off and ends the session); `/caps` alone reports it. Unknown
 //!   names are ignored; `CAPS` lists what is on, in a fixed order.
 //! - A cluster node offers `ids` (Redis numbers each room's messages, see
-//!   `cluster::node`) and asks Redis for `/history`, but does not offer
-//!   `resume` yet: its sessions are not shared through Redis.
+//!   `cluster::node`), asks Redis for `/history`, and shares its dropped
+//!   sessions through Redis so they resume on any node (`cluster_resume.rs`).
 //! - A dropped session is invisible to `/who`, `/rooms` counts and `/msg`
 //!   (`no such nick`) while it is away; only its nick and rooms are held.
 //! - `/resume` of a session whose connection the server still thinks open
