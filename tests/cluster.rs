@@ -1261,6 +1261,21 @@ fn interleaved_senders_on_two_nodes_give_every_member_one_id_order() {
         assert_eq!(n.metric("loopchat_redis_dropped_total"), 0.0);
     }
 
+    // Private messages across nodes carry an id and time too, for the ends
+    // that asked for `ids` only.
+    bob.send("/msg alice psst");
+    let got = alice.until(|l| l.ends_with("PRIV bob alice psst"));
+    let (id, time, _) = tagged(got.last().unwrap()).expect("a tagged PRIV");
+    assert!(time.ends_with('Z'), "{time}");
+    let echo = bob.until(|l| l.ends_with("PRIV bob alice psst"));
+    assert_eq!(tagged(echo.last().unwrap()).map(|t| t.0), Some(id));
+    dave.send("/msg carol psst");
+    carol.until(|l| l == "PRIV dave carol psst");
+    carol.send("/msg dave back");
+    let got = dave.until(|l| l.ends_with("PRIV carol dave back"));
+    assert!(got.last().unwrap().starts_with("@id="), "{got:?}");
+    carol.until(|l| l == "PRIV carol dave back");
+
     // A Redis that lost everything (FLUSHALL): the room's counter starts
     // again in a later epoch, so no id is ever handed out twice, and
     // delivery goes on.

@@ -507,9 +507,18 @@ impl Hub {
         text: &str,
         sink: &mut impl Sink,
     ) -> String {
-        let line = format!("PRIV {from} {to} {text}");
-        if self.user(id).is_some() {
-            send(sink, &mut self.deliveries, &[id], &line);
+        let plain = format!("PRIV {from} {to} {text}");
+        // An id and time from this node, as for a private message on one
+        // node: the line travels tagged, and each end strips the tags for a
+        // v1 client.
+        let msg_id = self.ids.next_id();
+        let time_ms = self.ids.epoch().saturating_add(self.now_ms);
+        let mut line = String::with_capacity(plain.len() + 64);
+        super::resume::tag_line(&mut line, &plain, msg_id, time_ms);
+        self.messages += 1;
+        if let Some(u) = self.user(id) {
+            let out = if u.caps & CAP_IDS != 0 { &line } else { &plain };
+            send(sink, &mut self.deliveries, &[id], out);
         }
         line
     }
@@ -747,13 +756,18 @@ impl Hub {
     /// A `PRIV` line from another node for the local nick `to`: false when
     /// nobody here has it.
     pub fn deliver_private(&mut self, to: &str, line: &str, sink: &mut impl Sink) -> bool {
-        match self.nick_owner(to) {
-            Some(id) => {
-                send(sink, &mut self.deliveries, &[id], line);
-                true
-            }
-            None => false,
-        }
+        let Some(id) = self.nick_owner(to) else {
+            return false;
+        };
+        // The sender's node tagged it (`@id=…;time=… PRIV …`): the tags go
+        // only to a client that asked for `ids`.
+        let ids = self.user(id).is_some_and(|u| u.caps & CAP_IDS != 0);
+        let out = match line.strip_prefix('@').and_then(|l| l.split_once(' ')) {
+            Some((_, plain)) if !ids => plain,
+            _ => line,
+        };
+        send(sink, &mut self.deliveries, &[id], out);
+        true
     }
 
     /// The local connection holding `nick` (any letter case), if any.
