@@ -1842,3 +1842,38 @@ fn a_resume_in_the_middle_of_a_flood_loses_and_doubles_nothing() {
     let seen = carol.until(|l| l == "MSG r dave f299");
     assert!(seen.iter().all(|l| !l.ends_with("r alice")), "{seen:?}");
 }
+
+#[test]
+fn scripts_flushed_under_a_node_are_loaded_again_and_nothing_is_lost() {
+    let Some(()) = need_redis("scripts_flushed_under_a_node_are_loaded_again_and_nothing_is_lost")
+    else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &[]);
+    let b = Node::start(&redis, &[]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r&caps=ids");
+    a.wait_subscriptions(3);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=r");
+    b.wait_subscriptions(3);
+    alice.until(|l| l == "JOINED r bob");
+    alice.send("one");
+    bob.until(|l| l == "MSG r alice one");
+    let connects = a.metric("loopchat_redis_connects_total");
+    // An operator flushes the script cache: the node's next script call is
+    // refused (NOSCRIPT); it reconnects, loads its scripts and resends.
+    redis_cmd(redis.port, &[&["SCRIPT", "FLUSH"]]);
+    for i in 0..5 {
+        alice.send(&format!("after {i}"));
+    }
+    let wanted: Vec<String> = (0..5).map(|i| format!("MSG r alice after {i}")).collect();
+    let got = bob.until_all(&wanted);
+    for w in &wanted {
+        assert_eq!(count(&got, w), 1, "{got:?}");
+    }
+    let rest = bob.sync("end");
+    assert!(rest.iter().all(|l| !l.contains("after")), "{rest:?}");
+    assert!(a.metric("loopchat_redis_connects_total") > connects);
+}

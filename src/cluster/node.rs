@@ -198,6 +198,55 @@ fn history_snapshot(items: &[Value]) -> (Option<(u64, u64)>, Vec<&[u8]>) {
     (num(0).zip(num(1)), entries)
 }
 
+/// The scripts' `EVALSHA` names (the SHA-1 of their text, in hex). Each
+/// command-link handshake loads every script (`SCRIPT LOAD`), so a message
+/// carries 40 bytes of name instead of the script's text (about 1 KB) and
+/// Redis does not hash the text again per call. A `NOSCRIPT` reply (an
+/// operator's `SCRIPT FLUSH`) fails the link: the reconnect loads them again
+/// and resends what was unanswered.
+#[derive(Debug)]
+struct Scripts {
+    say: String,
+    history: String,
+    refresh: String,
+    release: String,
+    take: String,
+    end: String,
+}
+
+/// Every script, loaded in each handshake.
+const ALL_SCRIPTS: [&str; 6] = [
+    SAY_SCRIPT,
+    HISTORY_SCRIPT,
+    REFRESH_SCRIPT,
+    RELEASE_SCRIPT,
+    TAKE_SCRIPT,
+    END_SCRIPT,
+];
+
+fn script_sha(script: &str) -> String {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(script.as_bytes())
+        .iter()
+        .fold(String::with_capacity(40), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            say: script_sha(SAY_SCRIPT),
+            history: script_sha(HISTORY_SCRIPT),
+            refresh: script_sha(REFRESH_SCRIPT),
+            release: script_sha(RELEASE_SCRIPT),
+            take: script_sha(TAKE_SCRIPT),
+            end: script_sha(END_SCRIPT),
+        }
+    }
+}
+
 /// Delete a nick registration only when it is ours.
 const RELEASE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
 if v ~= false and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then \
@@ -462,6 +511,8 @@ pub struct Cluster {
     node: String,
     /// `NODE ` (registry values start with it).
     node_prefix: String,
+    /// `EVALSHA` names of the scripts.
+    scripts: Scripts,
     own_channel: Vec<u8>,
     /// Commands and publishing.
     cmd: Link,
@@ -552,6 +603,7 @@ impl Cluster {
         let queries = Queries::new(cfg.query_timeout);
         Cluster {
             node_prefix: format!("{node} "),
+            scripts: Scripts::new(),
             own_channel: format!("lc:node:{node}").into_bytes(),
             cmd: Link::new(cfg.max_buffer, limits, MIN_BACKOFF, now),
             sub: Link::new(cfg.max_buffer, limits, MIN_BACKOFF, now),
@@ -883,6 +935,10 @@ impl Cluster {
             out.push(Pending::Handshake);
         }
         if cmd {
+            for script in ALL_SCRIPTS {
+                conn.queue(&[b"SCRIPT", b"LOAD", script.as_bytes()]);
+                out.push(Pending::Handshake);
+            }
             conn.queue(&[b"PING"]);
             out.push(Pending::Ready);
         }
@@ -1047,6 +1103,10 @@ impl Cluster {
         sink: &mut impl Sink,
         now: Instant,
     ) -> Result<(), String> {
+        if matches!(&v, Value::Error(e) if e.starts_with(b"NOSCRIPT")) {
+            // Scripts flushed under us: reconnect, load them, resend.
+            return Err("scripts not loaded (SCRIPT FLUSH?)".into());
+        }
         self.timed_out = self.timed_out.saturating_sub(1);
         let Some((_, p)) = self.pending.pop_front() else {
             return Err("reply without a request".into());
@@ -1650,13 +1710,12 @@ impl Cluster {
         let ttl = ttl_ms.to_string();
         let applied_ttl = (FORGET_NODE.as_millis() as u64).to_string();
         let counter_ttl = (COUNTER_IDLE.as_millis() as u64).max(ttl_ms).to_string();
-        let mut bytes =
-            Vec::with_capacity(SAY_SCRIPT.len() + self.payload.len() + 2 * line.len() + 160);
+        let mut bytes = Vec::with_capacity(self.payload.len() + 2 * line.len() + 220);
         super::resp::encode_command(
             &mut bytes,
             &[
-                b"EVAL",
-                SAY_SCRIPT.as_bytes(),
+                b"EVALSHA",
+                self.scripts.say.as_bytes(),
                 b"3",
                 format!("lc:seq:{room}").as_bytes(),
                 format!("lc:hist:{room}").as_bytes(),
@@ -1891,9 +1950,13 @@ impl Cluster {
     /// Queue the script that deletes the registry `key` only while
     /// `owner_prefix` (a node's `NODE ` prefix) still holds it.
     fn queue_release(&mut self, key: &[u8], owner_prefix: &[u8]) -> bool {
-        let queued = self
-            .cmd
-            .queue(&[b"EVAL", RELEASE_SCRIPT.as_bytes(), b"1", key, owner_prefix]);
+        let queued = self.cmd.queue(&[
+            b"EVALSHA",
+            self.scripts.release.as_bytes(),
+            b"1",
+            key,
+            owner_prefix,
+        ]);
         if queued {
             self.expect(Pending::Release);
         }
@@ -1954,8 +2017,8 @@ impl Cluster {
             let value = registration(&prefix, at, &nick, signed);
             let at = at.to_string();
             if self.cmd.queue(&[
-                b"EVAL",
-                REFRESH_SCRIPT.as_bytes(),
+                b"EVALSHA",
+                self.scripts.refresh.as_bytes(),
                 b"1",
                 &key,
                 value.as_bytes(),
@@ -2002,8 +2065,8 @@ impl Cluster {
         let keep = hub.config().history.keep.max(1).to_string();
         if self.cmd.state == LinkState::Ready
             && self.cmd.queue(&[
-                b"EVAL",
-                HISTORY_SCRIPT.as_bytes(),
+                b"EVALSHA",
+                self.scripts.history.as_bytes(),
                 b"2",
                 format!("lc:seq:{room}").as_bytes(),
                 format!("lc:hist:{room}").as_bytes(),
@@ -2170,8 +2233,8 @@ impl Cluster {
                 let keep = hub.config().history.keep.to_string();
                 if self.cmd.state == LinkState::Ready
                     && self.cmd.queue(&[
-                        b"EVAL",
-                        HISTORY_SCRIPT.as_bytes(),
+                        b"EVALSHA",
+                        self.scripts.history.as_bytes(),
                         b"2",
                         format!("lc:seq:{room}").as_bytes(),
                         format!("lc:hist:{room}").as_bytes(),
@@ -2229,8 +2292,8 @@ impl Cluster {
                 let prefix = self.node_prefix.clone();
                 if self.cmd.state == LinkState::Ready
                     && self.cmd.queue(&[
-                        b"EVAL",
-                        TAKE_SCRIPT.as_bytes(),
+                        b"EVALSHA",
+                        self.scripts.take.as_bytes(),
                         b"1",
                         key.as_bytes(),
                         prefix.as_bytes(),
@@ -2251,9 +2314,12 @@ impl Cluster {
             }
             Request::EndSession { key } => {
                 if self.cmd.state == LinkState::Ready
-                    && self
-                        .cmd
-                        .queue(&[b"EVAL", END_SCRIPT.as_bytes(), b"1", key.as_bytes()])
+                    && self.cmd.queue(&[
+                        b"EVALSHA",
+                        self.scripts.end.as_bytes(),
+                        b"1",
+                        key.as_bytes(),
+                    ])
                 {
                     self.expect(Pending::EndSession { key });
                 } else {
@@ -2596,6 +2662,12 @@ mod tests {
                             .unwrap_or_default()
                     };
                     let (mut name, mut first) = (arg(0), arg(1));
+                    // A script by name, seen as its text.
+                    if name == "EVALSHA" {
+                        if let Some(text) = ALL_SCRIPTS.iter().find(|t| script_sha(t) == first) {
+                            (name, first) = ("EVAL".into(), text.to_string());
+                        }
+                    }
                     // The room message script, seen as what it does.
                     if name == "EVAL" && arg(3).starts_with("lc:seq:") {
                         (name, first) = ("SAY".into(), arg(6));
@@ -2603,6 +2675,9 @@ mod tests {
                     let reply: Option<Vec<u8>> = match (w, name.as_str()) {
                         (Which::Cmd, _) if !self.answer => None,
                         (Which::Cmd, "PING") => Some(b"+PONG\r\n".to_vec()),
+                        (Which::Cmd, "SCRIPT") => {
+                            Some(b"$40\r\n0000000000000000000000000000000000000000\r\n".to_vec())
+                        }
                         (Which::Cmd, "SET") => Some(b"+OK\r\n".to_vec()),
                         (Which::Cmd, "EVAL") => Some(b":1\r\n".to_vec()),
                         (Which::Cmd, "SAY") => Some(self.say_reply.to_vec()),
