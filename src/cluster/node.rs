@@ -68,6 +68,7 @@ use super::link::{Link, LinkState};
 use super::query::{self, Ask, Queries, Step};
 use super::resp::{Limits, Value};
 use super::wire::{split_id_time, split_numbered, Body, Envelope, Signer};
+use crate::chat::line::{self, Line};
 use crate::chat::names::{valid_nick, Folded};
 use crate::chat::remote::{Claim, Fetched, Request};
 use crate::chat::{ConnId, Hub, Sink};
@@ -449,13 +450,24 @@ impl Peer {
 
     /// Follow membership from one of its room lines (`room` folded).
     fn track(&mut self, room: &str, line: &str) {
-        let mut it = line.splitn(4, ' ');
-        let (Some(kind), Some(display), Some(nick)) = (it.next(), it.next(), it.next()) else {
+        // A `MSG` (one per message: the hot path) names its sender second;
+        // the full parse would scan the whole text for nothing here.
+        if let Some(rest) = line.strip_prefix("MSG ") {
+            let mut it = rest.splitn(3, ' ');
+            if let (Some(display), Some(nick), Some(_)) = (it.next(), it.next(), it.next()) {
+                self.add(room, display, nick);
+            }
             return;
-        };
-        match kind {
-            "JOINED" | "MSG" => self.add(room, display, nick),
-            "LEFT" => {
+        }
+        match line::parse(line) {
+            Ok((
+                _,
+                Line::Joined {
+                    room: display,
+                    nick,
+                },
+            )) => self.add(room, display, nick),
+            Ok((_, Line::Left { nick, .. })) => {
                 if let Some(e) = self.members.get_mut(room) {
                     if let Some(i) = e.1.iter().position(|n| **n == *nick) {
                         e.1.swap_remove(i);
@@ -487,8 +499,7 @@ impl Peer {
 
     /// `NICK OLD NEW` from it: rename in every room.
     fn rename(&mut self, line: &str) {
-        let mut it = line.split(' ');
-        let (Some("NICK"), Some(old), Some(new)) = (it.next(), it.next(), it.next()) else {
+        let Ok((_, Line::Nick { old, new })) = line::parse(line) else {
             return;
         };
         for (_, nicks) in self.members.values_mut() {

@@ -562,7 +562,11 @@ impl Hub {
     pub fn remote_left(&mut self, room: &str, display: &str, nick: &str, sink: &mut impl Sink) {
         let mut line = std::mem::take(&mut self.out);
         line.clear();
-        let _ = write!(line, "LEFT {display} {nick}");
+        Line::Left {
+            room: display,
+            nick,
+        }
+        .write_str(&mut line, None);
         self.deliver_remote_room(room, &line, sink);
         self.out = line;
     }
@@ -661,8 +665,8 @@ impl Hub {
             let (time, line) = rest.split_once(' ')?;
             let (id, time) = (MsgId::parse(id)?, time.parse::<u64>().ok()?);
             let fresh = ttl == 0 || time.saturating_add(ttl) > now;
-            (fresh && line.starts_with("MSG ") && !line.contains(['\r', '\n']))
-                .then_some((id, time, line))
+            let msg = matches!(super::super::line::parse(line), Ok((_, Line::Msg { .. })));
+            (fresh && msg).then_some((id, time, line))
         });
         let mut lines: Vec<(MsgId, u64, &str)> = match counter {
             Some((epoch, _)) => kept.filter(|e| e.0.epoch == epoch).collect(),
@@ -722,10 +726,10 @@ impl Hub {
     /// registration won): the line is not about this member, and a client
     /// would take it for its own rename.
     pub fn deliver_nick(&mut self, rooms: &[&str], line: &str, sink: &mut impl Sink) {
-        let old = line
-            .strip_prefix("NICK ")
-            .and_then(|r| r.split(' ').next())
-            .and_then(Folded::new);
+        let old = match super::super::line::parse(line) {
+            Ok((_, Line::Nick { old, .. })) => Folded::new(old),
+            _ => None,
+        };
         let skip = old.and_then(|k| self.nick_holder(k.as_str()));
         let gen = self.next_generation();
         let mut to = std::mem::take(&mut self.scratch);
@@ -828,13 +832,12 @@ impl Hub {
         let limit = self.config.who_limit;
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        out.push_str("WHO ");
         let (local, local_total) = self.local_who(room);
         let name = self
             .room_id(room)
             .and_then(|rid| self.room(rid))
             .map_or(room, |r| &*r.name);
-        out.push_str(name);
+        let mut nicks = String::new();
         let mut shown = 0;
         for nick in local
             .iter()
@@ -844,14 +847,22 @@ impl Hub {
             if shown == limit {
                 break;
             }
-            out.push(' ');
-            out.push_str(nick);
+            if shown > 0 {
+                nicks.push(' ');
+            }
+            nicks.push_str(nick);
             shown += 1;
         }
         let total = local_total.saturating_add(others_total.max(others.len()));
         if total > shown {
-            let _ = write!(out, " +{}", total - shown);
+            let sep = if shown > 0 { " " } else { "" };
+            let _ = write!(nicks, "{sep}+{}", total - shown);
         }
+        Line::Who {
+            room: name,
+            nicks: &nicks,
+        }
+        .write_str(&mut out, None);
         send(sink, &mut self.deliveries, &[id], &out);
         self.out = out;
     }
@@ -883,13 +894,16 @@ impl Hub {
         let limit = self.config.rooms_limit.min(list.len());
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        out.push_str("ROOMS");
+        let mut fields = String::new();
         for (name, n) in &list[..limit] {
-            let _ = write!(out, " {name}={n}");
+            let sep = if fields.is_empty() { "" } else { " " };
+            let _ = write!(fields, "{sep}{name}={n}");
         }
         if list.len() > limit {
-            let _ = write!(out, " +{}", list.len() - limit);
+            let sep = if fields.is_empty() { "" } else { " " };
+            let _ = write!(fields, "{sep}+{}", list.len() - limit);
         }
+        Line::Rooms(&fields).write_str(&mut out, None);
         send(sink, &mut self.deliveries, &[id], &out);
         self.out = out;
     }

@@ -27,7 +27,7 @@
 //! (`RESUMED ROOM lost` where something may have been missed).
 
 use super::super::history::{Lost, MsgId};
-use super::super::line::{Count, Line, Tags};
+use super::super::line::{parse, Count, Line, Tags};
 use super::super::names::Folded;
 use super::super::remote::{Claim, Fetched, Request};
 use super::super::session::Token;
@@ -474,8 +474,7 @@ impl Hub {
                                 && id.epoch == epoch
                                 && id.seq > from
                                 && id.seq <= last
-                                && line.starts_with("MSG ")
-                                && !line.contains(['\r', '\n']))
+                                && matches!(parse(line), Ok((_, Line::Msg { .. }))))
                             .then(|| (id, time, line.into()))
                         })
                         .collect();
