@@ -1877,3 +1877,40 @@ fn scripts_flushed_under_a_node_are_loaded_again_and_nothing_is_lost() {
     assert!(rest.iter().all(|l| !l.contains("after")), "{rest:?}");
     assert!(a.metric("loopchat_redis_connects_total") > connects);
 }
+
+#[test]
+fn a_line_said_right_before_quit_comes_back_to_its_sender() {
+    let Some(()) = need_redis("a_line_said_right_before_quit_comes_back_to_its_sender") else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &[]);
+    a.wait_subscriptions(2);
+    let mut bob = Client::connect(a.addr, "?nick=bob&room=r");
+    a.wait_subscriptions(3);
+    for round in 0..5 {
+        let mut alice = Client::connect(a.addr, &format!("?nick=alice{round}&room=r"));
+        bob.until(|l| l == format!("JOINED r alice{round}"));
+        // Said and quit in one write: the line goes to Redis and back before
+        // the node may deliver it, even to its sender.
+        alice.ws.write(Message::text("last words")).unwrap();
+        alice.ws.write(Message::text("/quit gone")).unwrap();
+        alice.ws.flush().unwrap();
+        let want = format!("MSG r alice{round} last words");
+        let mut seen = Vec::new();
+        let closed = loop {
+            match alice.ws.read() {
+                Ok(Message::Text(t)) => seen.push(t.to_string()),
+                Ok(Message::Close(f)) => break f,
+                Ok(_) => {}
+                Err(e) => panic!("read: {e} after {seen:?}"),
+            }
+            assert!(seen.len() < 100, "{seen:?}");
+        };
+        assert!(seen.contains(&want), "round {round}: {seen:?}");
+        assert_eq!(closed.map(|f| f.reason.to_string()), Some("gone".into()));
+        // The others got the line, then the LEFT.
+        let got = bob.until(|l| l == format!("LEFT r alice{round}"));
+        assert_eq!(count(&got, &want), 1, "{got:?}");
+    }
+}

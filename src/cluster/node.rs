@@ -1148,6 +1148,10 @@ impl Cluster {
                     .as_bytes()
                     .and_then(split_id_time)
                     .filter(|(_, _, rest)| rest.is_empty());
+                if sender != CANCELLED {
+                    let n = numbered.map(|(id, time, _)| (id, time));
+                    hub.said(sender, &say.room, n, sink);
+                }
                 match numbered {
                     // The subscriber link failed (or the room was left) after
                     // the message went out: its copy cannot come back by

@@ -770,10 +770,14 @@ impl Hub {
     /// When [`Hub::handle_timeout`] next has work (a dropped session expires),
     /// on the `now_ms` clock.
     pub fn poll_timeout(&self) -> Option<u64> {
-        match (self.sessions.poll_timeout(), self.catchup_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.sessions.poll_timeout(),
+            self.catchup_deadline(),
+            self.quit_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Expire dropped sessions whose time ran out: `LEFT` to their rooms (per
@@ -787,6 +791,7 @@ impl Hub {
             }
         }
         self.catchup_timeouts(now_ms, sink);
+        self.quit_timeouts(now_ms, sink);
     }
 
     /// A dropped session ends without being resumed: `LEFT` to its rooms
