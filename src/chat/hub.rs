@@ -582,6 +582,7 @@ impl Hub {
         if self.drop_held(id) || self.detach(id, sink) {
             return;
         }
+        self.drop_catchups(id);
         // Not kept (no session, or `--max-sessions` reached): the token must
         // die with the connection, or it would take over the next user of
         // this connection id.

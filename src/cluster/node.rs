@@ -67,7 +67,7 @@ use log::{debug, info, warn};
 use super::link::{Link, LinkState};
 use super::query::{self, Ask, Queries, Step};
 use super::resp::{Limits, Value};
-use super::wire::{split_id_time, split_numbered, Body, Envelope, Signer};
+use super::wire::{split_id_time, split_numbered, valid_node, Body, Envelope, Signer};
 use crate::chat::line::{self, Line};
 use crate::chat::names::{valid_nick, Folded};
 use crate::chat::remote::{Claim, Fetched, Request};
@@ -97,6 +97,9 @@ const FORGET_NODE: Duration = Duration::from_secs(600);
 /// last message (unless `--history-ttl` is longer), so rooms that were used
 /// once do not stay in Redis for ever.
 const COUNTER_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Sessions resumed from memory while Redis was away, remembered to be
+/// marked used there.
+const MAX_USES_WAITING: usize = 4096;
 /// Most other nodes whose sequence numbers are remembered.
 const MAX_NODES: usize = 65_536;
 
@@ -153,28 +156,38 @@ return {c[1], c[2], redis.call('LRANGE', KEYS[2], -tonumber(ARGV[1]), -1)}";
 
 /// Take a stored session (`KEYS[1]`: `lc:sess:HASH`, whose value is `NODE
 /// NICKKEY RECORD`, see `chat::hub::record`): single use, the value becomes
-/// the tombstone `used` (keeping its TTL), and the nick's registration moves
-/// to this node when the storing node holds it or it is free. `ARGV`: this
-/// node's prefix (`NODE `), the nick TTL in ms, now in ms. Reply: nil (no
-/// such session), `used`, or `{RECORD, 1 when the nick is now ours}`.
+/// the tombstone `used`, kept `ARGV[4]` ms longer than the record would
+/// have been (so the storing node's expiry, which comes at about the
+/// record's end, still finds it), and the nick's registration moves to this
+/// node, with its registration time, when the storing node holds it or it is
+/// free. `ARGV`: this node's prefix (`NODE `), the nick TTL in ms, now in ms,
+/// the tombstone's extra life in ms. Reply: nil (no such session), `used`,
+/// or `{RECORD, 1 when the nick is now ours, STORING NODE, REGISTERED MS}`.
 const TAKE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
 if v == false then return false end \
 if v == 'used' then return 'used' end \
-redis.call('SET', KEYS[1], 'used', 'KEEPTTL') \
+local pt = redis.call('PTTL', KEYS[1]) \
+if pt < 0 then pt = 0 end \
+redis.call('SET', KEYS[1], 'used', 'PX', pt + tonumber(ARGV[4])) \
 local old, key, rest = string.match(v, '^(%S+) (%S+) (.*)$') \
-if not old then return {'', 0} end \
+if not old then return {'', 0, '', '0'} end \
 local disp, exp = string.match(rest, '^(%S+) %S+ %S+ (%S+)') \
-if not disp then return {rest, 0} end \
+if not disp then return {rest, 0, old, '0'} end \
 local nk = 'lc:nick:' .. key \
 local nv = redis.call('GET', nk) \
 local ours = 0 \
+local at = ARGV[3] \
 if nv == false then \
 local signed = '' if exp ~= '-' then signed = ' signed' end \
 redis.call('SET', nk, ARGV[1] .. ARGV[3] .. ' ' .. disp .. signed, 'PX', ARGV[2]) ours = 1 \
 elseif string.sub(nv, 1, string.len(old) + 1) == old .. ' ' then \
+at = string.match(nv, '^%S+ (%d+) ') or ARGV[3] \
 redis.call('SET', nk, ARGV[1] .. string.sub(nv, string.len(old) + 2), 'PX', ARGV[2]) ours = 1 \
-elseif string.sub(nv, 1, string.len(ARGV[1])) == ARGV[1] then ours = 1 end \
-return {rest, ours}";
+elseif string.sub(nv, 1, string.len(ARGV[1])) == ARGV[1] then \
+at = string.match(nv, '^%S+ (%d+) ') or ARGV[3] ours = 1 end \
+return {rest, ours, old, at}";
+/// How much longer than the record a taken session's tombstone lives.
+const TOMBSTONE_EXTRA: Duration = Duration::from_secs(120);
 
 /// End a stored session whose time ran out on the node that stored it
 /// (`KEYS[1]`: `lc:sess:HASH`): 0 when another node took it (the tombstone),
@@ -393,7 +406,7 @@ enum Pending {
     /// SET of a dropped session's record (no answer needed).
     StoreSession,
     /// The take script for a resume.
-    TakeSession { id: ConnId },
+    TakeSession { id: ConnId, key: Box<str> },
     /// The end script for a session that timed out here.
     EndSession { key: Box<str> },
     /// The history script for a resumed connection's catch-up in `room`.
@@ -576,6 +589,9 @@ pub struct Cluster {
     /// Catch-ups of resumed connections waiting for their room's
     /// subscription to be confirmed (bounded by the connections held).
     catchup_wait: Vec<(ConnId, Box<str>)>,
+    /// Sessions resumed from memory while the command link was down, to be
+    /// marked used when it is back (at most [`MAX_USES_WAITING`]).
+    uses_waiting: Vec<Box<str>>,
     /// `/who` and `/rooms` asked of the other nodes, one at a time.
     queries: Queries,
     /// This node's answer to `/rooms`, reused for [`query::CACHE_FOR`]
@@ -641,6 +657,7 @@ impl Cluster {
             rooms: HashSet::new(),
             confirmed: HashSet::new(),
             catchup_wait: Vec::new(),
+            uses_waiting: Vec::new(),
             queries,
             rooms_answer: None,
             next_heartbeat: now,
@@ -1027,7 +1044,7 @@ impl Cluster {
                 Pending::History { id, .. } if id != CANCELLED => {
                     hub.history_unavailable(id, sink);
                 }
-                Pending::TakeSession { id } if id != CANCELLED => {
+                Pending::TakeSession { id, .. } if id != CANCELLED => {
                     hub.session_taken(id, Fetched::Unreachable, sink);
                 }
                 Pending::EndSession { key } => hub.session_ended(&key, true, sink),
@@ -1135,6 +1152,9 @@ impl Cluster {
                 self.cmd.state = LinkState::Ready;
                 self.cmd.backoff = MIN_BACKOFF;
                 self.stats.connects += 1;
+                for key in std::mem::take(&mut self.uses_waiting) {
+                    self.use_session(&key);
+                }
                 // Register every local nick again right away.
                 self.next_heartbeat = now;
                 self.report(None);
@@ -1196,14 +1216,15 @@ impl Cluster {
             }
             Pending::Refresh { id, nick } => {
                 if v.as_int() == Some(1) {
-                    let still = if id == CANCELLED {
-                        hub.holds_detached_nick(&nick)
-                    } else {
-                        hub.nick(id)
-                            .and_then(Folded::new)
-                            .zip(Folded::new(&nick))
-                            .is_some_and(|(a, b)| a.as_str() == b.as_str())
-                    };
+                    // (A connection that dropped since keeps its nick in its
+                    // session: still ours.)
+                    let still = hub.holds_detached_nick(&nick)
+                        || (id != CANCELLED
+                            && hub
+                                .nick(id)
+                                .and_then(Folded::new)
+                                .zip(Folded::new(&nick))
+                                .is_some_and(|(a, b)| a.as_str() == b.as_str()));
                     if !still {
                         self.release(&nick);
                     }
@@ -1218,35 +1239,56 @@ impl Cluster {
                 }
             }
             Pending::Release | Pending::Ping | Pending::Alive | Pending::StoreSession => {}
-            Pending::TakeSession { id } => {
-                if id == CANCELLED {
-                    return Ok(());
-                }
-                let fetched = match &v {
-                    Value::Bulk(None) | Value::Array(None) => Fetched::Missing,
-                    Value::Array(Some(items)) => match (items.first(), items.get(1)) {
-                        (Some(rec), Some(ours)) => Fetched::Found {
-                            record: rec
-                                .as_bytes()
-                                .and_then(|b| std::str::from_utf8(b).ok())
-                                .unwrap_or(""),
-                            nick_ours: ours.as_int() == Some(1),
-                        },
-                        _ => Fetched::Missing,
-                    },
-                    Value::Error(_) => Fetched::Unreachable,
-                    _ => Fetched::Used,
+            Pending::TakeSession { id, key } => {
+                let text = |i: usize, items: &[Value]| {
+                    items
+                        .get(i)
+                        .and_then(Value::as_bytes)
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .map(str::to_string)
                 };
-                if let Fetched::Found {
-                    record,
-                    nick_ours: true,
-                } = fetched
-                {
-                    if let Some(k) = record.split(' ').next().and_then(Folded::new) {
-                        self.registered.insert(k.as_str().into(), unix_ms());
+                let (fetched, old, at) = match &v {
+                    Value::Bulk(None) | Value::Array(None) => (Fetched::Missing, None, None),
+                    Value::Array(Some(items)) => match (items.first(), items.get(1)) {
+                        (Some(rec), Some(ours)) => (
+                            Fetched::Found {
+                                record: rec
+                                    .as_bytes()
+                                    .and_then(|b| std::str::from_utf8(b).ok())
+                                    .unwrap_or(""),
+                                nick_ours: ours.as_int() == Some(1),
+                            },
+                            text(2, items),
+                            text(3, items).and_then(|t| t.parse::<u64>().ok()),
+                        ),
+                        _ => (Fetched::Missing, None, None),
+                    },
+                    Value::Error(_) => (Fetched::Unreachable, None, None),
+                    _ => (Fetched::Used, None, None),
+                };
+                if let Fetched::Found { record, nick_ours } = fetched {
+                    if nick_ours {
+                        // The registration keeps its time: the storing node's
+                        // copy, refreshing it with the same time, never wins
+                        // it back.
+                        if let Some(k) = record.split(' ').next().and_then(Folded::new) {
+                            self.registered
+                                .insert(k.as_str().into(), at.unwrap_or_else(unix_ms));
+                        }
+                    }
+                    // The storing node forgets its copy now, not at its expiry.
+                    if let Some(old) = old.filter(|o| valid_node(o) && *o != self.node) {
+                        self.send(
+                            format!("lc:node:{old}").as_bytes(),
+                            Body::Resumed { key: &key },
+                            None,
+                            CANCELLED,
+                        );
                     }
                 }
-                hub.session_taken(id, fetched, sink);
+                if id != CANCELLED {
+                    hub.session_taken(id, fetched, sink);
+                }
             }
             Pending::EndSession { key } => {
                 hub.session_ended(&key, v.as_int() != Some(0), sink);
@@ -1555,6 +1597,7 @@ impl Cluster {
             Body::Private { to, line } => {
                 hub.deliver_private(to, line, sink);
             }
+            Body::Resumed { key } => hub.session_moved(key),
             Body::WhoAsk { qid, room } => {
                 let (nicks, total) = hub.local_who(room);
                 let nicks = nicks.join(" ");
@@ -2075,6 +2118,14 @@ impl Cluster {
         }
     }
 
+    /// Mark the session under `key` used (it was resumed from memory here).
+    fn use_session(&mut self, key: &str) {
+        let set: &[&[u8]] = &[b"SET", key.as_bytes(), b"used", b"XX", b"KEEPTTL"];
+        if self.cmd.queue(set) {
+            self.expect(Pending::StoreSession);
+        }
+    }
+
     /// Read `room`'s history for `id`'s catch-up (the subscription is confirmed).
     fn read_catchup(&mut self, id: ConnId, room: Box<str>, hub: &mut Hub, sink: &mut impl Sink) {
         let keep = hub.config().history.keep.max(1).to_string();
@@ -2304,6 +2355,7 @@ impl Cluster {
             Request::TakeSession { id, key } => {
                 let ttl = self.ttl_ms();
                 let at = unix_ms().to_string();
+                let extra = (TOMBSTONE_EXTRA.as_millis() as u64).to_string();
                 let prefix = self.node_prefix.clone();
                 if self.cmd.state == LinkState::Ready
                     && self.cmd.queue(&[
@@ -2314,17 +2366,22 @@ impl Cluster {
                         prefix.as_bytes(),
                         ttl.as_bytes(),
                         at.as_bytes(),
+                        extra.as_bytes(),
                     ])
                 {
-                    self.expect(Pending::TakeSession { id });
+                    self.expect(Pending::TakeSession { id, key });
                 } else {
                     hub.session_taken(id, Fetched::Unreachable, sink);
                 }
             }
             Request::UseSession { key } => {
-                let set: &[&[u8]] = &[b"SET", key.as_bytes(), b"used", b"XX", b"KEEPTTL"];
-                if self.cmd.state == LinkState::Ready && self.cmd.queue(set) {
-                    self.expect(Pending::StoreSession);
+                if self.cmd.state == LinkState::Ready {
+                    self.use_session(&key);
+                } else if self.uses_waiting.len() < MAX_USES_WAITING {
+                    // Resumed from this node's memory while Redis was away:
+                    // marked used as soon as the link is back, before any
+                    // other node can take it there.
+                    self.uses_waiting.push(key);
                 }
             }
             Request::EndSession { key } => {
@@ -2361,7 +2418,7 @@ impl Cluster {
                         | Pending::Refresh { id: i, .. }
                         | Pending::Lookup { id: i, .. }
                         | Pending::History { id: i, .. }
-                        | Pending::TakeSession { id: i }
+                        | Pending::TakeSession { id: i, .. }
                         | Pending::Catchup { id: i, .. }
                         | Pending::Publish { sender: i, .. }
                             if *i == id =>

@@ -313,10 +313,10 @@ impl Hub {
             .is_some_and(|r| r.held.contains_key(&id))
     }
 
-    /// `id` left while held: forget it (and its catch-ups); true when it was
-    /// held before `WELCOME` (so there is nothing more to disconnect).
+    /// `id` left while held: forget it; true when it was held before
+    /// `WELCOME` (so there is nothing more to disconnect). Its catch-ups, if
+    /// any, go with its session (`detach`) or with it.
     pub(super) fn drop_held(&mut self, id: ConnId) -> bool {
-        self.drop_catchups(id);
         let Some(r) = self.remote.as_deref_mut() else {
             return false;
         };
@@ -420,8 +420,11 @@ impl Hub {
         };
         let granted = claim == Claim::Granted;
         let is_key = |p: &str| Folded::new(p).is_some_and(|k| k.as_str() == key.as_str());
+        // Only a connect held before `WELCOME` (a resumed connection whose
+        // input waits for its catch-up is already a user).
+        let connecting = self.user(id).is_none();
         let held = self.remote.as_deref_mut().and_then(|r| {
-            if !r.held.get(&id).is_some_and(|h| is_key(&h.nick)) {
+            if !connecting || !r.held.get(&id).is_some_and(|h| is_key(&h.nick) && h.resume.is_none()) {
                 return None;
             }
             let h = r.held.remove(&id)?;
