@@ -113,7 +113,7 @@ const MAX_NODES: usize = 65_536;
 /// are `NODE REGISTERED_MS DISPLAY`, plus ` signed` for a token holder's.
 const REFRESH_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
 local mine = v == false or string.sub(v, 1, string.len(ARGV[2])) == ARGV[2] \
-if not mine then local theirs = string.match(v, '^%S+ %d+ %S+ signed$') ~= nil \
+if not mine then local theirs = string.match(v, '^%S+ %d+ %S+ signed') ~= nil \
 local me = ARGV[5] == '1' \
 if me ~= theirs then mine = me else \
 local ts = tonumber(string.match(v, '^%S+ (%d+) ')) \
@@ -182,7 +182,8 @@ local signed = '' if exp ~= '-' then signed = ' signed' end \
 redis.call('SET', nk, ARGV[1] .. ARGV[3] .. ' ' .. disp .. signed, 'PX', ARGV[2]) ours = 1 \
 elseif string.sub(nv, 1, string.len(old) + 1) == old .. ' ' then \
 at = string.match(nv, '^%S+ (%d+) ') or ARGV[3] \
-redis.call('SET', nk, ARGV[1] .. string.sub(nv, string.len(old) + 2), 'PX', ARGV[2]) ours = 1 \
+local here = string.gsub(string.sub(nv, string.len(old) + 2), ' away$', '') \
+redis.call('SET', nk, ARGV[1] .. here, 'PX', ARGV[2]) ours = 1 \
 elseif string.sub(nv, 1, string.len(ARGV[1])) == ARGV[1] then \
 at = string.match(nv, '^%S+ (%d+) ') or ARGV[3] ours = 1 end \
 return {rest, ours, old, at}";
@@ -770,9 +771,12 @@ fn parse_registration(v: &str) -> Option<(&str, &str)> {
 
 /// A registry value: `NODE REGISTERED_MS DISPLAY`, plus ` signed` when a
 /// token vouches for the nick (`prefix` is `NODE `).
-fn registration(prefix: &str, at: u64, nick: &str, signed: bool) -> String {
+/// A nick's registry value; `away` marks a dropped session's nick (held
+/// for its resume: nobody else may take it, but `/msg` finds nobody).
+fn registration(prefix: &str, at: u64, nick: &str, signed: bool, away: bool) -> String {
     let mark = if signed { " signed" } else { "" };
-    format!("{prefix}{at} {nick}{mark}")
+    let away = if away { " away" } else { "" };
+    format!("{prefix}{at} {nick}{mark}{away}")
 }
 
 /// Milliseconds since the Unix epoch (registration times are compared across
@@ -1333,9 +1337,11 @@ impl Cluster {
                 if id == CANCELLED {
                     return Ok(());
                 }
+                // A dropped session's nick (`away`) has nobody to deliver to.
                 let found = v
                     .as_bytes()
                     .and_then(|b| std::str::from_utf8(b).ok())
+                    .filter(|v| !v.ends_with(" away"))
                     .and_then(parse_registration)
                     .filter(|(node, nick)| *node != self.node && valid_nick(nick))
                     .map(|(node, nick)| (node.to_string(), nick.to_string()));
@@ -2072,7 +2078,8 @@ impl Cluster {
             let at = folded
                 .and_then(|k| self.registered.get(k.as_str()).copied())
                 .unwrap_or_else(unix_ms);
-            let value = registration(&prefix, at, &nick, signed);
+            // A dropped session's nick (no connection) is registered away.
+            let value = registration(&prefix, at, &nick, signed, id == CANCELLED);
             let at = at.to_string();
             if self.cmd.queue(&[
                 b"EVALSHA",
@@ -2260,7 +2267,7 @@ impl Cluster {
                 // elsewhere is renamed, an older sign-in replaced, at their
                 // node's next refresh); anyone else only a free nick.
                 let signed = hub.claims_signed(id);
-                let value = registration(&self.node_prefix, at, &nick, signed);
+                let value = registration(&self.node_prefix, at, &nick, signed, false);
                 let ttl = self.ttl_ms();
                 let set: &[&[u8]] = if signed {
                     &[b"SET", &key, value.as_bytes(), b"PX", ttl.as_bytes()]
@@ -2279,6 +2286,18 @@ impl Cluster {
                 }
             }
             Request::Release { nick } => self.release(&nick),
+            Request::Renew { nick } => {
+                // Registered again at the next turn, as whatever it is now:
+                // a connection's, or a dropped session's (away).
+                let (id, signed) = match hub.local_owner(&nick) {
+                    Some(id) => (id, hub.claims_signed(id)),
+                    None => match hub.held_nicks().find(|(n, _)| n.eq_ignore_ascii_case(&nick)) {
+                        Some((_, signed)) => (CANCELLED, signed),
+                        None => return,
+                    },
+                };
+                self.refresh_queue.push((id, nick, signed));
+            }
             Request::Private { id, from, to, text } => {
                 let key = nick_key(&to);
                 match key {

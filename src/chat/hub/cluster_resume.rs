@@ -319,6 +319,10 @@ impl Hub {
             // nick in use (refused → `ERR nick-taken` and a guest nick).
             let nick = nick.clone();
             self.request(|| Request::Reserve { id, nick });
+        } else {
+            // Registered here now, no longer away.
+            let nick = nick.clone();
+            self.request(|| Request::Renew { nick });
         }
         let (sep, kv) = if args.command { (' ', '=') } else { (',', ':') };
         let mut waiting = 0;
@@ -914,10 +918,15 @@ mod tests {
         assert_eq!(head.len(), 3, "{head:?}");
         assert_eq!(
             requests(hub),
-            [Request::Catchup {
-                id: 1,
-                room: "r".into()
-            }]
+            [
+                Request::Renew {
+                    nick: "alice".into()
+                },
+                Request::Catchup {
+                    id: 1,
+                    room: "r".into()
+                }
+            ]
         );
     }
 
@@ -1096,10 +1105,13 @@ mod tests {
         let nick = take(&mut sink, 1)[0]["WELCOME ".len()..].to_string();
         take(&mut sink, 0);
         hub.disconnect(1, &mut sink);
-        let key = match requests(&mut hub).into_iter().last() {
-            Some(Request::StoreSession { key, .. }) => key,
-            r => panic!("{r:?}"),
-        };
+        let key = requests(&mut hub)
+            .into_iter()
+            .find_map(|r| match r {
+                Request::StoreSession { key, .. } => Some(key),
+                _ => None,
+            })
+            .expect("stored");
         hub.handle_timeout(60_010, &mut sink);
         requests(&mut hub);
         hub.session_ended(&key, true, &mut sink);

@@ -759,6 +759,8 @@ impl Hub {
                 record,
                 ttl_ms,
             });
+            let nick = user.nick.clone();
+            self.request(|| Request::Renew { nick });
         }
         let data = Detached {
             nick: user.nick,
