@@ -187,6 +187,20 @@ redis.call('SET', nk, ARGV[1] .. here, 'PX', ARGV[2]) ours = 1 \
 elseif string.sub(nv, 1, string.len(ARGV[1])) == ARGV[1] then \
 at = string.match(nv, '^%S+ (%d+) ') or ARGV[3] ours = 1 end \
 return {rest, ours, old, at}";
+/// Put back a session taken for a connection that closed before the answer
+/// (`KEYS`: `lc:sess:HASH`, `lc:nick:NICK`; `ARGV`: the record's value, this
+/// node's prefix, the storing node's prefix, the tombstone's extra life in
+/// ms, the nick TTL in ms): the record as it was, for the rest of its life,
+/// and the nick's registration back to the storing node (away). 0 when the
+/// tombstone is gone.
+const RESTORE_SCRIPT: &str = "if redis.call('GET', KEYS[1]) ~= 'used' then return 0 end \
+local pt = redis.call('PTTL', KEYS[1]) - tonumber(ARGV[4]) \
+if pt <= 0 then return 0 end \
+redis.call('SET', KEYS[1], ARGV[1], 'PX', pt) \
+local nv = redis.call('GET', KEYS[2]) \
+if nv and string.sub(nv, 1, string.len(ARGV[2])) == ARGV[2] then \
+redis.call('SET', KEYS[2], ARGV[3] .. string.sub(nv, string.len(ARGV[2]) + 1) .. ' away', 'PX', ARGV[5]) end \
+return 1";
 /// How much longer than the record a taken session's tombstone lives.
 const TOMBSTONE_EXTRA: Duration = Duration::from_secs(120);
 
@@ -227,16 +241,18 @@ struct Scripts {
     release: String,
     take: String,
     end: String,
+    restore: String,
 }
 
 /// Every script, loaded in each handshake.
-const ALL_SCRIPTS: [&str; 6] = [
+const ALL_SCRIPTS: [&str; 7] = [
     SAY_SCRIPT,
     HISTORY_SCRIPT,
     REFRESH_SCRIPT,
     RELEASE_SCRIPT,
     TAKE_SCRIPT,
     END_SCRIPT,
+    RESTORE_SCRIPT,
 ];
 
 fn script_sha(script: &str) -> String {
@@ -258,6 +274,7 @@ impl Scripts {
             release: script_sha(RELEASE_SCRIPT),
             take: script_sha(TAKE_SCRIPT),
             end: script_sha(END_SCRIPT),
+            restore: script_sha(RESTORE_SCRIPT),
         }
     }
 }
@@ -1270,6 +1287,14 @@ impl Cluster {
                     Value::Error(_) => (Fetched::Unreachable, None, None),
                     _ => (Fetched::Used, None, None),
                 };
+                if let (Fetched::Found { record, .. }, Some(old), true) =
+                    (fetched, &old, id == CANCELLED)
+                {
+                    // Its connection closed before the answer: the session is
+                    // put back as it was, still the storing node's.
+                    self.restore_session(&key, record, old);
+                    return Ok(());
+                }
                 if let Fetched::Found { record, nick_ours } = fetched {
                     if nick_ours {
                         // The registration keeps its time: the storing node's
@@ -2125,6 +2150,36 @@ impl Cluster {
         }
     }
 
+    /// Undo a take whose connection closed before the answer.
+    fn restore_session(&mut self, key: &str, record: &str, old: &str) {
+        let Some(nick) = record.split(' ').next().and_then(Folded::new) else {
+            return;
+        };
+        if !valid_node(old) {
+            return;
+        }
+        self.registered.remove(nick.as_str());
+        let value = format!("{old} {} {record}", nick.as_str());
+        let nick_key = format!("lc:nick:{}", nick.as_str());
+        let old_prefix = format!("{old} ");
+        let extra = (TOMBSTONE_EXTRA.as_millis() as u64).to_string();
+        let ttl = self.ttl_ms();
+        if self.cmd.queue(&[
+            b"EVALSHA",
+            self.scripts.restore.as_bytes(),
+            b"2",
+            key.as_bytes(),
+            nick_key.as_bytes(),
+            value.as_bytes(),
+            self.node_prefix.as_bytes(),
+            old_prefix.as_bytes(),
+            extra.as_bytes(),
+            ttl.as_bytes(),
+        ]) {
+            self.expect(Pending::StoreSession);
+        }
+    }
+
     /// Mark the session under `key` used (it was resumed from memory here).
     fn use_session(&mut self, key: &str) {
         let set: &[&[u8]] = &[b"SET", key.as_bytes(), b"used", b"XX", b"KEEPTTL"];
@@ -2291,7 +2346,10 @@ impl Cluster {
                 // a connection's, or a dropped session's (away).
                 let (id, signed) = match hub.local_owner(&nick) {
                     Some(id) => (id, hub.claims_signed(id)),
-                    None => match hub.held_nicks().find(|(n, _)| n.eq_ignore_ascii_case(&nick)) {
+                    None => match hub
+                        .held_nicks()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(&nick))
+                    {
                         Some((_, signed)) => (CANCELLED, signed),
                         None => return,
                     },
