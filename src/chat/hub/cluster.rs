@@ -112,6 +112,8 @@ pub struct RemoteState {
     ordered: bool,
     /// Rooms of resumed sessions catching up (`hub/cluster_resume.rs`).
     pub(super) catchups: Vec<super::cluster_resume::Catchup>,
+    /// Bytes the catch-ups hold, all together.
+    pub(super) catchup_bytes: usize,
     /// Dropped sessions whose time ran out, until Redis says whether another
     /// node resumed them (by Redis key).
     pub(super) ending: HashMap<Box<str>, super::resume::Detached>,

@@ -47,6 +47,12 @@ pub(super) const CATCHUP_WAIT_MS: u64 = 2_000;
 const MAX_CATCHUP_LINES: usize = 4_096;
 /// Bytes of live lines buffered for one catching-up room, at most.
 const MAX_CATCHUP_BYTES: usize = 1 << 20;
+/// Bytes buffered for all catch-ups together, at most: past it a catch-up
+/// that would buffer more resumes as `lost` instead.
+const MAX_ALL_CATCHUP_BYTES: usize = 16 << 20;
+/// Longest a catch-up waits for its history snapshot (Redis slow, or the
+/// subscription not confirmed) before the room resumes as `lost`.
+const CATCHUP_ASK_MS: u64 = 10_000;
 
 /// What a resume waits for: the session's record, then its rooms' history.
 #[derive(Debug)]
@@ -61,8 +67,8 @@ pub(super) struct ResumeArgs {
 
 #[derive(Debug)]
 enum Phase {
-    /// The history read is out.
-    Asking,
+    /// The history read is out (given up at `until_ms`).
+    Asking { until_ms: u64 },
     /// The snapshot is in; live lines up to `x` are still on their way here.
     Waiting { x: MsgId, until_ms: u64 },
 }
@@ -83,21 +89,30 @@ pub(super) struct Catchup {
 }
 
 impl Catchup {
-    /// Keep a live line the client has not seen.
-    fn keep(&mut self, id: MsgId, time_ms: u64, line: &str) {
+    /// Keep a live line the client has not seen; `total` counts the bytes
+    /// of every catch-up.
+    fn keep(&mut self, id: MsgId, time_ms: u64, line: &str, total: &mut usize) {
         let floor = match (&self.phase, &self.after) {
             (Phase::Waiting { x, .. }, _) => Some(*x),
-            (Phase::Asking, Ok(a)) => *a,
-            (Phase::Asking, Err(Lost)) => return,
+            (Phase::Asking { .. }, Ok(a)) => *a,
+            (Phase::Asking { .. }, Err(Lost)) => return,
         };
-        if floor.is_some_and(|f| f.epoch == id.epoch && id.seq <= f.seq) {
+        if self.overflow || floor.is_some_and(|f| f.epoch == id.epoch && id.seq <= f.seq) {
             return;
         }
-        if self.lines.len() >= MAX_CATCHUP_LINES || self.bytes + line.len() > MAX_CATCHUP_BYTES {
+        if self.lines.len() >= MAX_CATCHUP_LINES
+            || self.bytes + line.len() > MAX_CATCHUP_BYTES
+            || *total + line.len() > MAX_ALL_CATCHUP_BYTES
+        {
+            // Resumes as `lost`; what it held is given back now.
             self.overflow = true;
+            *total = total.saturating_sub(self.bytes);
+            self.bytes = 0;
+            self.lines = Vec::new();
             return;
         }
         self.bytes += line.len();
+        *total += line.len();
         self.lines.push((id, time_ms, line.into()));
     }
 }
@@ -348,7 +363,9 @@ impl Hub {
                     id,
                     rid,
                     after,
-                    phase: Phase::Asking,
+                    phase: Phase::Asking {
+                        until_ms: now_ms.saturating_add(CATCHUP_ASK_MS),
+                    },
                     lines: Vec::new(),
                     bytes: 0,
                     overflow: false,
@@ -489,6 +506,7 @@ impl Hub {
             }
         };
         let top = counter.map(|(epoch, seq)| MsgId { epoch, seq });
+        r.catchup_bytes = r.catchup_bytes.saturating_sub(c.bytes);
         match snapshot {
             Some(mut lines) if !c.overflow => {
                 // Live lines that came while asking, above the snapshot.
@@ -501,10 +519,11 @@ impl Hub {
             }
             _ => {
                 c.after = Err(Lost);
-                c.lines.clear();
+                c.lines = Vec::new();
                 c.bytes = 0;
             }
         }
+        r.catchup_bytes += c.bytes;
         let lost = c.after.is_err();
         log::debug!(
             "resume: conn {id} catches up in {room}: {} lines (lost: {lost}), snapshot {:?}",
@@ -555,7 +574,8 @@ impl Hub {
             if let Some(r) = self.remote.as_deref_mut() {
                 let c = &mut r.catchups[i];
                 c.after = Err(Lost);
-                c.lines.clear();
+                c.lines = Vec::new();
+                r.catchup_bytes = r.catchup_bytes.saturating_sub(std::mem::take(&mut c.bytes));
             }
             self.finish_catchup(i, sink);
         }
@@ -566,7 +586,7 @@ impl Hub {
             .as_deref()?
             .catchups
             .iter()
-            .position(|c| c.id == id && c.rid == rid && matches!(c.phase, Phase::Asking))
+            .position(|c| c.id == id && c.rid == rid && matches!(c.phase, Phase::Asking { .. }))
     }
 
     /// A room line delivered here (`deliver_ordered`): kept for the
@@ -583,8 +603,9 @@ impl Hub {
             return;
         };
         let mut done = false;
+        let total = &mut r.catchup_bytes;
         for c in r.catchups.iter_mut().filter(|c| c.rid == rid) {
-            c.keep(id, time_ms, line);
+            c.keep(id, time_ms, line, total);
             if let Phase::Waiting { x, .. } = c.phase {
                 done |= id.epoch != x.epoch || id.seq >= x.seq;
             }
@@ -624,13 +645,31 @@ impl Hub {
         }
     }
 
-    /// Waiting catch-ups whose time ran out join (from `handle_timeout`).
+    /// Catch-ups whose time ran out (from `handle_timeout`): a waiting one
+    /// joins; one whose snapshot never came resumes as `lost`.
     pub(super) fn catchup_timeouts(&mut self, now_ms: u64, sink: &mut impl Sink) {
         self.now_ms = now_ms;
         self.finish_waiting(
             |c, now| matches!(c.phase, Phase::Waiting { until_ms, .. } if until_ms <= now),
             sink,
         );
+        loop {
+            let Some(r) = self.remote.as_deref_mut() else {
+                return;
+            };
+            let Some(i) = r
+                .catchups
+                .iter()
+                .position(|c| matches!(c.phase, Phase::Asking { until_ms } if until_ms <= now_ms))
+            else {
+                return;
+            };
+            let c = &mut r.catchups[i];
+            c.after = Err(Lost);
+            c.lines = Vec::new();
+            r.catchup_bytes = r.catchup_bytes.saturating_sub(std::mem::take(&mut c.bytes));
+            self.finish_catchup(i, sink);
+        }
     }
 
     /// When the next waiting catch-up times out.
@@ -639,9 +678,8 @@ impl Hub {
             .as_deref()?
             .catchups
             .iter()
-            .filter_map(|c| match c.phase {
-                Phase::Waiting { until_ms, .. } => Some(until_ms),
-                Phase::Asking => None,
+            .map(|c| match c.phase {
+                Phase::Waiting { until_ms, .. } | Phase::Asking { until_ms } => until_ms,
             })
             .min()
     }
@@ -650,11 +688,11 @@ impl Hub {
     /// lines, then the connection is a member; its held input runs once
     /// every room is done.
     fn finish_catchup(&mut self, i: usize, sink: &mut impl Sink) {
-        let Some(c) = self
-            .remote
-            .as_deref_mut()
-            .map(|r| r.catchups.swap_remove(i))
-        else {
+        let Some(c) = self.remote.as_deref_mut().map(|r| {
+            let c = r.catchups.swap_remove(i);
+            r.catchup_bytes = r.catchup_bytes.saturating_sub(c.bytes);
+            c
+        }) else {
             return;
         };
         let Some(user) = self.users.get_mut(c.id).and_then(Option::as_mut) else {
@@ -723,10 +761,12 @@ impl Hub {
             return Vec::new();
         }
         let mut taken = Vec::new();
+        let total = &mut r.catchup_bytes;
         r.catchups.retain(|c| {
             if c.id == id {
                 // Waiting: the client has nothing of the snapshot yet.
                 taken.push((c.rid, c.after));
+                *total = total.saturating_sub(c.bytes);
             }
             c.id != id
         });
@@ -742,9 +782,11 @@ impl Hub {
             return;
         }
         let mut rids = Vec::new();
+        let total = &mut r.catchup_bytes;
         r.catchups.retain(|c| {
             if c.id == id {
                 rids.push(c.rid);
+                *total = total.saturating_sub(c.bytes);
             }
             c.id != id
         });
@@ -1334,5 +1376,35 @@ mod tests {
             1,
             "{alice:?}"
         );
+    }
+
+    #[test]
+    fn a_snapshot_that_never_comes_resumes_the_room_as_lost() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        let at = hub.poll_timeout().expect("a deadline");
+        assert!(at <= 10 + CATCHUP_ASK_MS, "{at}");
+        hub.handle_timeout(at, &mut sink);
+        assert_eq!(take(&mut sink, 1), ["RESUMED r lost"]);
+        // A late answer changes nothing; the client is a member.
+        answer(&mut hub, 5, &[4, 5], &mut sink);
+        assert!(take(&mut sink, 1).is_empty());
+        assert!(live(&mut hub, 6, &mut sink));
+        assert_eq!(msgs(&take(&mut sink, 1)), ["MSG r dave m6"]);
+    }
+
+    #[test]
+    fn a_catch_up_that_would_hold_too_much_resumes_as_lost() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        for s in 6..(7 + MAX_CATCHUP_LINES as u64) {
+            live(&mut hub, s, &mut sink);
+        }
+        take(&mut sink, 0);
+        let last = 6 + MAX_CATCHUP_LINES as u64;
+        let seqs: Vec<u64> = (4..=last).collect();
+        answer(&mut hub, last, &seqs, &mut sink);
+        assert_eq!(take(&mut sink, 1), ["RESUMED r lost"]);
+        assert_eq!(hub.remote.as_deref().map(|r| r.catchup_bytes), Some(0));
     }
 }
