@@ -75,6 +75,8 @@ use cluster::HoldOutcome;
 
 mod auth;
 mod cluster;
+mod cluster_resume;
+mod record;
 pub use auth::{full_exp, AuthState, Identity};
 mod resume;
 pub use cluster::RemoteState;
@@ -576,9 +578,11 @@ impl Hub {
     /// The connection is gone: `LEFT` to its rooms' members (per presence
     /// rules), and the hub forgets it so the id can be reused.
     pub fn disconnect(&mut self, id: ConnId, sink: &mut impl Sink) {
+        self.forget_saying(id);
         if self.drop_held(id) || self.detach(id, sink) {
             return;
         }
+        self.drop_catchups(id);
         // Not kept (no session, or `--max-sessions` reached): the token must
         // die with the connection, or it would take over the next user of
         // this connection id.
@@ -836,6 +840,7 @@ impl Hub {
                     room: key.as_str().into(),
                     line: self.out.as_str().into(),
                 });
+                r.saying(id);
             }
             return;
         }
@@ -903,29 +908,7 @@ impl Hub {
         }
         let rid = match existing {
             Some(rid) => rid,
-            None => {
-                let rid = match self.free_rooms.pop() {
-                    Some(rid) => rid,
-                    None => {
-                        let Ok(rid) = RoomId::try_from(self.rooms.len()) else {
-                            return Err(Refused::Total);
-                        };
-                        self.rooms.push(None);
-                        rid
-                    }
-                };
-                self.rooms[rid as usize] = Some(Room {
-                    name: name.into(),
-                    members: Vec::new(),
-                    held: 0,
-                    ids_members: 0,
-                    log: RoomHistory::new(self.ids.last_seq()),
-                    last_id: MsgId { epoch: 0, seq: 0 },
-                });
-                self.room_index.insert(key.as_str().into(), rid);
-                self.request(|| Request::Subscribe(key.as_str().into()));
-                rid
-            }
+            None => self.create_room(name).ok_or(Refused::Total)?,
         };
         let (Some(user), Some(room)) = (
             self.users.get_mut(id).and_then(Option::as_mut),
@@ -953,6 +936,31 @@ impl Hub {
             self.publish_room(rid);
         }
         Ok(())
+    }
+
+    /// A new empty room `name` (subscribed, clustered); `None` when no room
+    /// id is left.
+    fn create_room(&mut self, name: &str) -> Option<RoomId> {
+        let key = Folded::new(name)?;
+        let rid = match self.free_rooms.pop() {
+            Some(rid) => rid,
+            None => {
+                let rid = RoomId::try_from(self.rooms.len()).ok()?;
+                self.rooms.push(None);
+                rid
+            }
+        };
+        self.rooms[rid as usize] = Some(Room {
+            name: name.into(),
+            members: Vec::new(),
+            held: 0,
+            ids_members: 0,
+            log: RoomHistory::new(self.ids.last_seq()),
+            last_id: MsgId { epoch: 0, seq: 0 },
+        });
+        self.room_index.insert(key.as_str().into(), rid);
+        self.request(|| Request::Subscribe(key.as_str().into()));
+        Some(rid)
     }
 
     /// Leave the room at `idx` of `id`'s room list: `LEFT` (per presence rules)
@@ -1233,6 +1241,16 @@ impl Hub {
 
     fn quit<S: Sink>(&mut self, id: ConnId, text: Option<&str>, sink: &mut S) {
         self.sessions.end(id);
+        if self.defer_quit(id, text) {
+            // Clustered, its own lines are still on their way back from
+            // Redis: it leaves once they are here (`Hub::said`).
+            return;
+        }
+        self.finish_quit(id, text, sink);
+    }
+
+    /// `/quit`: `LEFT` to its rooms, then the close.
+    fn finish_quit<S: Sink>(&mut self, id: ConnId, text: Option<&str>, sink: &mut S) {
         while let Some(n) = self.user(id).map(|u| u.rooms.len()).filter(|&n| n > 0) {
             self.leave(id, n - 1, sink);
         }

@@ -20,6 +20,9 @@ const MAX_PENDING_NICKS: usize = 4;
 const MAX_HELD_LINES: usize = 64;
 /// Bytes held for such a connection, in `max_line`s.
 const HELD_LINES_OF_BYTES: usize = 4;
+/// Longest a `/quit` waits for the connection's own messages to come back
+/// from Redis.
+const QUIT_WAIT_MS: u64 = 2_000;
 
 /// How a held connect ends (see [`Hub::nick_reserved`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,18 +54,45 @@ impl HoldOutcome {
 
 /// A connection that asked for a nick and waits for the cluster's answer
 /// before `WELCOME`: nothing it sends is processed until then.
+/// Also a connection resuming a session (`hub/cluster_resume.rs`): waiting
+/// for the session's record, then for its rooms to catch up.
 #[derive(Debug)]
-struct Held {
-    nick: Box<str>,
-    room: Option<Box<str>>,
+pub(super) struct Held {
+    pub(super) nick: Box<str>,
+    pub(super) room: Option<Box<str>>,
     /// `?caps=`, answered (with what a cluster node offers) after `WELCOME`.
-    caps: Option<super::Caps>,
-    now_ms: u64,
+    pub(super) caps: Option<super::Caps>,
+    pub(super) now_ms: u64,
     /// Its lines so far, with their arrival times, replayed after `WELCOME`.
-    lines: Vec<(Box<str>, u64)>,
-    bytes: usize,
+    pub(super) lines: Vec<(Box<str>, u64)>,
+    pub(super) bytes: usize,
     /// Lines over the bound, dropped (and reported after `WELCOME`).
-    dropped: u32,
+    pub(super) dropped: u32,
+    /// An `ERR` to send after `WELCOME` (a refused resume).
+    pub(super) err: Option<(ErrorCode, &'static str)>,
+    /// Set while the session's record is asked for.
+    pub(super) resume: Option<Box<super::cluster_resume::ResumeArgs>>,
+}
+
+impl Held {
+    pub(super) fn new(
+        nick: &str,
+        room: Option<&str>,
+        caps: Option<super::Caps>,
+        now_ms: u64,
+    ) -> Held {
+        Held {
+            nick: nick.into(),
+            room: room.map(Into::into),
+            caps,
+            now_ms,
+            lines: Vec::new(),
+            bytes: 0,
+            dropped: 0,
+            err: None,
+            resume: None,
+        }
+    }
 }
 
 /// Cluster-only hub state; boxed so a single-process hub pays one pointer.
@@ -75,16 +105,43 @@ pub struct RemoteState {
     /// Part of guest nicks, so that nodes do not hand out the same ones.
     tag: Box<str>,
     /// Connections waiting for their requested nick (no `WELCOME` yet).
-    held: HashMap<ConnId, Held>,
+    pub(super) held: HashMap<ConnId, Held>,
     /// The answer for the held connect being completed now.
     outcome: Option<(ConnId, HoldOutcome)>,
     /// Redis can number room messages now (see [`Hub::set_ordered`]).
     ordered: bool,
+    /// Rooms of resumed sessions catching up (`hub/cluster_resume.rs`).
+    pub(super) catchups: Vec<super::cluster_resume::Catchup>,
+    /// Bytes the catch-ups hold, all together.
+    pub(super) catchup_bytes: usize,
+    /// Dropped sessions whose time ran out, until Redis says whether another
+    /// node resumed them (by Redis key).
+    pub(super) ending: HashMap<Box<str>, super::resume::Detached>,
+    /// Room messages of each connection sent to Redis and not yet answered.
+    saying: HashMap<ConnId, u32>,
+    /// Connections that sent `/quit` while their own messages were still on
+    /// their way back.
+    quitting: HashMap<ConnId, Quitting>,
+}
+
+/// A `/quit` waiting for the connection's own messages to be delivered here.
+#[derive(Debug)]
+struct Quitting {
+    reason: Box<str>,
+    /// Leave anyway at this hub-clock time.
+    until: u64,
+    /// Numbered by Redis, not yet delivered here (by pub/sub, in order).
+    awaiting: Vec<(RoomId, MsgId)>,
 }
 
 impl RemoteState {
     pub(super) fn push(&mut self, r: Request) {
         self.requests.push(r);
+    }
+
+    /// `id` sent a room message to Redis ([`Request::Say`]).
+    pub(super) fn saying(&mut self, id: ConnId) {
+        *self.saying.entry(id).or_default() += 1;
     }
 
     /// True while room messages are ordered by Redis (see [`Hub::set_ordered`]).
@@ -211,18 +268,7 @@ impl Hub {
         let Some(r) = self.remote.as_deref_mut() else {
             return false;
         };
-        r.held.insert(
-            id,
-            Held {
-                nick: nick.into(),
-                room: room.map(Into::into),
-                caps,
-                now_ms,
-                lines: Vec::new(),
-                bytes: 0,
-                dropped: 0,
-            },
-        );
+        r.held.insert(id, Held::new(nick, room, caps, now_ms));
         r.push(Request::Reserve {
             id,
             nick: nick.into(),
@@ -269,7 +315,9 @@ impl Hub {
             .is_some_and(|r| r.held.contains_key(&id))
     }
 
-    /// `id` left while held: forget it; true when it was held.
+    /// `id` left while held: forget it; true when it was held before
+    /// `WELCOME` (so there is nothing more to disconnect). Its catch-ups, if
+    /// any, go with its session (`detach`) or with it.
     pub(super) fn drop_held(&mut self, id: ConnId) -> bool {
         let Some(r) = self.remote.as_deref_mut() else {
             return false;
@@ -278,7 +326,7 @@ impl Hub {
             return false;
         }
         r.push(Request::Gone(id));
-        true
+        self.user(id).is_none()
     }
 
     /// Connections waiting for the cluster to confirm their nick.
@@ -374,8 +422,16 @@ impl Hub {
         };
         let granted = claim == Claim::Granted;
         let is_key = |p: &str| Folded::new(p).is_some_and(|k| k.as_str() == key.as_str());
+        // Only a connect held before `WELCOME` (a resumed connection whose
+        // input waits for its catch-up is already a user).
+        let connecting = self.user(id).is_none();
         let held = self.remote.as_deref_mut().and_then(|r| {
-            if !r.held.get(&id).is_some_and(|h| is_key(&h.nick)) {
+            if !connecting
+                || !r
+                    .held
+                    .get(&id)
+                    .is_some_and(|h| is_key(&h.nick) && h.resume.is_none())
+            {
                 return None;
             }
             let h = r.held.remove(&id)?;
@@ -394,7 +450,7 @@ impl Hub {
                 caps: h.caps,
                 ..super::Connect::default()
             };
-            self.connect_with(id, &args, h.now_ms, sink);
+            self.connect_as_new(id, &args, h.err, h.now_ms, sink);
             // Role and token of a connection held for its nick (`hub/auth.rs`),
             // before its held lines run.
             self.apply_held_identity(id, claim, sink);
@@ -484,9 +540,18 @@ impl Hub {
         text: &str,
         sink: &mut impl Sink,
     ) -> String {
-        let line = format!("PRIV {from} {to} {text}");
-        if self.user(id).is_some() {
-            send(sink, &mut self.deliveries, &[id], &line);
+        let plain = format!("PRIV {from} {to} {text}");
+        // An id and time from this node, as for a private message on one
+        // node: the line travels tagged, and each end strips the tags for a
+        // v1 client.
+        let msg_id = self.ids.next_id();
+        let time_ms = self.ids.epoch().saturating_add(self.now_ms);
+        let mut line = String::with_capacity(plain.len() + 64);
+        super::resume::tag_line(&mut line, &plain, msg_id, time_ms);
+        self.messages += 1;
+        if let Some(u) = self.user(id) {
+            let out = if u.caps & CAP_IDS != 0 { &line } else { &plain };
+            send(sink, &mut self.deliveries, &[id], out);
         }
         line
     }
@@ -530,7 +595,11 @@ impl Hub {
     pub fn remote_left(&mut self, room: &str, display: &str, nick: &str, sink: &mut impl Sink) {
         let mut line = std::mem::take(&mut self.out);
         line.clear();
-        let _ = write!(line, "LEFT {display} {nick}");
+        Line::Left {
+            room: display,
+            nick,
+        }
+        .write_str(&mut line, None);
         self.deliver_remote_room(room, &line, sink);
         self.out = line;
     }
@@ -582,6 +651,20 @@ impl Hub {
             id,
             time_ms,
         );
+        if self
+            .remote
+            .as_deref()
+            .is_some_and(|r| !r.catchups.is_empty())
+        {
+            self.catchup_live(rid, id, time_ms, line, sink);
+        }
+        if self
+            .remote
+            .as_deref()
+            .is_some_and(|r| !r.quitting.is_empty())
+        {
+            self.quits_delivered(rid, id, sink);
+        }
         true
     }
 
@@ -622,8 +705,8 @@ impl Hub {
             let (time, line) = rest.split_once(' ')?;
             let (id, time) = (MsgId::parse(id)?, time.parse::<u64>().ok()?);
             let fresh = ttl == 0 || time.saturating_add(ttl) > now;
-            (fresh && line.starts_with("MSG ") && !line.contains(['\r', '\n']))
-                .then_some((id, time, line))
+            let msg = matches!(super::super::line::parse(line), Ok((_, Line::Msg { .. })));
+            (fresh && msg).then_some((id, time, line))
         });
         let mut lines: Vec<(MsgId, u64, &str)> = match counter {
             Some((epoch, _)) => kept.filter(|e| e.0.epoch == epoch).collect(),
@@ -677,16 +760,146 @@ impl Hub {
         );
     }
 
+    /// Redis answered one of `sender`'s room messages (`numbered`: its id and
+    /// time, `None` when it was not numbered). A connection that quit
+    /// meanwhile leaves once every line of its own was delivered here, in the
+    /// room's order, so it and the others see it before its `LEFT`.
+    pub fn said(
+        &mut self,
+        sender: ConnId,
+        room: &str,
+        numbered: Option<(MsgId, u64)>,
+        sink: &mut impl Sink,
+    ) {
+        let rid = self.room_id(room);
+        let delivered = match (rid.and_then(|rid| self.room(rid)), numbered) {
+            (Some(r), Some((m, _))) => r.last_id.epoch == m.epoch && r.last_id.seq >= m.seq,
+            _ => true,
+        };
+        let Some(r) = self.remote.as_deref_mut() else {
+            return;
+        };
+        let left = match r.saying.get_mut(&sender) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => return,
+        };
+        if left == 0 {
+            r.saying.remove(&sender);
+        }
+        let Some(q) = r.quitting.get_mut(&sender) else {
+            return;
+        };
+        if let (false, Some(rid), Some((m, _))) = (delivered, rid, numbered) {
+            q.awaiting.push((rid, m));
+        }
+        if left == 0 && q.awaiting.is_empty() {
+            self.quit_now(sender, sink);
+        }
+    }
+
+    /// Room `rid` delivered up to `last` here: quits that waited for it go.
+    fn quits_delivered(&mut self, rid: RoomId, last: MsgId, sink: &mut impl Sink) {
+        let Some(r) = self.remote.as_deref_mut() else {
+            return;
+        };
+        let mut done = Vec::new();
+        for (id, q) in r.quitting.iter_mut() {
+            let before = q.awaiting.len();
+            q.awaiting
+                .retain(|&(r, m)| !(r == rid && (m.epoch != last.epoch || m.seq <= last.seq)));
+            if before > 0 && q.awaiting.is_empty() && !r.saying.contains_key(id) {
+                done.push(*id);
+            }
+        }
+        for id in done {
+            self.quit_now(id, sink);
+        }
+    }
+
+    /// Defer `id`'s `/quit` while its own messages are on their way back
+    /// (true when deferred, bounded by [`QUIT_WAIT_MS`]).
+    pub(super) fn defer_quit(&mut self, id: ConnId, text: Option<&str>) -> bool {
+        let until = self.now_ms.saturating_add(QUIT_WAIT_MS);
+        let Some(r) = self.remote.as_deref_mut() else {
+            return false;
+        };
+        if !r.saying.contains_key(&id) {
+            return false;
+        }
+        r.quitting.insert(
+            id,
+            Quitting {
+                reason: text.unwrap_or("bye").into(),
+                until,
+                awaiting: Vec::new(),
+            },
+        );
+        if let Some(u) = self.users.get_mut(id).and_then(Option::as_mut) {
+            // Nothing it sends after `/quit` runs.
+            u.access.set_closing();
+        }
+        true
+    }
+
+    /// A deferred `/quit` completes.
+    fn quit_now(&mut self, id: ConnId, sink: &mut impl Sink) {
+        let Some(q) = self
+            .remote
+            .as_deref_mut()
+            .and_then(|r| r.quitting.remove(&id))
+        else {
+            return;
+        };
+        self.finish_quit(id, Some(&q.reason), sink);
+    }
+
+    /// Deferred quits whose wait ran out complete (from `handle_timeout`).
+    pub(super) fn quit_timeouts(&mut self, now_ms: u64, sink: &mut impl Sink) {
+        loop {
+            let due = self.remote.as_deref().and_then(|r| {
+                r.quitting
+                    .iter()
+                    .find(|(_, q)| q.until <= now_ms)
+                    .map(|(id, _)| *id)
+            });
+            let Some(id) = due else {
+                return;
+            };
+            self.quit_now(id, sink);
+        }
+    }
+
+    /// When the next deferred quit gives up waiting.
+    pub(super) fn quit_deadline(&self) -> Option<u64> {
+        self.remote
+            .as_deref()?
+            .quitting
+            .values()
+            .map(|q| q.until)
+            .min()
+    }
+
+    /// `id` is gone: nothing of its own is waited for.
+    pub(super) fn forget_saying(&mut self, id: ConnId) {
+        if let Some(r) = self.remote.as_deref_mut() {
+            r.saying.remove(&id);
+            r.quitting.remove(&id);
+        }
+    }
+
     /// A `NICK OLD NEW` line from another node: once to each local member of
     /// any of `rooms`, except a member whose own nick is OLD. That happens
     /// only when another node's claimant of the nick is renamed (the earlier
     /// registration won): the line is not about this member, and a client
     /// would take it for its own rename.
     pub fn deliver_nick(&mut self, rooms: &[&str], line: &str, sink: &mut impl Sink) {
-        let old = line
-            .strip_prefix("NICK ")
-            .and_then(|r| r.split(' ').next())
-            .and_then(Folded::new);
+        let old = match super::super::line::parse(line) {
+            Ok((_, Line::Nick { old, .. })) => Folded::new(old),
+            _ => None,
+        };
         let skip = old.and_then(|k| self.nick_holder(k.as_str()));
         let gen = self.next_generation();
         let mut to = std::mem::take(&mut self.scratch);
@@ -717,13 +930,18 @@ impl Hub {
     /// A `PRIV` line from another node for the local nick `to`: false when
     /// nobody here has it.
     pub fn deliver_private(&mut self, to: &str, line: &str, sink: &mut impl Sink) -> bool {
-        match self.nick_owner(to) {
-            Some(id) => {
-                send(sink, &mut self.deliveries, &[id], line);
-                true
-            }
-            None => false,
-        }
+        let Some(id) = self.nick_owner(to) else {
+            return false;
+        };
+        // The sender's node tagged it (`@id=…;time=… PRIV …`): the tags go
+        // only to a client that asked for `ids`.
+        let ids = self.user(id).is_some_and(|u| u.caps & CAP_IDS != 0);
+        let out = match line.strip_prefix('@').and_then(|l| l.split_once(' ')) {
+            Some((_, plain)) if !ids => plain,
+            _ => line,
+        };
+        send(sink, &mut self.deliveries, &[id], out);
+        true
     }
 
     /// The local connection holding `nick` (any letter case), if any.
@@ -784,13 +1002,12 @@ impl Hub {
         let limit = self.config.who_limit;
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        out.push_str("WHO ");
         let (local, local_total) = self.local_who(room);
         let name = self
             .room_id(room)
             .and_then(|rid| self.room(rid))
             .map_or(room, |r| &*r.name);
-        out.push_str(name);
+        let mut nicks = String::new();
         let mut shown = 0;
         for nick in local
             .iter()
@@ -800,14 +1017,22 @@ impl Hub {
             if shown == limit {
                 break;
             }
-            out.push(' ');
-            out.push_str(nick);
+            if shown > 0 {
+                nicks.push(' ');
+            }
+            nicks.push_str(nick);
             shown += 1;
         }
         let total = local_total.saturating_add(others_total.max(others.len()));
         if total > shown {
-            let _ = write!(out, " +{}", total - shown);
+            let sep = if shown > 0 { " " } else { "" };
+            let _ = write!(nicks, "{sep}+{}", total - shown);
         }
+        Line::Who {
+            room: name,
+            nicks: &nicks,
+        }
+        .write_str(&mut out, None);
         send(sink, &mut self.deliveries, &[id], &out);
         self.out = out;
     }
@@ -839,13 +1064,16 @@ impl Hub {
         let limit = self.config.rooms_limit.min(list.len());
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        out.push_str("ROOMS");
+        let mut fields = String::new();
         for (name, n) in &list[..limit] {
-            let _ = write!(out, " {name}={n}");
+            let sep = if fields.is_empty() { "" } else { " " };
+            let _ = write!(fields, "{sep}{name}={n}");
         }
         if list.len() > limit {
-            let _ = write!(out, " +{}", list.len() - limit);
+            let sep = if fields.is_empty() { "" } else { " " };
+            let _ = write!(fields, "{sep}+{}", list.len() - limit);
         }
+        Line::Rooms(&fields).write_str(&mut out, None);
         send(sink, &mut self.deliveries, &[id], &out);
         self.out = out;
     }
