@@ -139,6 +139,38 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
+/// Write a connection's last bytes, to be followed at once by `close`: on
+/// Linux with `MSG_MORE`, so the kernel holds the data for the FIN that
+/// `close` queues and sends both in one segment instead of two (one less
+/// segment out, and one less run of the peer's receive path and ACK).
+/// Elsewhere a plain write.
+pub fn send_last(sock: &mut mio::net::TcpStream, buf: &[u8]) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `buf` is valid for `buf.len()` bytes and the descriptor is
+        // the open socket `sock` owns for the duration of the call.
+        let n = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_MORE | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        use std::io::Write;
+        sock.write(buf)
+    }
+}
+
 /// Resident set size of this process in bytes, from /proc/self/statm.
 pub fn rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/statm").ok()?;

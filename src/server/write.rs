@@ -87,6 +87,8 @@ impl Server {
         if c.is_dead() {
             return;
         }
+        // Its last bytes: the socket is closed as soon as they are written.
+        let last = c.phase() == Phase::Flushing { then: Then::Close };
         while c.has(WRITABLE) && c.pending() > 0 {
             let rest = &c.outbox[c.out_pos as usize..];
             let written = match self.capture.as_mut() {
@@ -94,6 +96,7 @@ impl Server {
                     v.extend_from_slice(rest);
                     Ok(rest.len())
                 }
+                None if last => crate::sys::send_last(&mut c.sock, rest),
                 None => c.sock.write(rest),
             };
             match written {
