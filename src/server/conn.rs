@@ -287,10 +287,17 @@ impl Conn {
     }
 
     /// The outbox just became empty: in `Open`, the release clock starts.
-    pub(crate) fn outbox_emptied(&mut self, now: u32) {
-        if self.phase == Phase::Open {
-            self.since = now;
+    /// True when the connection must be filed again: it kept capacity whose
+    /// release falls before its filed timer (else the capacity would stay
+    /// counted in the budget until some later deadline, a ping 30 s away).
+    /// A later release than the filed timer needs nothing: that timer fires,
+    /// finds nothing due and files the connection under the new deadline.
+    pub(crate) fn outbox_emptied(&mut self, now: u32, t: &Timeouts) -> bool {
+        if self.phase != Phase::Open {
+            return false;
         }
+        self.since = now;
+        self.outbox.capacity() > 0 && now.saturating_add(t.release) < self.timer_at
     }
 
     /// The next deadline and what it is for; `None` when nothing is due ever.
@@ -461,9 +468,17 @@ mod tests {
     fn a_drained_outbox_is_released_after_a_while() {
         let t = limits();
         let mut c = conn(Kind::Line);
+        c.timer_at = 600;
+        assert!(!c.outbox_emptied(30, &t), "no capacity: nothing to release");
         c.outbox.reserve(64);
-        c.outbox_emptied(40);
+        assert!(
+            c.outbox_emptied(40, &t),
+            "release (140) before the timer (600)"
+        );
         assert_eq!(c.deadline(&t), Some((140, Due::Release)));
+        c.timer_at = 140;
+        assert!(!c.outbox_emptied(50, &t), "the filed timer comes first");
+        assert_eq!(c.deadline(&t), Some((150, Due::Release)));
         c.outbox.push(1);
         assert_eq!(
             c.deadline(&t),

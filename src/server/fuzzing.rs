@@ -242,6 +242,41 @@ mod tests {
         assert_eq!(frames(&mut out)[0], Text("WELCOME ann".into()));
     }
 
+    /// A drained outbox keeps a little capacity for the next line, counted in
+    /// the budget; it is given back on time, not at the connection's next
+    /// unrelated deadline (here there is none: no idle timeout, no pings for
+    /// a line client).
+    #[test]
+    fn a_drained_outbox_is_released_on_time() {
+        let mut cfg = config();
+        cfg.idle_timeout = Duration::ZERO;
+        let mut h = Harness::with_config(cfg).unwrap();
+        let s = &mut h.server;
+        let sock = mio::net::TcpStream::from_std(h.local.try_clone().unwrap());
+        let ip = h.local.peer_addr().unwrap().ip();
+        set_clock(s, 1000);
+        let id = s.conns.insert(Conn::new(sock, ip, Kind::Line, s.ctx.tick));
+        s.schedule(id);
+        s.conns[id].set(IN_CHAT);
+        let (hub, mut out) = s.chat();
+        hub.connect(id, None, None, 1000, &mut out);
+        s.turn_end();
+        let kept = s.conns[id].outbox.capacity();
+        assert!(kept > 0 && kept <= KEEP_OUTBOX, "kept {kept} bytes");
+        assert_eq!(s.ctx.outbox_bytes, kept);
+        let release_ms = u64::from(s.ctx.timeouts.release) * TICK_MS;
+        set_clock(s, 1000 + release_ms - TICK_MS);
+        s.timers();
+        assert_eq!(s.conns[id].outbox.capacity(), kept, "not before its time");
+        set_clock(s, 1000 + release_ms);
+        s.timers();
+        assert_eq!(s.conns[id].outbox.capacity(), 0, "released on time");
+        assert_eq!(s.ctx.outbox_bytes, 0);
+        s.remove(id);
+        s.turn_end();
+        assert!(s.conns.is_empty());
+    }
+
     #[test]
     fn limits_hold_for_hostile_input() {
         let mut h = Harness::new().unwrap();
