@@ -152,7 +152,8 @@ pub(crate) struct Conn {
     pub(crate) ws: Endpoint,
     /// Bytes queued for the socket; `out_pos` of them are already written.
     pub(crate) outbox: Vec<u8>,
-    /// Partial HTTP request head or partial line; empty (no heap) otherwise.
+    /// Partial HTTP request head or partial line; for an `/echo` client whose
+    /// outbox filled, the rest of the read that filled it; empty (no heap) otherwise.
     pub(crate) inbuf: Vec<u8>,
     pub(crate) ip: IpAddr,
     pub(crate) out_pos: u32,

@@ -34,6 +34,16 @@ impl Server {
                 self.ctx.read_again.push(id);
                 return;
             }
+            if c.is_ws() && !c.inbuf.is_empty() {
+                // Frames an echo client sent past the message that filled its
+                // outbox (see `on_frames`): theirs is the next turn, before the socket.
+                let kept = std::mem::take(&mut c.inbuf);
+                let n = kept.len().min(self.scratch.len());
+                self.scratch[..n].copy_from_slice(&kept[..n]);
+                total += n;
+                self.on_bytes(id, n);
+                continue;
+            }
             match c.sock.read(&mut self.scratch) {
                 Ok(0) => {
                     debug!(conn = id, peer:% = c.ip; "peer closed its side");
@@ -84,10 +94,7 @@ impl Server {
             _ => {}
         }
         if let Some(c) = self.conns.get_mut(id) {
-            let over_budget = self.ctx.outbox_bytes >= self.ctx.cfg.outbox_total;
-            let backed_up =
-                c.pending() > self.ctx.cfg.outbox_soft || (over_budget && c.pending() > 0);
-            if backed_up && !c.has(PAUSED) {
+            if backed_up(&self.ctx, c) && !c.has(PAUSED) {
                 // Its own output is backing up (an echo client that never reads),
                 // or all outboxes together are over the budget and this one has
                 // output left: stop reading until it drains, so it cannot grow us.
@@ -148,6 +155,19 @@ impl Server {
                     };
                     if !go_on {
                         break;
+                    }
+                    if let Some(c) = self.conns.get_mut(id) {
+                        if !chat && off < data.len() && backed_up(&self.ctx, c) {
+                            // An echo's outbox is over its cap: keep the rest of
+                            // this read for when it drains instead of echoing it
+                            // now. One read of compressed frames may inflate to
+                            // many messages of `--max-message`; stopping here
+                            // holds the outbox to its cap plus one message.
+                            c.inbuf.clear();
+                            c.inbuf.extend_from_slice(&data[off..]);
+                            c.set(PAUSED);
+                            break;
+                        }
                     }
                 }
                 Err(e) => {
@@ -314,6 +334,14 @@ impl Server {
         );
         self.reply(id, &text);
     }
+}
+
+/// Output is backing up on `c`: over its soft cap, or holding any while all
+/// outboxes together are over the budget. Such a connection is not read from
+/// until it drains (its own requests and echoes would grow it further).
+fn backed_up(ctx: &Ctx, c: &Conn) -> bool {
+    let over_budget = ctx.outbox_bytes >= ctx.cfg.outbox_total;
+    c.pending() > ctx.cfg.outbox_soft || (over_budget && c.pending() > 0)
 }
 
 /// Send an echo reply, compressed when the connection negotiated it and the
