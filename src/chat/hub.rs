@@ -177,6 +177,9 @@ pub struct Hub {
     room_index: BTreeMap<Box<str>, RoomId>,
     /// The line being built; reused so steady-state output allocates nothing.
     out: String,
+    /// The fields of a line before it is written into `out` (the list of a
+    /// `ROOMS` or `WHO` answer, a `SYS` text); reused like `out`.
+    fields: String,
     /// Reusable recipient list (NICK propagation, SYS broadcast).
     scratch: Vec<ConnId>,
     generation: u32,
@@ -277,6 +280,7 @@ impl Hub {
             free_rooms: Vec::new(),
             room_index: BTreeMap::new(),
             out: String::new(),
+            fields: String::new(),
             scratch: Vec::new(),
             generation: 0,
             next_guest: 0,
@@ -1172,17 +1176,19 @@ impl Hub {
             return;
         }
         let limit = self.config.rooms_limit;
-        self.out.clear();
-        self.out.push_str("ROOMS");
+        let list = &mut self.fields;
+        list.clear();
         for &rid in self.room_index.values().take(limit) {
             if let Some(room) = self.rooms.get(rid as usize).and_then(Option::as_ref) {
-                let _ = write!(self.out, " {}={}", room.name, room.members.len());
+                let _ = write!(list, " {}={}", room.name, room.members.len());
             }
         }
         let total = self.room_index.len();
         if total > limit {
-            let _ = write!(self.out, " +{}", total - limit);
+            let _ = write!(list, " +{}", total - limit);
         }
+        self.out.clear();
+        Line::Rooms(list.trim_start_matches(' ')).write_str(&mut self.out, None);
         send(sink, &mut self.deliveries, &[id], &self.out);
     }
 
@@ -1208,26 +1214,32 @@ impl Hub {
             return;
         }
         let room = rid.and_then(|rid| self.rooms.get(rid as usize)?.as_ref());
-        self.out.clear();
-        self.out.push_str("WHO ");
-        match room {
+        let nicks = &mut self.fields;
+        nicks.clear();
+        let name = match room {
             Some(room) => {
-                self.out.push_str(&room.name);
                 let shown = room.members.len().min(self.config.who_limit);
                 for &member in &room.members[..shown] {
                     if let Some(u) = self.users.get(member).and_then(Option::as_ref) {
-                        self.out.push(' ');
-                        self.out.push_str(&u.nick);
+                        nicks.push(' ');
+                        nicks.push_str(&u.nick);
                     }
                 }
                 if room.members.len() > shown {
-                    let _ = write!(self.out, " +{}", room.members.len() - shown);
+                    let _ = write!(nicks, " +{}", room.members.len() - shown);
                 }
+                &*room.name
             }
             // A room that does not exist has no members; the parser validated
             // the name, so echoing it is safe.
-            None => self.out.push_str(requested.unwrap_or("")),
+            None => requested.unwrap_or(""),
+        };
+        self.out.clear();
+        Line::Who {
+            room: name,
+            nicks: nicks.trim_start_matches(' '),
         }
+        .write_str(&mut self.out, None);
         send(sink, &mut self.deliveries, &[id], &self.out);
     }
 
