@@ -6,8 +6,20 @@ use slab::Slab;
 
 use super::conn::{Conn, Kind, Phase, Then, DIRTY, WRITABLE};
 use super::Ctx;
+use crate::chat::line::Line;
 use crate::chat::{ConnId, Sink};
 use crate::ws::frame::{encode_close, encode_frame, OpCode};
+
+impl super::Server {
+    /// One server line (`ERR`, `SYS`) to one connection, written by the
+    /// protocol's own writer: the server's own answers follow the same rules
+    /// as the hub's (fields, the text rule).
+    pub(super) fn reply_line(&mut self, id: ConnId, line: Line<'_>) {
+        let mut text = String::new();
+        line.write_str(&mut text, None);
+        self.reply(id, &text);
+    }
+}
 
 /// The chat's output path: encode once, append to each recipient's outbox.
 pub(super) struct Out<'a> {

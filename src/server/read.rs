@@ -8,6 +8,8 @@ use log::debug;
 use super::conn::{Conn, Kind, Phase, Then, LINE_OVERFLOW, PAUSED};
 use super::out::{finish_with, kill, mark_dirty};
 use super::{Ctx, Server, KEEP_OUTBOX};
+use crate::chat::line::Line;
+use crate::chat::ErrorCode;
 use crate::ws::endpoint::{CloseState, Endpoint, SendPolicy};
 use crate::ws::frame::{encode_frame, OpCode, Role};
 use crate::ws::message::Message;
@@ -247,9 +249,13 @@ impl Server {
                     // tsung sends chat lines as binary frames by default.
                     match std::str::from_utf8(b) {
                         Ok(t) => self.chat_line(id, t),
-                        Err(_) => {
-                            self.reply(id, "ERR bad-command binary messages must hold UTF-8 text")
-                        }
+                        Err(_) => self.reply_line(
+                            id,
+                            Line::Err {
+                                code: ErrorCode::BadCommand,
+                                text: "binary messages must hold UTF-8 text",
+                            },
+                        ),
                     }
                 }
             }
@@ -323,16 +329,20 @@ impl Server {
         }
         match std::str::from_utf8(raw) {
             Ok(t) => self.chat_line(id, t),
-            Err(_) => self.reply(id, "ERR bad-command lines must be UTF-8 text"),
+            Err(_) => self.reply_line(
+                id,
+                Line::Err {
+                    code: ErrorCode::BadCommand,
+                    text: "lines must be UTF-8 text",
+                },
+            ),
         }
     }
 
     pub(super) fn too_long(&mut self, id: usize) {
-        let text = format!(
-            "ERR too-long lines are limited to {} bytes",
-            self.ctx.cfg.chat.max_line
-        );
-        self.reply(id, &text);
+        let text = format!("lines are limited to {} bytes", self.ctx.cfg.chat.max_line);
+        let code = ErrorCode::TooLong;
+        self.reply_line(id, Line::Err { code, text: &text });
     }
 }
 

@@ -10,6 +10,7 @@ use super::conn::{Due, Kind};
 use super::out::{begin_close, kill, mark_dirty};
 use super::timer::{Entry, TICK_MS};
 use super::Server;
+use crate::chat::line::Line;
 use crate::ws::frame::{encode_frame, OpCode};
 
 impl Server {
@@ -94,7 +95,7 @@ impl Server {
                     debug!(conn = id, peer:% = c.ip; "idle timeout");
                     self.ctx.metrics.timeout("idle");
                     if c.kind == Kind::Line {
-                        self.reply(id, "SYS idle timeout");
+                        self.reply_line(id, Line::Sys("idle timeout"));
                     }
                     let c = &mut self.conns[id];
                     begin_close(&mut self.ctx, id, c, 1000, "idle timeout");
@@ -105,13 +106,11 @@ impl Server {
                     let left = c.last_rx.saturating_add(idle).saturating_sub(now);
                     let secs = (u64::from(left) * TICK_MS).div_ceil(1000);
                     let total = (u64::from(idle) * TICK_MS).div_ceil(1000);
-                    self.reply(
-                        id,
-                        &format!(
-                            "SYS idle: this connection closes in {secs} s (after {total} s without \
-                             input); send /ping or any line to stay"
-                        ),
+                    let text = format!(
+                        "idle: this connection closes in {secs} s (after {total} s without \
+                         input); send /ping or any line to stay"
                     );
+                    self.reply_line(id, Line::Sys(&text));
                 }
                 Due::Ping => {
                     c.last_ping = now;
