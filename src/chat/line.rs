@@ -488,9 +488,13 @@ pub fn write_tag_block(out: &mut String, tags: &Tags<'_>) {
 }
 
 /// Split at the first space: (head, rest); no space gives (s, None).
+///
+/// A plain byte loop: the heads are names of a few bytes, where `split_once`
+/// pays more to set up its search than the search costs.
 fn split(s: &str) -> (&str, Option<&str>) {
-    match s.split_once(' ') {
-        Some((a, b)) => (a, Some(b)),
+    match s.bytes().position(|b| b == b' ') {
+        // A space is one byte: both sides are on char boundaries.
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
         None => (s, None),
     }
 }
@@ -590,21 +594,7 @@ pub fn parse_fields(line: &str) -> Result<(Tags<'_>, Line<'_>), LineError> {
     let (tags, body) = split_tags(line)?;
     let (verb, rest) = split(body);
     let parsed = match verb {
-        "WELCOME" => Line::Welcome {
-            nick: single(rest, false)?,
-        },
-        "JOINED" => {
-            let (room, nick) = pair(rest, true, false)?;
-            Line::Joined { room, nick }
-        }
-        "LEFT" => {
-            let (room, nick) = pair(rest, true, false)?;
-            Line::Left { room, nick }
-        }
-        "NICK" => {
-            let (old, new) = pair(rest, false, false)?;
-            Line::Nick { old, new }
-        }
+        // Most lines are messages: their arm is tried first.
         "MSG" | "PRIV" => {
             let (a, r) = split(need(rest)?);
             let (b, text) = split(need(r)?);
@@ -622,6 +612,21 @@ pub fn parse_fields(line: &str) -> Result<(Tags<'_>, Line<'_>), LineError> {
                     text,
                 }
             }
+        }
+        "WELCOME" => Line::Welcome {
+            nick: single(rest, false)?,
+        },
+        "JOINED" => {
+            let (room, nick) = pair(rest, true, false)?;
+            Line::Joined { room, nick }
+        }
+        "LEFT" => {
+            let (room, nick) = pair(rest, true, false)?;
+            Line::Left { room, nick }
+        }
+        "NICK" => {
+            let (old, new) = pair(rest, false, false)?;
+            Line::Nick { old, new }
         }
         "ROOMS" => Line::Rooms(rest.unwrap_or("")),
         "WHO" => {
