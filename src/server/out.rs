@@ -35,6 +35,8 @@ impl Sink for Out<'_> {
         ctx.line_buf.clear();
         let threshold = ctx.cfg.compression_threshold;
         let mut behind_mark = over_budget_mark(ctx);
+        // Counted here and added once: a broadcast reaches thousands.
+        let mut delivered = 0u64;
         for &id in to {
             let Some(c) = self.conns.get_mut(id) else {
                 continue;
@@ -86,10 +88,11 @@ impl Sink for Out<'_> {
             if ctx.outbox_bytes >= ctx.cfg.outbox_total {
                 behind_mark = over_budget_mark(ctx);
             }
-            ctx.metrics.deliveries += 1;
-            ctx.metrics.messages_out += 1;
+            delivered += 1;
             mark_dirty(&mut ctx.dirty, id, c);
         }
+        ctx.metrics.deliveries += delivered;
+        ctx.metrics.messages_out += delivered;
     }
 
     fn close(&mut self, id: ConnId, code: u16, reason: &str) {

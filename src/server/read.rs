@@ -281,7 +281,7 @@ impl Server {
         let max = self.ctx.cfg.chat.max_line;
         let data = std::mem::take(&mut self.scratch);
         let mut rest = &data[..n];
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
             let part = &rest[..pos];
             rest = &rest[pos + 1..];
             let c = &mut self.conns[id];
