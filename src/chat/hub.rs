@@ -129,24 +129,24 @@ struct Room {
     last_id: MsgId,
 }
 
-/// The `/help` answer, one line per command.
+/// The `/help` answer, one `SYS` line per command.
 const HELP: &[&str] = &[
-    "SYS TEXT - say TEXT in the current room (//TEXT says /TEXT)",
-    "SYS /nick NICK - change nick",
-    "SYS /join ROOM - join ROOM and make it current",
-    "SYS /leave [ROOM] - leave ROOM (default: current)",
-    "SYS /say ROOM TEXT - say TEXT in ROOM",
-    "SYS /msg NICK TEXT - private message",
-    "SYS /rooms - list rooms",
-    "SYS /who [ROOM] - list members",
-    "SYS /ping [TOKEN] - answered with PONG [TOKEN]",
-    "SYS /quit [TEXT] - leave and close",
-    "SYS /auth TOKEN - sign in, or refresh a token before it expires",
-    "SYS /kick ROOM NICK [TEXT] - moderators: remove NICK from ROOM",
-    "SYS /caps [LIST] - capabilities: ids (message ids and times), resume (sessions)",
-    "SYS /history ROOM [N] - recent messages; /history ROOM after ID [N]",
-    "SYS /resume TOKEN [ROOM=ID ...] - take back a dropped session",
-    "SYS /help - this list",
+    "TEXT - say TEXT in the current room (//TEXT says /TEXT)",
+    "/nick NICK - change nick",
+    "/join ROOM - join ROOM and make it current",
+    "/leave [ROOM] - leave ROOM (default: current)",
+    "/say ROOM TEXT - say TEXT in ROOM",
+    "/msg NICK TEXT - private message",
+    "/rooms - list rooms",
+    "/who [ROOM] - list members",
+    "/ping [TOKEN] - answered with PONG [TOKEN]",
+    "/quit [TEXT] - leave and close",
+    "/auth TOKEN - sign in, or refresh a token before it expires",
+    "/kick ROOM NICK [TEXT] - moderators: remove NICK from ROOM",
+    "/caps [LIST] - capabilities: ids (message ids and times), resume (sessions)",
+    "/history ROOM [N] - recent messages; /history ROOM after ID [N]",
+    "/resume TOKEN [ROOM=ID ...] - take back a dropped session",
+    "/help - this list",
 ];
 
 /// Why a `/join` changed nothing.
@@ -569,8 +569,10 @@ impl Hub {
             }
             Command::Resume { token, since } => self.resume_command(id, token, since, now_ms, sink),
             Command::Help => {
-                for line in HELP {
-                    send(sink, &mut self.deliveries, &[id], line);
+                for text in HELP {
+                    self.out.clear();
+                    Line::Sys(text).write_str(&mut self.out, None);
+                    send(sink, &mut self.deliveries, &[id], &self.out);
                 }
             }
             Command::Kick { room, nick, text } => self.kick(id, room, nick, text, now_ms, sink),
