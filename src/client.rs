@@ -7,8 +7,8 @@
 //! each room's recent history when it joins, prints server times, and after
 //! a dropped connection resumes its session with the id of the last message
 //! it saw per room, so the missed lines come once and in order. When the
-//! server cannot resume (`ERR bad-session`, or no `resume` in its `CAPS`, as
-//! on a cluster node) it rejoins as a v1 client does; the rooms' history then
+//! server cannot resume (`ERR bad-session`, or no `resume` in its `CAPS`)
+//! it rejoins as a v1 client does; the rooms' history then
 //! fills the gap where it still can. A message id it has printed is never
 //! printed again. Server lines are read with [`crate::chat::line`].
 //!

@@ -1172,8 +1172,9 @@ fn interleaved_senders_on_two_nodes_give_every_member_one_id_order() {
     a.wait_subscriptions(3);
     let mut carol = Client::connect(a.addr, "?nick=carol&room=r");
     let mut bob = Client::connect(b.addr, "?nick=bob&room=r&caps=ids,resume");
-    // A cluster node offers ids, not yet resume.
-    assert_eq!(bob.recv(), "CAPS ids");
+    // A cluster node offers ids and resume.
+    assert_eq!(bob.recv(), "CAPS ids,resume");
+    assert!(bob.recv().starts_with("SESSION "));
     b.wait_subscriptions(3);
     let mut dave = Client::connect(b.addr, "?nick=dave&room=r&caps=ids");
     assert_eq!(dave.recv(), "CAPS ids");
@@ -1259,6 +1260,21 @@ fn interleaved_senders_on_two_nodes_give_every_member_one_id_order() {
     for n in [&a, &b] {
         assert_eq!(n.metric("loopchat_redis_dropped_total"), 0.0);
     }
+
+    // Private messages across nodes carry an id and time too, for the ends
+    // that asked for `ids` only.
+    bob.send("/msg alice psst");
+    let got = alice.until(|l| l.ends_with("PRIV bob alice psst"));
+    let (id, time, _) = tagged(got.last().unwrap()).expect("a tagged PRIV");
+    assert!(time.ends_with('Z'), "{time}");
+    let echo = bob.until(|l| l.ends_with("PRIV bob alice psst"));
+    assert_eq!(tagged(echo.last().unwrap()).map(|t| t.0), Some(id));
+    dave.send("/msg carol psst");
+    carol.until(|l| l == "PRIV dave carol psst");
+    carol.send("/msg dave back");
+    let got = dave.until(|l| l.ends_with("PRIV carol dave back"));
+    assert!(got.last().unwrap().starts_with("@id="), "{got:?}");
+    carol.until(|l| l == "PRIV carol dave back");
 
     // A Redis that lost everything (FLUSHALL): the room's counter starts
     // again in a later epoch, so no id is ever handed out twice, and
@@ -1563,4 +1579,301 @@ fn a_kick_reaches_the_nick_on_another_node() {
         lines.last().unwrap().starts_with("ERR no-such-nick "),
         "{lines:?}"
     );
+}
+
+/// Connect with `query` (a `?resume=`), returning the client and every line
+/// up to and including the `RESUMED` of each of `rooms`.
+fn resume_on(addr: SocketAddr, query: &str, rooms: usize) -> (Client, Vec<String>) {
+    let mut c = Client::connect(addr, query);
+    let mut lines = Vec::new();
+    let mut resumed = 0;
+    for _ in 0..10_000 {
+        if resumed == rooms {
+            break;
+        }
+        let l = c.recv();
+        resumed += usize::from(l.starts_with("RESUMED "));
+        lines.push(l);
+    }
+    (c, lines)
+}
+
+/// The token of the `SESSION` line among `lines`.
+fn session_token(lines: &[String]) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("SESSION "))
+        .unwrap_or_else(|| panic!("no SESSION in {lines:?}"))
+        .to_string()
+}
+
+/// Close the TCP connection under `c` without a close frame (a lost network).
+fn drop_abruptly(c: Client) {
+    let _ = c.ws.get_ref().shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn a_session_dropped_on_one_node_resumes_on_the_other_exactly_once() {
+    let Some(()) = need_redis("a_session_dropped_on_one_node_resumes_on_the_other_exactly_once")
+    else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &["--session-ttl", "60s"]);
+    let b = Node::start(&redis, &["--session-ttl", "60s"]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r&caps=ids,resume");
+    let start = alice.until(|l| l.starts_with("SESSION "));
+    let token = session_token(&start);
+    assert_eq!(start[0], "CAPS ids,resume", "{start:?}");
+    a.wait_subscriptions(3);
+    carol.until(|l| l == "JOINED r alice");
+    carol.send("before");
+    let seen = alice.until(|l| l.ends_with("MSG r carol before"));
+    let (before_id, _, _) = tagged(seen.last().unwrap()).expect("tagged");
+
+    // The network goes: no close frame. The node keeps the session and
+    // writes it to Redis; carol sees no LEFT.
+    drop_abruptly(alice);
+    a.wait_metric("loopchat_sessions_detached", 1.0);
+    let carol_mark = carol.sync("dropped");
+    let wanted: Vec<String> = (0..20).map(|i| format!("MSG r carol m{i}")).collect();
+    for i in 0..20 {
+        carol.send(&format!("m{i}"));
+    }
+    let mut carol_seen = carol_mark;
+    carol_seen.extend(carol.until_all(&wanted));
+
+    // Resumed on the other node: exactly the 20 missed lines, in order,
+    // tagged, then live lines once.
+    let (mut alice, lines) = resume_on(b.addr, &format!("?resume={token}&caps=ids,resume"), 1);
+    assert_eq!(lines[0], "CAPS ids,resume", "{lines:?}");
+    assert!(lines[1].starts_with("SESSION "), "{lines:?}");
+    assert_eq!(alice.nick, "alice");
+    assert_eq!(lines.last().unwrap(), "RESUMED r 20", "{lines:?}");
+    let (mut alice2_token, mut got) = (session_token(&lines), Vec::new());
+    let mut last = id_parts(&before_id);
+    for _ in 0..20 {
+        let l = alice.recv();
+        let (id, _, line) = tagged(&l).unwrap_or_else(|| panic!("untagged {l:?}"));
+        let (e, s) = id_parts(&id);
+        assert!(e == last.0 && s == last.1 + 1, "{id} after {last:?}");
+        last = (e, s);
+        got.push(line);
+    }
+    assert_eq!(got, wanted);
+    carol.send("live");
+    let l = alice.until(|l| l.ends_with("MSG r carol live"));
+    assert_eq!(l.len(), 1, "{l:?}");
+    let rest = alice.sync("after");
+    assert!(rest.iter().all(|l| !l.contains("MSG ")), "{rest:?}");
+    carol_seen.extend(carol.sync("end"));
+    assert!(
+        carol_seen
+            .iter()
+            .all(|l| l != "LEFT r alice" && l != "JOINED r alice"),
+        "{carol_seen:?}"
+    );
+    // /who on either node names alice once.
+    carol.send("/who r");
+    let who = carol.until(|l| l.starts_with("WHO r"));
+    assert_eq!(who.last().unwrap().matches("alice").count(), 1, "{who:?}");
+
+    // The token is spent, on both nodes (the first node last: it drops its
+    // stale copy when asked, so the later resume there runs without it).
+    for n in [&b, &a] {
+        let mut c = Client::connect(n.addr, &format!("?resume={token}&nick=alice"));
+        let l = c.until(|l| l.starts_with("ERR "));
+        assert!(l.last().unwrap().starts_with("ERR bad-session"), "{l:?}");
+        assert_ne!(c.nick, "alice");
+    }
+    // The new token works, here on the first node (which still holds its
+    // stale copy of the first session: the registry says the nick moved).
+    drop_abruptly(alice);
+    b.wait_metric("loopchat_sessions_detached", 1.0);
+    carol.send("second gap");
+    carol.until(|l| l == "MSG r carol second gap");
+    let (alice, lines) = resume_on(
+        a.addr,
+        &format!("?resume={alice2_token}&caps=ids,resume"),
+        1,
+    );
+    assert_eq!(alice.nick, "alice");
+    assert_eq!(lines.last().unwrap(), "RESUMED r 1", "{lines:?}");
+    alice2_token.clear();
+    drop(alice);
+}
+
+#[test]
+fn an_unresumed_clustered_session_expires_with_left_and_frees_the_nick() {
+    let Some(()) =
+        need_redis("an_unresumed_clustered_session_expires_with_left_and_frees_the_nick")
+    else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &["--session-ttl", "1s"]);
+    let b = Node::start(&redis, &[]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r&caps=resume");
+    alice.until(|l| l.starts_with("SESSION "));
+    carol.until(|l| l == "JOINED r alice");
+    drop_abruptly(alice);
+    // While held, nobody can take the nick, on either node.
+    let mut eve = Client::connect(b.addr, "?nick=alice");
+    assert_ne!(eve.nick, "alice");
+    drop(eve);
+    // Then the grace period ends: LEFT on the other node, the nick is free.
+    carol.until(|l| l == "LEFT r alice");
+    eve = Client::connect(b.addr, "?nick=alice");
+    assert_eq!(eve.nick, "alice");
+    assert_eq!(a.metric("loopchat_sessions_detached"), 0.0);
+}
+
+#[test]
+fn a_redis_restart_between_drop_and_resume_keeps_the_session_on_its_node() {
+    let Some(()) =
+        need_redis("a_redis_restart_between_drop_and_resume_keeps_the_session_on_its_node")
+    else {
+        return;
+    };
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let a = Node::start(&redis, &["--session-ttl", "60s"]);
+    let b = Node::start(&redis, &["--session-ttl", "60s"]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r&caps=ids,resume");
+    let token = session_token(&alice.until(|l| l.starts_with("SESSION ")));
+    let mut carol = Client::connect(a.addr, "?nick=carol&room=r");
+    alice.until(|l| l == "JOINED r carol");
+    carol.send("before");
+    alice.until(|l| l.ends_with("MSG r carol before"));
+    drop_abruptly(alice);
+    a.wait_metric("loopchat_sessions_detached", 1.0);
+    redis.kill();
+    redis = Redis::start_on(port);
+    a.wait_metric("loopchat_redis_connects_total", 4.0);
+    b.wait_metric("loopchat_redis_connects_total", 4.0);
+    a.wait_subscriptions(3);
+    // The other node cannot know the session (Redis forgot it).
+    let mut c = Client::connect(b.addr, &format!("?resume={token}"));
+    let l = c.until(|l| l.starts_with("ERR "));
+    assert!(l.last().unwrap().starts_with("ERR bad-session"), "{l:?}");
+    drop(c);
+    // Its own node still has it: same nick, no LEFT/JOINED; what Redis
+    // forgot of the room's history is reported lost, and live lines flow.
+    let (mut alice, lines) = resume_on(a.addr, &format!("?resume={token}&caps=ids,resume"), 1);
+    assert_eq!(alice.nick, "alice");
+    assert_eq!(lines.last().unwrap(), "RESUMED r lost", "{lines:?}");
+    carol.send("after");
+    alice.until(|l| l.ends_with("MSG r carol after"));
+    let seen = carol.sync("end");
+    assert!(seen.iter().all(|l| !l.contains("r alice")), "{seen:?}");
+    drop(redis);
+}
+
+#[test]
+fn a_resume_in_the_middle_of_a_flood_loses_and_doubles_nothing() {
+    let Some(()) = need_redis("a_resume_in_the_middle_of_a_flood_loses_and_doubles_nothing") else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &["--session-ttl", "60s", "--history", "1000"]);
+    let b = Node::start(&redis, &["--session-ttl", "60s", "--history", "1000"]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    let mut dave = Client::connect(a.addr, "?nick=dave&room=r");
+    a.wait_subscriptions(3);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r&caps=ids,resume");
+    let token = session_token(&alice.until(|l| l.starts_with("SESSION ")));
+    carol.until(|l| l == "JOINED r alice");
+    dave.send("before");
+    let seen = alice.until(|l| l.ends_with("MSG r dave before"));
+    let (before_id, _, _) = tagged(seen.last().unwrap()).expect("tagged");
+    drop_abruptly(alice);
+    a.wait_metric("loopchat_sessions_detached", 1.0);
+
+    // A guest on the other node resumes with `/resume` while dave floods
+    // the room: lines come live to that node during the catch-up.
+    let mut alice = Client::connect(b.addr, "?caps=ids,resume");
+    alice.until(|l| l.starts_with("SESSION "));
+    for i in 0..150 {
+        dave.send(&format!("f{i}"));
+    }
+    alice.send(&format!("/resume {token} r={before_id}"));
+    for i in 150..300 {
+        dave.send(&format!("f{i}"));
+    }
+    let head = alice.until(|l| l.starts_with("RESUMED "));
+    assert!(head.contains(&"WELCOME alice".to_string()), "{head:?}");
+    assert!(head.last().unwrap() != "RESUMED r lost", "{head:?}");
+    let mut got = Vec::new();
+    let mut last = id_parts(&before_id);
+    for _ in 0..10_000 {
+        let l = alice.recv();
+        let Some((id, _, line)) = tagged(&l) else {
+            continue;
+        };
+        let (e, s) = id_parts(&id);
+        assert!(
+            e == last.0 && s == last.1 + 1,
+            "{id} after {last:?}: {got:?}"
+        );
+        last = (e, s);
+        let done = line == "MSG r dave f299";
+        got.push(line);
+        if done {
+            break;
+        }
+    }
+    let wanted: Vec<String> = (0..300).map(|i| format!("MSG r dave f{i}")).collect();
+    assert_eq!(got, wanted);
+    let rest = alice.sync("after");
+    assert!(rest.iter().all(|l| !l.contains("MSG ")), "{rest:?}");
+    let seen = carol.until(|l| l == "MSG r dave f299");
+    assert!(seen.iter().all(|l| !l.ends_with("r alice")), "{seen:?}");
+}
+
+#[test]
+fn scripts_flushed_under_a_node_are_loaded_again_and_nothing_is_lost() {
+    let Some(()) = need_redis("scripts_flushed_under_a_node_are_loaded_again_and_nothing_is_lost")
+    else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &[]);
+    let b = Node::start(&redis, &[]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r&caps=ids");
+    a.wait_subscriptions(3);
+    let mut bob = Client::connect(b.addr, "?nick=bob&room=r");
+    b.wait_subscriptions(3);
+    alice.until(|l| l == "JOINED r bob");
+    alice.send("one");
+    bob.until(|l| l == "MSG r alice one");
+    let connects = a.metric("loopchat_redis_connects_total");
+    // An operator flushes the script cache: the node's next script call is
+    // refused (NOSCRIPT); it reconnects, loads its scripts and resends.
+    redis_cmd(redis.port, &[&["SCRIPT", "FLUSH"]]);
+    for i in 0..5 {
+        alice.send(&format!("after {i}"));
+    }
+    let wanted: Vec<String> = (0..5).map(|i| format!("MSG r alice after {i}")).collect();
+    let got = bob.until_all(&wanted);
+    for w in &wanted {
+        assert_eq!(count(&got, w), 1, "{got:?}");
+    }
+    let rest = bob.sync("end");
+    assert!(rest.iter().all(|l| !l.contains("after")), "{rest:?}");
+    assert!(a.metric("loopchat_redis_connects_total") > connects);
 }

@@ -75,6 +75,8 @@ use cluster::HoldOutcome;
 
 mod auth;
 mod cluster;
+mod cluster_resume;
+mod record;
 pub use auth::{full_exp, AuthState, Identity};
 mod resume;
 pub use cluster::RemoteState;
@@ -909,29 +911,7 @@ impl Hub {
         }
         let rid = match existing {
             Some(rid) => rid,
-            None => {
-                let rid = match self.free_rooms.pop() {
-                    Some(rid) => rid,
-                    None => {
-                        let Ok(rid) = RoomId::try_from(self.rooms.len()) else {
-                            return Err(Refused::Total);
-                        };
-                        self.rooms.push(None);
-                        rid
-                    }
-                };
-                self.rooms[rid as usize] = Some(Room {
-                    name: name.into(),
-                    members: Vec::new(),
-                    held: 0,
-                    ids_members: 0,
-                    log: RoomHistory::new(self.ids.last_seq()),
-                    last_id: MsgId { epoch: 0, seq: 0 },
-                });
-                self.room_index.insert(key.as_str().into(), rid);
-                self.request(|| Request::Subscribe(key.as_str().into()));
-                rid
-            }
+            None => self.create_room(name).ok_or(Refused::Total)?,
         };
         let (Some(user), Some(room)) = (
             self.users.get_mut(id).and_then(Option::as_mut),
@@ -959,6 +939,31 @@ impl Hub {
             self.publish_room(rid);
         }
         Ok(())
+    }
+
+    /// A new empty room `name` (subscribed, clustered); `None` when no room
+    /// id is left.
+    fn create_room(&mut self, name: &str) -> Option<RoomId> {
+        let key = Folded::new(name)?;
+        let rid = match self.free_rooms.pop() {
+            Some(rid) => rid,
+            None => {
+                let rid = RoomId::try_from(self.rooms.len()).ok()?;
+                self.rooms.push(None);
+                rid
+            }
+        };
+        self.rooms[rid as usize] = Some(Room {
+            name: name.into(),
+            members: Vec::new(),
+            held: 0,
+            ids_members: 0,
+            log: RoomHistory::new(self.ids.last_seq()),
+            last_id: MsgId { epoch: 0, seq: 0 },
+        });
+        self.room_index.insert(key.as_str().into(), rid);
+        self.request(|| Request::Subscribe(key.as_str().into()));
+        Some(rid)
     }
 
     /// Leave the room at `idx` of `id`'s room list: `LEFT` (per presence rules)

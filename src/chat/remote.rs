@@ -125,9 +125,70 @@ pub enum Request {
         /// `KICKED ROOM NICK BY [TEXT]`.
         line: Box<str>,
     },
+    /// A session dropped here: keep its record (see `chat::hub::record`)
+    /// under `key` for `ttl_ms`, so any node can resume it.
+    StoreSession {
+        /// `lc:sess:HASH` of the token.
+        key: Box<str>,
+        /// Folded nick (its registry key).
+        nick: Box<str>,
+        /// The written record.
+        record: Box<str>,
+        /// How long the session is kept, ms.
+        ttl_ms: u64,
+    },
+    /// Take the session stored under `key` for `id` (single use: the record
+    /// becomes a tombstone) and move its nick's registration to this node;
+    /// answer with [`super::Hub::session_taken`].
+    TakeSession {
+        /// The connection resuming.
+        id: ConnId,
+        /// `lc:sess:HASH` of the token.
+        key: Box<str>,
+    },
+    /// The session under `key` was resumed from this node's own memory
+    /// (Redis had lost it): mark it used so no node takes it again.
+    UseSession {
+        /// `lc:sess:HASH` of the token.
+        key: Box<str>,
+    },
+    /// A session dropped here ran out of time: end it in Redis unless another
+    /// node took it meanwhile; answer with [`super::Hub::session_ended`].
+    EndSession {
+        /// `lc:sess:HASH` of the token.
+        key: Box<str>,
+    },
+    /// A resumed connection `id` catches up in `room` (folded): once this
+    /// node's subscription to the room is confirmed, read the room's history
+    /// and answer with [`super::Hub::answer_catchup`].
+    Catchup {
+        /// The connection resuming.
+        id: ConnId,
+        /// Folded room name.
+        room: Box<str>,
+    },
     /// The connection left the hub: forget anything pending for it (its id
     /// will be reused).
     Gone(ConnId),
+}
+
+/// What Redis had for a [`Request::TakeSession`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fetched<'a> {
+    /// The record, now used up. `nick_ours`: the nick's registration is now
+    /// this node's (it was the dropping node's, or free).
+    Found {
+        /// The record, without the node's prefix.
+        record: &'a str,
+        /// The registry gave the nick to this node.
+        nick_ours: bool,
+    },
+    /// No record: never stored, expired, or lost with a Redis restart.
+    Missing,
+    /// Already taken (resumed on some node).
+    Used,
+    /// Redis could not be asked.
+    Unreachable,
 }
 
 /// The cluster's answer to a [`Request::Reserve`].

@@ -69,6 +69,20 @@ impl Token {
         }
     }
 
+    /// The key of this token's session record in Redis (`lc:sess:` and the
+    /// SHA-256 of the written token, in hex): whoever reads Redis learns no
+    /// token, and a lookup needs the whole token.
+    pub fn redis_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.encode().as_bytes());
+        let mut key = String::with_capacity(8 + 64);
+        key.push_str("lc:sess:");
+        for b in digest {
+            let _ = std::fmt::Write::write_fmt(&mut key, format_args!("{b:02x}"));
+        }
+        key
+    }
+
     /// The 32-character URL-safe form.
     pub fn encode(&self) -> String {
         let mut b = [0u8; TOKEN_BYTES];
@@ -159,6 +173,24 @@ impl<T> Sessions<T> {
         );
         self.by_conn.insert(conn, token.selector);
         token
+    }
+
+    /// The token of `conn`'s live session.
+    pub fn token_of(&self, conn: ConnId) -> Option<Token> {
+        let selector = *self.by_conn.get(&conn)?;
+        let entry = self.by_selector.get(&selector)?;
+        Some(Token {
+            selector,
+            verifier: entry.verifier,
+        })
+    }
+
+    /// The data of every dropped session (in no particular order).
+    pub fn detached_values(&self) -> impl Iterator<Item = &T> {
+        self.by_selector.values().filter_map(|e| match &e.state {
+            State::Detached { data, .. } => Some(data),
+            State::Live(_) => None,
+        })
     }
 
     /// True when `conn` has a live session.

@@ -68,8 +68,9 @@ use super::link::{Link, LinkState};
 use super::query::{self, Ask, Queries, Step};
 use super::resp::{Limits, Value};
 use super::wire::{split_id_time, split_numbered, Body, Envelope, Signer};
+use crate::chat::line::{self, Line};
 use crate::chat::names::{valid_nick, Folded};
-use crate::chat::remote::{Claim, Request};
+use crate::chat::remote::{Claim, Fetched, Request};
 use crate::chat::{ConnId, Hub, Sink};
 
 /// First reconnect delay; doubled per failure up to [`MAX_BACKOFF`], with jitter.
@@ -149,6 +150,103 @@ return id .. ' ' .. now";
 /// none) and the entries, oldest first, in one consistent snapshot.
 const HISTORY_SCRIPT: &str = "local c = redis.call('HMGET', KEYS[1], 'e', 's') \
 return {c[1], c[2], redis.call('LRANGE', KEYS[2], -tonumber(ARGV[1]), -1)}";
+
+/// Take a stored session (`KEYS[1]`: `lc:sess:HASH`, whose value is `NODE
+/// NICKKEY RECORD`, see `chat::hub::record`): single use, the value becomes
+/// the tombstone `used` (keeping its TTL), and the nick's registration moves
+/// to this node when the storing node holds it or it is free. `ARGV`: this
+/// node's prefix (`NODE `), the nick TTL in ms, now in ms. Reply: nil (no
+/// such session), `used`, or `{RECORD, 1 when the nick is now ours}`.
+const TAKE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+if v == false then return false end \
+if v == 'used' then return 'used' end \
+redis.call('SET', KEYS[1], 'used', 'KEEPTTL') \
+local old, key, rest = string.match(v, '^(%S+) (%S+) (.*)$') \
+if not old then return {'', 0} end \
+local disp, exp = string.match(rest, '^(%S+) %S+ %S+ (%S+)') \
+if not disp then return {rest, 0} end \
+local nk = 'lc:nick:' .. key \
+local nv = redis.call('GET', nk) \
+local ours = 0 \
+if nv == false then \
+local signed = '' if exp ~= '-' then signed = ' signed' end \
+redis.call('SET', nk, ARGV[1] .. ARGV[3] .. ' ' .. disp .. signed, 'PX', ARGV[2]) ours = 1 \
+elseif string.sub(nv, 1, string.len(old) + 1) == old .. ' ' then \
+redis.call('SET', nk, ARGV[1] .. string.sub(nv, string.len(old) + 2), 'PX', ARGV[2]) ours = 1 \
+elseif string.sub(nv, 1, string.len(ARGV[1])) == ARGV[1] then ours = 1 end \
+return {rest, ours}";
+
+/// End a stored session whose time ran out on the node that stored it
+/// (`KEYS[1]`: `lc:sess:HASH`): 0 when another node took it (the tombstone),
+/// else deleted and 1.
+const END_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == 'used' then return 0 end \
+redis.call('DEL', KEYS[1]) return 1";
+
+/// The reply of [`HISTORY_SCRIPT`]: the room's counter (epoch, last number)
+/// and its stored entries.
+fn history_snapshot(items: &[Value]) -> (Option<(u64, u64)>, Vec<&[u8]>) {
+    let num = |i: usize| {
+        items
+            .get(i)
+            .and_then(Value::as_bytes)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    let entries = match items.get(2) {
+        Some(Value::Array(Some(list))) => list.iter().filter_map(Value::as_bytes).collect(),
+        _ => Vec::new(),
+    };
+    (num(0).zip(num(1)), entries)
+}
+
+/// The scripts' `EVALSHA` names (the SHA-1 of their text, in hex). Each
+/// command-link handshake loads every script (`SCRIPT LOAD`), so a message
+/// carries 40 bytes of name instead of the script's text (about 1 KB) and
+/// Redis does not hash the text again per call. A `NOSCRIPT` reply (an
+/// operator's `SCRIPT FLUSH`) fails the link: the reconnect loads them again
+/// and resends what was unanswered.
+#[derive(Debug)]
+struct Scripts {
+    say: String,
+    history: String,
+    refresh: String,
+    release: String,
+    take: String,
+    end: String,
+}
+
+/// Every script, loaded in each handshake.
+const ALL_SCRIPTS: [&str; 6] = [
+    SAY_SCRIPT,
+    HISTORY_SCRIPT,
+    REFRESH_SCRIPT,
+    RELEASE_SCRIPT,
+    TAKE_SCRIPT,
+    END_SCRIPT,
+];
+
+fn script_sha(script: &str) -> String {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(script.as_bytes())
+        .iter()
+        .fold(String::with_capacity(40), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            say: script_sha(SAY_SCRIPT),
+            history: script_sha(HISTORY_SCRIPT),
+            refresh: script_sha(REFRESH_SCRIPT),
+            release: script_sha(RELEASE_SCRIPT),
+            take: script_sha(TAKE_SCRIPT),
+            end: script_sha(END_SCRIPT),
+        }
+    }
+}
 
 /// Delete a nick registration only when it is ours.
 const RELEASE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
@@ -292,6 +390,14 @@ enum Pending {
         from: Box<str>,
         text: Box<str>,
     },
+    /// SET of a dropped session's record (no answer needed).
+    StoreSession,
+    /// The take script for a resume.
+    TakeSession { id: ConnId },
+    /// The end script for a session that timed out here.
+    EndSession { key: Box<str> },
+    /// The history script for a resumed connection's catch-up in `room`.
+    Catchup { id: ConnId, room: Box<str> },
 }
 
 /// Marks a pending entry whose connection left.
@@ -344,13 +450,24 @@ impl Peer {
 
     /// Follow membership from one of its room lines (`room` folded).
     fn track(&mut self, room: &str, line: &str) {
-        let mut it = line.splitn(4, ' ');
-        let (Some(kind), Some(display), Some(nick)) = (it.next(), it.next(), it.next()) else {
+        // A `MSG` (one per message: the hot path) names its sender second;
+        // the full parse would scan the whole text for nothing here.
+        if let Some(rest) = line.strip_prefix("MSG ") {
+            let mut it = rest.splitn(3, ' ');
+            if let (Some(display), Some(nick), Some(_)) = (it.next(), it.next(), it.next()) {
+                self.add(room, display, nick);
+            }
             return;
-        };
-        match kind {
-            "JOINED" | "MSG" => self.add(room, display, nick),
-            "LEFT" => {
+        }
+        match line::parse(line) {
+            Ok((
+                _,
+                Line::Joined {
+                    room: display,
+                    nick,
+                },
+            )) => self.add(room, display, nick),
+            Ok((_, Line::Left { nick, .. })) => {
                 if let Some(e) = self.members.get_mut(room) {
                     if let Some(i) = e.1.iter().position(|n| **n == *nick) {
                         e.1.swap_remove(i);
@@ -382,8 +499,7 @@ impl Peer {
 
     /// `NICK OLD NEW` from it: rename in every room.
     fn rename(&mut self, line: &str) {
-        let mut it = line.split(' ');
-        let (Some("NICK"), Some(old), Some(new)) = (it.next(), it.next(), it.next()) else {
+        let Ok((_, Line::Nick { old, new })) = line::parse(line) else {
             return;
         };
         for (_, nicks) in self.members.values_mut() {
@@ -406,6 +522,8 @@ pub struct Cluster {
     node: String,
     /// `NODE ` (registry values start with it).
     node_prefix: String,
+    /// `EVALSHA` names of the scripts.
+    scripts: Scripts,
     own_channel: Vec<u8>,
     /// Commands and publishing.
     cmd: Link,
@@ -455,6 +573,9 @@ pub struct Cluster {
     /// Rooms of `rooms` whose subscription Redis has confirmed: a message
     /// this node publishes there comes back to it by pub/sub.
     confirmed: HashSet<Box<str>>,
+    /// Catch-ups of resumed connections waiting for their room's
+    /// subscription to be confirmed (bounded by the connections held).
+    catchup_wait: Vec<(ConnId, Box<str>)>,
     /// `/who` and `/rooms` asked of the other nodes, one at a time.
     queries: Queries,
     /// This node's answer to `/rooms`, reused for [`query::CACHE_FOR`]
@@ -493,6 +614,7 @@ impl Cluster {
         let queries = Queries::new(cfg.query_timeout);
         Cluster {
             node_prefix: format!("{node} "),
+            scripts: Scripts::new(),
             own_channel: format!("lc:node:{node}").into_bytes(),
             cmd: Link::new(cfg.max_buffer, limits, MIN_BACKOFF, now),
             sub: Link::new(cfg.max_buffer, limits, MIN_BACKOFF, now),
@@ -518,6 +640,7 @@ impl Cluster {
             last_seen: HashMap::new(),
             rooms: HashSet::new(),
             confirmed: HashSet::new(),
+            catchup_wait: Vec::new(),
             queries,
             rooms_answer: None,
             next_heartbeat: now,
@@ -823,6 +946,10 @@ impl Cluster {
             out.push(Pending::Handshake);
         }
         if cmd {
+            for script in ALL_SCRIPTS {
+                conn.queue(&[b"SCRIPT", b"LOAD", script.as_bytes()]);
+                out.push(Pending::Handshake);
+            }
             conn.queue(&[b"PING"]);
             out.push(Pending::Ready);
         }
@@ -900,8 +1027,18 @@ impl Cluster {
                 Pending::History { id, .. } if id != CANCELLED => {
                     hub.history_unavailable(id, sink);
                 }
+                Pending::TakeSession { id } if id != CANCELLED => {
+                    hub.session_taken(id, Fetched::Unreachable, sink);
+                }
+                Pending::EndSession { key } => hub.session_ended(&key, true, sink),
+                Pending::Catchup { id, room } if id != CANCELLED => {
+                    hub.catchup_unavailable(id, &room, sink);
+                }
                 _ => {}
             }
+        }
+        for (id, room) in std::mem::take(&mut self.catchup_wait) {
+            hub.catchup_unavailable(id, &room, sink);
         }
         for o in unanswered.into_iter().rev() {
             if self.backlog_bytes + o.bytes.len() <= self.cfg.max_buffer {
@@ -977,6 +1114,10 @@ impl Cluster {
         sink: &mut impl Sink,
         now: Instant,
     ) -> Result<(), String> {
+        if matches!(&v, Value::Error(e) if e.starts_with(b"NOSCRIPT")) {
+            // Scripts flushed under us: reconnect, load them, resend.
+            return Err("scripts not loaded (SCRIPT FLUSH?)".into());
+        }
         self.timed_out = self.timed_out.saturating_sub(1);
         let Some((_, p)) = self.pending.pop_front() else {
             return Err("reply without a request".into());
@@ -1051,12 +1192,14 @@ impl Cluster {
             }
             Pending::Refresh { id, nick } => {
                 if v.as_int() == Some(1) {
-                    let still = id != CANCELLED
-                        && hub
-                            .nick(id)
+                    let still = if id == CANCELLED {
+                        hub.holds_detached_nick(&nick)
+                    } else {
+                        hub.nick(id)
                             .and_then(Folded::new)
                             .zip(Folded::new(&nick))
-                            .is_some_and(|(a, b)| a.as_str() == b.as_str());
+                            .is_some_and(|(a, b)| a.as_str() == b.as_str())
+                    };
                     if !still {
                         self.release(&nick);
                     }
@@ -1070,7 +1213,51 @@ impl Cluster {
                     }
                 }
             }
-            Pending::Release | Pending::Ping | Pending::Alive => {}
+            Pending::Release | Pending::Ping | Pending::Alive | Pending::StoreSession => {}
+            Pending::TakeSession { id } => {
+                if id == CANCELLED {
+                    return Ok(());
+                }
+                let fetched = match &v {
+                    Value::Bulk(None) | Value::Array(None) => Fetched::Missing,
+                    Value::Array(Some(items)) => match (items.first(), items.get(1)) {
+                        (Some(rec), Some(ours)) => Fetched::Found {
+                            record: rec
+                                .as_bytes()
+                                .and_then(|b| std::str::from_utf8(b).ok())
+                                .unwrap_or(""),
+                            nick_ours: ours.as_int() == Some(1),
+                        },
+                        _ => Fetched::Missing,
+                    },
+                    Value::Error(_) => Fetched::Unreachable,
+                    _ => Fetched::Used,
+                };
+                if let Fetched::Found {
+                    record,
+                    nick_ours: true,
+                } = fetched
+                {
+                    if let Some(k) = record.split(' ').next().and_then(Folded::new) {
+                        self.registered.insert(k.as_str().into(), unix_ms());
+                    }
+                }
+                hub.session_taken(id, fetched, sink);
+            }
+            Pending::EndSession { key } => {
+                hub.session_ended(&key, v.as_int() != Some(0), sink);
+            }
+            Pending::Catchup { id, room } => {
+                if id == CANCELLED {
+                    return Ok(());
+                }
+                let Value::Array(Some(items)) = &v else {
+                    hub.catchup_unavailable(id, &room, sink);
+                    return Ok(());
+                };
+                let (counter, entries) = history_snapshot(items);
+                hub.answer_catchup(id, &room, counter, &entries, unix_ms(), sink);
+            }
             Pending::History {
                 id,
                 room,
@@ -1084,20 +1271,7 @@ impl Cluster {
                     hub.history_unavailable(id, sink);
                     return Ok(());
                 };
-                let num = |i: usize| {
-                    items
-                        .get(i)
-                        .and_then(Value::as_bytes)
-                        .and_then(|b| std::str::from_utf8(b).ok())
-                        .and_then(|s| s.parse::<u64>().ok())
-                };
-                let counter = num(0).zip(num(1));
-                let entries: Vec<&[u8]> = match items.get(2) {
-                    Some(Value::Array(Some(list))) => {
-                        list.iter().filter_map(Value::as_bytes).collect()
-                    }
-                    _ => Vec::new(),
-                };
+                let (counter, entries) = history_snapshot(items);
                 hub.answer_history(
                     id,
                     &room,
@@ -1214,6 +1388,7 @@ impl Cluster {
                             self.confirmed.insert(room.into());
                             let room = room.to_string();
                             self.release_early(Some(&room));
+                            self.catchups_confirmed(&room, hub, sink);
                         }
                     } else {
                         self.confirmed.remove(room);
@@ -1546,13 +1721,12 @@ impl Cluster {
         let ttl = ttl_ms.to_string();
         let applied_ttl = (FORGET_NODE.as_millis() as u64).to_string();
         let counter_ttl = (COUNTER_IDLE.as_millis() as u64).max(ttl_ms).to_string();
-        let mut bytes =
-            Vec::with_capacity(SAY_SCRIPT.len() + self.payload.len() + 2 * line.len() + 160);
+        let mut bytes = Vec::with_capacity(self.payload.len() + 2 * line.len() + 220);
         super::resp::encode_command(
             &mut bytes,
             &[
-                b"EVAL",
-                SAY_SCRIPT.as_bytes(),
+                b"EVALSHA",
+                self.scripts.say.as_bytes(),
                 b"3",
                 format!("lc:seq:{room}").as_bytes(),
                 format!("lc:hist:{room}").as_bytes(),
@@ -1787,9 +1961,13 @@ impl Cluster {
     /// Queue the script that deletes the registry `key` only while
     /// `owner_prefix` (a node's `NODE ` prefix) still holds it.
     fn queue_release(&mut self, key: &[u8], owner_prefix: &[u8]) -> bool {
-        let queued = self
-            .cmd
-            .queue(&[b"EVAL", RELEASE_SCRIPT.as_bytes(), b"1", key, owner_prefix]);
+        let queued = self.cmd.queue(&[
+            b"EVALSHA",
+            self.scripts.release.as_bytes(),
+            b"1",
+            key,
+            owner_prefix,
+        ]);
         if queued {
             self.expect(Pending::Release);
         }
@@ -1820,6 +1998,11 @@ impl Cluster {
             let signed = hub.claims_signed(id);
             (id, Box::<str>::from(n), signed)
         }));
+        // A dropped session's nick stays registered while it may resume.
+        self.refresh_queue.extend(
+            hub.held_nicks()
+                .map(|(n, signed)| (CANCELLED, Box::<str>::from(n), signed)),
+        );
     }
 
     /// Queue refresh commands while the outgoing buffer is under half full, so
@@ -1845,8 +2028,8 @@ impl Cluster {
             let value = registration(&prefix, at, &nick, signed);
             let at = at.to_string();
             if self.cmd.queue(&[
-                b"EVAL",
-                REFRESH_SCRIPT.as_bytes(),
+                b"EVALSHA",
+                self.scripts.refresh.as_bytes(),
                 b"1",
                 &key,
                 value.as_bytes(),
@@ -1885,6 +2068,39 @@ impl Cluster {
                 }
             }
             Step::Wait => {}
+        }
+    }
+
+    /// Read `room`'s history for `id`'s catch-up (the subscription is confirmed).
+    fn read_catchup(&mut self, id: ConnId, room: Box<str>, hub: &mut Hub, sink: &mut impl Sink) {
+        let keep = hub.config().history.keep.max(1).to_string();
+        if self.cmd.state == LinkState::Ready
+            && self.cmd.queue(&[
+                b"EVALSHA",
+                self.scripts.history.as_bytes(),
+                b"2",
+                format!("lc:seq:{room}").as_bytes(),
+                format!("lc:hist:{room}").as_bytes(),
+                keep.as_bytes(),
+            ])
+        {
+            self.expect(Pending::Catchup { id, room });
+        } else {
+            hub.catchup_unavailable(id, &room, sink);
+        }
+    }
+
+    /// Redis confirmed the subscription to `room`: its waiting catch-ups read.
+    fn catchups_confirmed(&mut self, room: &str, hub: &mut Hub, sink: &mut impl Sink) {
+        if self.catchup_wait.is_empty() {
+            return;
+        }
+        let (now, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.catchup_wait)
+            .into_iter()
+            .partition(|(_, r)| &**r == room);
+        self.catchup_wait = wait;
+        for (id, room) in now {
+            self.read_catchup(id, room, hub, sink);
         }
     }
 
@@ -2028,8 +2244,8 @@ impl Cluster {
                 let keep = hub.config().history.keep.to_string();
                 if self.cmd.state == LinkState::Ready
                     && self.cmd.queue(&[
-                        b"EVAL",
-                        HISTORY_SCRIPT.as_bytes(),
+                        b"EVALSHA",
+                        self.scripts.history.as_bytes(),
                         b"2",
                         format!("lc:seq:{room}").as_bytes(),
                         format!("lc:hist:{room}").as_bytes(),
@@ -2062,13 +2278,87 @@ impl Cluster {
                     hub.answer_rooms(id, &[], sink);
                 }
             }
+            Request::StoreSession {
+                key,
+                nick,
+                record,
+                ttl_ms,
+            } => {
+                let value = format!("{}{nick} {record}", self.node_prefix);
+                let ttl = ttl_ms.to_string();
+                let set: &[&[u8]] = &[
+                    b"SET",
+                    key.as_bytes(),
+                    value.as_bytes(),
+                    b"PX",
+                    ttl.as_bytes(),
+                ];
+                if self.cmd.state == LinkState::Ready && self.cmd.queue(set) {
+                    self.expect(Pending::StoreSession);
+                }
+            }
+            Request::TakeSession { id, key } => {
+                let ttl = self.ttl_ms();
+                let at = unix_ms().to_string();
+                let prefix = self.node_prefix.clone();
+                if self.cmd.state == LinkState::Ready
+                    && self.cmd.queue(&[
+                        b"EVALSHA",
+                        self.scripts.take.as_bytes(),
+                        b"1",
+                        key.as_bytes(),
+                        prefix.as_bytes(),
+                        ttl.as_bytes(),
+                        at.as_bytes(),
+                    ])
+                {
+                    self.expect(Pending::TakeSession { id });
+                } else {
+                    hub.session_taken(id, Fetched::Unreachable, sink);
+                }
+            }
+            Request::UseSession { key } => {
+                let set: &[&[u8]] = &[b"SET", key.as_bytes(), b"used", b"XX", b"KEEPTTL"];
+                if self.cmd.state == LinkState::Ready && self.cmd.queue(set) {
+                    self.expect(Pending::StoreSession);
+                }
+            }
+            Request::EndSession { key } => {
+                if self.cmd.state == LinkState::Ready
+                    && self.cmd.queue(&[
+                        b"EVALSHA",
+                        self.scripts.end.as_bytes(),
+                        b"1",
+                        key.as_bytes(),
+                    ])
+                {
+                    self.expect(Pending::EndSession { key });
+                } else {
+                    // Nobody can say another node took it: it ends here.
+                    hub.session_ended(&key, true, sink);
+                }
+            }
+            Request::Catchup { id, room } => {
+                if self.cmd.state != LinkState::Ready {
+                    hub.catchup_unavailable(id, &room, sink);
+                } else if self.confirmed.contains(&room) {
+                    self.read_catchup(id, room, hub, sink);
+                } else {
+                    // Read once Redis confirms the subscription: every line
+                    // after the snapshot then reaches this node live.
+                    self.catchup_wait.push((id, room));
+                }
+            }
             Request::Gone(id) => {
+                self.catchup_wait.retain(|(i, _)| *i != id);
                 for (_, p) in self.pending.iter_mut() {
                     match p {
                         Pending::Reserve { id: i, .. }
                         | Pending::Refresh { id: i, .. }
                         | Pending::Lookup { id: i, .. }
                         | Pending::History { id: i, .. }
+                        | Pending::TakeSession { id: i }
+                        | Pending::Catchup { id: i, .. }
                         | Pending::Publish { sender: i, .. }
                             if *i == id =>
                         {
@@ -2383,6 +2673,12 @@ mod tests {
                             .unwrap_or_default()
                     };
                     let (mut name, mut first) = (arg(0), arg(1));
+                    // A script by name, seen as its text.
+                    if name == "EVALSHA" {
+                        if let Some(text) = ALL_SCRIPTS.iter().find(|t| script_sha(t) == first) {
+                            (name, first) = ("EVAL".into(), text.to_string());
+                        }
+                    }
                     // The room message script, seen as what it does.
                     if name == "EVAL" && arg(3).starts_with("lc:seq:") {
                         (name, first) = ("SAY".into(), arg(6));
@@ -2390,6 +2686,9 @@ mod tests {
                     let reply: Option<Vec<u8>> = match (w, name.as_str()) {
                         (Which::Cmd, _) if !self.answer => None,
                         (Which::Cmd, "PING") => Some(b"+PONG\r\n".to_vec()),
+                        (Which::Cmd, "SCRIPT") => {
+                            Some(b"$40\r\n0000000000000000000000000000000000000000\r\n".to_vec())
+                        }
                         (Which::Cmd, "SET") => Some(b"+OK\r\n".to_vec()),
                         (Which::Cmd, "EVAL") => Some(b":1\r\n".to_vec()),
                         (Which::Cmd, "SAY") => Some(self.say_reply.to_vec()),

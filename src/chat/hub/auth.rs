@@ -624,6 +624,12 @@ impl Hub {
         self.auth.rooms.remove(&id)
     }
 
+    /// Forget the identity held for `id` (a resumed token holder keeps its
+    /// session's).
+    pub(super) fn forget_held_identity(&mut self, id: ConnId) {
+        self.auth.held.remove(&id);
+    }
+
     /// Give `id` a room grant (a resumed session's).
     pub(super) fn auth_rooms_insert(&mut self, id: ConnId, rooms: Box<[Box<str>]>) {
         self.auth.rooms.insert(id, rooms);

@@ -51,18 +51,45 @@ impl HoldOutcome {
 
 /// A connection that asked for a nick and waits for the cluster's answer
 /// before `WELCOME`: nothing it sends is processed until then.
+/// Also a connection resuming a session (`hub/cluster_resume.rs`): waiting
+/// for the session's record, then for its rooms to catch up.
 #[derive(Debug)]
-struct Held {
-    nick: Box<str>,
-    room: Option<Box<str>>,
+pub(super) struct Held {
+    pub(super) nick: Box<str>,
+    pub(super) room: Option<Box<str>>,
     /// `?caps=`, answered (with what a cluster node offers) after `WELCOME`.
-    caps: Option<super::Caps>,
-    now_ms: u64,
+    pub(super) caps: Option<super::Caps>,
+    pub(super) now_ms: u64,
     /// Its lines so far, with their arrival times, replayed after `WELCOME`.
-    lines: Vec<(Box<str>, u64)>,
-    bytes: usize,
+    pub(super) lines: Vec<(Box<str>, u64)>,
+    pub(super) bytes: usize,
     /// Lines over the bound, dropped (and reported after `WELCOME`).
-    dropped: u32,
+    pub(super) dropped: u32,
+    /// An `ERR` to send after `WELCOME` (a refused resume).
+    pub(super) err: Option<(ErrorCode, &'static str)>,
+    /// Set while the session's record is asked for.
+    pub(super) resume: Option<Box<super::cluster_resume::ResumeArgs>>,
+}
+
+impl Held {
+    pub(super) fn new(
+        nick: &str,
+        room: Option<&str>,
+        caps: Option<super::Caps>,
+        now_ms: u64,
+    ) -> Held {
+        Held {
+            nick: nick.into(),
+            room: room.map(Into::into),
+            caps,
+            now_ms,
+            lines: Vec::new(),
+            bytes: 0,
+            dropped: 0,
+            err: None,
+            resume: None,
+        }
+    }
 }
 
 /// Cluster-only hub state; boxed so a single-process hub pays one pointer.
@@ -75,11 +102,16 @@ pub struct RemoteState {
     /// Part of guest nicks, so that nodes do not hand out the same ones.
     tag: Box<str>,
     /// Connections waiting for their requested nick (no `WELCOME` yet).
-    held: HashMap<ConnId, Held>,
+    pub(super) held: HashMap<ConnId, Held>,
     /// The answer for the held connect being completed now.
     outcome: Option<(ConnId, HoldOutcome)>,
     /// Redis can number room messages now (see [`Hub::set_ordered`]).
     ordered: bool,
+    /// Rooms of resumed sessions catching up (`hub/cluster_resume.rs`).
+    pub(super) catchups: Vec<super::cluster_resume::Catchup>,
+    /// Dropped sessions whose time ran out, until Redis says whether another
+    /// node resumed them (by Redis key).
+    pub(super) ending: HashMap<Box<str>, super::resume::Detached>,
 }
 
 impl RemoteState {
@@ -211,18 +243,7 @@ impl Hub {
         let Some(r) = self.remote.as_deref_mut() else {
             return false;
         };
-        r.held.insert(
-            id,
-            Held {
-                nick: nick.into(),
-                room: room.map(Into::into),
-                caps,
-                now_ms,
-                lines: Vec::new(),
-                bytes: 0,
-                dropped: 0,
-            },
-        );
+        r.held.insert(id, Held::new(nick, room, caps, now_ms));
         r.push(Request::Reserve {
             id,
             nick: nick.into(),
@@ -269,8 +290,10 @@ impl Hub {
             .is_some_and(|r| r.held.contains_key(&id))
     }
 
-    /// `id` left while held: forget it; true when it was held.
+    /// `id` left while held: forget it (and its catch-ups); true when it was
+    /// held before `WELCOME` (so there is nothing more to disconnect).
     pub(super) fn drop_held(&mut self, id: ConnId) -> bool {
+        self.drop_catchups(id);
         let Some(r) = self.remote.as_deref_mut() else {
             return false;
         };
@@ -278,7 +301,7 @@ impl Hub {
             return false;
         }
         r.push(Request::Gone(id));
-        true
+        self.user(id).is_none()
     }
 
     /// Connections waiting for the cluster to confirm their nick.
@@ -394,7 +417,7 @@ impl Hub {
                 caps: h.caps,
                 ..super::Connect::default()
             };
-            self.connect_with(id, &args, h.now_ms, sink);
+            self.connect_as_new(id, &args, h.err, h.now_ms, sink);
             // Role and token of a connection held for its nick (`hub/auth.rs`),
             // before its held lines run.
             self.apply_held_identity(id, claim, sink);
@@ -484,9 +507,18 @@ impl Hub {
         text: &str,
         sink: &mut impl Sink,
     ) -> String {
-        let line = format!("PRIV {from} {to} {text}");
-        if self.user(id).is_some() {
-            send(sink, &mut self.deliveries, &[id], &line);
+        let plain = format!("PRIV {from} {to} {text}");
+        // An id and time from this node, as for a private message on one
+        // node: the line travels tagged, and each end strips the tags for a
+        // v1 client.
+        let msg_id = self.ids.next_id();
+        let time_ms = self.ids.epoch().saturating_add(self.now_ms);
+        let mut line = String::with_capacity(plain.len() + 64);
+        super::resume::tag_line(&mut line, &plain, msg_id, time_ms);
+        self.messages += 1;
+        if let Some(u) = self.user(id) {
+            let out = if u.caps & CAP_IDS != 0 { &line } else { &plain };
+            send(sink, &mut self.deliveries, &[id], out);
         }
         line
     }
@@ -530,7 +562,11 @@ impl Hub {
     pub fn remote_left(&mut self, room: &str, display: &str, nick: &str, sink: &mut impl Sink) {
         let mut line = std::mem::take(&mut self.out);
         line.clear();
-        let _ = write!(line, "LEFT {display} {nick}");
+        Line::Left {
+            room: display,
+            nick,
+        }
+        .write_str(&mut line, None);
         self.deliver_remote_room(room, &line, sink);
         self.out = line;
     }
@@ -582,6 +618,13 @@ impl Hub {
             id,
             time_ms,
         );
+        if self
+            .remote
+            .as_deref()
+            .is_some_and(|r| !r.catchups.is_empty())
+        {
+            self.catchup_live(rid, id, time_ms, line, sink);
+        }
         true
     }
 
@@ -622,8 +665,8 @@ impl Hub {
             let (time, line) = rest.split_once(' ')?;
             let (id, time) = (MsgId::parse(id)?, time.parse::<u64>().ok()?);
             let fresh = ttl == 0 || time.saturating_add(ttl) > now;
-            (fresh && line.starts_with("MSG ") && !line.contains(['\r', '\n']))
-                .then_some((id, time, line))
+            let msg = matches!(super::super::line::parse(line), Ok((_, Line::Msg { .. })));
+            (fresh && msg).then_some((id, time, line))
         });
         let mut lines: Vec<(MsgId, u64, &str)> = match counter {
             Some((epoch, _)) => kept.filter(|e| e.0.epoch == epoch).collect(),
@@ -683,10 +726,10 @@ impl Hub {
     /// registration won): the line is not about this member, and a client
     /// would take it for its own rename.
     pub fn deliver_nick(&mut self, rooms: &[&str], line: &str, sink: &mut impl Sink) {
-        let old = line
-            .strip_prefix("NICK ")
-            .and_then(|r| r.split(' ').next())
-            .and_then(Folded::new);
+        let old = match super::super::line::parse(line) {
+            Ok((_, Line::Nick { old, .. })) => Folded::new(old),
+            _ => None,
+        };
         let skip = old.and_then(|k| self.nick_holder(k.as_str()));
         let gen = self.next_generation();
         let mut to = std::mem::take(&mut self.scratch);
@@ -717,13 +760,18 @@ impl Hub {
     /// A `PRIV` line from another node for the local nick `to`: false when
     /// nobody here has it.
     pub fn deliver_private(&mut self, to: &str, line: &str, sink: &mut impl Sink) -> bool {
-        match self.nick_owner(to) {
-            Some(id) => {
-                send(sink, &mut self.deliveries, &[id], line);
-                true
-            }
-            None => false,
-        }
+        let Some(id) = self.nick_owner(to) else {
+            return false;
+        };
+        // The sender's node tagged it (`@id=…;time=… PRIV …`): the tags go
+        // only to a client that asked for `ids`.
+        let ids = self.user(id).is_some_and(|u| u.caps & CAP_IDS != 0);
+        let out = match line.strip_prefix('@').and_then(|l| l.split_once(' ')) {
+            Some((_, plain)) if !ids => plain,
+            _ => line,
+        };
+        send(sink, &mut self.deliveries, &[id], out);
+        true
     }
 
     /// The local connection holding `nick` (any letter case), if any.
@@ -784,13 +832,12 @@ impl Hub {
         let limit = self.config.who_limit;
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        out.push_str("WHO ");
         let (local, local_total) = self.local_who(room);
         let name = self
             .room_id(room)
             .and_then(|rid| self.room(rid))
             .map_or(room, |r| &*r.name);
-        out.push_str(name);
+        let mut nicks = String::new();
         let mut shown = 0;
         for nick in local
             .iter()
@@ -800,14 +847,22 @@ impl Hub {
             if shown == limit {
                 break;
             }
-            out.push(' ');
-            out.push_str(nick);
+            if shown > 0 {
+                nicks.push(' ');
+            }
+            nicks.push_str(nick);
             shown += 1;
         }
         let total = local_total.saturating_add(others_total.max(others.len()));
         if total > shown {
-            let _ = write!(out, " +{}", total - shown);
+            let sep = if shown > 0 { " " } else { "" };
+            let _ = write!(nicks, "{sep}+{}", total - shown);
         }
+        Line::Who {
+            room: name,
+            nicks: &nicks,
+        }
+        .write_str(&mut out, None);
         send(sink, &mut self.deliveries, &[id], &out);
         self.out = out;
     }
@@ -839,13 +894,16 @@ impl Hub {
         let limit = self.config.rooms_limit.min(list.len());
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        out.push_str("ROOMS");
+        let mut fields = String::new();
         for (name, n) in &list[..limit] {
-            let _ = write!(out, " {name}={n}");
+            let sep = if fields.is_empty() { "" } else { " " };
+            let _ = write!(fields, "{sep}{name}={n}");
         }
         if list.len() > limit {
-            let _ = write!(out, " +{}", list.len() - limit);
+            let sep = if fields.is_empty() { "" } else { " " };
+            let _ = write!(fields, "{sep}+{}", list.len() - limit);
         }
+        Line::Rooms(&fields).write_str(&mut out, None);
         send(sink, &mut self.deliveries, &[id], &out);
         self.out = out;
     }

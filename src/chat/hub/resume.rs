@@ -6,8 +6,8 @@
 //!   `resume` off and ends the session); `/caps` alone reports it. Unknown
 //!   names are ignored; `CAPS` lists what is on, in a fixed order.
 //! - A cluster node offers `ids` (Redis numbers each room's messages, see
-//!   `cluster::node`) and asks Redis for `/history`, but does not offer
-//!   `resume` yet: its sessions are not shared through Redis.
+//!   `cluster::node`), asks Redis for `/history`, and shares its dropped
+//!   sessions through Redis so they resume on any node (`cluster_resume.rs`).
 //! - A dropped session is invisible to `/who`, `/rooms` counts and `/msg`
 //!   (`no such nick`) while it is away; only its nick and rooms are held.
 //! - `/resume` of a session whose connection the server still thinks open
@@ -43,6 +43,11 @@ pub(super) const DETACHED: ConnId = usize::MAX;
 pub struct Caps(u8);
 
 impl Caps {
+    /// The capability bits.
+    pub(super) fn bits(self) -> u8 {
+        self.0
+    }
+
     /// Parse a comma-separated list; unknown names are ignored.
     pub fn parse(list: &str) -> Caps {
         Caps(
@@ -85,6 +90,15 @@ pub(super) struct Detached {
     /// What a token holder's session keeps of its token (boxed: most
     /// sessions are guests').
     signed: Option<Box<SignedHold>>,
+    /// Clustered: the session's Redis key and the record stored there.
+    shared: Option<Box<Shared>>,
+}
+
+/// A clustered session's copy in Redis (see `hub/cluster_resume.rs`).
+#[derive(Debug)]
+pub(super) struct Shared {
+    key: Box<str>,
+    record: Box<str>,
 }
 
 /// A dropped signed session's token: restored on resume, and the session
@@ -106,6 +120,26 @@ impl Detached {
     /// True for a token holder's session.
     pub(super) fn is_signed(&self) -> bool {
         self.access.is_signed()
+    }
+
+    /// The nick it holds.
+    pub(super) fn nick(&self) -> &str {
+        &self.nick
+    }
+
+    /// The rooms it holds.
+    pub(super) fn room_ids(&self) -> impl Iterator<Item = RoomId> + '_ {
+        self.rooms.iter().map(|&(rid, _)| rid)
+    }
+
+    /// Clustered: the record written to Redis.
+    pub(super) fn record(&self) -> Option<&str> {
+        self.shared.as_deref().map(|s| &*s.record)
+    }
+
+    /// Clustered: the key of the record in Redis.
+    pub(super) fn redis_key(&self) -> Option<&str> {
+        self.shared.as_deref().map(|s| &*s.key)
     }
 }
 
@@ -210,6 +244,14 @@ impl Hub {
         self.now_ms = now_ms;
         let mut bad = None;
         if let Some(token) = args.resume {
+            if self.remote.is_some() && self.offered() & CAP_RESUME != 0 {
+                if self.start_cluster_resume(id, token, args, false, now_ms) {
+                    return;
+                }
+                bad = Some((ErrorCode::BadSession, "unknown, used or expired session"));
+                self.connect_as_new(id, args, bad, now_ms, sink);
+                return;
+            }
             match self.take_session(id, token, now_ms, sink) {
                 Ok(data) => {
                     if self.user(id).is_some() {
@@ -235,12 +277,9 @@ impl Hub {
         self.connect_as_new(id, args, bad, now_ms, sink);
     }
 
-    /// The capabilities this hub offers: a cluster node offers `ids` (Redis
-    /// orders each room) but not yet `resume`.
-    fn offered(&self) -> u8 {
-        if self.remote.is_some() {
-            return CAP_IDS;
-        }
+    /// The capabilities this hub offers: `ids` always (a cluster's rooms
+    /// are ordered by Redis), `resume` when sessions are kept.
+    pub(super) fn offered(&self) -> u8 {
         let resume = if self.config.session_ttl_ms > 0 {
             CAP_RESUME
         } else {
@@ -294,7 +333,7 @@ impl Hub {
 
     /// A fresh token for `id`, sent as `SESSION TOKEN`. Without OS randomness
     /// (never seen in practice) `resume` is switched off rather than weakened.
-    fn issue_session(&mut self, id: ConnId, sink: &mut impl Sink) {
+    pub(super) fn issue_session(&mut self, id: ConnId, sink: &mut impl Sink) {
         let mut bytes = [0u8; TOKEN_BYTES];
         if os_random(&mut bytes).is_err() {
             if let Some(u) = self.users.get_mut(id).and_then(Option::as_mut) {
@@ -443,7 +482,7 @@ impl Hub {
     /// Find and use a session token for connection `id`. A session still
     /// held by another open connection is detached from it first, and that
     /// connection closed.
-    fn take_session(
+    pub(super) fn take_session(
         &mut self,
         id: ConnId,
         token: &str,
@@ -484,6 +523,17 @@ impl Hub {
         sink: &mut impl Sink,
     ) {
         let caps = self.user(id).map_or(0, |u| u.caps);
+        if self.remote.is_some() && self.offered() & CAP_RESUME != 0 {
+            let args = Connect {
+                since,
+                ..Connect::default()
+            };
+            if !self.start_cluster_resume(id, token, &args, true, now_ms) {
+                let text = "unknown, used or expired session";
+                self.err(id, ErrorCode::BadSession, text, sink);
+            }
+            return;
+        }
         match self.take_session(id, token, now_ms, sink) {
             Ok(data) => {
                 self.sessions.end(id);
@@ -505,7 +555,7 @@ impl Hub {
     }
 
     /// `disconnect` without keeping a session.
-    fn disconnect_now(&mut self, id: ConnId, sink: &mut impl Sink) {
+    pub(super) fn disconnect_now(&mut self, id: ConnId, sink: &mut impl Sink) {
         self.sessions.end(id);
         self.disconnect(id, sink);
     }
@@ -631,6 +681,36 @@ impl Hub {
         let Some(user) = self.user(id) else {
             return false;
         };
+        let shared = match (&self.remote, self.sessions.token_of(id)) {
+            (Some(_), Some(token)) => {
+                let rec = super::record::Record {
+                    nick: user.nick.clone(),
+                    caps: user.caps,
+                    access,
+                    exp: signed.as_ref().map(|h| h.exp),
+                    claim: signed.as_ref().and_then(|h| h.rooms.clone()),
+                    rooms: user
+                        .rooms
+                        .iter()
+                        .filter_map(|m| {
+                            let room = self.room(m.room)?;
+                            let last = room.last_id;
+                            Some((room.name.clone(), (last.epoch > 0).then_some(last)))
+                        })
+                        .collect(),
+                };
+                let mut record = String::new();
+                rec.write(&mut record);
+                Some(Box::new(Shared {
+                    key: token.redis_key().into(),
+                    record: record.into(),
+                }))
+            }
+            _ => None,
+        };
+        let Some(user) = self.user(id) else {
+            return false;
+        };
         let rooms: Vec<(RoomId, u64)> = user
             .rooms
             .iter()
@@ -658,12 +738,26 @@ impl Hub {
         while matches!(self.users.last(), Some(None)) {
             self.users.pop();
         }
+        if let (Some(sh), Some(nick)) = (&shared, Folded::new(&user.nick)) {
+            let ttl_ms = until_ms
+                .min(self.now_ms.saturating_add(self.config.session_ttl_ms))
+                .saturating_sub(self.now_ms)
+                .max(1);
+            let (key, record) = (sh.key.clone(), sh.record.clone());
+            self.request(|| Request::StoreSession {
+                key,
+                nick: nick.as_str().into(),
+                record,
+                ttl_ms,
+            });
+        }
         let data = Detached {
             nick: user.nick,
             rooms,
             caps: user.caps,
             access,
             signed,
+            shared,
         };
         let kept = self.sessions.detach_until(id, self.now_ms, until_ms, data);
         debug_assert!(kept.is_ok(), "can_detach said yes, the deadline is ahead");
@@ -676,7 +770,10 @@ impl Hub {
     /// When [`Hub::handle_timeout`] next has work (a dropped session expires),
     /// on the `now_ms` clock.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.sessions.poll_timeout()
+        match (self.sessions.poll_timeout(), self.catchup_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Expire dropped sessions whose time ran out: `LEFT` to their rooms (per
@@ -684,8 +781,12 @@ impl Hub {
     pub fn handle_timeout(&mut self, now_ms: u64, sink: &mut impl Sink) {
         self.now_ms = now_ms;
         while let Some(data) = self.sessions.pop_expired(now_ms) {
-            self.end_detached(data, sink);
+            // Clustered, Redis says first whether another node resumed it.
+            if let Some(data) = self.end_clustered(data) {
+                self.end_detached(data, sink);
+            }
         }
+        self.catchup_timeouts(now_ms, sink);
     }
 
     /// A dropped session ends without being resumed: `LEFT` to its rooms
@@ -706,11 +807,17 @@ impl Hub {
                     }
                     .write_str(&mut self.out, None);
                     send(sink, &mut self.deliveries, &room.members, &self.out);
+                    if let Some(remote) = self.remote.as_deref_mut() {
+                        remote.publish_room(&room.name, &self.out);
+                    }
                 }
                 self.delete_if_unused(rid);
             }
             if let Some(key) = Folded::new(&data.nick) {
                 self.nicks.remove(key.as_str(), DETACHED);
+                self.request(|| Request::Release {
+                    nick: key.as_str().into(),
+                });
             }
         }
     }
@@ -1268,7 +1375,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_node_offers_ids_but_not_resume() {
+    fn a_cluster_node_offers_ids_and_resume() {
         let (mut hub, mut sink) = hub();
         hub.enable_cluster("n1");
         // No nick asked for: a guest is not held for the cluster registry.
@@ -1277,7 +1384,9 @@ mod tests {
             ..Connect::default()
         };
         hub.connect_with(0, &args, 0, &mut sink);
-        assert_eq!(take(&mut sink, 0)[1], "CAPS ids");
+        let lines = take(&mut sink, 0);
+        assert_eq!(lines[1], "CAPS ids,resume");
+        assert!(lines[2].starts_with("SESSION "), "{lines:?}");
         // A nick is held for the registry; the answer comes after WELCOME.
         let args = Connect {
             nick: Some("ann"),
@@ -1287,6 +1396,6 @@ mod tests {
         hub.connect_with(1, &args, 0, &mut sink);
         assert!(take(&mut sink, 1).is_empty(), "held");
         assert!(hub.nick_reserved(1, "ann", crate::chat::remote::Claim::Granted, &mut sink));
-        assert_eq!(take(&mut sink, 1)[..2], ["WELCOME ann", "CAPS ids"]);
+        assert_eq!(take(&mut sink, 1)[..2], ["WELCOME ann", "CAPS ids,resume"]);
     }
 }

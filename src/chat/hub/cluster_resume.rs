@@ -1,0 +1,1067 @@
+//! Sessions that resume on any node of a cluster.
+//!
+//! A node that keeps a dropped session also writes its [`Record`] to Redis
+//! ([`Request::StoreSession`], keyed by the token's hash) and keeps holding
+//! the nick (its registration is refreshed with the live ones). A `/resume`
+//! on any node asks Redis for the record ([`Request::TakeSession`]): one
+//! atomic script turns it into a tombstone (single use) and moves the nick's
+//! registration to the resuming node, so the nick never looks free and no
+//! `LEFT`/`JOINED` is sent. The dropping node learns of it when its session
+//! times out: its expiry script finds the tombstone and it forgets the
+//! session silently; otherwise it ends it with `LEFT` as on one node.
+//!
+//! Catching up, per room ([`Request::Catchup`]): the resuming node subscribes
+//! (if it was not), waits for Redis to confirm, then reads the room's history
+//! snapshot (its counter `E-X` and entries). Meanwhile the connection is not
+//! a member: the room's live lines are buffered for it. With the snapshot:
+//! the missed lines are those after the session's last id up to `X` (all of
+//! them must still be there, else `RESUMED ROOM lost`), then the buffered
+//! live lines above `X`. The connection becomes a member once this node has
+//! delivered `X` itself, so that no line reaches it twice; while live lines
+//! up to `X` are still in flight toward this node it waits for them (at most
+//! [`CATCHUP_WAIT_MS`]). Its input is held until every room has caught up.
+//!
+//! Redis restarted between the drop and the resume: the record is gone, so
+//! only the dropping node can resume the session (from its own memory); the
+//! missed lines are those Redis still has, which after a restart is none
+//! (`RESUMED ROOM lost` where something may have been missed).
+
+use super::super::history::{Lost, MsgId};
+use super::super::line::{parse, Count, Line, Tags};
+use super::super::names::Folded;
+use super::super::remote::{Claim, Fetched, Request};
+use super::super::session::Token;
+use super::super::{ConnId, ErrorCode, Sink};
+use super::cluster::Held;
+use super::record::Record;
+use super::resume::{Connect, Detached, CAP_IDS, CAP_RESUME, DETACHED};
+use super::{send, Hub, Membership, RoomId, User};
+use crate::chat::command::since_pairs;
+use crate::chat::compact::InlineList;
+use crate::chat::rate::RateLimiter;
+
+/// Longest a caught-up connection waits for live lines this node has not yet
+/// delivered (in flight from Redis) before joining without them.
+pub(super) const CATCHUP_WAIT_MS: u64 = 2_000;
+/// Live lines buffered for one catching-up room, at most.
+const MAX_CATCHUP_LINES: usize = 4_096;
+/// Bytes of live lines buffered for one catching-up room, at most.
+const MAX_CATCHUP_BYTES: usize = 1 << 20;
+
+/// What a resume waits for: the session's record, then its rooms' history.
+#[derive(Debug)]
+pub(super) struct ResumeArgs {
+    token: Box<str>,
+    key: Box<str>,
+    /// `ROOM=ID` pairs (command) or `ROOM:ID` (connect), as written.
+    since: Option<Box<str>>,
+    /// `/resume` on a live connection (not `?resume=` at connect).
+    command: bool,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// The history read is out.
+    Asking,
+    /// The snapshot is in; live lines up to `x` are still on their way here.
+    Waiting { x: MsgId, until_ms: u64 },
+}
+
+/// One room of a resumed session, catching up.
+#[derive(Debug)]
+pub(super) struct Catchup {
+    id: ConnId,
+    rid: RoomId,
+    /// The last id the client has; `Err` when unknown (lost).
+    after: Result<Option<MsgId>, Lost>,
+    phase: Phase,
+    /// Lines for the client, in order: live ones while asking, then (with
+    /// the snapshot) the missed ones followed by live ones above it.
+    lines: Vec<(MsgId, u64, Box<str>)>,
+    bytes: usize,
+    overflow: bool,
+}
+
+impl Catchup {
+    /// Keep a live line the client has not seen.
+    fn keep(&mut self, id: MsgId, time_ms: u64, line: &str) {
+        let floor = match (&self.phase, &self.after) {
+            (Phase::Waiting { x, .. }, _) => Some(*x),
+            (Phase::Asking, Ok(a)) => *a,
+            (Phase::Asking, Err(Lost)) => return,
+        };
+        if floor.is_some_and(|f| f.epoch == id.epoch && id.seq <= f.seq) {
+            return;
+        }
+        if self.lines.len() >= MAX_CATCHUP_LINES || self.bytes + line.len() > MAX_CATCHUP_BYTES {
+            self.overflow = true;
+            return;
+        }
+        self.bytes += line.len();
+        self.lines.push((id, time_ms, line.into()));
+    }
+}
+
+impl Hub {
+    /// Clustered: start resuming `token` for `id` (the hub answers once
+    /// Redis has, see [`Hub::session_taken`]); false when `token` is not a
+    /// token at all (refused at once).
+    pub(super) fn start_cluster_resume(
+        &mut self,
+        id: ConnId,
+        token: &str,
+        args: &Connect<'_>,
+        command: bool,
+        now_ms: u64,
+    ) -> bool {
+        let Some(key) = Token::parse(token).map(|t| t.redis_key()) else {
+            return false;
+        };
+        let Some(r) = self.remote.as_deref_mut() else {
+            return false;
+        };
+        let mut held = Held::new(args.nick.unwrap_or(""), args.room, args.caps, now_ms);
+        held.resume = Some(Box::new(ResumeArgs {
+            token: token.into(),
+            key: key.as_str().into(),
+            since: args.since.map(Into::into),
+            command,
+        }));
+        r.held.insert(id, held);
+        r.push(Request::TakeSession {
+            id,
+            key: key.into(),
+        });
+        true
+    }
+
+    /// Redis' answer to [`Request::TakeSession`] for `id`: the session is
+    /// resumed here (`WELCOME`, `SESSION`, then per room `RESUMED` and the
+    /// missed lines as each room catches up), or refused with
+    /// `ERR bad-session` (a connect goes on as a new connection).
+    pub fn session_taken(&mut self, id: ConnId, fetched: Fetched<'_>, sink: &mut impl Sink) {
+        let now_ms = self.now_ms;
+        let Some(mut held) = self.remote.as_deref_mut().and_then(|r| {
+            r.held
+                .get(&id)
+                .is_some_and(|h| h.resume.is_some())
+                .then(|| r.held.remove(&id))
+                .flatten()
+        }) else {
+            return;
+        };
+        let Some(args) = held.resume.take() else {
+            return;
+        };
+        // This node's own copy of the session, if it dropped here.
+        // (A connection still open here with it, half-open, is taken over.)
+        let local = self.take_session(id, &args.token, now_ms, sink).ok();
+        let outcome = match fetched {
+            Fetched::Found { record, nick_ours } => match Record::parse(record) {
+                Some(rec) => Ok((rec, nick_ours)),
+                None => Err("unknown, used or expired session"),
+            },
+            Fetched::Missing | Fetched::Unreachable => {
+                match local
+                    .as_ref()
+                    .and_then(|d| d.record())
+                    .and_then(Record::parse)
+                {
+                    Some(rec) => {
+                        // Redis lost it (or cannot be asked): this node's copy is
+                        // the session; mark it used so no node takes it again.
+                        self.request(|| Request::UseSession {
+                            key: args.key.clone(),
+                        });
+                        Ok((rec, true))
+                    }
+                    None if fetched == Fetched::Unreachable => {
+                        Err("session store unreachable, try again")
+                    }
+                    None => Err("unknown, used or expired session"),
+                }
+            }
+            Fetched::Used => Err("unknown, used or expired session"),
+        };
+        // The local copy's nick is the resumed nick: freed for `id` first.
+        if let Some(d) = &local {
+            if let Some(key) = Folded::new(d.nick()) {
+                self.nicks.remove(key.as_str(), DETACHED);
+            }
+        }
+        match outcome {
+            Ok((rec, nick_ours)) => {
+                self.attach_record(id, held, &args, rec, nick_ours, now_ms, sink)
+            }
+            Err(text) => self.refuse_resume(id, held, &args, text, sink),
+        }
+        if let Some(d) = local {
+            self.forget_detached(d);
+        }
+        self.settle_held_identity(id, sink);
+    }
+
+    /// A resume that cannot happen: the live connection gets `ERR
+    /// bad-session` and keeps going; a connect goes on as a new connection.
+    fn refuse_resume(
+        &mut self,
+        id: ConnId,
+        held: Held,
+        args: &ResumeArgs,
+        text: &'static str,
+        sink: &mut impl Sink,
+    ) {
+        let err = (ErrorCode::BadSession, text);
+        if args.command {
+            self.err(id, err.0, err.1, sink);
+            self.replay_held(id, held, sink);
+            return;
+        }
+        let connect = Connect {
+            nick: Some(&*held.nick).filter(|n| !n.is_empty()),
+            room: held.room.as_deref(),
+            caps: held.caps,
+            ..Connect::default()
+        };
+        self.connect_as_new(id, &connect, Some(err), held.now_ms, sink);
+        if let Some(h) = self.remote.as_deref_mut().and_then(|r| r.held.get_mut(&id)) {
+            // Held again, for the requested nick: the error and the lines
+            // wait with it.
+            h.err = Some(err);
+            h.lines = held.lines;
+            h.bytes = held.bytes;
+            h.dropped = held.dropped;
+            return;
+        }
+        self.replay_held(id, held, sink);
+    }
+
+    /// Give the session in `rec` to `id`.
+    #[allow(clippy::too_many_arguments)]
+    fn attach_record(
+        &mut self,
+        id: ConnId,
+        held: Held,
+        args: &ResumeArgs,
+        rec: Record,
+        nick_ours: bool,
+        now_ms: u64,
+        sink: &mut impl Sink,
+    ) {
+        let old_caps = self.user(id).map_or(0, |u| u.caps);
+        if args.command {
+            // The guest this connection was leaves as any guest would.
+            self.disconnect_now(id, sink);
+        }
+        let caps = if args.command {
+            old_caps
+        } else {
+            held.caps.map_or(rec.caps, |c| c.bits())
+        } | CAP_RESUME;
+        let caps = caps & self.offered();
+        if self.users.len() <= id {
+            self.users.resize_with(id + 1, || None);
+        }
+        // A copy of an older session with this nick, dropped here and resumed
+        // elsewhere since (the registry moved the nick away and back): stale.
+        let stale = match Folded::new(&rec.nick) {
+            Some(k) if nick_ours && self.nick_holder(k.as_str()) == Some(DETACHED) => {
+                let d = self.sessions.remove_detached(|d| d.nick_is(k.as_str()));
+                if d.is_some() {
+                    self.nicks.remove(k.as_str(), DETACHED);
+                }
+                d
+            }
+            _ => None,
+        };
+        let taken_here = Folded::new(&rec.nick)
+            .and_then(|k| self.nick_holder(k.as_str()))
+            .is_some();
+        let nick: Box<str> = if taken_here {
+            self.guest_nick()
+        } else {
+            rec.nick.clone()
+        };
+        if let Some(key) = Folded::new(&nick) {
+            self.nicks.insert(key.as_str(), id);
+        }
+        self.out.clear();
+        Line::Welcome { nick: &nick }.write_str(&mut self.out, None);
+        self.users[id] = Some(User {
+            nick: nick.clone(),
+            rooms: InlineList::default(),
+            rate: RateLimiter::new(self.config.rate_limit, now_ms),
+            seen: 0,
+            access: rec.access,
+            exp_tag: rec.exp.map_or(0, |e| e as u16),
+            caps,
+        });
+        if let Some(claim) = rec.claim.clone() {
+            self.auth_rooms_insert(id, claim);
+        }
+        self.live += 1;
+        self.resumes += 1;
+        send(sink, &mut self.deliveries, &[id], &self.out);
+        if !args.command && held.caps.is_some() {
+            self.send_caps(id, sink);
+        }
+        self.issue_session(id, sink);
+        if taken_here {
+            self.err(
+                id,
+                ErrorCode::NickTaken,
+                "nick taken, using a guest nick",
+                sink,
+            );
+        }
+        if taken_here || !nick_ours {
+            // The registry did not move the nick here: ask for it as for any
+            // nick in use (refused → `ERR nick-taken` and a guest nick).
+            let nick = nick.clone();
+            self.request(|| Request::Reserve { id, nick });
+        }
+        let (sep, kv) = if args.command { (' ', '=') } else { (',', ':') };
+        let mut waiting = 0;
+        for (name, last) in &rec.rooms {
+            let asked = args.since.as_deref().and_then(|s| {
+                since_pairs(s, sep, kv)
+                    .flatten()
+                    .find(|(r, _)| r.eq_ignore_ascii_case(name))
+                    .map(|(_, m)| m)
+            });
+            let after = match asked {
+                Some(m) => MsgId::parse(m).map(Some).ok_or(Lost),
+                None => Ok(*last),
+            };
+            let Some(rid) = self.room_for_catchup(name) else {
+                continue;
+            };
+            let Some(key) = Folded::new(name) else {
+                continue;
+            };
+            if let Some(r) = self.remote.as_deref_mut() {
+                r.catchups.push(Catchup {
+                    id,
+                    rid,
+                    after,
+                    phase: Phase::Asking,
+                    lines: Vec::new(),
+                    bytes: 0,
+                    overflow: false,
+                });
+                r.push(Request::Catchup {
+                    id,
+                    room: key.as_str().into(),
+                });
+                waiting += 1;
+            }
+        }
+        if let Some(d) = stale {
+            self.forget_detached(d);
+        }
+        if waiting == 0 {
+            self.replay_held(id, held, sink);
+            return;
+        }
+        // Input waits until every room has caught up.
+        let mut wait = Held::new(&nick, None, None, held.now_ms);
+        wait.lines = held.lines;
+        wait.bytes = held.bytes;
+        wait.dropped = held.dropped;
+        if let Some(r) = self.remote.as_deref_mut() {
+            r.held.insert(id, wait);
+        }
+    }
+
+    /// The room `name`, created (and subscribed) if this node has no member
+    /// in it, held while a connection catches up in it.
+    fn room_for_catchup(&mut self, name: &str) -> Option<RoomId> {
+        let key = Folded::new(name)?;
+        let rid = match self.room_index.get(key.as_str()).copied() {
+            Some(rid) => rid,
+            None => self.create_room(name)?,
+        };
+        let room = self.rooms.get_mut(rid as usize).and_then(Option::as_mut)?;
+        room.held += 1;
+        Some(rid)
+    }
+
+    /// The held lines of `id` run now (the resume is complete or refused).
+    fn replay_held(&mut self, id: ConnId, held: Held, sink: &mut impl Sink) {
+        if held.dropped > 0 {
+            let text = format!(
+                "{} lines sent while the session resumed were dropped",
+                held.dropped
+            );
+            self.err(id, ErrorCode::RateLimited, &text, sink);
+        }
+        for (line, t) in held.lines {
+            self.handle(id, &line, t, sink);
+        }
+    }
+
+    /// A role held for `id` by `/auth` (`hub/auth.rs`) while it resumed: a
+    /// resumed token holder keeps the identity its session brought.
+    fn settle_held_identity(&mut self, id: ConnId, sink: &mut impl Sink) {
+        if self.is_held(id) && self.user(id).is_none() {
+            return;
+        }
+        if self.user(id).is_some_and(|u| u.access.is_signed()) {
+            self.forget_held_identity(id);
+        } else {
+            self.apply_held_identity(id, Claim::Granted, sink);
+        }
+    }
+
+    /// A dropped session this node kept is over without `LEFT` (it was
+    /// resumed, here or on another node): its rooms are no longer held.
+    pub(super) fn forget_detached(&mut self, d: Detached) {
+        if let Some(key) = Folded::new(d.nick()) {
+            self.nicks.remove(key.as_str(), DETACHED);
+        }
+        for rid in d.room_ids() {
+            if let Some(room) = self.rooms.get_mut(rid as usize).and_then(Option::as_mut) {
+                room.held = room.held.saturating_sub(1);
+            }
+            self.delete_if_unused(rid);
+        }
+    }
+
+    /// The history snapshot for `id`'s catch-up in `room` (folded), read
+    /// after this node's subscription was confirmed: `counter` is the room's
+    /// (epoch, last number), `entries` its stored `ID TIME LINE`s, `now` Unix
+    /// ms. See the module docs for the rule.
+    pub fn answer_catchup(
+        &mut self,
+        id: ConnId,
+        room: &str,
+        counter: Option<(u64, u64)>,
+        entries: &[&[u8]],
+        now: u64,
+        sink: &mut impl Sink,
+    ) {
+        let Some(rid) = self.room_id(room) else {
+            return;
+        };
+        let Some(i) = self.catchup_index(id, rid) else {
+            return;
+        };
+        let ttl = self.config.history.ttl_ms;
+        let Some(r) = self.remote.as_deref_mut() else {
+            return;
+        };
+        let c = &mut r.catchups[i];
+        let snapshot: Option<Vec<(MsgId, u64, Box<str>)>> = match (counter, c.after) {
+            (_, Err(Lost)) => None,
+            (None, Ok(None)) => Some(Vec::new()),
+            (None, Ok(Some(_))) => None,
+            (Some((epoch, last)), Ok(a)) => {
+                let from = match a {
+                    None => Some(0),
+                    Some(a) if a.epoch == epoch && a.seq <= last => Some(a.seq),
+                    Some(_) => None,
+                };
+                from.and_then(|from| {
+                    let kept: Vec<(MsgId, u64, Box<str>)> = entries
+                        .iter()
+                        .filter_map(|e| {
+                            let e = std::str::from_utf8(e).ok()?;
+                            let (id, rest) = e.split_once(' ')?;
+                            let (time, line) = rest.split_once(' ')?;
+                            let (id, time) = (MsgId::parse(id)?, time.parse::<u64>().ok()?);
+                            let fresh = ttl == 0 || time.saturating_add(ttl) > now;
+                            (fresh
+                                && id.epoch == epoch
+                                && id.seq > from
+                                && id.seq <= last
+                                && matches!(parse(line), Ok((_, Line::Msg { .. }))))
+                            .then(|| (id, time, line.into()))
+                        })
+                        .collect();
+                    // Every number after `from` up to `last` is a message of
+                    // this room: all of them must still be here.
+                    (kept.len() as u64 == last - from).then_some(kept)
+                })
+            }
+        };
+        let top = counter.map(|(epoch, seq)| MsgId { epoch, seq });
+        match snapshot {
+            Some(mut lines) if !c.overflow => {
+                // Live lines that came while asking, above the snapshot.
+                let live = std::mem::take(&mut c.lines);
+                lines.extend(live.into_iter().filter(|(m, _, _)| {
+                    !top.is_some_and(|t| m.epoch == t.epoch && m.seq <= t.seq)
+                }));
+                c.bytes = lines.iter().map(|l| l.2.len()).sum();
+                c.lines = lines;
+            }
+            _ => {
+                c.after = Err(Lost);
+                c.lines.clear();
+                c.bytes = 0;
+            }
+        }
+        let lost = c.after.is_err();
+        log::debug!(
+            "resume: conn {id} catches up in {room}: {} lines (lost: {lost}), snapshot {:?}",
+            c.lines.len(),
+            top
+        );
+        let Some(room) = self.rooms.get_mut(rid as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let delivered = room.last_id;
+        match top {
+            Some(x)
+                if !lost
+                    && delivered.epoch == x.epoch
+                    && delivered.seq < x.seq
+                    && !room.members.is_empty() =>
+            {
+                // Lines up to `x` are on their way to this node's members:
+                // join when they are here, so none reaches the client twice.
+                let until_ms = self.now_ms.saturating_add(CATCHUP_WAIT_MS);
+                if let Some(r) = self.remote.as_deref_mut() {
+                    r.catchups[i].phase = Phase::Waiting { x, until_ms };
+                }
+            }
+            Some(x) => {
+                log::debug!("resume: {} delivered here up to {delivered:?}", room.name);
+                if delivered.epoch != x.epoch || delivered.seq < x.seq {
+                    room.last_id = x;
+                }
+                self.finish_catchup(i, sink);
+            }
+            None => self.finish_catchup(i, sink),
+        }
+    }
+
+    /// The history for `id`'s catch-up in `room` could not be read: the
+    /// room resumes as `lost`.
+    pub fn catchup_unavailable(&mut self, id: ConnId, room: &str, sink: &mut impl Sink) {
+        let Some(rid) = self.room_id(room) else {
+            return;
+        };
+        if let Some(i) = self.catchup_index(id, rid) {
+            if let Some(r) = self.remote.as_deref_mut() {
+                let c = &mut r.catchups[i];
+                c.after = Err(Lost);
+                c.lines.clear();
+            }
+            self.finish_catchup(i, sink);
+        }
+    }
+
+    fn catchup_index(&self, id: ConnId, rid: RoomId) -> Option<usize> {
+        self.remote
+            .as_deref()?
+            .catchups
+            .iter()
+            .position(|c| c.id == id && c.rid == rid && matches!(c.phase, Phase::Asking))
+    }
+
+    /// A room line delivered here (`deliver_ordered`): kept for the
+    /// connections catching up in that room; those waiting for it join.
+    pub(super) fn catchup_live(
+        &mut self,
+        rid: RoomId,
+        id: MsgId,
+        time_ms: u64,
+        line: &str,
+        sink: &mut impl Sink,
+    ) {
+        let Some(r) = self.remote.as_deref_mut() else {
+            return;
+        };
+        let mut done = false;
+        for c in r.catchups.iter_mut().filter(|c| c.rid == rid) {
+            c.keep(id, time_ms, line);
+            if let Phase::Waiting { x, .. } = c.phase {
+                done |= id.epoch != x.epoch || id.seq >= x.seq;
+            }
+        }
+        if done {
+            self.finish_waiting(|c, _| c.rid == rid, sink);
+        }
+    }
+
+    /// Waiting catch-ups matching `pred` (given the hub's `now_ms`) join.
+    fn finish_waiting(&mut self, pred: impl Fn(&Catchup, u64) -> bool, sink: &mut impl Sink) {
+        let now = self.now_ms;
+        loop {
+            let Some(r) = self.remote.as_deref() else {
+                return;
+            };
+            let Some(i) = r
+                .catchups
+                .iter()
+                .position(|c| matches!(c.phase, Phase::Waiting { .. }) && pred(c, now))
+            else {
+                return;
+            };
+            let (rid, phase_x) = match r.catchups[i].phase {
+                Phase::Waiting { x, .. } => (r.catchups[i].rid, x),
+                Phase::Asking => return,
+            };
+            if let Some(room) = self.rooms.get_mut(rid as usize).and_then(Option::as_mut) {
+                if room.last_id.epoch != phase_x.epoch || room.last_id.seq < phase_x.seq {
+                    // Timed out: what did not arrive is not waited for.
+                    room.last_id = phase_x;
+                }
+            }
+            self.finish_catchup(i, sink);
+        }
+    }
+
+    /// Waiting catch-ups whose time ran out join (from `handle_timeout`).
+    pub(super) fn catchup_timeouts(&mut self, now_ms: u64, sink: &mut impl Sink) {
+        self.now_ms = now_ms;
+        self.finish_waiting(
+            |c, now| matches!(c.phase, Phase::Waiting { until_ms, .. } if until_ms <= now),
+            sink,
+        );
+    }
+
+    /// When the next waiting catch-up times out.
+    pub(super) fn catchup_deadline(&self) -> Option<u64> {
+        self.remote
+            .as_deref()?
+            .catchups
+            .iter()
+            .filter_map(|c| match c.phase {
+                Phase::Waiting { until_ms, .. } => Some(until_ms),
+                Phase::Asking => None,
+            })
+            .min()
+    }
+
+    /// Catch-up `i` is complete: `RESUMED ROOM COUNT` (or `lost`) and its
+    /// lines, then the connection is a member; its held input runs once
+    /// every room is done.
+    fn finish_catchup(&mut self, i: usize, sink: &mut impl Sink) {
+        let Some(c) = self
+            .remote
+            .as_deref_mut()
+            .map(|r| r.catchups.swap_remove(i))
+        else {
+            return;
+        };
+        let Some(user) = self.users.get_mut(c.id).and_then(Option::as_mut) else {
+            return;
+        };
+        let tagged = user.caps & CAP_IDS != 0;
+        let Some(room) = self.rooms.get_mut(c.rid as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        room.held = room.held.saturating_sub(1);
+        let count = match c.after {
+            Err(Lost) => Count::Lost,
+            Ok(_) => Count::Lines(c.lines.len() as u32),
+        };
+        self.out.clear();
+        Line::Resumed {
+            room: &room.name,
+            count,
+        }
+        .write_str(&mut self.out, None);
+        send(sink, &mut self.deliveries, &[c.id], &self.out);
+        if count != Count::Lost {
+            let mut buf = [0u8; 41];
+            for (msg_id, time, line) in &c.lines {
+                self.out.clear();
+                if tagged {
+                    let tags = Tags {
+                        id: Some(msg_id.write(&mut buf)),
+                        time_ms: Some(*time),
+                    };
+                    super::super::line::write_tag_block(&mut self.out, &tags);
+                }
+                self.out.push_str(line);
+                send(sink, &mut self.deliveries, &[c.id], &self.out);
+            }
+        }
+        let pos = room.members.len() as u32;
+        room.members.push(c.id);
+        room.ids_members += u32::from(tagged);
+        user.rooms.push(Membership { room: c.rid, pos });
+        let rest = self
+            .remote
+            .as_deref()
+            .is_some_and(|r| r.catchups.iter().any(|o| o.id == c.id));
+        if !rest {
+            if let Some(h) = self
+                .remote
+                .as_deref_mut()
+                .and_then(|r| r.held.remove(&c.id))
+            {
+                self.replay_held(c.id, h, sink);
+            }
+        }
+    }
+
+    /// `id` is gone: its catch-ups end (their rooms are no longer held).
+    pub(super) fn drop_catchups(&mut self, id: ConnId) {
+        let Some(r) = self.remote.as_deref_mut() else {
+            return;
+        };
+        if r.catchups.is_empty() {
+            return;
+        }
+        let mut rids = Vec::new();
+        r.catchups.retain(|c| {
+            if c.id == id {
+                rids.push(c.rid);
+            }
+            c.id != id
+        });
+        for rid in rids {
+            if let Some(room) = self.rooms.get_mut(rid as usize).and_then(Option::as_mut) {
+                room.held = room.held.saturating_sub(1);
+            }
+            self.delete_if_unused(rid);
+        }
+    }
+
+    /// A session that dropped here ran out of time, clustered: Redis says
+    /// whether another node took it meanwhile ([`Hub::session_ended`]).
+    pub(super) fn end_clustered(&mut self, d: Detached) -> Option<Detached> {
+        let Some(key) = d.redis_key().map(Box::<str>::from) else {
+            return Some(d);
+        };
+        let Some(r) = self.remote.as_deref_mut() else {
+            return Some(d);
+        };
+        r.push(Request::EndSession { key: key.clone() });
+        r.ending.insert(key, d);
+        None
+    }
+
+    /// Redis' answer to [`Request::EndSession`]: `ended` when the session
+    /// was still there (or Redis lost it), so it ends here with `LEFT`; false
+    /// when another node resumed it (this node forgets it silently).
+    pub fn session_ended(&mut self, key: &str, ended: bool, sink: &mut impl Sink) {
+        let Some(d) = self
+            .remote
+            .as_deref_mut()
+            .and_then(|r| r.ending.remove(key))
+        else {
+            return;
+        };
+        if ended {
+            self.end_detached(d, sink);
+        } else {
+            self.forget_detached(d);
+        }
+    }
+
+    /// Nicks this node holds for dropped sessions (kept registered while they
+    /// wait), with whether a token vouches for them.
+    pub fn held_nicks(&self) -> impl Iterator<Item = (&str, bool)> {
+        let ending = self
+            .remote
+            .as_deref()
+            .into_iter()
+            .flat_map(|r| r.ending.values());
+        self.sessions
+            .detached_values()
+            .chain(ending)
+            .map(|d| (d.nick(), d.is_signed()))
+    }
+
+    /// True while a dropped session here holds `nick` (any letter case).
+    pub fn holds_detached_nick(&self, nick: &str) -> bool {
+        Folded::new(nick).is_some_and(|k| self.nick_holder(k.as_str()) == Some(DETACHED))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::{ChatConfig, Lines};
+    use super::super::resume::Caps;
+    use super::*;
+
+    const E: u64 = 1_796_032_800_000;
+    /// A well-formed token (32 URL-safe base64 characters).
+    const TOKEN: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+    /// A cluster node with carol (connection 0) in room `r`, which has
+    /// delivered `r`'s lines up to `E-5`.
+    fn node() -> (Hub, Lines) {
+        let mut hub = Hub::new(ChatConfig {
+            rate_limit: 0,
+            session_ttl_ms: 60_000,
+            ..ChatConfig::default()
+        });
+        hub.enable_cluster("n2");
+        let mut sink = Lines::default();
+        let args = Connect {
+            room: Some("r"),
+            ..Connect::default()
+        };
+        hub.connect_with(0, &args, 0, &mut sink);
+        live(&mut hub, 5, &mut sink);
+        requests(&mut hub);
+        sink.0.clear();
+        (hub, sink)
+    }
+
+    fn live(hub: &mut Hub, seq: u64, sink: &mut Lines) -> bool {
+        let id = MsgId { epoch: E, seq };
+        hub.deliver_ordered("r", id, 7, &format!("MSG r dave m{seq}"), sink)
+    }
+
+    fn requests(hub: &mut Hub) -> Vec<Request> {
+        let mut v = Vec::new();
+        hub.take_requests(&mut v);
+        v
+    }
+
+    fn take(sink: &mut Lines, id: ConnId) -> Vec<String> {
+        let mut out = Vec::new();
+        sink.0.retain(|(to, l)| {
+            if *to == id {
+                out.push(l.clone());
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+
+    fn entries(seqs: &[u64]) -> Vec<String> {
+        seqs.iter()
+            .map(|s| format!("{E}-{s} 7 MSG r dave m{s}"))
+            .collect()
+    }
+
+    fn answer(hub: &mut Hub, last: u64, seqs: &[u64], sink: &mut Lines) {
+        let e = entries(seqs);
+        let refs: Vec<&[u8]> = e.iter().map(|s| s.as_bytes()).collect();
+        hub.answer_catchup(1, "r", Some((E, last)), &refs, 8, sink);
+    }
+
+    /// Alice (connection 1) resumes a session that last saw `E-3` in `r`.
+    fn resume(hub: &mut Hub, sink: &mut Lines) {
+        let args = Connect {
+            resume: Some(TOKEN),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &args, 10, sink);
+        assert!(take(sink, 1).is_empty(), "nothing before the record is in");
+        let key = Token::parse(TOKEN).unwrap().redis_key();
+        assert_eq!(
+            requests(hub),
+            [Request::TakeSession {
+                id: 1,
+                key: key.into()
+            }]
+        );
+        let record = format!("alice 3 member - - r:{E}-3");
+        let found = Fetched::Found {
+            record: &record,
+            nick_ours: true,
+        };
+        hub.session_taken(1, found, sink);
+        let head = take(sink, 1);
+        assert_eq!(head[..2], ["WELCOME alice", "CAPS ids,resume"]);
+        assert!(head[2].starts_with("SESSION "), "{head:?}");
+        assert_eq!(head.len(), 3, "{head:?}");
+        assert_eq!(
+            requests(hub),
+            [Request::Catchup {
+                id: 1,
+                room: "r".into()
+            }]
+        );
+    }
+
+    fn msgs(lines: &[String]) -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| match l.strip_prefix('@') {
+                Some(t) => t.split_once(' ').unwrap().1.to_string(),
+                None => l.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lines_still_on_their_way_are_waited_for_not_doubled() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        // m6 arrives live while the history is read; Redis already has m7.
+        assert!(live(&mut hub, 6, &mut sink));
+        answer(&mut hub, 7, &[2, 3, 4, 5, 6, 7], &mut sink);
+        assert!(take(&mut sink, 1).is_empty(), "m7 is still on its way here");
+        assert!(live(&mut hub, 7, &mut sink));
+        assert_eq!(take(&mut sink, 0).len(), 2, "carol: m6, m7");
+        let got = take(&mut sink, 1);
+        assert_eq!(got[0], "RESUMED r 4");
+        assert_eq!(
+            msgs(&got[1..]),
+            [
+                "MSG r dave m4",
+                "MSG r dave m5",
+                "MSG r dave m6",
+                "MSG r dave m7"
+            ]
+        );
+        assert!(got[1].starts_with(&format!("@id={E}-4;")), "{got:?}");
+        // A member now: the next line once, a late copy never.
+        assert!(live(&mut hub, 8, &mut sink));
+        assert!(!live(&mut hub, 7, &mut sink));
+        assert_eq!(msgs(&take(&mut sink, 1)), ["MSG r dave m8"]);
+    }
+
+    #[test]
+    fn live_lines_past_the_snapshot_follow_it() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        for s in 6..=8 {
+            assert!(live(&mut hub, s, &mut sink));
+        }
+        answer(&mut hub, 6, &[4, 5, 6], &mut sink);
+        let got = take(&mut sink, 1);
+        assert_eq!(got[0], "RESUMED r 5");
+        let want: Vec<String> = (4..=8).map(|s| format!("MSG r dave m{s}")).collect();
+        assert_eq!(msgs(&got[1..]), want);
+    }
+
+    #[test]
+    fn a_gap_in_what_redis_kept_is_lost_not_papered_over() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        answer(&mut hub, 5, &[4], &mut sink);
+        assert_eq!(take(&mut sink, 1), ["RESUMED r lost"]);
+        assert!(live(&mut hub, 6, &mut sink));
+        assert_eq!(msgs(&take(&mut sink, 1)), ["MSG r dave m6"]);
+    }
+
+    #[test]
+    fn a_line_that_never_arrives_is_waited_for_a_bounded_time() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        answer(&mut hub, 6, &[4, 5, 6], &mut sink);
+        assert!(take(&mut sink, 1).is_empty());
+        let at = hub.poll_timeout().expect("a deadline");
+        assert!(at <= 10 + CATCHUP_WAIT_MS, "{at}");
+        hub.handle_timeout(at, &mut sink);
+        let got = take(&mut sink, 1);
+        assert_eq!(got[0], "RESUMED r 3", "{got:?}");
+        // Its late copy is not delivered twice.
+        assert!(!live(&mut hub, 6, &mut sink));
+    }
+
+    #[test]
+    fn input_waits_for_the_catch_up_and_runs_after_it() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        hub.handle(1, "/ping x", 20, &mut sink);
+        hub.handle(1, "said at once", 20, &mut sink);
+        assert!(take(&mut sink, 1).is_empty());
+        answer(&mut hub, 5, &[4, 5], &mut sink);
+        let got = take(&mut sink, 1);
+        assert_eq!(
+            got[..3].join("|"),
+            format!("RESUMED r 2|{}|{}", got[1], got[2])
+        );
+        assert_eq!(got[3], "PONG x");
+        assert!(
+            requests(&mut hub)
+                .iter()
+                .any(|r| matches!(r, Request::Say { line, .. } | Request::Room { line, .. } if &**line == "MSG r alice said at once")),
+            "the held line was said"
+        );
+    }
+
+    #[test]
+    fn a_used_or_missing_session_is_refused_and_the_connect_goes_on() {
+        for fetched in [Fetched::Used, Fetched::Missing, Fetched::Unreachable] {
+            let (mut hub, mut sink) = node();
+            let args = Connect {
+                resume: Some(TOKEN),
+                ..Connect::default()
+            };
+            hub.connect_with(1, &args, 10, &mut sink);
+            requests(&mut hub);
+            hub.session_taken(1, fetched, &mut sink);
+            let got = take(&mut sink, 1);
+            assert!(got[0].starts_with("WELCOME guest-"), "{got:?}");
+            assert!(
+                got.iter().any(|l| l.starts_with("ERR bad-session")),
+                "{fetched:?}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dropped_session_is_stored_and_ends_by_redis_word() {
+        let (mut hub, mut sink) = node();
+        let args = Connect {
+            room: Some("r"),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &args, 10, &mut sink);
+        let nick = take(&mut sink, 1)[0]["WELCOME ".len()..].to_string();
+        take(&mut sink, 0);
+        requests(&mut hub);
+        hub.disconnect(1, &mut sink);
+        assert!(take(&mut sink, 0).is_empty(), "no LEFT while it may resume");
+        let stored = requests(&mut hub);
+        let Some(Request::StoreSession {
+            key,
+            record,
+            ttl_ms,
+            ..
+        }) = stored.first()
+        else {
+            panic!("{stored:?}");
+        };
+        assert!(key.starts_with("lc:sess:") && key.len() == 8 + 64, "{key}");
+        assert_eq!(**record, format!("{nick} 3 member - - r:{E}-5"));
+        assert_eq!(*ttl_ms, 60_000);
+        assert!(hub.held_nicks().any(|(n, _)| n == nick));
+        // Time is up: Redis is asked first; a session another node took
+        // ends without a word.
+        hub.handle_timeout(60_010, &mut sink);
+        assert_eq!(
+            requests(&mut hub),
+            [Request::EndSession { key: key.clone() }]
+        );
+        hub.session_ended(key, false, &mut sink);
+        assert!(take(&mut sink, 0).is_empty());
+        assert!(requests(&mut hub).is_empty(), "no LEFT, no release");
+        assert!(!hub.holds_detached_nick(&nick));
+    }
+
+    #[test]
+    fn an_expired_session_leaves_everywhere_and_frees_its_nick() {
+        let (mut hub, mut sink) = node();
+        let args = Connect {
+            room: Some("r"),
+            caps: Some(Caps::parse("resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &args, 10, &mut sink);
+        let nick = take(&mut sink, 1)[0]["WELCOME ".len()..].to_string();
+        take(&mut sink, 0);
+        hub.disconnect(1, &mut sink);
+        let key = match requests(&mut hub).into_iter().last() {
+            Some(Request::StoreSession { key, .. }) => key,
+            r => panic!("{r:?}"),
+        };
+        hub.handle_timeout(60_010, &mut sink);
+        requests(&mut hub);
+        hub.session_ended(&key, true, &mut sink);
+        assert_eq!(take(&mut sink, 0), [format!("LEFT r {nick}")]);
+        let after = requests(&mut hub);
+        assert!(after.contains(&Request::Room {
+            room: "r".into(),
+            line: format!("LEFT r {nick}").into()
+        }));
+        assert!(after.iter().any(|r| matches!(r, Request::Release { .. })));
+    }
+}
