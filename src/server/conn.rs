@@ -143,6 +143,10 @@ pub(crate) enum Due {
     Ping,
     /// The outbox has been empty for a while: give its capacity back.
     Release,
+    /// An `/echo` client has not read its output back for `--outbox-grace`
+    /// since its outbox passed its cap (or the budget): close it as a slow
+    /// consumer, as a chat reader that stays behind is.
+    Slow,
 }
 
 /// A connection entry in the slab.
@@ -160,7 +164,8 @@ pub(crate) struct Conn {
     /// Chat bytes dropped since the outbox last drained (slow-consumer accounting).
     pub(crate) dropped: u32,
     /// Tick of the first dropped line since the outbox last drained (the
-    /// reader has been behind since then); `u32::MAX` while it keeps up.
+    /// reader has been behind since then); for an `/echo` client, of the
+    /// first time it was paused for its output; `u32::MAX` while it keeps up.
     pub(crate) over_since: u32,
     /// Tick of the last inbound byte.
     pub(crate) last_rx: u32,
@@ -304,7 +309,7 @@ impl Conn {
     /// The next deadline and what it is for; `None` when nothing is due ever.
     /// Both filing the timer and acting on it use this one function, so they
     /// cannot disagree. When deadlines tie, the first listed wins (idle before
-    /// ping before release).
+    /// ping before a slow echo before release).
     pub(crate) fn deadline(&self, t: &Timeouts) -> Option<(u32, Due)> {
         let after = |from: u32, ticks: u32| from.saturating_add(ticks);
         match self.phase {
@@ -330,6 +335,9 @@ impl Conn {
                 }
                 if let (true, Some(ping)) = (self.is_ws(), t.ping) {
                     consider(after(self.last_ping, ping), Due::Ping);
+                }
+                if self.kind == Kind::Echo && self.over_since != u32::MAX {
+                    consider(after(self.over_since, t.grace), Due::Slow);
                 }
                 if self.outbox.capacity() > 0 && self.pending() == 0 {
                     consider(after(self.since, t.release), Due::Release);
@@ -486,6 +494,27 @@ mod tests {
             Some((600, Due::IdleWarn)),
             "not while it holds bytes"
         );
+    }
+
+    #[test]
+    fn an_echo_client_behind_is_due_for_closing_after_the_grace() {
+        let t = limits();
+        let mut c = conn(Kind::Http);
+        c.upgraded(Kind::Echo, 0);
+        assert_eq!(c.deadline(&t), Some((300, Due::Ping)));
+        c.over_since = 50;
+        assert_eq!(c.deadline(&t), Some((150, Due::Slow)));
+        c.outbox_written(&mut 0, 64);
+        assert_eq!(
+            c.deadline(&t),
+            Some((300, Due::Ping)),
+            "drained: it keeps up"
+        );
+        // A chat reader behind is judged when lines are dropped for it.
+        let mut chat = conn(Kind::Http);
+        chat.upgraded(Kind::Chat, 0);
+        chat.over_since = 50;
+        assert_eq!(chat.deadline(&t), Some((300, Due::Ping)));
     }
 
     #[test]

@@ -96,11 +96,17 @@ impl Server {
             _ => {}
         }
         if let Some(c) = self.conns.get_mut(id) {
-            if backed_up(&self.ctx, c) && !c.has(PAUSED) {
+            if backed_up(&self.ctx, c) {
                 // Its own output is backing up (an echo client that never reads),
                 // or all outboxes together are over the budget and this one has
                 // output left: stop reading until it drains, so it cannot grow us.
                 c.set(PAUSED);
+                if c.kind == Kind::Echo && c.over_since == u32::MAX {
+                    // And it has `--outbox-grace` to drain it all once
+                    // (`Due::Slow`), as a chat reader that falls behind has.
+                    c.over_since = self.ctx.tick;
+                    self.schedule(id);
+                }
             }
         }
     }

@@ -69,7 +69,7 @@ impl Server {
     fn on_timer(&mut self, id: usize, now: u32) {
         // Bounded: every action moves its own deadline past `now` or ends the
         // phase, and a connection has at most four kinds of deadline in `Open`
-        // (idle, ping or idle warning, release).
+        // (idle, ping or idle warning, a slow echo, release).
         for _ in 0..4 {
             let Some(c) = self.conns.get_mut(id) else {
                 return;
@@ -124,6 +124,11 @@ impl Server {
                     }
                 }
                 Due::Release => c.release_outbox(&mut self.ctx.outbox_bytes),
+                Due::Slow => {
+                    debug!(conn = id, peer:% = c.ip, queued = c.pending(); "slow echo client closed");
+                    self.ctx.metrics.slow_disconnects += 1;
+                    kill(&mut self.ctx, id, c);
+                }
             }
         }
     }
