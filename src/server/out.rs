@@ -36,7 +36,7 @@ impl Sink for Out<'_> {
         let threshold = ctx.cfg.compression_threshold;
         let mut behind_mark = over_budget_mark(ctx);
         // Counted here and added once: a broadcast reaches thousands.
-        let mut delivered = 0u64;
+        let (mut delivered, mut dropped) = (0u64, 0u64);
         for &id in to {
             let Some(c) = self.conns.get_mut(id) else {
                 continue;
@@ -71,7 +71,7 @@ impl Sink for Out<'_> {
             // is never held to the budget's lower marks.
             let behind = !c.has(WRITABLE);
             if pending >= ctx.cfg.outbox_soft || (behind && pending >= behind_mark) {
-                ctx.metrics.slow_drops += 1;
+                dropped += 1;
                 c.dropped = c.dropped.saturating_add(bytes.len() as u32);
                 if c.over_since == u32::MAX {
                     c.over_since = ctx.tick;
@@ -93,6 +93,7 @@ impl Sink for Out<'_> {
         }
         ctx.metrics.deliveries += delivered;
         ctx.metrics.messages_out += delivered;
+        ctx.metrics.slow_drops += dropped;
     }
 
     fn close(&mut self, id: ConnId, code: u16, reason: &str) {
