@@ -1877,3 +1877,270 @@ fn scripts_flushed_under_a_node_are_loaded_again_and_nothing_is_lost() {
     assert!(rest.iter().all(|l| !l.contains("after")), "{rest:?}");
     assert!(a.metric("loopchat_redis_connects_total") > connects);
 }
+
+#[test]
+fn a_line_said_right_before_quit_comes_back_to_its_sender() {
+    let Some(()) = need_redis("a_line_said_right_before_quit_comes_back_to_its_sender") else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &[]);
+    a.wait_subscriptions(2);
+    let mut bob = Client::connect(a.addr, "?nick=bob&room=r");
+    a.wait_subscriptions(3);
+    for round in 0..5 {
+        let mut alice = Client::connect(a.addr, &format!("?nick=alice{round}&room=r"));
+        bob.until(|l| l == format!("JOINED r alice{round}"));
+        // Said and quit in one write: the line goes to Redis and back before
+        // the node may deliver it, even to its sender.
+        alice.ws.write(Message::text("last words")).unwrap();
+        alice.ws.write(Message::text("/quit gone")).unwrap();
+        alice.ws.flush().unwrap();
+        let want = format!("MSG r alice{round} last words");
+        let mut seen = Vec::new();
+        let closed = loop {
+            match alice.ws.read() {
+                Ok(Message::Text(t)) => seen.push(t.to_string()),
+                Ok(Message::Close(f)) => break f,
+                Ok(_) => {}
+                Err(e) => panic!("read: {e} after {seen:?}"),
+            }
+            assert!(seen.len() < 100, "{seen:?}");
+        };
+        assert!(seen.contains(&want), "round {round}: {seen:?}");
+        assert_eq!(closed.map(|f| f.reason.to_string()), Some("gone".into()));
+        // The others got the line, then the LEFT.
+        let got = bob.until(|l| l == format!("LEFT r alice{round}"));
+        assert_eq!(count(&got, &want), 1, "{got:?}");
+    }
+}
+
+// ---- review tests ----
+
+/// alice (caps resume) in room r on `a`, dropped; returns her token.
+fn drop_alice_on(a: &Node, carol: &mut Client, nick: &str) -> String {
+    let mut alice = Client::connect(a.addr, &format!("?nick={nick}&room=r&caps=ids,resume"));
+    let token = session_token(&alice.until(|l| l.starts_with("SESSION ")));
+    carol.until(|l| l == format!("JOINED r {nick}"));
+    drop_abruptly(alice);
+    a.wait_metric("loopchat_sessions_detached", 1.0);
+    token
+}
+
+#[test]
+fn review_a_session_resumed_elsewhere_keeps_its_nick() {
+    let Some(()) = need_redis("review_a_session_resumed_elsewhere_keeps_its_nick") else {
+        return;
+    };
+    let redis = Redis::start();
+    let opts = ["--session-ttl", "60s", "--redis-nick-ttl", "600ms"];
+    // Same settings; the nodes' refresh rounds (every 200 ms) are out of
+    // phase, as they are in any real deployment.
+    let b = Node::start(&redis, &opts);
+    std::thread::sleep(Duration::from_millis(100));
+    let a = Node::start(&redis, &opts);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    // Eight sessions dropped on a, resumed on b at staggered times (over two
+    // refresh periods, so some takes fall just before b's refresh round).
+    let mut tokens = Vec::new();
+    for i in 0..8 {
+        let nick = format!("alice{i}");
+        let mut c = Client::connect(a.addr, &format!("?nick={nick}&room=r&caps=ids,resume"));
+        tokens.push(session_token(&c.until(|l| l.starts_with("SESSION "))));
+        carol.until(|l| l == format!("JOINED r {nick}"));
+        drop_abruptly(c);
+        a.wait_metric("loopchat_sessions_detached", (i + 1) as f64);
+    }
+    let mut resumed = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let (c, lines) = resume_on(b.addr, &format!("?resume={token}&caps=ids,resume"), 1);
+        assert_eq!(c.nick, format!("alice{i}"), "{lines:?}");
+        resumed.push(c);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A few refresh rounds of both nodes.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut lost = Vec::new();
+    for (i, c) in resumed.iter_mut().enumerate() {
+        let seen = c.sync("end");
+        if seen.iter().any(|l| l.starts_with("ERR nick-taken")) {
+            lost.push(format!("alice{i}: {seen:?}"));
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "resumed sessions lost their nick to their own stale copies on a: {lost:#?}"
+    );
+}
+
+#[test]
+fn review_a_nick_resumed_elsewhere_is_free_once_its_holder_quits() {
+    let Some(()) = need_redis("review_a_nick_resumed_elsewhere_is_free_once_its_holder_quits")
+    else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &["--session-ttl", "60s", "--redis-nick-ttl", "300ms"]);
+    let b = Node::start(&redis, &["--session-ttl", "60s", "--redis-nick-ttl", "300ms"]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    let token = drop_alice_on(&a, &mut carol, "alice");
+    let (mut alice, _) = resume_on(b.addr, &format!("?resume={token}&caps=ids,resume"), 1);
+    assert_eq!(alice.nick, "alice");
+    alice.send("/quit bye");
+    // The client answers the close, as clients do: the connection is gone.
+    for _ in 0..100 {
+        match alice.ws.read() {
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = alice.ws.flush();
+    carol.until(|l| l.starts_with("LEFT r alice"));
+    // Longer than the nick TTL: a stale copy on `a` would have registered
+    // the nick again by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let eve = Client::connect(b.addr, "?nick=alice");
+    assert_eq!(eve.nick, "alice", "alice quit: her nick should be free");
+}
+
+#[test]
+fn review_a_resume_whose_connection_closes_before_redis_answers_loses_nothing() {
+    let Some(()) = need_redis(
+        "review_a_resume_whose_connection_closes_before_redis_answers_loses_nothing",
+    ) else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &["--session-ttl", "3s"]);
+    let b = Node::start(&redis, &["--session-ttl", "3s"]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    let token = drop_alice_on(&a, &mut carol, "alice");
+    // Redis is slow to answer; meanwhile the resuming connection dies.
+    redis.run(false);
+    {
+        let mut s = TcpStream::connect(b.addr).unwrap();
+        let req = format!(
+            "GET /ws?resume={token} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    redis.run(true);
+    std::thread::sleep(Duration::from_millis(200));
+    // Nobody ever got the session: the retry should resume it...
+    let mut c = Client::connect(b.addr, &format!("?resume={token}"));
+    let first = c.try_recv(Duration::from_millis(500)).unwrap_or_default();
+    let resumed = c.nick == "alice";
+    drop(c);
+    // ...and at the very least it must end with LEFT when its time is up.
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        if let Some(l) = carol.try_recv(Duration::from_millis(200)) {
+            seen.push(l);
+        }
+    }
+    assert!(
+        resumed,
+        "the retry was refused ({first:?}); carol after the TTL: {seen:?}"
+    );
+}
+
+#[test]
+fn review_a_session_resumed_elsewhere_never_leaves_when_its_old_copy_expires() {
+    let Some(()) = need_redis(
+        "review_a_session_resumed_elsewhere_never_leaves_when_its_old_copy_expires",
+    ) else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &["--session-ttl", "2s"]);
+    let b = Node::start(&redis, &["--session-ttl", "2s"]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    let token = drop_alice_on(&a, &mut carol, "alice");
+    let (mut alice, lines) = resume_on(b.addr, &format!("?resume={token}&caps=ids,resume"), 1);
+    assert_eq!(alice.nick, "alice", "{lines:?}");
+    // a's copy times out (2 s after the drop) while alice chats on b.
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        if let Some(l) = carol.try_recv(Duration::from_millis(200)) {
+            seen.push(l);
+        }
+    }
+    seen.extend(alice.sync("end"));
+    assert!(
+        seen.iter().all(|l| l != "LEFT r alice"),
+        "alice is live on b, yet: {seen:?}"
+    );
+}
+
+#[test]
+fn review_a_private_message_to_a_dropped_session_on_another_node_is_refused() {
+    let Some(()) = need_redis(
+        "review_a_private_message_to_a_dropped_session_on_another_node_is_refused",
+    ) else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &["--session-ttl", "60s"]);
+    let b = Node::start(&redis, &["--session-ttl", "60s"]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    let _token = drop_alice_on(&a, &mut carol, "alice");
+    // On one process: `ERR no-such-nick` while the session is away.
+    carol.send("/msg alice are you there?");
+    let got = carol.sync("after");
+    assert!(
+        got.iter().any(|l| l.starts_with("ERR no-such-nick")),
+        "told nothing, or told it was sent: {got:?}"
+    );
+}
+
+#[test]
+fn review_a_token_resumed_while_the_link_was_down_is_spent_everywhere() {
+    let Some(()) =
+        need_redis("review_a_token_resumed_while_the_link_was_down_is_spent_everywhere")
+    else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &["--session-ttl", "60s"]);
+    let b = Node::start(&redis, &["--session-ttl", "60s"]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    let token = drop_alice_on(&a, &mut carol, "alice");
+    // The command links drop (a blip); alice resumes on a before a has
+    // reconnected: a resumes her from its own copy.
+    redis_cmd(redis.port, &[&["CLIENT", "KILL", "TYPE", "normal"]]);
+    let (first, lines) = resume_on(a.addr, &format!("?resume={token}&caps=ids,resume"), 1);
+    assert_eq!(first.nick, "alice", "{lines:?}");
+    a.wait_metric("loopchat_redis_up", 1.0);
+    b.wait_metric("loopchat_redis_up", 1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    // The same (spent) token on b.
+    let mut c = Client::connect(b.addr, &format!("?resume={token}"));
+    let got = c.sync("x");
+    assert_ne!(
+        c.nick, "alice",
+        "the token worked twice: alice live on a and on b: {got:?}"
+    );
+}

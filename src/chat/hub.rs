@@ -584,9 +584,11 @@ impl Hub {
     /// The connection is gone: `LEFT` to its rooms' members (per presence
     /// rules), and the hub forgets it so the id can be reused.
     pub fn disconnect(&mut self, id: ConnId, sink: &mut impl Sink) {
+        self.forget_saying(id);
         if self.drop_held(id) || self.detach(id, sink) {
             return;
         }
+        self.drop_catchups(id);
         // Not kept (no session, or `--max-sessions` reached): the token must
         // die with the connection, or it would take over the next user of
         // this connection id.
@@ -844,6 +846,7 @@ impl Hub {
                     room: key.as_str().into(),
                     line: self.out.as_str().into(),
                 });
+                r.saying(id);
             }
             return;
         }
@@ -1252,6 +1255,16 @@ impl Hub {
 
     fn quit<S: Sink>(&mut self, id: ConnId, text: Option<&str>, sink: &mut S) {
         self.sessions.end(id);
+        if self.defer_quit(id, text) {
+            // Clustered, its own lines are still on their way back from
+            // Redis: it leaves once they are here (`Hub::said`).
+            return;
+        }
+        self.finish_quit(id, text, sink);
+    }
+
+    /// `/quit`: `LEFT` to its rooms, then the close.
+    fn finish_quit<S: Sink>(&mut self, id: ConnId, text: Option<&str>, sink: &mut S) {
         while let Some(n) = self.user(id).map(|u| u.rooms.len()).filter(|&n| n > 0) {
             self.leave(id, n - 1, sink);
         }

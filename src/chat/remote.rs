@@ -73,6 +73,12 @@ pub enum Request {
         /// Folded nick.
         nick: Box<str>,
     },
+    /// `nick` (display) changed between a connection and a dropped session
+    /// here: register it again now, marked away or not.
+    Renew {
+        /// The nick.
+        nick: Box<str>,
+    },
     /// `/msg` to a nick that is not on this node. When the nick is found,
     /// deliver `PRIV FROM TO TEXT` there and to `id`; when it is not,
     /// `ERR no-such-nick` to `id`.

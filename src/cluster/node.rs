@@ -67,7 +67,7 @@ use log::{debug, info, warn};
 use super::link::{Link, LinkState};
 use super::query::{self, Ask, Queries, Step};
 use super::resp::{Limits, Value};
-use super::wire::{split_id_time, split_numbered, Body, Envelope, Signer};
+use super::wire::{split_id_time, split_numbered, valid_node, Body, Envelope, Signer};
 use crate::chat::line::{self, Line};
 use crate::chat::names::{valid_nick, Folded};
 use crate::chat::remote::{Claim, Fetched, Request};
@@ -97,6 +97,9 @@ const FORGET_NODE: Duration = Duration::from_secs(600);
 /// last message (unless `--history-ttl` is longer), so rooms that were used
 /// once do not stay in Redis for ever.
 const COUNTER_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Sessions resumed from memory while Redis was away, remembered to be
+/// marked used there.
+const MAX_USES_WAITING: usize = 4096;
 /// Most other nodes whose sequence numbers are remembered.
 const MAX_NODES: usize = 65_536;
 
@@ -110,7 +113,7 @@ const MAX_NODES: usize = 65_536;
 /// are `NODE REGISTERED_MS DISPLAY`, plus ` signed` for a token holder's.
 const REFRESH_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
 local mine = v == false or string.sub(v, 1, string.len(ARGV[2])) == ARGV[2] \
-if not mine then local theirs = string.match(v, '^%S+ %d+ %S+ signed$') ~= nil \
+if not mine then local theirs = string.match(v, '^%S+ %d+ %S+ signed') ~= nil \
 local me = ARGV[5] == '1' \
 if me ~= theirs then mine = me else \
 local ts = tonumber(string.match(v, '^%S+ (%d+) ')) \
@@ -153,28 +156,39 @@ return {c[1], c[2], redis.call('LRANGE', KEYS[2], -tonumber(ARGV[1]), -1)}";
 
 /// Take a stored session (`KEYS[1]`: `lc:sess:HASH`, whose value is `NODE
 /// NICKKEY RECORD`, see `chat::hub::record`): single use, the value becomes
-/// the tombstone `used` (keeping its TTL), and the nick's registration moves
-/// to this node when the storing node holds it or it is free. `ARGV`: this
-/// node's prefix (`NODE `), the nick TTL in ms, now in ms. Reply: nil (no
-/// such session), `used`, or `{RECORD, 1 when the nick is now ours}`.
+/// the tombstone `used`, kept `ARGV[4]` ms longer than the record would
+/// have been (so the storing node's expiry, which comes at about the
+/// record's end, still finds it), and the nick's registration moves to this
+/// node, with its registration time, when the storing node holds it or it is
+/// free. `ARGV`: this node's prefix (`NODE `), the nick TTL in ms, now in ms,
+/// the tombstone's extra life in ms. Reply: nil (no such session), `used`,
+/// or `{RECORD, 1 when the nick is now ours, STORING NODE, REGISTERED MS}`.
 const TAKE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
 if v == false then return false end \
 if v == 'used' then return 'used' end \
-redis.call('SET', KEYS[1], 'used', 'KEEPTTL') \
+local pt = redis.call('PTTL', KEYS[1]) \
+if pt < 0 then pt = 0 end \
+redis.call('SET', KEYS[1], 'used', 'PX', pt + tonumber(ARGV[4])) \
 local old, key, rest = string.match(v, '^(%S+) (%S+) (.*)$') \
-if not old then return {'', 0} end \
+if not old then return {'', 0, '', '0'} end \
 local disp, exp = string.match(rest, '^(%S+) %S+ %S+ (%S+)') \
-if not disp then return {rest, 0} end \
+if not disp then return {rest, 0, old, '0'} end \
 local nk = 'lc:nick:' .. key \
 local nv = redis.call('GET', nk) \
 local ours = 0 \
+local at = ARGV[3] \
 if nv == false then \
 local signed = '' if exp ~= '-' then signed = ' signed' end \
 redis.call('SET', nk, ARGV[1] .. ARGV[3] .. ' ' .. disp .. signed, 'PX', ARGV[2]) ours = 1 \
 elseif string.sub(nv, 1, string.len(old) + 1) == old .. ' ' then \
-redis.call('SET', nk, ARGV[1] .. string.sub(nv, string.len(old) + 2), 'PX', ARGV[2]) ours = 1 \
-elseif string.sub(nv, 1, string.len(ARGV[1])) == ARGV[1] then ours = 1 end \
-return {rest, ours}";
+at = string.match(nv, '^%S+ (%d+) ') or ARGV[3] \
+local here = string.gsub(string.sub(nv, string.len(old) + 2), ' away$', '') \
+redis.call('SET', nk, ARGV[1] .. here, 'PX', ARGV[2]) ours = 1 \
+elseif string.sub(nv, 1, string.len(ARGV[1])) == ARGV[1] then \
+at = string.match(nv, '^%S+ (%d+) ') or ARGV[3] ours = 1 end \
+return {rest, ours, old, at}";
+/// How much longer than the record a taken session's tombstone lives.
+const TOMBSTONE_EXTRA: Duration = Duration::from_secs(120);
 
 /// End a stored session whose time ran out on the node that stored it
 /// (`KEYS[1]`: `lc:sess:HASH`): 0 when another node took it (the tombstone),
@@ -393,7 +407,7 @@ enum Pending {
     /// SET of a dropped session's record (no answer needed).
     StoreSession,
     /// The take script for a resume.
-    TakeSession { id: ConnId },
+    TakeSession { id: ConnId, key: Box<str> },
     /// The end script for a session that timed out here.
     EndSession { key: Box<str> },
     /// The history script for a resumed connection's catch-up in `room`.
@@ -576,6 +590,9 @@ pub struct Cluster {
     /// Catch-ups of resumed connections waiting for their room's
     /// subscription to be confirmed (bounded by the connections held).
     catchup_wait: Vec<(ConnId, Box<str>)>,
+    /// Sessions resumed from memory while the command link was down, to be
+    /// marked used when it is back (at most [`MAX_USES_WAITING`]).
+    uses_waiting: Vec<Box<str>>,
     /// `/who` and `/rooms` asked of the other nodes, one at a time.
     queries: Queries,
     /// This node's answer to `/rooms`, reused for [`query::CACHE_FOR`]
@@ -641,6 +658,7 @@ impl Cluster {
             rooms: HashSet::new(),
             confirmed: HashSet::new(),
             catchup_wait: Vec::new(),
+            uses_waiting: Vec::new(),
             queries,
             rooms_answer: None,
             next_heartbeat: now,
@@ -753,9 +771,12 @@ fn parse_registration(v: &str) -> Option<(&str, &str)> {
 
 /// A registry value: `NODE REGISTERED_MS DISPLAY`, plus ` signed` when a
 /// token vouches for the nick (`prefix` is `NODE `).
-fn registration(prefix: &str, at: u64, nick: &str, signed: bool) -> String {
+/// A nick's registry value; `away` marks a dropped session's nick (held
+/// for its resume: nobody else may take it, but `/msg` finds nobody).
+fn registration(prefix: &str, at: u64, nick: &str, signed: bool, away: bool) -> String {
     let mark = if signed { " signed" } else { "" };
-    format!("{prefix}{at} {nick}{mark}")
+    let away = if away { " away" } else { "" };
+    format!("{prefix}{at} {nick}{mark}{away}")
 }
 
 /// Milliseconds since the Unix epoch (registration times are compared across
@@ -1027,7 +1048,7 @@ impl Cluster {
                 Pending::History { id, .. } if id != CANCELLED => {
                     hub.history_unavailable(id, sink);
                 }
-                Pending::TakeSession { id } if id != CANCELLED => {
+                Pending::TakeSession { id, .. } if id != CANCELLED => {
                     hub.session_taken(id, Fetched::Unreachable, sink);
                 }
                 Pending::EndSession { key } => hub.session_ended(&key, true, sink),
@@ -1135,6 +1156,9 @@ impl Cluster {
                 self.cmd.state = LinkState::Ready;
                 self.cmd.backoff = MIN_BACKOFF;
                 self.stats.connects += 1;
+                for key in std::mem::take(&mut self.uses_waiting) {
+                    self.use_session(&key);
+                }
                 // Register every local nick again right away.
                 self.next_heartbeat = now;
                 self.report(None);
@@ -1148,6 +1172,10 @@ impl Cluster {
                     .as_bytes()
                     .and_then(split_id_time)
                     .filter(|(_, _, rest)| rest.is_empty());
+                if sender != CANCELLED {
+                    let n = numbered.map(|(id, time, _)| (id, time));
+                    hub.said(sender, &say.room, n, sink);
+                }
                 match numbered {
                     // The subscriber link failed (or the room was left) after
                     // the message went out: its copy cannot come back by
@@ -1192,14 +1220,15 @@ impl Cluster {
             }
             Pending::Refresh { id, nick } => {
                 if v.as_int() == Some(1) {
-                    let still = if id == CANCELLED {
-                        hub.holds_detached_nick(&nick)
-                    } else {
-                        hub.nick(id)
-                            .and_then(Folded::new)
-                            .zip(Folded::new(&nick))
-                            .is_some_and(|(a, b)| a.as_str() == b.as_str())
-                    };
+                    // (A connection that dropped since keeps its nick in its
+                    // session: still ours.)
+                    let still = hub.holds_detached_nick(&nick)
+                        || (id != CANCELLED
+                            && hub
+                                .nick(id)
+                                .and_then(Folded::new)
+                                .zip(Folded::new(&nick))
+                                .is_some_and(|(a, b)| a.as_str() == b.as_str()));
                     if !still {
                         self.release(&nick);
                     }
@@ -1214,35 +1243,56 @@ impl Cluster {
                 }
             }
             Pending::Release | Pending::Ping | Pending::Alive | Pending::StoreSession => {}
-            Pending::TakeSession { id } => {
-                if id == CANCELLED {
-                    return Ok(());
-                }
-                let fetched = match &v {
-                    Value::Bulk(None) | Value::Array(None) => Fetched::Missing,
-                    Value::Array(Some(items)) => match (items.first(), items.get(1)) {
-                        (Some(rec), Some(ours)) => Fetched::Found {
-                            record: rec
-                                .as_bytes()
-                                .and_then(|b| std::str::from_utf8(b).ok())
-                                .unwrap_or(""),
-                            nick_ours: ours.as_int() == Some(1),
-                        },
-                        _ => Fetched::Missing,
-                    },
-                    Value::Error(_) => Fetched::Unreachable,
-                    _ => Fetched::Used,
+            Pending::TakeSession { id, key } => {
+                let text = |i: usize, items: &[Value]| {
+                    items
+                        .get(i)
+                        .and_then(Value::as_bytes)
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .map(str::to_string)
                 };
-                if let Fetched::Found {
-                    record,
-                    nick_ours: true,
-                } = fetched
-                {
-                    if let Some(k) = record.split(' ').next().and_then(Folded::new) {
-                        self.registered.insert(k.as_str().into(), unix_ms());
+                let (fetched, old, at) = match &v {
+                    Value::Bulk(None) | Value::Array(None) => (Fetched::Missing, None, None),
+                    Value::Array(Some(items)) => match (items.first(), items.get(1)) {
+                        (Some(rec), Some(ours)) => (
+                            Fetched::Found {
+                                record: rec
+                                    .as_bytes()
+                                    .and_then(|b| std::str::from_utf8(b).ok())
+                                    .unwrap_or(""),
+                                nick_ours: ours.as_int() == Some(1),
+                            },
+                            text(2, items),
+                            text(3, items).and_then(|t| t.parse::<u64>().ok()),
+                        ),
+                        _ => (Fetched::Missing, None, None),
+                    },
+                    Value::Error(_) => (Fetched::Unreachable, None, None),
+                    _ => (Fetched::Used, None, None),
+                };
+                if let Fetched::Found { record, nick_ours } = fetched {
+                    if nick_ours {
+                        // The registration keeps its time: the storing node's
+                        // copy, refreshing it with the same time, never wins
+                        // it back.
+                        if let Some(k) = record.split(' ').next().and_then(Folded::new) {
+                            self.registered
+                                .insert(k.as_str().into(), at.unwrap_or_else(unix_ms));
+                        }
+                    }
+                    // The storing node forgets its copy now, not at its expiry.
+                    if let Some(old) = old.filter(|o| valid_node(o) && *o != self.node) {
+                        self.send(
+                            format!("lc:node:{old}").as_bytes(),
+                            Body::Resumed { key: &key },
+                            None,
+                            CANCELLED,
+                        );
                     }
                 }
-                hub.session_taken(id, fetched, sink);
+                if id != CANCELLED {
+                    hub.session_taken(id, fetched, sink);
+                }
             }
             Pending::EndSession { key } => {
                 hub.session_ended(&key, v.as_int() != Some(0), sink);
@@ -1287,9 +1337,11 @@ impl Cluster {
                 if id == CANCELLED {
                     return Ok(());
                 }
+                // A dropped session's nick (`away`) has nobody to deliver to.
                 let found = v
                     .as_bytes()
                     .and_then(|b| std::str::from_utf8(b).ok())
+                    .filter(|v| !v.ends_with(" away"))
                     .and_then(parse_registration)
                     .filter(|(node, nick)| *node != self.node && valid_nick(nick))
                     .map(|(node, nick)| (node.to_string(), nick.to_string()));
@@ -1551,6 +1603,7 @@ impl Cluster {
             Body::Private { to, line } => {
                 hub.deliver_private(to, line, sink);
             }
+            Body::Resumed { key } => hub.session_moved(key),
             Body::WhoAsk { qid, room } => {
                 let (nicks, total) = hub.local_who(room);
                 let nicks = nicks.join(" ");
@@ -2025,7 +2078,8 @@ impl Cluster {
             let at = folded
                 .and_then(|k| self.registered.get(k.as_str()).copied())
                 .unwrap_or_else(unix_ms);
-            let value = registration(&prefix, at, &nick, signed);
+            // A dropped session's nick (no connection) is registered away.
+            let value = registration(&prefix, at, &nick, signed, id == CANCELLED);
             let at = at.to_string();
             if self.cmd.queue(&[
                 b"EVALSHA",
@@ -2068,6 +2122,14 @@ impl Cluster {
                 }
             }
             Step::Wait => {}
+        }
+    }
+
+    /// Mark the session under `key` used (it was resumed from memory here).
+    fn use_session(&mut self, key: &str) {
+        let set: &[&[u8]] = &[b"SET", key.as_bytes(), b"used", b"XX", b"KEEPTTL"];
+        if self.cmd.queue(set) {
+            self.expect(Pending::StoreSession);
         }
     }
 
@@ -2205,7 +2267,7 @@ impl Cluster {
                 // elsewhere is renamed, an older sign-in replaced, at their
                 // node's next refresh); anyone else only a free nick.
                 let signed = hub.claims_signed(id);
-                let value = registration(&self.node_prefix, at, &nick, signed);
+                let value = registration(&self.node_prefix, at, &nick, signed, false);
                 let ttl = self.ttl_ms();
                 let set: &[&[u8]] = if signed {
                     &[b"SET", &key, value.as_bytes(), b"PX", ttl.as_bytes()]
@@ -2224,6 +2286,18 @@ impl Cluster {
                 }
             }
             Request::Release { nick } => self.release(&nick),
+            Request::Renew { nick } => {
+                // Registered again at the next turn, as whatever it is now:
+                // a connection's, or a dropped session's (away).
+                let (id, signed) = match hub.local_owner(&nick) {
+                    Some(id) => (id, hub.claims_signed(id)),
+                    None => match hub.held_nicks().find(|(n, _)| n.eq_ignore_ascii_case(&nick)) {
+                        Some((_, signed)) => (CANCELLED, signed),
+                        None => return,
+                    },
+                };
+                self.refresh_queue.push((id, nick, signed));
+            }
             Request::Private { id, from, to, text } => {
                 let key = nick_key(&to);
                 match key {
@@ -2300,6 +2374,7 @@ impl Cluster {
             Request::TakeSession { id, key } => {
                 let ttl = self.ttl_ms();
                 let at = unix_ms().to_string();
+                let extra = (TOMBSTONE_EXTRA.as_millis() as u64).to_string();
                 let prefix = self.node_prefix.clone();
                 if self.cmd.state == LinkState::Ready
                     && self.cmd.queue(&[
@@ -2310,17 +2385,22 @@ impl Cluster {
                         prefix.as_bytes(),
                         ttl.as_bytes(),
                         at.as_bytes(),
+                        extra.as_bytes(),
                     ])
                 {
-                    self.expect(Pending::TakeSession { id });
+                    self.expect(Pending::TakeSession { id, key });
                 } else {
                     hub.session_taken(id, Fetched::Unreachable, sink);
                 }
             }
             Request::UseSession { key } => {
-                let set: &[&[u8]] = &[b"SET", key.as_bytes(), b"used", b"XX", b"KEEPTTL"];
-                if self.cmd.state == LinkState::Ready && self.cmd.queue(set) {
-                    self.expect(Pending::StoreSession);
+                if self.cmd.state == LinkState::Ready {
+                    self.use_session(&key);
+                } else if self.uses_waiting.len() < MAX_USES_WAITING {
+                    // Resumed from this node's memory while Redis was away:
+                    // marked used as soon as the link is back, before any
+                    // other node can take it there.
+                    self.uses_waiting.push(key);
                 }
             }
             Request::EndSession { key } => {
@@ -2357,7 +2437,7 @@ impl Cluster {
                         | Pending::Refresh { id: i, .. }
                         | Pending::Lookup { id: i, .. }
                         | Pending::History { id: i, .. }
-                        | Pending::TakeSession { id: i }
+                        | Pending::TakeSession { id: i, .. }
                         | Pending::Catchup { id: i, .. }
                         | Pending::Publish { sender: i, .. }
                             if *i == id =>

@@ -111,6 +111,12 @@ pub enum Body<'a> {
         /// Local chat connections.
         members: u64,
     },
+    /// `S KEY`: the session stored under `KEY` (`lc:sess:HASH`), dropped on
+    /// the channel's node, was resumed on the sender's node: forget it.
+    Resumed {
+        /// The session's Redis key.
+        key: &'a str,
+    },
 }
 
 impl Body<'_> {
@@ -124,6 +130,7 @@ impl Body<'_> {
             Body::RoomsAsk { .. } => 'R',
             Body::RoomsAnswer { .. } => 'r',
             Body::Alive { .. } => 'H',
+            Body::Resumed { .. } => 'S',
         }
     }
 }
@@ -252,6 +259,9 @@ impl Signer {
             Body::RoomsAsk { qid } => {
                 let _ = write!(s, " {qid}");
             }
+            Body::Resumed { key } => {
+                let _ = write!(s, " {key}");
+            }
             Body::RoomsAnswer { qid, rooms } => {
                 let _ = write!(s, " {qid}");
                 if !rooms.is_empty() {
@@ -330,7 +340,7 @@ fn number(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-fn valid_node(s: &str) -> bool {
+pub(crate) fn valid_node(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_NODE && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
@@ -378,6 +388,7 @@ fn parse(text: &str) -> Option<Envelope<'_>> {
             Body::WhoAnswer { qid, total, nicks }
         }
         ("R", Some(qid)) => Body::RoomsAsk { qid: number(qid)? },
+        ("S", Some(key)) if !key.is_empty() && !key.contains(' ') => Body::Resumed { key },
         ("r", Some(rest)) => {
             let (qid, rooms) = rest.split_once(' ').unwrap_or((rest, ""));
             if rest.ends_with(' ') {
@@ -498,7 +509,7 @@ mod tests {
     proptest! {
         #[test]
         fn every_body_round_trips(
-            kind in 0..8u8, a in text(), w in word(), n in any::<u64>(), m in any::<u64>(),
+            kind in 0..9u8, a in text(), w in word(), n in any::<u64>(), m in any::<u64>(),
             node in "[0-9a-f]{1,32}", seq in any::<u64>(), signed in any::<bool>(),
             empty in any::<bool>(),
         ) {
@@ -511,6 +522,7 @@ mod tests {
                 4 => Body::WhoAnswer { qid: n, total: m, nicks: list },
                 5 => Body::RoomsAsk { qid: n },
                 6 => Body::RoomsAnswer { qid: n, rooms: list },
+                7 => Body::Resumed { key: &w },
                 _ => Body::Alive { members: m },
             };
             let e = Envelope { node: &node, seq, body };

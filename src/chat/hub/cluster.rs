@@ -20,6 +20,9 @@ const MAX_PENDING_NICKS: usize = 4;
 const MAX_HELD_LINES: usize = 64;
 /// Bytes held for such a connection, in `max_line`s.
 const HELD_LINES_OF_BYTES: usize = 4;
+/// Longest a `/quit` waits for the connection's own messages to come back
+/// from Redis.
+const QUIT_WAIT_MS: u64 = 2_000;
 
 /// How a held connect ends (see [`Hub::nick_reserved`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,11 +115,31 @@ pub struct RemoteState {
     /// Dropped sessions whose time ran out, until Redis says whether another
     /// node resumed them (by Redis key).
     pub(super) ending: HashMap<Box<str>, super::resume::Detached>,
+    /// Room messages of each connection sent to Redis and not yet answered.
+    saying: HashMap<ConnId, u32>,
+    /// Connections that sent `/quit` while their own messages were still on
+    /// their way back.
+    quitting: HashMap<ConnId, Quitting>,
+}
+
+/// A `/quit` waiting for the connection's own messages to be delivered here.
+#[derive(Debug)]
+struct Quitting {
+    reason: Box<str>,
+    /// Leave anyway at this hub-clock time.
+    until: u64,
+    /// Numbered by Redis, not yet delivered here (by pub/sub, in order).
+    awaiting: Vec<(RoomId, MsgId)>,
 }
 
 impl RemoteState {
     pub(super) fn push(&mut self, r: Request) {
         self.requests.push(r);
+    }
+
+    /// `id` sent a room message to Redis ([`Request::Say`]).
+    pub(super) fn saying(&mut self, id: ConnId) {
+        *self.saying.entry(id).or_default() += 1;
     }
 
     /// True while room messages are ordered by Redis (see [`Hub::set_ordered`]).
@@ -290,10 +313,10 @@ impl Hub {
             .is_some_and(|r| r.held.contains_key(&id))
     }
 
-    /// `id` left while held: forget it (and its catch-ups); true when it was
-    /// held before `WELCOME` (so there is nothing more to disconnect).
+    /// `id` left while held: forget it; true when it was held before
+    /// `WELCOME` (so there is nothing more to disconnect). Its catch-ups, if
+    /// any, go with its session (`detach`) or with it.
     pub(super) fn drop_held(&mut self, id: ConnId) -> bool {
-        self.drop_catchups(id);
         let Some(r) = self.remote.as_deref_mut() else {
             return false;
         };
@@ -397,8 +420,11 @@ impl Hub {
         };
         let granted = claim == Claim::Granted;
         let is_key = |p: &str| Folded::new(p).is_some_and(|k| k.as_str() == key.as_str());
+        // Only a connect held before `WELCOME` (a resumed connection whose
+        // input waits for its catch-up is already a user).
+        let connecting = self.user(id).is_none();
         let held = self.remote.as_deref_mut().and_then(|r| {
-            if !r.held.get(&id).is_some_and(|h| is_key(&h.nick)) {
+            if !connecting || !r.held.get(&id).is_some_and(|h| is_key(&h.nick) && h.resume.is_none()) {
                 return None;
             }
             let h = r.held.remove(&id)?;
@@ -625,6 +651,13 @@ impl Hub {
         {
             self.catchup_live(rid, id, time_ms, line, sink);
         }
+        if self
+            .remote
+            .as_deref()
+            .is_some_and(|r| !r.quitting.is_empty())
+        {
+            self.quits_delivered(rid, id, sink);
+        }
         true
     }
 
@@ -718,6 +751,136 @@ impl Hub {
             "history unavailable: Redis unreachable",
             sink,
         );
+    }
+
+    /// Redis answered one of `sender`'s room messages (`numbered`: its id and
+    /// time, `None` when it was not numbered). A connection that quit
+    /// meanwhile leaves once every line of its own was delivered here, in the
+    /// room's order, so it and the others see it before its `LEFT`.
+    pub fn said(
+        &mut self,
+        sender: ConnId,
+        room: &str,
+        numbered: Option<(MsgId, u64)>,
+        sink: &mut impl Sink,
+    ) {
+        let rid = self.room_id(room);
+        let delivered = match (rid.and_then(|rid| self.room(rid)), numbered) {
+            (Some(r), Some((m, _))) => r.last_id.epoch == m.epoch && r.last_id.seq >= m.seq,
+            _ => true,
+        };
+        let Some(r) = self.remote.as_deref_mut() else {
+            return;
+        };
+        let left = match r.saying.get_mut(&sender) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => return,
+        };
+        if left == 0 {
+            r.saying.remove(&sender);
+        }
+        let Some(q) = r.quitting.get_mut(&sender) else {
+            return;
+        };
+        if let (false, Some(rid), Some((m, _))) = (delivered, rid, numbered) {
+            q.awaiting.push((rid, m));
+        }
+        if left == 0 && q.awaiting.is_empty() {
+            self.quit_now(sender, sink);
+        }
+    }
+
+    /// Room `rid` delivered up to `last` here: quits that waited for it go.
+    fn quits_delivered(&mut self, rid: RoomId, last: MsgId, sink: &mut impl Sink) {
+        let Some(r) = self.remote.as_deref_mut() else {
+            return;
+        };
+        let mut done = Vec::new();
+        for (id, q) in r.quitting.iter_mut() {
+            let before = q.awaiting.len();
+            q.awaiting
+                .retain(|&(r, m)| !(r == rid && (m.epoch != last.epoch || m.seq <= last.seq)));
+            if before > 0 && q.awaiting.is_empty() && !r.saying.contains_key(id) {
+                done.push(*id);
+            }
+        }
+        for id in done {
+            self.quit_now(id, sink);
+        }
+    }
+
+    /// Defer `id`'s `/quit` while its own messages are on their way back
+    /// (true when deferred, bounded by [`QUIT_WAIT_MS`]).
+    pub(super) fn defer_quit(&mut self, id: ConnId, text: Option<&str>) -> bool {
+        let until = self.now_ms.saturating_add(QUIT_WAIT_MS);
+        let Some(r) = self.remote.as_deref_mut() else {
+            return false;
+        };
+        if !r.saying.contains_key(&id) {
+            return false;
+        }
+        r.quitting.insert(
+            id,
+            Quitting {
+                reason: text.unwrap_or("bye").into(),
+                until,
+                awaiting: Vec::new(),
+            },
+        );
+        if let Some(u) = self.users.get_mut(id).and_then(Option::as_mut) {
+            // Nothing it sends after `/quit` runs.
+            u.access.set_closing();
+        }
+        true
+    }
+
+    /// A deferred `/quit` completes.
+    fn quit_now(&mut self, id: ConnId, sink: &mut impl Sink) {
+        let Some(q) = self
+            .remote
+            .as_deref_mut()
+            .and_then(|r| r.quitting.remove(&id))
+        else {
+            return;
+        };
+        self.finish_quit(id, Some(&q.reason), sink);
+    }
+
+    /// Deferred quits whose wait ran out complete (from `handle_timeout`).
+    pub(super) fn quit_timeouts(&mut self, now_ms: u64, sink: &mut impl Sink) {
+        loop {
+            let due = self.remote.as_deref().and_then(|r| {
+                r.quitting
+                    .iter()
+                    .find(|(_, q)| q.until <= now_ms)
+                    .map(|(id, _)| *id)
+            });
+            let Some(id) = due else {
+                return;
+            };
+            self.quit_now(id, sink);
+        }
+    }
+
+    /// When the next deferred quit gives up waiting.
+    pub(super) fn quit_deadline(&self) -> Option<u64> {
+        self.remote
+            .as_deref()?
+            .quitting
+            .values()
+            .map(|q| q.until)
+            .min()
+    }
+
+    /// `id` is gone: nothing of its own is waited for.
+    pub(super) fn forget_saying(&mut self, id: ConnId) {
+        if let Some(r) = self.remote.as_deref_mut() {
+            r.saying.remove(&id);
+            r.quitting.remove(&id);
+        }
     }
 
     /// A `NICK OLD NEW` line from another node: once to each local member of

@@ -319,6 +319,10 @@ impl Hub {
             // nick in use (refused → `ERR nick-taken` and a guest nick).
             let nick = nick.clone();
             self.request(|| Request::Reserve { id, nick });
+        } else {
+            // Registered here now, no longer away.
+            let nick = nick.clone();
+            self.request(|| Request::Renew { nick });
         }
         let (sep, kv) = if args.command { (' ', '=') } else { (',', ':') };
         let mut waiting = 0;
@@ -507,32 +511,40 @@ impl Hub {
             c.lines.len(),
             top
         );
-        let Some(room) = self.rooms.get_mut(rid as usize).and_then(Option::as_mut) else {
+        let Some(room) = self.rooms.get(rid as usize).and_then(Option::as_ref) else {
             return;
         };
         let delivered = room.last_id;
+        let reached = |x: MsgId| delivered.epoch == x.epoch && delivered.seq >= x.seq;
+        // Alone in the room (no member here, no other catch-up): nobody else
+        // is owed the lines up to `x` that may still come by pub/sub, so the
+        // room may skip them. Otherwise they are waited for: skipping them
+        // would take them from the others.
+        let alone = room.members.is_empty()
+            && self.remote.as_deref().is_some_and(|r| {
+                r.catchups
+                    .iter()
+                    .filter(|c| c.rid == rid)
+                    .count()
+                    == 1
+            });
         match top {
-            Some(x)
-                if !lost
-                    && delivered.epoch == x.epoch
-                    && delivered.seq < x.seq
-                    && !room.members.is_empty() =>
-            {
-                // Lines up to `x` are on their way to this node's members:
-                // join when they are here, so none reaches the client twice.
+            Some(x) if !lost && !reached(x) && !alone => {
+                // Join when they are here, so none reaches the client twice.
                 let until_ms = self.now_ms.saturating_add(CATCHUP_WAIT_MS);
                 if let Some(r) = self.remote.as_deref_mut() {
                     r.catchups[i].phase = Phase::Waiting { x, until_ms };
                 }
             }
-            Some(x) => {
-                log::debug!("resume: {} delivered here up to {delivered:?}", room.name);
-                if delivered.epoch != x.epoch || delivered.seq < x.seq {
+            Some(x) if !lost && !reached(x) => {
+                if let Some(room) = self.rooms.get_mut(rid as usize).and_then(Option::as_mut) {
                     room.last_id = x;
                 }
                 self.finish_catchup(i, sink);
             }
-            None => self.finish_catchup(i, sink),
+            // Caught up, or lost (the client knows it may have missed lines;
+            // the room's order is left alone).
+            _ => self.finish_catchup(i, sink),
         }
     }
 
@@ -581,7 +593,15 @@ impl Hub {
             }
         }
         if done {
-            self.finish_waiting(|c, _| c.rid == rid, sink);
+            // Only those whose own snapshot this line reaches.
+            self.finish_waiting(
+                |c, _| {
+                    c.rid == rid
+                        && matches!(c.phase, Phase::Waiting { x, .. }
+                            if id.epoch != x.epoch || id.seq >= x.seq)
+                },
+                sink,
+            );
         }
     }
 
@@ -599,16 +619,10 @@ impl Hub {
             else {
                 return;
             };
-            let (rid, phase_x) = match r.catchups[i].phase {
-                Phase::Waiting { x, .. } => (r.catchups[i].rid, x),
-                Phase::Asking => return,
-            };
-            if let Some(room) = self.rooms.get_mut(rid as usize).and_then(Option::as_mut) {
-                if room.last_id.epoch != phase_x.epoch || room.last_id.seq < phase_x.seq {
-                    // Timed out: what did not arrive is not waited for.
-                    room.last_id = phase_x;
-                }
-            }
+            // Timed out: the room's order is left alone, so a line up to
+            // the snapshot that comes later still reaches the others (and,
+            // now a member, this client too: the one case where it may see
+            // a line twice, which its ids tell apart).
             self.finish_catchup(i, sink);
         }
     }
@@ -699,6 +713,26 @@ impl Hub {
         }
     }
 
+    /// Remove `id`'s catch-ups, their rooms still held (for its session):
+    /// each room with the position the client has there.
+    pub(super) fn take_catchups(&mut self, id: ConnId) -> Vec<(RoomId, Result<Option<MsgId>, Lost>)> {
+        let Some(r) = self.remote.as_deref_mut() else {
+            return Vec::new();
+        };
+        if !r.catchups.iter().any(|c| c.id == id) {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        r.catchups.retain(|c| {
+            if c.id == id {
+                // Waiting: the client has nothing of the snapshot yet.
+                taken.push((c.rid, c.after));
+            }
+            c.id != id
+        });
+        taken
+    }
+
     /// `id` is gone: its catch-ups end (their rooms are no longer held).
     pub(super) fn drop_catchups(&mut self, id: ConnId) {
         let Some(r) = self.remote.as_deref_mut() else {
@@ -750,6 +784,20 @@ impl Hub {
         if ended {
             self.end_detached(d, sink);
         } else {
+            self.forget_detached(d);
+        }
+    }
+
+    /// Another node resumed the session this node kept under `key` (its
+    /// Redis key): forget it now, without `LEFT` (the nick's registration
+    /// went with it).
+    pub fn session_moved(&mut self, key: &str) {
+        let d = self
+            .sessions
+            .remove_detached(|d| d.redis_key() == Some(key))
+            .or_else(|| self.remote.as_deref_mut()?.ending.remove(key));
+        if let Some(d) = d {
+            log::debug!("resume: {} was resumed on another node", d.nick());
             self.forget_detached(d);
         }
     }
@@ -870,10 +918,15 @@ mod tests {
         assert_eq!(head.len(), 3, "{head:?}");
         assert_eq!(
             requests(hub),
-            [Request::Catchup {
-                id: 1,
-                room: "r".into()
-            }]
+            [
+                Request::Renew {
+                    nick: "alice".into()
+                },
+                Request::Catchup {
+                    id: 1,
+                    room: "r".into()
+                }
+            ]
         );
     }
 
@@ -950,8 +1003,11 @@ mod tests {
         hub.handle_timeout(at, &mut sink);
         let got = take(&mut sink, 1);
         assert_eq!(got[0], "RESUMED r 3", "{got:?}");
-        // Its late copy is not delivered twice.
-        assert!(!live(&mut hub, 6, &mut sink));
+        // Its late copy still reaches the member who never had it (and the
+        // resumed client a second time, with the same id).
+        take(&mut sink, 0);
+        assert!(live(&mut hub, 6, &mut sink));
+        assert_eq!(msgs(&take(&mut sink, 0)), ["MSG r dave m6"]);
     }
 
     #[test]
@@ -1049,10 +1105,13 @@ mod tests {
         let nick = take(&mut sink, 1)[0]["WELCOME ".len()..].to_string();
         take(&mut sink, 0);
         hub.disconnect(1, &mut sink);
-        let key = match requests(&mut hub).into_iter().last() {
-            Some(Request::StoreSession { key, .. }) => key,
-            r => panic!("{r:?}"),
-        };
+        let key = requests(&mut hub)
+            .into_iter()
+            .find_map(|r| match r {
+                Request::StoreSession { key, .. } => Some(key),
+                _ => None,
+            })
+            .expect("stored");
         hub.handle_timeout(60_010, &mut sink);
         requests(&mut hub);
         hub.session_ended(&key, true, &mut sink);
@@ -1063,5 +1122,194 @@ mod tests {
             line: format!("LEFT r {nick}").into()
         }));
         assert!(after.iter().any(|r| matches!(r, Request::Release { .. })));
+    }
+
+    // ---- review tests ----
+
+    /// Alice resumes with a record whose nick the registry did not move here.
+    fn resume_nick_not_ours(hub: &mut Hub, sink: &mut Lines) {
+        let args = Connect {
+            resume: Some(TOKEN),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &args, 10, sink);
+        requests(hub);
+        let record = format!("alice 3 member - - r:{E}-3");
+        let found = Fetched::Found {
+            record: &record,
+            nick_ours: false,
+        };
+        hub.session_taken(1, found, sink);
+    }
+
+    #[test]
+    fn review_a_reserve_answer_during_the_catch_up_does_not_reconnect_the_user() {
+        let (mut hub, mut sink) = node();
+        resume_nick_not_ours(&mut hub, &mut sink);
+        let reqs = requests(&mut hub);
+        assert!(
+            reqs.contains(&Request::Reserve {
+                id: 1,
+                nick: "alice".into()
+            }),
+            "{reqs:?}"
+        );
+        assert_eq!(take(&mut sink, 1)[0], "WELCOME alice");
+        // Redis answers the Reserve (same command link, queued before the
+        // history read) while the room still catches up.
+        hub.nick_reserved(1, "alice", Claim::Granted, &mut sink);
+        let got = take(&mut sink, 1);
+        let after = requests(&mut hub);
+        assert!(
+            got.iter().all(|l| !l.starts_with("WELCOME")),
+            "a second WELCOME: {got:?}"
+        );
+        assert!(
+            !after
+                .iter()
+                .any(|r| matches!(r, Request::StoreSession { .. })),
+            "the resumed session was dropped and stored again: {after:?}"
+        );
+        answer(&mut hub, 5, &[4, 5], &mut sink);
+        assert_eq!(take(&mut sink, 1).first().map(String::as_str), Some("RESUMED r 2"));
+    }
+
+    #[test]
+    fn review_a_drop_during_the_catch_up_keeps_the_rooms_of_the_session() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        // The network goes again before r's history is in.
+        hub.disconnect(1, &mut sink);
+        let reqs = requests(&mut hub);
+        let record = reqs.iter().find_map(|r| match r {
+            Request::StoreSession { record, .. } => Some(record.to_string()),
+            _ => None,
+        });
+        let record = record.expect("the session is kept");
+        assert!(
+            record.contains(" r:"),
+            "room r vanished from the session: {record:?}"
+        );
+    }
+
+    #[test]
+    fn review_a_timed_out_catch_up_costs_other_members_no_line() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        // Redis has m6, m7; they are late on their way here (> 2 s).
+        answer(&mut hub, 7, &[4, 5, 6, 7], &mut sink);
+        let at = hub.poll_timeout().expect("a deadline");
+        hub.handle_timeout(at, &mut sink);
+        take(&mut sink, 1);
+        live(&mut hub, 6, &mut sink);
+        live(&mut hub, 7, &mut sink);
+        // Carol, a member all along, never had them.
+        assert_eq!(
+            msgs(&take(&mut sink, 0)),
+            ["MSG r dave m6", "MSG r dave m7"]
+        );
+    }
+
+    #[test]
+    fn review_a_catch_up_costs_a_member_who_has_had_no_line_yet_nothing() {
+        // Carol joined r here recently: nothing delivered in r yet.
+        let mut hub = Hub::new(ChatConfig {
+            rate_limit: 0,
+            session_ttl_ms: 60_000,
+            ..ChatConfig::default()
+        });
+        hub.enable_cluster("n2");
+        let mut sink = Lines::default();
+        let args = Connect {
+            room: Some("r"),
+            ..Connect::default()
+        };
+        hub.connect_with(0, &args, 0, &mut sink);
+        requests(&mut hub);
+        sink.0.clear();
+        resume(&mut hub, &mut sink);
+        // The snapshot's reply overtakes m4..m6 on the pub/sub link.
+        answer(&mut hub, 6, &[4, 5, 6], &mut sink);
+        for s in 4..=6 {
+            live(&mut hub, s, &mut sink);
+        }
+        assert_eq!(
+            msgs(&take(&mut sink, 0)),
+            ["MSG r dave m4", "MSG r dave m5", "MSG r dave m6"]
+        );
+    }
+
+    #[test]
+    fn a_record_naming_a_room_twice_is_refused() {
+        let (mut hub, mut sink) = node();
+        let args = Connect {
+            resume: Some(TOKEN),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &args, 10, &mut sink);
+        requests(&mut hub);
+        let record = format!("alice 3 member - - r:{E}-5 R:{E}-5");
+        let found = Fetched::Found {
+            record: &record,
+            nick_ours: true,
+        };
+        hub.session_taken(1, found, &mut sink);
+        // Nodes never write such a record: it is refused whole.
+        let got = take(&mut sink, 1);
+        assert!(
+            got.iter().any(|l| l.starts_with("ERR bad-session")),
+            "{got:?}"
+        );
+        assert_eq!(hub.room_len("r"), 1, "carol alone");
+    }
+
+    #[test]
+    fn review_a_lost_catch_up_costs_other_members_no_line() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        // m4 was trimmed: r resumes lost. m6, m7 are on their way here.
+        answer(&mut hub, 7, &[5, 6, 7], &mut sink);
+        assert_eq!(take(&mut sink, 1), ["RESUMED r lost"]);
+        live(&mut hub, 6, &mut sink);
+        live(&mut hub, 7, &mut sink);
+        assert_eq!(
+            msgs(&take(&mut sink, 0)),
+            ["MSG r dave m6", "MSG r dave m7"],
+            "carol"
+        );
+    }
+
+    #[test]
+    fn review_one_waiting_catch_up_done_does_not_end_anothers_wait() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        // Bob (connection 2) resumes in r too.
+        let args = Connect {
+            resume: Some("BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"),
+            ..Connect::default()
+        };
+        hub.connect_with(2, &args, 10, &mut sink);
+        requests(&mut hub);
+        let record = format!("bob 3 member - - r:{E}-5");
+        hub.session_taken(2, Fetched::Found { record: &record, nick_ours: true }, &mut sink);
+        requests(&mut hub);
+        take(&mut sink, 2);
+        // Alice's snapshot reads up to m7, bob's (read a moment later) m9.
+        answer(&mut hub, 7, &[4, 5, 6, 7], &mut sink);
+        let e = entries(&[6, 7, 8, 9]);
+        let refs: Vec<&[u8]> = e.iter().map(|s| s.as_bytes()).collect();
+        hub.answer_catchup(2, "r", Some((E, 9)), &refs, 8, &mut sink);
+        for s in 6..=9 {
+            live(&mut hub, s, &mut sink);
+        }
+        assert_eq!(
+            msgs(&take(&mut sink, 0)),
+            ["MSG r dave m6", "MSG r dave m7", "MSG r dave m8", "MSG r dave m9"],
+            "carol"
+        );
+        let alice = msgs(&take(&mut sink, 1));
+        assert_eq!(alice.iter().filter(|l| l.ends_with("m8")).count(), 1, "{alice:?}");
+        assert_eq!(alice.iter().filter(|l| l.ends_with("m9")).count(), 1, "{alice:?}");
     }
 }

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 
 use super::super::access::{valid_pattern, Access, Role};
 use super::super::history::MsgId;
-use super::super::names::{valid_nick, valid_room};
+use super::super::names::{valid_nick, valid_room, Folded};
 
 /// Most rooms a record may name (more than `--max-rooms` allows anyway).
 const MAX_ROOMS: usize = 1024;
@@ -109,6 +109,14 @@ impl Record {
             if !valid_room(room) || rooms.len() >= MAX_ROOMS {
                 return None;
             }
+            // One membership per room, whatever the letter case.
+            let key = Folded::new(room)?;
+            if rooms
+                .iter()
+                .any(|(r, _): &(Box<str>, _)| Folded::new(r).is_some_and(|f| f.as_str() == key.as_str()))
+            {
+                return None;
+            }
             let last = match last {
                 "-" => None,
                 l => Some(MsgId::parse(l)?),
@@ -184,6 +192,7 @@ mod tests {
             "alice 3 member - - lobby:4",
             "alice 3 member - - lob/by:-",
             "alice 3 member - -  lobby:-",
+            "alice 3 member - - lobby:- LOBBY:-",
         ] {
             assert_eq!(Record::parse(bad), None, "{bad:?}");
         }

@@ -678,11 +678,17 @@ impl Hub {
                 rooms: self.auth_rooms_take(id),
             }));
         }
+        // Rooms still catching up (a drop during a resume) stay in the
+        // session, at the position the client has there.
+        let catching = self.take_catchups(id);
         let Some(user) = self.user(id) else {
             return false;
         };
         let shared = match (&self.remote, self.sessions.token_of(id)) {
             (Some(_), Some(token)) => {
+                let caught = catching.iter().filter_map(|&(rid, after)| {
+                    Some((self.room(rid)?.name.clone(), after.ok().flatten()))
+                });
                 let rec = super::record::Record {
                     nick: user.nick.clone(),
                     caps: user.caps,
@@ -697,6 +703,7 @@ impl Hub {
                             let last = room.last_id;
                             Some((room.name.clone(), (last.epoch > 0).then_some(last)))
                         })
+                        .chain(caught)
                         .collect(),
                 };
                 let mut record = String::new();
@@ -711,10 +718,12 @@ impl Hub {
         let Some(user) = self.user(id) else {
             return false;
         };
+        // (A catch-up's room is held already: the session takes that over.)
         let rooms: Vec<(RoomId, u64)> = user
             .rooms
             .iter()
             .filter_map(|m| Some((m.room, self.room(m.room)?.log.last_seq())))
+            .chain(catching.iter().map(|&(rid, _)| (rid, 0)))
             .collect();
         while let Some(m) = self
             .users
@@ -750,6 +759,8 @@ impl Hub {
                 record,
                 ttl_ms,
             });
+            let nick = user.nick.clone();
+            self.request(|| Request::Renew { nick });
         }
         let data = Detached {
             nick: user.nick,
@@ -770,10 +781,14 @@ impl Hub {
     /// When [`Hub::handle_timeout`] next has work (a dropped session expires),
     /// on the `now_ms` clock.
     pub fn poll_timeout(&self) -> Option<u64> {
-        match (self.sessions.poll_timeout(), self.catchup_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.sessions.poll_timeout(),
+            self.catchup_deadline(),
+            self.quit_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Expire dropped sessions whose time ran out: `LEFT` to their rooms (per
@@ -787,6 +802,7 @@ impl Hub {
             }
         }
         self.catchup_timeouts(now_ms, sink);
+        self.quit_timeouts(now_ms, sink);
     }
 
     /// A dropped session ends without being resumed: `LEFT` to its rooms
