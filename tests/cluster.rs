@@ -1983,8 +1983,14 @@ fn review_a_nick_resumed_elsewhere_is_free_once_its_holder_quits() {
         return;
     };
     let redis = Redis::start();
-    let a = Node::start(&redis, &["--session-ttl", "60s", "--redis-nick-ttl", "300ms"]);
-    let b = Node::start(&redis, &["--session-ttl", "60s", "--redis-nick-ttl", "300ms"]);
+    let a = Node::start(
+        &redis,
+        &["--session-ttl", "60s", "--redis-nick-ttl", "300ms"],
+    );
+    let b = Node::start(
+        &redis,
+        &["--session-ttl", "60s", "--redis-nick-ttl", "300ms"],
+    );
     a.wait_subscriptions(2);
     b.wait_subscriptions(2);
     let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
@@ -2011,9 +2017,9 @@ fn review_a_nick_resumed_elsewhere_is_free_once_its_holder_quits() {
 
 #[test]
 fn review_a_resume_whose_connection_closes_before_redis_answers_loses_nothing() {
-    let Some(()) = need_redis(
-        "review_a_resume_whose_connection_closes_before_redis_answers_loses_nothing",
-    ) else {
+    let Some(()) =
+        need_redis("review_a_resume_whose_connection_closes_before_redis_answers_loses_nothing")
+    else {
         return;
     };
     let redis = Redis::start();
@@ -2059,9 +2065,9 @@ fn review_a_resume_whose_connection_closes_before_redis_answers_loses_nothing() 
 
 #[test]
 fn review_a_session_resumed_elsewhere_never_leaves_when_its_old_copy_expires() {
-    let Some(()) = need_redis(
-        "review_a_session_resumed_elsewhere_never_leaves_when_its_old_copy_expires",
-    ) else {
+    let Some(()) =
+        need_redis("review_a_session_resumed_elsewhere_never_leaves_when_its_old_copy_expires")
+    else {
         return;
     };
     let redis = Redis::start();
@@ -2091,9 +2097,9 @@ fn review_a_session_resumed_elsewhere_never_leaves_when_its_old_copy_expires() {
 
 #[test]
 fn review_a_private_message_to_a_dropped_session_on_another_node_is_refused() {
-    let Some(()) = need_redis(
-        "review_a_private_message_to_a_dropped_session_on_another_node_is_refused",
-    ) else {
+    let Some(()) =
+        need_redis("review_a_private_message_to_a_dropped_session_on_another_node_is_refused")
+    else {
         return;
     };
     let redis = Redis::start();
@@ -2115,8 +2121,7 @@ fn review_a_private_message_to_a_dropped_session_on_another_node_is_refused() {
 
 #[test]
 fn review_a_token_resumed_while_the_link_was_down_is_spent_everywhere() {
-    let Some(()) =
-        need_redis("review_a_token_resumed_while_the_link_was_down_is_spent_everywhere")
+    let Some(()) = need_redis("review_a_token_resumed_while_the_link_was_down_is_spent_everywhere")
     else {
         return;
     };

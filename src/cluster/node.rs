@@ -2291,7 +2291,10 @@ impl Cluster {
                 // a connection's, or a dropped session's (away).
                 let (id, signed) = match hub.local_owner(&nick) {
                     Some(id) => (id, hub.claims_signed(id)),
-                    None => match hub.held_nicks().find(|(n, _)| n.eq_ignore_ascii_case(&nick)) {
+                    None => match hub
+                        .held_nicks()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(&nick))
+                    {
                         Some((_, signed)) => (CANCELLED, signed),
                         None => return,
                     },

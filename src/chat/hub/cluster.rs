@@ -424,7 +424,12 @@ impl Hub {
         // input waits for its catch-up is already a user).
         let connecting = self.user(id).is_none();
         let held = self.remote.as_deref_mut().and_then(|r| {
-            if !connecting || !r.held.get(&id).is_some_and(|h| is_key(&h.nick) && h.resume.is_none()) {
+            if !connecting
+                || !r
+                    .held
+                    .get(&id)
+                    .is_some_and(|h| is_key(&h.nick) && h.resume.is_none())
+            {
                 return None;
             }
             let h = r.held.remove(&id)?;

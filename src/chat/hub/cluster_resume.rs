@@ -521,13 +521,10 @@ impl Hub {
         // room may skip them. Otherwise they are waited for: skipping them
         // would take them from the others.
         let alone = room.members.is_empty()
-            && self.remote.as_deref().is_some_and(|r| {
-                r.catchups
-                    .iter()
-                    .filter(|c| c.rid == rid)
-                    .count()
-                    == 1
-            });
+            && self
+                .remote
+                .as_deref()
+                .is_some_and(|r| r.catchups.iter().filter(|c| c.rid == rid).count() == 1);
         match top {
             Some(x) if !lost && !reached(x) && !alone => {
                 // Join when they are here, so none reaches the client twice.
@@ -715,7 +712,10 @@ impl Hub {
 
     /// Remove `id`'s catch-ups, their rooms still held (for its session):
     /// each room with the position the client has there.
-    pub(super) fn take_catchups(&mut self, id: ConnId) -> Vec<(RoomId, Result<Option<MsgId>, Lost>)> {
+    pub(super) fn take_catchups(
+        &mut self,
+        id: ConnId,
+    ) -> Vec<(RoomId, Result<Option<MsgId>, Lost>)> {
         let Some(r) = self.remote.as_deref_mut() else {
             return Vec::new();
         };
@@ -1172,7 +1172,10 @@ mod tests {
             "the resumed session was dropped and stored again: {after:?}"
         );
         answer(&mut hub, 5, &[4, 5], &mut sink);
-        assert_eq!(take(&mut sink, 1).first().map(String::as_str), Some("RESUMED r 2"));
+        assert_eq!(
+            take(&mut sink, 1).first().map(String::as_str),
+            Some("RESUMED r 2")
+        );
     }
 
     #[test]
@@ -1292,7 +1295,14 @@ mod tests {
         hub.connect_with(2, &args, 10, &mut sink);
         requests(&mut hub);
         let record = format!("bob 3 member - - r:{E}-5");
-        hub.session_taken(2, Fetched::Found { record: &record, nick_ours: true }, &mut sink);
+        hub.session_taken(
+            2,
+            Fetched::Found {
+                record: &record,
+                nick_ours: true,
+            },
+            &mut sink,
+        );
         requests(&mut hub);
         take(&mut sink, 2);
         // Alice's snapshot reads up to m7, bob's (read a moment later) m9.
@@ -1305,11 +1315,24 @@ mod tests {
         }
         assert_eq!(
             msgs(&take(&mut sink, 0)),
-            ["MSG r dave m6", "MSG r dave m7", "MSG r dave m8", "MSG r dave m9"],
+            [
+                "MSG r dave m6",
+                "MSG r dave m7",
+                "MSG r dave m8",
+                "MSG r dave m9"
+            ],
             "carol"
         );
         let alice = msgs(&take(&mut sink, 1));
-        assert_eq!(alice.iter().filter(|l| l.ends_with("m8")).count(), 1, "{alice:?}");
-        assert_eq!(alice.iter().filter(|l| l.ends_with("m9")).count(), 1, "{alice:?}");
+        assert_eq!(
+            alice.iter().filter(|l| l.ends_with("m8")).count(),
+            1,
+            "{alice:?}"
+        );
+        assert_eq!(
+            alice.iter().filter(|l| l.ends_with("m9")).count(),
+            1,
+            "{alice:?}"
+        );
     }
 }

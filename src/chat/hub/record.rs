@@ -111,10 +111,9 @@ impl Record {
             }
             // One membership per room, whatever the letter case.
             let key = Folded::new(room)?;
-            if rooms
-                .iter()
-                .any(|(r, _): &(Box<str>, _)| Folded::new(r).is_some_and(|f| f.as_str() == key.as_str()))
-            {
+            if rooms.iter().any(|(r, _): &(Box<str>, _)| {
+                Folded::new(r).is_some_and(|f| f.as_str() == key.as_str())
+            }) {
                 return None;
             }
             let last = match last {
