@@ -167,7 +167,7 @@ impl ErrorCode {
     }
 
     /// Every code, in the order of PROTOCOL.md.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadCommand,
         ErrorCode::BadNick,
         ErrorCode::NickTaken,
@@ -177,6 +177,7 @@ impl ErrorCode {
         ErrorCode::TooLong,
         ErrorCode::RateLimited,
         ErrorCode::ServerFull,
+        ErrorCode::NickUnavailable,
         ErrorCode::BadSession,
         ErrorCode::BadToken,
         ErrorCode::Forbidden,

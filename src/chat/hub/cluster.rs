@@ -540,7 +540,8 @@ impl Hub {
         text: &str,
         sink: &mut impl Sink,
     ) -> String {
-        let plain = format!("PRIV {from} {to} {text}");
+        let mut plain = String::new();
+        Line::Priv { from, to, text }.write_str(&mut plain, None);
         // An id and time from this node, as for a private message on one
         // node: the line travels tagged, and each end strips the tags for a
         // v1 client.
