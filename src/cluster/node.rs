@@ -15,10 +15,14 @@
 //!   subscribed while it has local members in ROOM;
 //! - `lc:all`: `NICK` notices, `/who`/`/rooms` questions and liveness notices,
 //!   every node subscribed;
-//! - `lc:node:NODE`: private messages and answers to questions for one node;
-//! - `lc:nick:NICK`: `"NODE REGISTERED_MS DISPLAY"` while NODE holds the nick
-//!   (set with `SET NX PX ttl`, refreshed every ttl/3, so a dead node's nicks
-//!   expire; on conflict the earlier registration wins).
+//! - `lc:node:NODE`: private messages, answers to questions and "your
+//!   dropped session was resumed here" notices for one node;
+//! - `lc:nick:NICK`: `"NODE REGISTERED_MS DISPLAY[ signed][ away]"` while
+//!   NODE holds the nick (set with `SET NX PX ttl`, refreshed every ttl/3, so
+//!   a dead node's nicks expire; on conflict the earlier registration wins;
+//!   `away` while only a dropped session holds it);
+//! - `lc:sess:HASH`: a dropped session's record, `NODE NICKKEY RECORD` (see
+//!   `chat::hub::record`), until its TTL; `used` once a node took it.
 //!
 //! - `lc:seq:ROOM`: the room's message counter (hash: `e` its epoch, `s` the
 //!   last number), expiring [`COUNTER_IDLE`] (or `--history-ttl`, if longer)
