@@ -129,6 +129,10 @@ struct Room {
     /// Clustered: the last id delivered here (Redis hands out the room's
     /// ids; a copy at or below it is a duplicate). Unused single-process.
     last_id: MsgId,
+    /// Clustered, before any line was delivered here: the room's counter as
+    /// last read from Redis (`0-0`: it had none), so a session dropped in a
+    /// quiet room knows where it stood.
+    base: Option<MsgId>,
 }
 
 /// The `/help` answer, one `SYS` line per command.
@@ -963,6 +967,7 @@ impl Hub {
             ids_members: 0,
             log: RoomHistory::new(self.ids.last_seq()),
             last_id: MsgId { epoch: 0, seq: 0 },
+            base: None,
         });
         self.room_index.insert(key.as_str().into(), rid);
         self.request(|| Request::Subscribe(key.as_str().into()));

@@ -170,7 +170,11 @@ impl Hub {
         };
         // This node's own copy of the session, if it dropped here.
         // (A connection still open here with it, half-open, is taken over.)
-        let local = self.take_session(id, &args.token, now_ms, sink).ok();
+        let local = self
+            .take_session(id, &args.token, now_ms, sink)
+            .ok()
+            // (Or its time ran out while Redis was asked: still here.)
+            .or_else(|| self.remote.as_deref_mut()?.ending.remove(&*args.key));
         let outcome = match fetched {
             Fetched::Found { record, nick_ours } => match Record::parse(record) {
                 Some(rec) => Ok((rec, nick_ours)),
@@ -281,7 +285,18 @@ impl Hub {
         // elsewhere since (the registry moved the nick away and back): stale.
         let stale = match Folded::new(&rec.nick) {
             Some(k) if nick_ours && self.nick_holder(k.as_str()) == Some(DETACHED) => {
-                let d = self.sessions.remove_detached(|d| d.nick_is(k.as_str()));
+                let d = self
+                    .sessions
+                    .remove_detached(|d| d.nick_is(k.as_str()))
+                    .or_else(|| {
+                        let r = self.remote.as_deref_mut()?;
+                        let key = r
+                            .ending
+                            .iter()
+                            .find(|(_, d)| d.nick_is(k.as_str()))
+                            .map(|(key, _)| key.clone())?;
+                        r.ending.remove(&key)
+                    });
                 if d.is_some() {
                     self.nicks.remove(k.as_str(), DETACHED);
                 }
@@ -337,7 +352,12 @@ impl Hub {
         } else {
             // Registered here now, no longer away.
             let nick = nick.clone();
-            self.request(|| Request::Renew { nick });
+            let signed = rec.access.is_signed();
+            self.request(|| Request::Renew {
+                nick,
+                id: Some(id),
+                signed,
+            });
         }
         let (sep, kv) = if args.command { (' ', '=') } else { (',', ':') };
         let mut waiting = 0;
@@ -467,20 +487,23 @@ impl Hub {
         let Some(i) = self.catchup_index(id, rid) else {
             return;
         };
+        self.note_counter(rid, counter);
         let ttl = self.config.history.ttl_ms;
         let Some(r) = self.remote.as_deref_mut() else {
             return;
         };
         let c = &mut r.catchups[i];
+        // `after`: `None` where the client stood is not known; `0-0` the room
+        // had no message then.
         let snapshot: Option<Vec<(MsgId, u64, Box<str>)>> = match (counter, c.after) {
             (_, Err(Lost)) => None,
             (None, Ok(None)) => Some(Vec::new()),
-            (None, Ok(Some(_))) => None,
+            (None, Ok(Some(a))) => (a.epoch == 0).then(Vec::new),
             (Some((epoch, last)), Ok(a)) => {
                 let from = match a {
-                    None => Some(0),
+                    Some(a) if a.epoch == 0 => Some(0),
                     Some(a) if a.epoch == epoch && a.seq <= last => Some(a.seq),
-                    Some(_) => None,
+                    _ => None,
                 };
                 from.and_then(|from| {
                     let kept: Vec<(MsgId, u64, Box<str>)> = entries
@@ -511,10 +534,13 @@ impl Hub {
             Some(mut lines) if !c.overflow => {
                 // Live lines that came while asking, above the snapshot.
                 let live = std::mem::take(&mut c.lines);
+                let before = lines.len();
                 lines.extend(live.into_iter().filter(|(m, _, _)| {
                     !top.is_some_and(|t| m.epoch == t.epoch && m.seq <= t.seq)
                 }));
-                c.bytes = lines.iter().map(|l| l.2.len()).sum();
+                // Only live lines count toward the budgets: the snapshot is
+                // bounded by `--history` already.
+                c.bytes = lines[before..].iter().map(|l| l.2.len()).sum();
                 c.lines = lines;
             }
             _ => {
@@ -704,6 +730,7 @@ impl Hub {
         };
         room.held = room.held.saturating_sub(1);
         let count = match c.after {
+            _ if c.overflow => Count::Lost,
             Err(Lost) => Count::Lost,
             Ok(_) => Count::Lines(c.lines.len() as u32),
         };
@@ -844,6 +871,23 @@ impl Hub {
         }
     }
 
+    /// The registry refused this node's refresh of `nick`, held for a dropped
+    /// session: the session ends as Redis says (silently if another node
+    /// resumed it, else with `LEFT`: its nick went to someone else).
+    pub fn held_nick_refused(&mut self, nick: &str, sink: &mut impl Sink) {
+        let Some(k) = Folded::new(nick) else {
+            return;
+        };
+        if self.nick_holder(k.as_str()) != Some(DETACHED) {
+            return;
+        }
+        if let Some(d) = self.sessions.remove_detached(|d| d.nick_is(k.as_str())) {
+            if let Some(d) = self.end_clustered(d) {
+                self.end_detached(d, sink);
+            }
+        }
+    }
+
     /// Nicks this node holds for dropped sessions (kept registered while they
     /// wait), with whether a token vouches for them.
     pub fn held_nicks(&self) -> impl Iterator<Item = (&str, bool)> {
@@ -962,7 +1006,9 @@ mod tests {
             requests(hub),
             [
                 Request::Renew {
-                    nick: "alice".into()
+                    nick: "alice".into(),
+                    id: Some(1),
+                    signed: false,
                 },
                 Request::Catchup {
                     id: 1,
