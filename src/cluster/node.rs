@@ -3150,4 +3150,44 @@ mod tests {
     fn node_ids_differ() {
         assert_ne!(random_id(), random_id());
     }
+
+    #[test]
+    fn a_renew_for_a_resumed_nick_is_not_undone_by_its_pending_away_refresh() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        // alice dropped here a moment ago: her away refresh is still queued
+        // (the command buffer is over half full on a busy node)...
+        h.node
+            .refresh_queue
+            .push((CANCELLED, "alice".into(), false));
+        // ...when she resumes here (live again) and the hub asks to renew.
+        h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
+        h.hub.nick_reserved(0, "alice", Claim::Granted, &mut h.sink);
+        let mut sink = Lines::default();
+        let now = h.now;
+        h.node.on_request(
+            Request::Renew {
+                nick: "alice".into(),
+                id: Some(0),
+                signed: false,
+            },
+            &mut h.hub,
+            &mut sink,
+            now,
+        );
+        // The queue is sent from its end: the last refresh to reach Redis
+        // for alice is the first one in it.
+        let last_sent = h
+            .node
+            .refresh_queue
+            .iter()
+            .find(|(_, n, _)| &**n == "alice")
+            .map(|(id, _, _)| *id);
+        assert_eq!(
+            last_sent,
+            Some(0),
+            "alice, live, ends up registered away: {:?}",
+            h.node.refresh_queue
+        );
+    }
 }

@@ -1232,7 +1232,7 @@ mod tests {
     }
 
     #[test]
-    fn review_a_reserve_answer_during_the_catch_up_does_not_reconnect_the_user() {
+    fn a_reserve_answer_during_the_catch_up_does_not_reconnect_the_user() {
         let (mut hub, mut sink) = node();
         resume_nick_not_ours(&mut hub, &mut sink);
         let reqs = requests(&mut hub);
@@ -1267,7 +1267,7 @@ mod tests {
     }
 
     #[test]
-    fn review_a_drop_during_the_catch_up_keeps_the_rooms_of_the_session() {
+    fn a_drop_during_the_catch_up_keeps_the_rooms_of_the_session() {
         let (mut hub, mut sink) = node();
         resume(&mut hub, &mut sink);
         // The network goes again before r's history is in.
@@ -1285,7 +1285,7 @@ mod tests {
     }
 
     #[test]
-    fn review_a_timed_out_catch_up_costs_other_members_no_line() {
+    fn a_timed_out_catch_up_costs_other_members_no_line() {
         let (mut hub, mut sink) = node();
         resume(&mut hub, &mut sink);
         // Redis has m6, m7; they are late on their way here (> 2 s).
@@ -1303,7 +1303,7 @@ mod tests {
     }
 
     #[test]
-    fn review_a_catch_up_costs_a_member_who_has_had_no_line_yet_nothing() {
+    fn a_catch_up_costs_a_member_who_has_had_no_line_yet_nothing() {
         // Carol joined r here recently: nothing delivered in r yet.
         let mut hub = Hub::new(ChatConfig {
             rate_limit: 0,
@@ -1356,7 +1356,7 @@ mod tests {
     }
 
     #[test]
-    fn review_a_lost_catch_up_costs_other_members_no_line() {
+    fn a_lost_catch_up_costs_other_members_no_line() {
         let (mut hub, mut sink) = node();
         resume(&mut hub, &mut sink);
         // m4 was trimmed: r resumes lost. m6, m7 are on their way here.
@@ -1372,7 +1372,7 @@ mod tests {
     }
 
     #[test]
-    fn review_one_waiting_catch_up_done_does_not_end_anothers_wait() {
+    fn one_waiting_catch_up_done_does_not_end_anothers_wait() {
         let (mut hub, mut sink) = node();
         resume(&mut hub, &mut sink);
         // Bob (connection 2) resumes in r too.
@@ -1452,5 +1452,179 @@ mod tests {
         answer(&mut hub, last, &seqs, &mut sink);
         assert_eq!(take(&mut sink, 1), ["RESUMED r lost"]);
         assert_eq!(hub.remote.as_deref().map(|r| r.catchup_bytes), Some(0));
+    }
+
+    // ---- second review ----
+
+    /// Alice (connection 1, nick alice, caps resume) in `r`, dropped: her
+    /// token, Redis key and stored record.
+    fn drop_alice(hub: &mut Hub, sink: &mut Lines) -> (String, Box<str>, Box<str>) {
+        let args = Connect {
+            nick: Some("alice"),
+            room: Some("r"),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &args, 10, sink);
+        requests(hub);
+        hub.nick_reserved(1, "alice", Claim::Granted, sink);
+        let got = take(sink, 1);
+        let token = got
+            .iter()
+            .find_map(|l| l.strip_prefix("SESSION "))
+            .and_then(|t| t.split(' ').next())
+            .unwrap_or_else(|| panic!("a session: {got:?}"))
+            .to_string();
+        take(sink, 0);
+        requests(hub);
+        hub.disconnect(1, sink);
+        let (key, record) = requests(hub)
+            .into_iter()
+            .find_map(|r| match r {
+                Request::StoreSession { key, record, .. } => Some((key, record)),
+                _ => None,
+            })
+            .expect("stored");
+        (token, key, record)
+    }
+
+    #[test]
+    fn a_resume_here_answered_while_the_copy_is_ending_keeps_the_nick() {
+        let (mut hub, mut sink) = node();
+        let (token, key, record) = drop_alice(&mut hub, &mut sink);
+        // Alice resumes on this same node just before her time runs out:
+        // the take goes to Redis first (its record is still there)...
+        let args = Connect {
+            resume: Some(&token),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(2, &args, 60_000, &mut sink);
+        requests(&mut hub);
+        // ...then the copy expires here (the end script queued behind the
+        // take, which wins: Redis says the session was taken).
+        hub.handle_timeout(60_010, &mut sink);
+        assert_eq!(
+            requests(&mut hub),
+            [Request::EndSession { key: key.clone() }]
+        );
+        let found = Fetched::Found {
+            record: &record,
+            nick_ours: true,
+        };
+        hub.session_taken(2, found, &mut sink);
+        hub.session_ended(&key, false, &mut sink);
+        let got = take(&mut sink, 2);
+        assert_eq!(
+            got.first().map(String::as_str),
+            Some("WELCOME alice"),
+            "her own resumed session lost its nick: {got:?}"
+        );
+    }
+
+    #[test]
+    fn a_waiting_catch_up_that_overflows_says_lost_not_zero() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        // Snapshot up to m7; m6, m7 still on their way: waiting.
+        answer(&mut hub, 7, &[4, 5, 6, 7], &mut sink);
+        assert!(take(&mut sink, 1).is_empty());
+        // Other catch-ups (a resume storm) hold the whole budget.
+        if let Some(r) = hub.remote.as_deref_mut() {
+            r.catchup_bytes = MAX_ALL_CATCHUP_BYTES - 4;
+        }
+        // m6 and m7 never come here (this node's subscriber link blinked);
+        // m9 does.
+        assert!(live(&mut hub, 9, &mut sink));
+        let got = take(&mut sink, 1);
+        assert_eq!(
+            got.first().map(String::as_str),
+            Some("RESUMED r lost"),
+            "m4..m7 (and m9) silently missing: {got:?}"
+        );
+    }
+
+    #[test]
+    fn a_quiet_room_does_not_replay_its_old_history_as_missed() {
+        // Room q has 3 old lines in Redis (said yesterday); alice is the
+        // first member of q on this node and nothing is said while she is in.
+        let (mut hub, mut sink) = node();
+        let args = Connect {
+            nick: Some("alice"),
+            room: Some("q"),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &args, 10, &mut sink);
+        requests(&mut hub);
+        hub.nick_reserved(1, "alice", Claim::Granted, &mut sink);
+        take(&mut sink, 1);
+        requests(&mut hub);
+        hub.disconnect(1, &mut sink);
+        let record = requests(&mut hub)
+            .into_iter()
+            .find_map(|r| match r {
+                Request::StoreSession { record, .. } => Some(record),
+                _ => None,
+            })
+            .expect("stored");
+        // She resumes on another node, which reads q's history.
+        let mut other = Hub::new(ChatConfig {
+            rate_limit: 0,
+            session_ttl_ms: 60_000,
+            ..ChatConfig::default()
+        });
+        other.enable_cluster("n3");
+        let args = Connect {
+            resume: Some(TOKEN),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        other.connect_with(1, &args, 10, &mut sink);
+        requests(&mut other);
+        let found = Fetched::Found {
+            record: &record,
+            nick_ours: true,
+        };
+        other.session_taken(1, found, &mut sink);
+        take(&mut sink, 1);
+        let old: Vec<String> = (1..=3u64)
+            .map(|s| format!("{E}-{s} 7 MSG q dave old{s}"))
+            .collect();
+        let refs: Vec<&[u8]> = old.iter().map(|s| s.as_bytes()).collect();
+        other.answer_catchup(1, "q", Some((E, 3)), &refs, 8, &mut sink);
+        let got = take(&mut sink, 1);
+        assert_ne!(
+            got.first().map(String::as_str),
+            Some("RESUMED q 3"),
+            "record {record:?}: lines from before she joined replayed as missed: {got:?}"
+        );
+    }
+
+    #[test]
+    fn a_line_the_node_could_not_keep_does_not_hold_the_next_quit() {
+        let (mut hub, mut sink) = node();
+        hub.set_ordered(true);
+        hub.handle(0, "hello", 20, &mut sink);
+        assert!(
+            requests(&mut hub)
+                .iter()
+                .any(|r| matches!(r, Request::Say { .. })),
+            "said through Redis"
+        );
+        // The link went down with a full buffer: the node delivers the line
+        // here unnumbered and tells carol (what `Cluster::turn` does for a
+        // lost `Say`); no answer from Redis will ever come for it.
+        hub.deliver_room("r", "MSG r carol hello", &mut sink);
+        hub.said(0, "r", None, &mut sink);
+        hub.not_relayed(0, &mut sink);
+        take(&mut sink, 0);
+        // Later (the link is back), carol quits: nothing of hers is in flight.
+        hub.handle(0, "/quit bye", 5_000, &mut sink);
+        assert_eq!(
+            hub.room_len("r"),
+            0,
+            "carol's quit waits for a reply that never comes"
+        );
     }
 }
