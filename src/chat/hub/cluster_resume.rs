@@ -2,13 +2,17 @@
 //!
 //! A node that keeps a dropped session also writes its [`Record`] to Redis
 //! ([`Request::StoreSession`], keyed by the token's hash) and keeps holding
-//! the nick (its registration is refreshed with the live ones). A `/resume`
-//! on any node asks Redis for the record ([`Request::TakeSession`]): one
-//! atomic script turns it into a tombstone (single use) and moves the nick's
-//! registration to the resuming node, so the nick never looks free and no
-//! `LEFT`/`JOINED` is sent. The dropping node learns of it when its session
-//! times out: its expiry script finds the tombstone and it forgets the
-//! session silently; otherwise it ends it with `LEFT` as on one node.
+//! the nick, registered `away` ([`Request::Renew`]; refreshed with the live
+//! ones, so nobody can take it and `/msg` finds nobody). A `/resume` on any
+//! node asks Redis for the record ([`Request::TakeSession`]): one atomic
+//! script turns it into a tombstone (single use) and moves the nick's
+//! registration, with its time, to the resuming node, so the nick never
+//! looks free and no `LEFT`/`JOINED` is sent. The resuming node tells the
+//! dropping one (the wire's `S` notice), which forgets its copy
+//! ([`Hub::session_moved`]). Should that notice be lost, the copy ends at its
+//! expiry or at the first refused refresh of its nick the same way: Redis is
+//! asked ([`Request::EndSession`]), finds the tombstone, and the copy is
+//! forgotten silently; a session nobody took ends with `LEFT` as on one node.
 //!
 //! Catching up, per room ([`Request::Catchup`]): the resuming node subscribes
 //! (if it was not), waits for Redis to confirm, then reads the room's history
@@ -19,7 +23,11 @@
 //! live lines above `X`. The connection becomes a member once this node has
 //! delivered `X` itself, so that no line reaches it twice; while live lines
 //! up to `X` are still in flight toward this node it waits for them (at most
-//! [`CATCHUP_WAIT_MS`]). Its input is held until every room has caught up.
+//! [`CATCHUP_WAIT_MS`]: then it joins, and a late line may reach it twice,
+//! with the same id). The room's own order (`last_id`) is moved past lines
+//! still in flight only when nobody else here is owed them. Its input is held
+//! until every room has caught up. Bounded: [`CATCHUP_ASK_MS`] for the
+//! snapshot, and buffers per room and for all catch-ups together.
 //!
 //! Redis restarted between the drop and the resume: the record is gone, so
 //! only the dropping node can resume the session (from its own memory); the
