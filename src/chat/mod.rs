@@ -202,6 +202,23 @@ impl std::fmt::Display for ErrorCode {
 pub(crate) struct Lines(pub(crate) Vec<(ConnId, String)>);
 
 #[cfg(test)]
+impl Lines {
+    /// The lines `id` received since the last call, in order.
+    pub(crate) fn take(&mut self, id: ConnId) -> Vec<String> {
+        let mut out = Vec::new();
+        self.0.retain(|(to, l)| {
+            if *to == id {
+                out.push(l.clone());
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+}
+
+#[cfg(test)]
 impl Sink for Lines {
     fn deliver(&mut self, to: &[ConnId], line: &str) {
         self.0.extend(to.iter().map(|&id| (id, line.to_string())));

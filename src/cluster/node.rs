@@ -2212,10 +2212,11 @@ impl Cluster {
         }
     }
 
-    /// Read `room`'s history for `id`'s catch-up (the subscription is confirmed).
-    fn read_catchup(&mut self, id: ConnId, room: Box<str>, hub: &mut Hub, sink: &mut impl Sink) {
-        let keep = hub.config().history.keep.max(1).to_string();
-        if self.cmd.state == LinkState::Ready
+    /// Queue [`HISTORY_SCRIPT`] for `room`'s last `keep` entries; false when
+    /// the link cannot take it.
+    fn queue_history(&mut self, room: &str, keep: usize) -> bool {
+        let keep = keep.to_string();
+        self.cmd.state == LinkState::Ready
             && self.cmd.queue(&[
                 b"EVALSHA",
                 self.scripts.history.as_bytes(),
@@ -2224,7 +2225,11 @@ impl Cluster {
                 format!("lc:hist:{room}").as_bytes(),
                 keep.as_bytes(),
             ])
-        {
+    }
+
+    /// Read `room`'s history for `id`'s catch-up (the subscription is confirmed).
+    fn read_catchup(&mut self, id: ConnId, room: Box<str>, hub: &mut Hub, sink: &mut impl Sink) {
+        if self.queue_history(&room, hub.config().history.keep.max(1)) {
             self.expect(Pending::Catchup { id, room });
         } else {
             hub.catchup_unavailable(id, &room, sink);
@@ -2391,17 +2396,7 @@ impl Cluster {
                 after,
                 limit,
             } => {
-                let keep = hub.config().history.keep.to_string();
-                if self.cmd.state == LinkState::Ready
-                    && self.cmd.queue(&[
-                        b"EVALSHA",
-                        self.scripts.history.as_bytes(),
-                        b"2",
-                        format!("lc:seq:{room}").as_bytes(),
-                        format!("lc:hist:{room}").as_bytes(),
-                        keep.as_bytes(),
-                    ])
-                {
+                if self.queue_history(&room, hub.config().history.keep) {
                     self.expect(Pending::History {
                         id,
                         room,

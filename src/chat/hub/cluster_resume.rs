@@ -959,16 +959,7 @@ mod tests {
     }
 
     fn take(sink: &mut Lines, id: ConnId) -> Vec<String> {
-        let mut out = Vec::new();
-        sink.0.retain(|(to, l)| {
-            if *to == id {
-                out.push(l.clone());
-                false
-            } else {
-                true
-            }
-        });
-        out
+        sink.take(id)
     }
 
     fn entries(seqs: &[u64]) -> Vec<String> {

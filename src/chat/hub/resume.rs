@@ -879,16 +879,7 @@ mod tests {
     }
 
     fn take(sink: &mut Lines, id: ConnId) -> Vec<String> {
-        let mut out = Vec::new();
-        sink.0.retain(|(to, l)| {
-            if *to == id {
-                out.push(l.clone());
-                false
-            } else {
-                true
-            }
-        });
-        out
+        sink.take(id)
     }
 
     fn connect(hub: &mut Hub, sink: &mut Lines, id: ConnId, nick: &str, caps: Option<&str>) {
