@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::chat::line::{Count, Line};
+use crate::chat::line::{split_tags, Count, Line};
 use crate::chat::ErrorCode;
 use crate::ws::deflate::{Inflater, CLIENT_OFFER};
 use crate::ws::endpoint::Endpoint;
@@ -515,60 +515,6 @@ impl Session {
     }
 }
 
-/// An IRCv3-style tag block (`@k=v;k=v ` in front of a line): the value of its
-/// `time` tag, and the line without the block. A line without one is returned whole.
-pub fn split_tags(line: &str) -> (Option<&str>, &str) {
-    let Some(rest) = line.strip_prefix('@') else {
-        return (None, line);
-    };
-    let Some((tags, body)) = rest.split_once(' ') else {
-        return (None, line);
-    };
-    (
-        tags.split(';').find_map(|kv| kv.strip_prefix("time=")),
-        body,
-    )
-}
-
-/// Unix seconds of an RFC 3339 UTC time `YYYY-MM-DDTHH:MM:SS[.frac]Z`; None for
-/// anything else (other offsets included: the protocol sends UTC).
-pub fn parse_utc(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || *b.last()? != b'Z' {
-        return None;
-    }
-    let shape_ok = b[..19].iter().enumerate().all(|(i, &c)| match i {
-        4 | 7 => c == b'-',
-        10 => c == b'T' || c == b't',
-        13 | 16 => c == b':',
-        _ => c.is_ascii_digit(),
-    });
-    let frac = &b[19..b.len() - 1];
-    let frac_ok = frac.is_empty()
-        || (frac.len() > 1 && frac[0] == b'.' && frac[1..].iter().all(u8::is_ascii_digit));
-    if !shape_ok || !frac_ok {
-        return None;
-    }
-    let num = |from: usize, to: usize| -> i64 {
-        b[from..to]
-            .iter()
-            .fold(0, |acc, &c| acc * 10 + i64::from(c - b'0'))
-    };
-    let (y, m, d) = (num(0, 4), num(5, 7), num(8, 10));
-    let (hh, mm, ss) = (num(11, 13), num(14, 16), num(17, 19));
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days from the civil date (H. Hinnant's algorithm), valid for any year here.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
-}
-
 /// `HH:MM:SS` of Unix time `secs` in the local time zone (UTC if unknown).
 fn clock(secs: i64) -> String {
     if let Some((h, m, s)) = crate::sys::local_time_of_day(secs) {
@@ -619,8 +565,11 @@ pub fn render_line(line: &str, times: bool, now_unix: i64) -> String {
     if !times {
         return escape_for_terminal(line).into_owned();
     }
-    let (time, body) = split_tags(line);
-    let secs = time.and_then(parse_utc).unwrap_or(now_unix);
+    let (secs, body) = match split_tags(line) {
+        Ok((tags, body)) => (tags.time_ms.map_or(now_unix, |ms| (ms / 1000) as i64), body),
+        // Not a tag block of the protocol: shown as it came.
+        Err(_) => (now_unix, line),
+    };
     format!("{} {}", clock(secs), escape_for_terminal(body))
 }
 
@@ -835,7 +784,7 @@ impl Client {
     fn show(&mut self, line: &str) {
         // Tags the client asked for itself are its business: printed without.
         let line = if self.session.v2.own_caps && !self.times {
-            split_tags(line).1
+            split_tags(line).map_or(line, |(_, body)| body)
         } else {
             line
         };
@@ -1466,29 +1415,20 @@ mod tests {
 
     #[test]
     fn tag_blocks_and_times() {
+        let t = |s| split_tags(s).map(|(t, body)| (t.time_ms, body));
         assert_eq!(
-            split_tags("@id=5;time=2026-11-30T10:00:00.123Z MSG dev alice hi"),
-            (Some("2026-11-30T10:00:00.123Z"), "MSG dev alice hi")
+            t("@id=5;time=2026-11-30T10:00:00.123Z MSG dev alice hi"),
+            Ok((Some(1_796_032_800_123), "MSG dev alice hi"))
         );
-        assert_eq!(split_tags("@id=5 MSG dev a b"), (None, "MSG dev a b"));
-        assert_eq!(split_tags("MSG dev a @x"), (None, "MSG dev a @x"));
-        assert_eq!(split_tags("@lonely"), (None, "@lonely"));
-        assert_eq!(parse_utc("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_utc("2026-11-30T10:00:00.123Z"), Some(1_796_032_800));
-        assert_eq!(parse_utc("2000-03-01T00:00:01Z"), Some(951_868_801));
-        for bad in [
-            "2026-11-30T10:00:00",
-            "2026-11-30 10:00:00Z",
-            "2026-13-30T10:00:00Z",
-            "2026-11-30T10:00:00.Z",
-            "2026-11-30T10:00:00+01:00",
-            "+026-11-30T10:00:00Z",
-            "",
-        ] {
-            assert_eq!(parse_utc(bad), None, "{bad}");
-        }
+        assert_eq!(t("@id=5 MSG dev a b"), Ok((None, "MSG dev a b")));
+        assert_eq!(t("MSG dev a @x"), Ok((None, "MSG dev a @x")));
+        assert!(t("@lonely").is_err());
+        assert!(t("@time=2026-11-30T10:00:00Z MSG d a hi").is_err());
+        // A block that is not the protocol's is shown whole, at `now`.
+        let odd = render_line("@time=yesterday MSG d a hi", true, 59);
+        assert_eq!(&odd[6..], "59 @time=yesterday MSG d a hi");
         // Times shown: the tag's time replaces the block; without, the given now.
-        let tagged = render_line("@id=1;time=1970-01-01T00:00:07Z MSG d a hi", true, 0);
+        let tagged = render_line("@id=1;time=1970-01-01T00:00:07.250Z MSG d a hi", true, 0);
         assert!(
             tagged.ends_with(" MSG d a hi") && !tagged.contains('@'),
             "{tagged}"

@@ -505,3 +505,37 @@ fn an_echo_client_that_never_reads_is_paused_by_the_budget() {
     println!("echo paused after {sent} frames of 64 KiB with {queued} bytes queued");
     assert!(queued <= BUDGET + 2 * frame.len(), "{queued} bytes queued");
 }
+
+/// An echo client that never reads is closed once it has been behind its own
+/// cap for `--outbox-grace`, as a chat reader that stays behind is, instead of
+/// holding its output until the idle timeout (90 s by default).
+#[test]
+fn an_echo_client_that_never_reads_is_closed_after_the_grace() {
+    let mut cfg = common::config();
+    cfg.outbox_soft = 64 * 1024;
+    cfg.outbox_grace = Duration::from_millis(500);
+    cfg.send_buffer = 16 * 1024;
+    let s = TestServer::start(cfg);
+    let mut c = small_window(s.addr);
+    c.write_all(common::upgrade_request("/echo").as_bytes())
+        .unwrap();
+    let (head, _) = common::read_head(&mut c);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // One message far over the cap and over what the sockets can hold.
+    let frame = common::client_frame(0x2, true, &vec![7u8; 1 << 20]);
+    c.write_all(&frame).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut closed = 0;
+    while Instant::now() < deadline {
+        closed = metric(&s, "loopchat_slow_consumer_disconnects_total");
+        if closed > 0 {
+            break;
+        }
+    }
+    assert_eq!(closed, 1, "the silent echo client is still open");
+    assert_eq!(
+        metric(&s, "loopchat_outbox_bytes"),
+        0,
+        "its output went with it"
+    );
+}

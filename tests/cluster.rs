@@ -1607,6 +1607,28 @@ fn session_token(lines: &[String]) -> String {
         .to_string()
 }
 
+/// Ask `node` to resume `token` and close the connection right after the
+/// upgrade's answer (while the session waits for Redis); return once the
+/// node has seen the close (`left` chat connections remain).
+fn resume_and_hang_up(node: &Node, token: &str, left: usize) {
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let req = format!(
+        "GET /ws?resume={token} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    // The upgrade is answered at once; the session waits for Redis.
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let deadline = Instant::now() + WAIT;
+    while metric(&node.metrics(), "loopchat_connections{kind=\"chat\"}") > left as f64 {
+        assert!(Instant::now() < deadline, "the closed connection stayed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Close the TCP connection under `c` without a close frame (a lost network).
 fn drop_abruptly(c: Client) {
     let _ = c.ws.get_ref().shutdown(std::net::Shutdown::Both);
@@ -2030,25 +2052,8 @@ fn a_resume_whose_connection_closes_before_redis_answers_loses_nothing() {
     let token = drop_alice_on(&a, &mut carol, "alice");
     // Redis is slow to answer; meanwhile the resuming connection dies.
     redis.run(false);
-    {
-        let mut s = TcpStream::connect(b.addr).unwrap();
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        let req = format!(
-            "GET /ws?resume={token} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        // The upgrade is answered at once; the session waits for Redis.
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).unwrap();
-        assert_eq!(&head, b"HTTP/1.1 101");
-        let _ = s.shutdown(std::net::Shutdown::Both);
-    }
-    // The node has seen it close (only carol's connection is left)...
-    let deadline = Instant::now() + WAIT;
-    while metric(&b.metrics(), "loopchat_connections{kind=\"chat\"}") > 1.0 {
-        assert!(Instant::now() < deadline, "the closed connection stayed");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // (Only carol's connection is left on b afterwards.)
+    resume_and_hang_up(&b, &token, 1);
     // ...before Redis answers the take; a round trip on the same link after
     // it (carol's /history) says the answer was handled.
     redis.run(true);
@@ -2144,5 +2149,167 @@ fn a_token_resumed_while_the_link_was_down_is_spent_everywhere() {
     assert_ne!(
         c.nick, "alice",
         "the token worked twice: alice live on a and on b: {got:?}"
+    );
+}
+
+#[test]
+fn a_live_user_named_away_is_reachable_from_another_node() {
+    let Some(()) = need_redis("a_live_user_named_away_is_reachable_from_another_node") else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &[]);
+    let b = Node::start(&redis, &[]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    // A live, connected user whose nick happens to be `away`.
+    let mut away = Client::connect(a.addr, "?nick=away");
+    assert_eq!(away.nick, "away");
+    let mut carol = Client::connect(b.addr, "?nick=carol");
+    carol.send("/msg away hello there");
+    let got = carol.sync("after");
+    assert!(
+        !got.iter().any(|l| l.starts_with("ERR no-such-nick")),
+        "a live user called away is taken for a dropped session: {got:?}"
+    );
+    away.until(|l| l == "PRIV carol away hello there");
+}
+
+#[test]
+fn a_retry_of_a_resume_whose_connection_closed_gets_the_session() {
+    let Some(()) = need_redis("a_retry_of_a_resume_whose_connection_closed_gets_the_session")
+    else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &["--session-ttl", "30s"]);
+    let b = Node::start(&redis, &["--session-ttl", "30s"]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    let token = drop_alice_on(&a, &mut carol, "alice");
+    // Redis is slow; the client gives up on its first try and retries on the
+    // same node before Redis has answered the first take.
+    redis.run(false);
+    resume_and_hang_up(&b, &token, 1);
+    let addr = b.addr;
+    let q = format!("?resume={token}&caps=ids,resume");
+    let retry = std::thread::spawn(move || {
+        let mut c = Client::connect(addr, &q);
+        let got = c.sync("x");
+        (c.nick.clone(), got)
+    });
+    let deadline = Instant::now() + WAIT;
+    while metric(&b.metrics(), "loopchat_connections{kind=\"chat\"}") < 2.0 {
+        assert!(Instant::now() < deadline, "the retry never connected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The retry's upgrade is in; its take request goes out on the node's
+    // next loop turn (nothing to observe from outside), well within this.
+    std::thread::sleep(Duration::from_millis(200));
+    redis.run(true);
+    let (nick, got) = retry.join().unwrap();
+    assert_eq!(
+        nick, "alice",
+        "the retry was refused (the first take's tombstone) and alice lost her session: {got:?}"
+    );
+}
+
+/// Two nodes that take signed tokens (guests allowed), with a short nick TTL,
+/// subscribed and ready.
+fn signed_nodes(redis: &Redis) -> (Node, Node) {
+    let key = signed::key_file();
+    let key = key.to_str().unwrap();
+    let args = [
+        "--redis-nick-ttl",
+        "3s",
+        "--auth-key",
+        key,
+        "--guests",
+        "allow",
+        "--auth-leeway",
+        "0s",
+        "--session-ttl",
+        "60s",
+    ];
+    let a = Node::start(redis, &args);
+    let b = Node::start(redis, &args);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    (a, b)
+}
+
+#[test]
+fn a_signed_session_resumed_elsewhere_is_not_taken_back_by_its_old_copy() {
+    let Some(()) =
+        need_redis("a_signed_session_resumed_elsewhere_is_not_taken_back_by_its_old_copy")
+    else {
+        return;
+    };
+    use loopchat::chat::access::Role;
+    let redis = Redis::start();
+    let (a, b) = signed_nodes(&redis);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    let t = signed::token("alice", Role::Member);
+    let mut alice = Client::connect(a.addr, &format!("?token={t}&room=r&caps=ids,resume"));
+    let token = session_token(&alice.until(|l| l.starts_with("SESSION ")));
+    carol.until(|l| l == "JOINED r alice");
+    drop_abruptly(alice);
+    a.wait_metric("loopchat_sessions_detached", 1.0);
+    // The subscriber links blink: the `S` notice to a is lost (pub/sub keeps
+    // nothing for a client that is not there).
+    redis_cmd(redis.port, &[&["CLIENT", "KILL", "TYPE", "pubsub"]]);
+    let (mut alice, lines) = resume_on(b.addr, &format!("?resume={token}&caps=ids,resume"), 1);
+    assert_eq!(alice.nick, "alice", "{lines:?}");
+    // A few registry refreshes (every second with a 3 s TTL).
+    std::thread::sleep(Duration::from_secs(5));
+    let got = alice.sync("still");
+    assert!(
+        !got.iter().any(|l| l == "SYS signed in elsewhere"),
+        "a's stale copy took the signed nick back: {got:?}"
+    );
+    let reply = redis_cmd(redis.port, &[&["GET", "lc:nick:alice"]]);
+    assert!(
+        reply.contains(&format!("{} ", b.id())) && !reply.contains(" away"),
+        "alice, live on b, is registered as {reply:?}"
+    );
+}
+
+#[test]
+fn a_fresh_sign_in_elsewhere_is_not_taken_back_by_a_dropped_session() {
+    let Some(()) = need_redis("a_fresh_sign_in_elsewhere_is_not_taken_back_by_a_dropped_session")
+    else {
+        return;
+    };
+    use loopchat::chat::access::Role;
+    let redis = Redis::start();
+    let (a, b) = signed_nodes(&redis);
+    let t = signed::token("alice", Role::Member);
+    let alice = {
+        let mut c = Client::connect(a.addr, &format!("?token={t}&room=r&caps=ids,resume"));
+        c.until(|l| l.starts_with("SESSION "));
+        c
+    };
+    drop_abruptly(alice);
+    a.wait_metric("loopchat_sessions_detached", 1.0);
+    // alice signs in afresh on b (another device, no resume token): the newer
+    // sign-in replaces the older, as on one node.
+    let t = signed::token("alice", Role::Member);
+    let mut fresh = Client::connect(b.addr, &format!("?token={t}&room=r"));
+    assert_eq!(fresh.nick, "alice");
+    fresh.until(|l| l == "SYS signed in as alice, role member");
+    // A few registry refreshes (every second with a 3 s TTL).
+    std::thread::sleep(Duration::from_secs(5));
+    let got = fresh.sync("still");
+    assert!(
+        !got.iter().any(|l| l == "SYS signed in elsewhere"),
+        "the dropped session on a took the nick back: {got:?}"
+    );
+    let reply = redis_cmd(redis.port, &[&["GET", "lc:nick:alice"]]);
+    assert!(
+        reply.contains(&format!("{} ", b.id())),
+        "alice, live on b, is registered as {reply:?}"
     );
 }

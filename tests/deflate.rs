@@ -638,3 +638,81 @@ fn terminal_client_negotiates_and_inflates() {
         .unwrap();
     assert!(deflated >= 1, "{metrics}");
 }
+
+const SCRAPE: &str = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
+fn metric(s: &TestServer, name: &str) -> u64 {
+    let body = common::http(s.addr, SCRAPE).1;
+    body.lines()
+        .find_map(|l| l.trim_end().strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// An `/echo` client that never reads cannot make one read inflate into many
+/// echoes: compressed 256 KiB messages of zeros are ~300 bytes each, and the
+/// peer's narrowed window (`server_max_window_bits=9`) makes the echoes go out
+/// uncompressed. The server stops echoing once the outbox is over its cap and
+/// keeps the rest of the read for later, so it holds the cap plus one message,
+/// not everything one read inflates to; once the client reads, every echo
+/// still arrives, in order.
+#[test]
+fn an_echo_client_that_never_reads_gets_one_message_past_its_cap() {
+    const SOFT: usize = 64 * 1024;
+    const MSG: usize = 256 * 1024;
+    const COUNT: u64 = 24;
+    let mut cfg: Config = config();
+    cfg.outbox_soft = SOFT;
+    cfg.send_buffer = 16 * 1024;
+    let s = TestServer::start(cfg);
+    let mut c = Raw::connect(
+        &s,
+        "/echo",
+        Some("permessage-deflate; server_max_window_bits=9"),
+    );
+    assert!(c
+        .ext
+        .as_deref()
+        .is_some_and(|e| e.contains("server_max_window_bits=9")));
+    let before = metric(&s, "loopchat_bytes_in_total");
+    // Every message in one write, so that the server reads many in one read.
+    let mask = [0xa1u8, 0x5b, 0x07, 0xee];
+    let mut wire = Vec::new();
+    for k in 0..COUNT {
+        let mut m = vec![0u8; MSG];
+        m[..8].copy_from_slice(&k.to_be_bytes());
+        let z = deflate(&m);
+        wire.extend_from_slice(&[0x80 | 0x40 | 0x2, 0x80 | 126]);
+        wire.extend_from_slice(&(z.len() as u16).to_be_bytes());
+        wire.extend_from_slice(&mask);
+        wire.extend(z.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    }
+    assert!(
+        wire.len() < 32 * 1024,
+        "{} bytes: more than one read",
+        wire.len()
+    );
+    c.s.write_all(&wire).unwrap();
+    // Wait (bounded) until the server has read all of it; every scrape's own
+    // request counts too, the first one included.
+    let want = before + wire.len() as u64;
+    let mut read = 0;
+    for k in 1..=500u64 {
+        read = metric(&s, "loopchat_bytes_in_total");
+        if read >= want + k * SCRAPE.len() as u64 {
+            break;
+        }
+    }
+    assert!(read >= want, "the server never read the batch");
+    let queued = metric(&s, "loopchat_outbox_bytes") as usize;
+    println!(
+        "{COUNT} messages of {MSG} B in {} B: {queued} B queued",
+        wire.len()
+    );
+    assert!(queued <= SOFT + MSG + 16, "{queued} bytes queued");
+    for k in 0..COUNT {
+        let (op, z, p) = c.read_msg();
+        assert_eq!((op, z, p.len()), (2, false, MSG), "echo {k}");
+        assert_eq!(p[..8], k.to_be_bytes(), "echo {k} in order");
+    }
+}

@@ -131,6 +131,28 @@ fn max_connections_answers_503() {
     drop(a);
 }
 
+/// A line client refused at accept gets one protocol line saying why, then
+/// the close: `ERR server-full`, a code of PROTOCOL.md that parses.
+#[test]
+fn a_line_client_over_max_connections_is_told_server_full() {
+    let mut cfg = config();
+    cfg.max_connections = 1;
+    cfg.line_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = TestServer::start(cfg);
+    let (_a, _) = raw_ws(&s, "/echo");
+    let mut l = raw(s.line_addr.unwrap());
+    let text = String::from_utf8(read_to_close(&mut l)).unwrap();
+    assert_eq!(text, "ERR server-full server full\n");
+    let parsed = loopchat::chat::line::parse(text.trim_end()).map(|(_, l)| l);
+    assert_eq!(
+        parsed,
+        Ok(loopchat::chat::line::Line::Err {
+            code: loopchat::chat::ErrorCode::ServerFull,
+            text: "server full"
+        })
+    );
+}
+
 #[test]
 fn max_per_ip_answers_429() {
     let mut cfg = config();

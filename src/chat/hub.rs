@@ -129,26 +129,30 @@ struct Room {
     /// Clustered: the last id delivered here (Redis hands out the room's
     /// ids; a copy at or below it is a duplicate). Unused single-process.
     last_id: MsgId,
+    /// Clustered, before any line was delivered here: the room's counter as
+    /// last read from Redis (`0-0`: it had none), so a session dropped in a
+    /// quiet room knows where it stood.
+    base: Option<MsgId>,
 }
 
-/// The `/help` answer, one line per command.
+/// The `/help` answer, one `SYS` line per command.
 const HELP: &[&str] = &[
-    "SYS TEXT - say TEXT in the current room (//TEXT says /TEXT)",
-    "SYS /nick NICK - change nick",
-    "SYS /join ROOM - join ROOM and make it current",
-    "SYS /leave [ROOM] - leave ROOM (default: current)",
-    "SYS /say ROOM TEXT - say TEXT in ROOM",
-    "SYS /msg NICK TEXT - private message",
-    "SYS /rooms - list rooms",
-    "SYS /who [ROOM] - list members",
-    "SYS /ping [TOKEN] - answered with PONG [TOKEN]",
-    "SYS /quit [TEXT] - leave and close",
-    "SYS /auth TOKEN - sign in, or refresh a token before it expires",
-    "SYS /kick ROOM NICK [TEXT] - moderators: remove NICK from ROOM",
-    "SYS /caps [LIST] - capabilities: ids (message ids and times), resume (sessions)",
-    "SYS /history ROOM [N] - recent messages; /history ROOM after ID [N]",
-    "SYS /resume TOKEN [ROOM=ID ...] - take back a dropped session",
-    "SYS /help - this list",
+    "TEXT - say TEXT in the current room (//TEXT says /TEXT)",
+    "/nick NICK - change nick",
+    "/join ROOM - join ROOM and make it current",
+    "/leave [ROOM] - leave ROOM (default: current)",
+    "/say ROOM TEXT - say TEXT in ROOM",
+    "/msg NICK TEXT - private message",
+    "/rooms - list rooms",
+    "/who [ROOM] - list members",
+    "/ping [TOKEN] - answered with PONG [TOKEN]",
+    "/quit [TEXT] - leave and close",
+    "/auth TOKEN - sign in, or refresh a token before it expires",
+    "/kick ROOM NICK [TEXT] - moderators: remove NICK from ROOM",
+    "/caps [LIST] - capabilities: ids (message ids and times), resume (sessions)",
+    "/history ROOM [N] - recent messages; /history ROOM after ID [N]",
+    "/resume TOKEN [ROOM=ID ...] - take back a dropped session",
+    "/help - this list",
 ];
 
 /// Why a `/join` changed nothing.
@@ -179,6 +183,9 @@ pub struct Hub {
     room_index: BTreeMap<Box<str>, RoomId>,
     /// The line being built; reused so steady-state output allocates nothing.
     out: String,
+    /// The fields of a line before it is written into `out` (the list of a
+    /// `ROOMS` or `WHO` answer, a `SYS` text); reused like `out`.
+    fields: String,
     /// Reusable recipient list (NICK propagation, SYS broadcast).
     scratch: Vec<ConnId>,
     generation: u32,
@@ -279,6 +286,7 @@ impl Hub {
             free_rooms: Vec::new(),
             room_index: BTreeMap::new(),
             out: String::new(),
+            fields: String::new(),
             scratch: Vec::new(),
             generation: 0,
             next_guest: 0,
@@ -567,8 +575,10 @@ impl Hub {
             }
             Command::Resume { token, since } => self.resume_command(id, token, since, now_ms, sink),
             Command::Help => {
-                for line in HELP {
-                    send(sink, &mut self.deliveries, &[id], line);
+                for text in HELP {
+                    self.out.clear();
+                    Line::Sys(text).write_str(&mut self.out, None);
+                    send(sink, &mut self.deliveries, &[id], &self.out);
                 }
             }
             Command::Kick { room, nick, text } => self.kick(id, room, nick, text, now_ms, sink),
@@ -957,6 +967,7 @@ impl Hub {
             ids_members: 0,
             log: RoomHistory::new(self.ids.last_seq()),
             last_id: MsgId { epoch: 0, seq: 0 },
+            base: None,
         });
         self.room_index.insert(key.as_str().into(), rid);
         self.request(|| Request::Subscribe(key.as_str().into()));
@@ -1180,17 +1191,19 @@ impl Hub {
             return;
         }
         let limit = self.config.rooms_limit;
-        self.out.clear();
-        self.out.push_str("ROOMS");
+        let list = &mut self.fields;
+        list.clear();
         for &rid in self.room_index.values().take(limit) {
             if let Some(room) = self.rooms.get(rid as usize).and_then(Option::as_ref) {
-                let _ = write!(self.out, " {}={}", room.name, room.members.len());
+                let _ = write!(list, " {}={}", room.name, room.members.len());
             }
         }
         let total = self.room_index.len();
         if total > limit {
-            let _ = write!(self.out, " +{}", total - limit);
+            let _ = write!(list, " +{}", total - limit);
         }
+        self.out.clear();
+        Line::Rooms(list.trim_start_matches(' ')).write_str(&mut self.out, None);
         send(sink, &mut self.deliveries, &[id], &self.out);
     }
 
@@ -1216,26 +1229,32 @@ impl Hub {
             return;
         }
         let room = rid.and_then(|rid| self.rooms.get(rid as usize)?.as_ref());
-        self.out.clear();
-        self.out.push_str("WHO ");
-        match room {
+        let nicks = &mut self.fields;
+        nicks.clear();
+        let name = match room {
             Some(room) => {
-                self.out.push_str(&room.name);
                 let shown = room.members.len().min(self.config.who_limit);
                 for &member in &room.members[..shown] {
                     if let Some(u) = self.users.get(member).and_then(Option::as_ref) {
-                        self.out.push(' ');
-                        self.out.push_str(&u.nick);
+                        nicks.push(' ');
+                        nicks.push_str(&u.nick);
                     }
                 }
                 if room.members.len() > shown {
-                    let _ = write!(self.out, " +{}", room.members.len() - shown);
+                    let _ = write!(nicks, " +{}", room.members.len() - shown);
                 }
+                &*room.name
             }
             // A room that does not exist has no members; the parser validated
             // the name, so echoing it is safe.
-            None => self.out.push_str(requested.unwrap_or("")),
+            None => requested.unwrap_or(""),
+        };
+        self.out.clear();
+        Line::Who {
+            room: name,
+            nicks: nicks.trim_start_matches(' '),
         }
+        .write_str(&mut self.out, None);
         send(sink, &mut self.deliveries, &[id], &self.out);
     }
 

@@ -167,7 +167,7 @@ impl ErrorCode {
     }
 
     /// Every code, in the order of PROTOCOL.md.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadCommand,
         ErrorCode::BadNick,
         ErrorCode::NickTaken,
@@ -177,6 +177,7 @@ impl ErrorCode {
         ErrorCode::TooLong,
         ErrorCode::RateLimited,
         ErrorCode::ServerFull,
+        ErrorCode::NickUnavailable,
         ErrorCode::BadSession,
         ErrorCode::BadToken,
         ErrorCode::Forbidden,
@@ -199,6 +200,23 @@ impl std::fmt::Display for ErrorCode {
 #[cfg(test)]
 #[derive(Default)]
 pub(crate) struct Lines(pub(crate) Vec<(ConnId, String)>);
+
+#[cfg(test)]
+impl Lines {
+    /// The lines `id` received since the last call, in order.
+    pub(crate) fn take(&mut self, id: ConnId) -> Vec<String> {
+        let mut out = Vec::new();
+        self.0.retain(|(to, l)| {
+            if *to == id {
+                out.push(l.clone());
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+}
 
 #[cfg(test)]
 impl Sink for Lines {

@@ -78,6 +78,10 @@ pub enum Request {
     Renew {
         /// The nick.
         nick: Box<str>,
+        /// The connection now holding it, or `None` for a dropped session.
+        id: Option<ConnId>,
+        /// A token vouches for it.
+        signed: bool,
     },
     /// `/msg` to a nick that is not on this node. When the nick is found,
     /// deliver `PRIV FROM TO TEXT` there and to `id`; when it is not,

@@ -15,10 +15,14 @@
 //!   subscribed while it has local members in ROOM;
 //! - `lc:all`: `NICK` notices, `/who`/`/rooms` questions and liveness notices,
 //!   every node subscribed;
-//! - `lc:node:NODE`: private messages and answers to questions for one node;
-//! - `lc:nick:NICK`: `"NODE REGISTERED_MS DISPLAY"` while NODE holds the nick
-//!   (set with `SET NX PX ttl`, refreshed every ttl/3, so a dead node's nicks
-//!   expire; on conflict the earlier registration wins).
+//! - `lc:node:NODE`: private messages, answers to questions and "your
+//!   dropped session was resumed here" notices for one node;
+//! - `lc:nick:NICK`: `"NODE REGISTERED_MS DISPLAY[ signed][ away]"` while
+//!   NODE holds the nick (set with `SET NX PX ttl`, refreshed every ttl/3, so
+//!   a dead node's nicks expire; on conflict the earlier registration wins;
+//!   `away` while only a dropped session holds it);
+//! - `lc:sess:HASH`: a dropped session's record, `NODE NICKKEY RECORD` (see
+//!   `chat::hub::record`), until its TTL; `used` once a node took it.
 //!
 //! - `lc:seq:ROOM`: the room's message counter (hash: `e` its epoch, `s` the
 //!   last number), expiring [`COUNTER_IDLE`] (or `--history-ttl`, if longer)
@@ -182,7 +186,9 @@ local signed = '' if exp ~= '-' then signed = ' signed' end \
 redis.call('SET', nk, ARGV[1] .. ARGV[3] .. ' ' .. disp .. signed, 'PX', ARGV[2]) ours = 1 \
 elseif string.sub(nv, 1, string.len(old) + 1) == old .. ' ' then \
 at = string.match(nv, '^%S+ (%d+) ') or ARGV[3] \
-local here = string.gsub(string.sub(nv, string.len(old) + 2), ' away$', '') \
+local head, flags = string.match(string.sub(nv, string.len(old) + 2), '^(%d+ %S+)(.*)$') \
+local here = string.sub(nv, string.len(old) + 2) \
+if head then here = head .. string.gsub(flags, ' away', '') end \
 redis.call('SET', nk, ARGV[1] .. here, 'PX', ARGV[2]) ours = 1 \
 elseif string.sub(nv, 1, string.len(ARGV[1])) == ARGV[1] then \
 at = string.match(nv, '^%S+ (%d+) ') or ARGV[3] ours = 1 end \
@@ -579,7 +585,7 @@ pub struct Cluster {
     /// Room messages Redis will not number (the backlog was full, or the
     /// script failed): delivered to this node's members unnumbered, so at
     /// least they see them (bounded as `undelivered`).
-    unnumbered: Vec<Say>,
+    unnumbered: Vec<(Say, ConnId)>,
     /// Room messages waiting for their room's subscription to be confirmed
     /// (see `say`), oldest first (each with its `say`), their bytes in
     /// `early_bytes`.
@@ -788,6 +794,12 @@ fn parse_registration(v: &str) -> Option<(&str, &str)> {
 
 /// A registry value: `NODE REGISTERED_MS DISPLAY`, plus ` signed` when a
 /// token vouches for the nick (`prefix` is `NODE `).
+/// True when a registry value is marked `away` (a flag after `NODE TIME NICK`,
+/// so a nick spelled `away` is not one).
+fn is_away(v: &str) -> bool {
+    v.split(' ').skip(3).any(|f| f == "away")
+}
+
 /// A nick's registry value; `away` marks a dropped session's nick (held
 /// for its resume: nobody else may take it, but `/msg` finds nobody).
 fn registration(prefix: &str, at: u64, nick: &str, signed: bool, away: bool) -> String {
@@ -897,8 +909,12 @@ impl Cluster {
         self.subscribe_some();
         self.liveness(hub, sink, now);
         self.drain_backlog(now);
-        for say in std::mem::take(&mut self.unnumbered) {
+        for (say, sender) in std::mem::take(&mut self.unnumbered) {
             hub.deliver_room(&say.room, &say.line, sink);
+            if sender != CANCELLED {
+                // Not coming back from Redis: its sender's `/quit` need not wait.
+                hub.said(sender, &say.room, None, sink);
+            }
         }
         for id in std::mem::take(&mut self.undelivered) {
             hub.not_relayed(id, sink);
@@ -1086,7 +1102,7 @@ impl Cluster {
                 self.lost(o.sender);
                 if let Some(say) = o.say {
                     if self.unnumbered.len() < 4096 {
-                        self.unnumbered.push(*say);
+                        self.unnumbered.push((*say, o.sender));
                     }
                 }
             }
@@ -1250,12 +1266,19 @@ impl Cluster {
                         self.release(&nick);
                     }
                 } else if matches!(v, Value::Integer(0)) {
-                    if let Some(k) = Folded::new(&nick) {
-                        self.registered.remove(k.as_str());
-                    }
+                    self.stats.nick_conflicts += 1;
                     if id != CANCELLED {
-                        self.stats.nick_conflicts += 1;
+                        if let Some(k) = Folded::new(&nick) {
+                            self.registered.remove(k.as_str());
+                        }
                         hub.nick_reserved(id, &nick, Claim::Taken, sink);
+                    } else {
+                        // A dropped session's nick went to someone else (or
+                        // with the session, to another node): Redis says
+                        // which, and the session ends accordingly. Its
+                        // registration time is kept meanwhile, so a later
+                        // refresh never wins the nick back by being newer.
+                        hub.held_nick_refused(&nick, sink);
                     }
                 }
             }
@@ -1366,7 +1389,7 @@ impl Cluster {
                 let found = v
                     .as_bytes()
                     .and_then(|b| std::str::from_utf8(b).ok())
-                    .filter(|v| !v.ends_with(" away"))
+                    .filter(|v| !is_away(v))
                     .and_then(parse_registration)
                     .filter(|(node, nick)| *node != self.node && valid_nick(nick))
                     .map(|(node, nick)| (node.to_string(), nick.to_string()));
@@ -1894,7 +1917,8 @@ impl Cluster {
             self.lost(if keep { sender } else { CANCELLED });
             if let Some(say) = say {
                 if self.unnumbered.len() < 4096 {
-                    self.unnumbered.push(*say);
+                    self.unnumbered
+                        .push((*say, if keep { sender } else { CANCELLED }));
                 }
             }
             return false;
@@ -2188,10 +2212,11 @@ impl Cluster {
         }
     }
 
-    /// Read `room`'s history for `id`'s catch-up (the subscription is confirmed).
-    fn read_catchup(&mut self, id: ConnId, room: Box<str>, hub: &mut Hub, sink: &mut impl Sink) {
-        let keep = hub.config().history.keep.max(1).to_string();
-        if self.cmd.state == LinkState::Ready
+    /// Queue [`HISTORY_SCRIPT`] for `room`'s last `keep` entries; false when
+    /// the link cannot take it.
+    fn queue_history(&mut self, room: &str, keep: usize) -> bool {
+        let keep = keep.to_string();
+        self.cmd.state == LinkState::Ready
             && self.cmd.queue(&[
                 b"EVALSHA",
                 self.scripts.history.as_bytes(),
@@ -2200,7 +2225,11 @@ impl Cluster {
                 format!("lc:hist:{room}").as_bytes(),
                 keep.as_bytes(),
             ])
-        {
+    }
+
+    /// Read `room`'s history for `id`'s catch-up (the subscription is confirmed).
+    fn read_catchup(&mut self, id: ConnId, room: Box<str>, hub: &mut Hub, sink: &mut impl Sink) {
+        if self.queue_history(&room, hub.config().history.keep.max(1)) {
             self.expect(Pending::Catchup { id, room });
         } else {
             hub.catchup_unavailable(id, &room, sink);
@@ -2341,20 +2370,14 @@ impl Cluster {
                 }
             }
             Request::Release { nick } => self.release(&nick),
-            Request::Renew { nick } => {
-                // Registered again at the next turn, as whatever it is now:
-                // a connection's, or a dropped session's (away).
-                let (id, signed) = match hub.local_owner(&nick) {
-                    Some(id) => (id, hub.claims_signed(id)),
-                    None => match hub
-                        .held_nicks()
-                        .find(|(n, _)| n.eq_ignore_ascii_case(&nick))
-                    {
-                        Some((_, signed)) => (CANCELLED, signed),
-                        None => return,
-                    },
-                };
-                self.refresh_queue.push((id, nick, signed));
+            Request::Renew { nick, id, signed } => {
+                // Registered again at the next turn, as what it is now: a
+                // connection's, or a dropped session's (away); an older
+                // entry for it in the queue would undo that.
+                self.refresh_queue
+                    .retain(|(_, n, _)| !n.eq_ignore_ascii_case(&nick));
+                self.refresh_queue
+                    .push((id.unwrap_or(CANCELLED), nick, signed));
             }
             Request::Private { id, from, to, text } => {
                 let key = nick_key(&to);
@@ -2373,17 +2396,7 @@ impl Cluster {
                 after,
                 limit,
             } => {
-                let keep = hub.config().history.keep.to_string();
-                if self.cmd.state == LinkState::Ready
-                    && self.cmd.queue(&[
-                        b"EVALSHA",
-                        self.scripts.history.as_bytes(),
-                        b"2",
-                        format!("lc:seq:{room}").as_bytes(),
-                        format!("lc:hist:{room}").as_bytes(),
-                        keep.as_bytes(),
-                    ])
-                {
+                if self.queue_history(&room, hub.config().history.keep) {
                     self.expect(Pending::History {
                         id,
                         room,
@@ -2430,6 +2443,18 @@ impl Cluster {
                 }
             }
             Request::TakeSession { id, key } => {
+                // A retry while the take of a connection that closed is
+                // still out: that answer is this one's.
+                let earlier = self.pending.iter_mut().find_map(|(_, p)| match p {
+                    Pending::TakeSession { id: i, key: k } if *i == CANCELLED && *k == key => {
+                        Some(i)
+                    }
+                    _ => None,
+                });
+                if let Some(i) = earlier {
+                    *i = id;
+                    return;
+                }
                 let ttl = self.ttl_ms();
                 let at = unix_ms().to_string();
                 let extra = (TOMBSTONE_EXTRA.as_millis() as u64).to_string();
@@ -3119,5 +3144,45 @@ mod tests {
     #[test]
     fn node_ids_differ() {
         assert_ne!(random_id(), random_id());
+    }
+
+    #[test]
+    fn a_renew_for_a_resumed_nick_is_not_undone_by_its_pending_away_refresh() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        // alice dropped here a moment ago: her away refresh is still queued
+        // (the command buffer is over half full on a busy node)...
+        h.node
+            .refresh_queue
+            .push((CANCELLED, "alice".into(), false));
+        // ...when she resumes here (live again) and the hub asks to renew.
+        h.hub.connect(0, Some("alice"), Some("r"), 0, &mut h.sink);
+        h.hub.nick_reserved(0, "alice", Claim::Granted, &mut h.sink);
+        let mut sink = Lines::default();
+        let now = h.now;
+        h.node.on_request(
+            Request::Renew {
+                nick: "alice".into(),
+                id: Some(0),
+                signed: false,
+            },
+            &mut h.hub,
+            &mut sink,
+            now,
+        );
+        // The queue is sent from its end: the last refresh to reach Redis
+        // for alice is the first one in it.
+        let last_sent = h
+            .node
+            .refresh_queue
+            .iter()
+            .find(|(_, n, _)| &**n == "alice")
+            .map(|(id, _, _)| *id);
+        assert_eq!(
+            last_sent,
+            Some(0),
+            "alice, live, ends up registered away: {:?}",
+            h.node.refresh_queue
+        );
     }
 }

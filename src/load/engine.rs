@@ -13,6 +13,7 @@ use slab::Slab;
 use super::payload::{classify, parse_payload, write_payload, Line};
 use super::report::{Latency, LoadResult, Sample, ServerStats};
 use super::{Mode, Plan, Protocol};
+use crate::chat::ErrorCode;
 use crate::sys::{self, ProcSample};
 use crate::ws::deflate::{Deflater, Inflater, CLIENT_OFFER};
 use crate::ws::endpoint::{CloseState, Endpoint};
@@ -1058,25 +1059,24 @@ impl Engine<'_> {
                                                 resumed |= *msgs_left == 0;
                                             }
                                         }
-                                        Line::Other if taking && line.starts_with("CAPS") => {
+                                        Line::Caps(list) if taking => {
                                             if let Kind::Session(i) = kind {
                                                 if let Some(s) = slots.get_mut(i as usize) {
-                                                    s.unoffered = !line
-                                                        .split([' ', ','])
-                                                        .any(|c| c == "resume");
+                                                    s.unoffered =
+                                                        !list.split(',').any(|c| c == "resume");
                                                 }
                                             }
                                         }
-                                        Line::Err if line.starts_with("ERR bad-session") => {
+                                        Line::Err(ErrorCode::BadSession) => {
                                             bad_session = true;
                                         }
-                                        Line::Err => {
+                                        Line::Err(code) => {
                                             res.server_errors += 1;
-                                            if line.starts_with("ERR rate-limited") {
+                                            if code == ErrorCode::RateLimited {
                                                 res.rate_limited += 1;
                                             }
                                         }
-                                        Line::Other => {}
+                                        Line::Caps(_) | Line::Other => {}
                                     }
                                 }
                             }

@@ -8,6 +8,9 @@
 
 use std::fmt::Write as _;
 
+use crate::chat::line::{self as server_line, Count};
+use crate::chat::ErrorCode;
+
 /// Append the payload for (`sender`, `seq`, `nanos`), padded to `size` bytes
 /// (never shorter than its header).
 pub fn write_payload(out: &mut String, sender: u32, seq: u64, nanos: u64, size: usize) {
@@ -68,45 +71,39 @@ pub enum Line<'a> {
     Payload(&'a str),
     /// `JOINED ...` (loopchat): the connection is in its room.
     Joined,
-    /// `ERR ...` (loopchat): e.g. `rate-limited`.
-    Err,
+    /// `ERR CODE ...` (loopchat): e.g. `rate-limited`.
+    Err(ErrorCode),
     /// `SESSION TOKEN` (loopchat, capability `resume`).
     Session(&'a str),
     /// `RESUMED ROOM COUNT` (Some(COUNT): that many `MSG` lines follow) or
     /// `RESUMED ROOM lost` (None).
     Resumed(Option<u32>),
-    /// Anything else (`WELCOME`, `SYS`, ...).
+    /// `CAPS LIST`: the capabilities the server enabled, comma-separated.
+    Caps(&'a str),
+    /// Anything else (`WELCOME`, `SYS`, ...), and lines that are not loopchat's.
     Other,
 }
 
-/// Classify one line of a loopchat server (`plain == false`) or a plain broadcast server.
+/// Classify one line of a loopchat server (`plain == false`) or a plain
+/// broadcast server, through the protocol's own parser (`chat::line`), which
+/// borrows and never allocates. Its fields-only form: the generator never
+/// shows TEXT, and a per-line cost that grew with the message size would
+/// bend the figures it measures.
 pub fn classify(line: &str, plain: bool) -> Line<'_> {
     if plain {
         return Line::Payload(line);
     }
-    if let Some(rest) = line.strip_prefix("MSG ") {
-        // MSG ROOM NICK TEXT
-        return match rest.splitn(3, ' ').nth(2) {
-            Some(text) => Line::Payload(text),
-            None => Line::Other,
-        };
-    }
-    if let Some(token) = line.strip_prefix("SESSION ") {
-        return Line::Session(token);
-    }
-    if let Some(rest) = line.strip_prefix("RESUMED ") {
-        return match rest.rsplit(' ').next() {
-            Some("lost") => Line::Resumed(None),
-            Some(n) => n.parse().map_or(Line::Other, |n| Line::Resumed(Some(n))),
-            None => Line::Other,
-        };
-    }
-    if line.starts_with("JOINED ") {
-        Line::Joined
-    } else if line.starts_with("ERR ") {
-        Line::Err
-    } else {
-        Line::Other
+    match server_line::parse_fields(line) {
+        Ok((_, server_line::Line::Msg { text, .. })) => Line::Payload(text),
+        Ok((_, server_line::Line::Joined { .. })) => Line::Joined,
+        Ok((_, server_line::Line::Err { code, .. })) => Line::Err(code),
+        Ok((_, server_line::Line::Session(token))) => Line::Session(token),
+        Ok((_, server_line::Line::Resumed { count, .. })) => Line::Resumed(match count {
+            Count::Lines(n) => Some(n),
+            Count::Lost => None,
+        }),
+        Ok((_, server_line::Line::Caps(list))) => Line::Caps(list),
+        _ => Line::Other,
     }
 }
 
@@ -164,7 +161,7 @@ mod tests {
                 Line::Payload("s0 1 5 xx"),
                 Line::Payload("s1 9 6 "),
                 Line::Joined,
-                Line::Err
+                Line::Err(ErrorCode::RateLimited)
             ]
         );
         assert_eq!(classify("MSG onlyroom", false), Line::Other);
@@ -174,6 +171,30 @@ mod tests {
         assert_eq!(classify("RESUMED load x", false), Line::Other);
         assert_eq!(classify("RESUMED", false), Line::Other);
         assert_eq!(classify("WELCOME x", false), Line::Other);
+        assert_eq!(classify("CAPS ids,resume", false), Line::Caps("ids,resume"));
+        assert_eq!(classify("CAPS", false), Line::Caps(""));
+        assert_eq!(
+            classify("ERR bad-session unknown or expired session", false),
+            Line::Err(ErrorCode::BadSession)
+        );
         assert_eq!(classify("s0 1 2 ", true), Line::Payload("s0 1 2 "));
+    }
+
+    /// What the hand-written matcher got wrong: a message with `ids` tags in
+    /// front is still a message; a line that only starts like one (a bad room
+    /// name, an unknown code, a token with a space) is not.
+    #[test]
+    fn tagged_and_malformed_lines() {
+        assert_eq!(
+            classify(
+                "@id=1-2;time=2026-11-30T10:00:00.123Z MSG load a s0 1 5 x",
+                false
+            ),
+            Line::Payload("s0 1 5 x")
+        );
+        assert_eq!(classify("MSG #load a s0 1 5 x", false), Line::Other);
+        assert_eq!(classify("ERR made-up text", false), Line::Other);
+        assert_eq!(classify("SESSION two words", false), Line::Other);
+        assert_eq!(classify("RESUMED load 3 4", false), Line::Other);
     }
 }

@@ -11,6 +11,8 @@ use mio::{Interest, Token};
 
 use super::conn::{Conn, Kind, COUNTED, PROXIED};
 use super::{Server, Starved, ACCEPT_BACKOFF, ACCEPT_BUDGET};
+use crate::chat::line::Line;
+use crate::chat::ErrorCode;
 
 impl Server {
     pub(super) fn accept(&mut self, line: bool) {
@@ -156,7 +158,9 @@ impl Server {
 fn refuse(sock: &mut TcpStream, line: bool, status: u16, text: &str) {
     let mut buf = Vec::new();
     if line {
-        buf.extend_from_slice(format!("ERR server-full {text}\n").as_bytes());
+        let code = ErrorCode::ServerFull;
+        Line::Err { code, text }.write_to(&mut buf, None);
+        buf.push(b'\n');
     } else {
         crate::ws::handshake::write_response(&mut buf, status, "text/plain", &[], text.as_bytes());
     }

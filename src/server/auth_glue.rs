@@ -37,7 +37,8 @@ use crate::auth::token::{Claims, Key, KeySet, Policy, TokenError, MAX_LEEWAY, MA
 use crate::auth::{auth_command, verify};
 use crate::chat::access::{Grant, Role};
 use crate::chat::hub::{Connect, Identity};
-use crate::chat::Sink;
+use crate::chat::line::Line;
+use crate::chat::{ErrorCode, Sink};
 
 /// What a connection without a token gets when `--auth-key` is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -348,13 +349,25 @@ impl Server {
         match (waiting, result) {
             (true, None) => {
                 info!("auth: {ip} refused: a line before /auth");
-                out.deliver(&[id], "ERR forbidden sign in first: /auth TOKEN");
+                let mut line = String::new();
+                Line::Err {
+                    code: ErrorCode::Forbidden,
+                    text: "sign in first: /auth TOKEN",
+                }
+                .write_str(&mut line, None);
+                out.deliver(&[id], &line);
                 close_now(&mut out, id, "sign in first");
             }
             (_, Some(Err(e))) => {
                 info!("auth: {ip} token refused: {e}");
                 if waiting {
-                    out.deliver(&[id], &format!("ERR bad-token {e}"));
+                    let (mut line, text) = (String::new(), e.to_string());
+                    Line::Err {
+                        code: ErrorCode::BadToken,
+                        text: &text,
+                    }
+                    .write_str(&mut line, None);
+                    out.deliver(&[id], &line);
                     close_now(&mut out, id, "bad token");
                 } else {
                     self.hub.refuse_token(id, &e.to_string(), &mut out);

@@ -146,6 +146,10 @@ pub(crate) enum Due {
     Ping,
     /// The outbox has been empty for a while: give its capacity back.
     Release,
+    /// An `/echo` client has not read its output back for `--outbox-grace`
+    /// since its outbox passed its cap (or the budget): close it as a slow
+    /// consumer, as a chat reader that stays behind is.
+    Slow,
 }
 
 /// A connection entry in the slab.
@@ -155,14 +159,16 @@ pub(crate) struct Conn {
     pub(crate) ws: Endpoint,
     /// Bytes queued for the socket; `out_pos` of them are already written.
     pub(crate) outbox: Vec<u8>,
-    /// Partial HTTP request head or partial line; empty (no heap) otherwise.
+    /// Partial HTTP request head or partial line; for an `/echo` client whose
+    /// outbox filled, the rest of the read that filled it; empty (no heap) otherwise.
     pub(crate) inbuf: Vec<u8>,
     pub(crate) ip: IpAddr,
     pub(crate) out_pos: u32,
     /// Chat bytes dropped since the outbox last drained (slow-consumer accounting).
     pub(crate) dropped: u32,
     /// Tick of the first dropped line since the outbox last drained (the
-    /// reader has been behind since then); `u32::MAX` while it keeps up.
+    /// reader has been behind since then); for an `/echo` client, of the
+    /// first time it was paused for its output; `u32::MAX` while it keeps up.
     pub(crate) over_since: u32,
     /// Tick of the last inbound byte.
     pub(crate) last_rx: u32,
@@ -295,16 +301,23 @@ impl Conn {
     }
 
     /// The outbox just became empty: in `Open`, the release clock starts.
-    pub(crate) fn outbox_emptied(&mut self, now: u32) {
-        if self.phase == Phase::Open {
-            self.since = now;
+    /// True when the connection must be filed again: it kept capacity whose
+    /// release falls before its filed timer (else the capacity would stay
+    /// counted in the budget until some later deadline, a ping 30 s away).
+    /// A later release than the filed timer needs nothing: that timer fires,
+    /// finds nothing due and files the connection under the new deadline.
+    pub(crate) fn outbox_emptied(&mut self, now: u32, t: &Timeouts) -> bool {
+        if self.phase != Phase::Open {
+            return false;
         }
+        self.since = now;
+        self.outbox.capacity() > 0 && now.saturating_add(t.release) < self.timer_at
     }
 
     /// The next deadline and what it is for; `None` when nothing is due ever.
     /// Both filing the timer and acting on it use this one function, so they
     /// cannot disagree. When deadlines tie, the first listed wins (idle before
-    /// ping before release).
+    /// ping before a slow echo before release).
     pub(crate) fn deadline(&self, t: &Timeouts) -> Option<(u32, Due)> {
         let after = |from: u32, ticks: u32| from.saturating_add(ticks);
         match self.phase {
@@ -332,6 +345,9 @@ impl Conn {
                     // Wrapping: see `last_ping`. Not past `now` + interval
                     // unless a caller spread by more than an interval.
                     consider(self.last_ping.wrapping_add(ping), Due::Ping);
+                }
+                if self.kind == Kind::Echo && self.over_since != u32::MAX {
+                    consider(after(self.over_since, t.grace), Due::Slow);
                 }
                 if self.outbox.capacity() > 0 && self.pending() == 0 {
                     consider(after(self.since, t.release), Due::Release);
@@ -485,15 +501,44 @@ mod tests {
     fn a_drained_outbox_is_released_after_a_while() {
         let t = limits();
         let mut c = conn(Kind::Line);
+        c.timer_at = 600;
+        assert!(!c.outbox_emptied(30, &t), "no capacity: nothing to release");
         c.outbox.reserve(64);
-        c.outbox_emptied(40);
+        assert!(
+            c.outbox_emptied(40, &t),
+            "release (140) before the timer (600)"
+        );
         assert_eq!(c.deadline(&t), Some((140, Due::Release)));
+        c.timer_at = 140;
+        assert!(!c.outbox_emptied(50, &t), "the filed timer comes first");
+        assert_eq!(c.deadline(&t), Some((150, Due::Release)));
         c.outbox.push(1);
         assert_eq!(
             c.deadline(&t),
             Some((600, Due::IdleWarn)),
             "not while it holds bytes"
         );
+    }
+
+    #[test]
+    fn an_echo_client_behind_is_due_for_closing_after_the_grace() {
+        let t = limits();
+        let mut c = conn(Kind::Http);
+        c.upgraded(Kind::Echo, 0);
+        assert_eq!(c.deadline(&t), Some((300, Due::Ping)));
+        c.over_since = 50;
+        assert_eq!(c.deadline(&t), Some((150, Due::Slow)));
+        c.outbox_written(&mut 0, 64);
+        assert_eq!(
+            c.deadline(&t),
+            Some((300, Due::Ping)),
+            "drained: it keeps up"
+        );
+        // A chat reader behind is judged when lines are dropped for it.
+        let mut chat = conn(Kind::Http);
+        chat.upgraded(Kind::Chat, 0);
+        chat.over_since = 50;
+        assert_eq!(chat.deadline(&t), Some((300, Due::Ping)));
     }
 
     #[test]

@@ -440,7 +440,7 @@ impl Metrics {
             out,
             "loopchat_slow_consumer_disconnects_total",
             c,
-            "Connections closed as slow readers: over the outbox hard cap, or losing lines for --outbox-grace.",
+            "Connections closed as slow readers: over the outbox hard cap, or behind for --outbox-grace (losing lines, or an echo not read).",
             self.slow_disconnects,
         );
         codes(

@@ -6,8 +6,20 @@ use slab::Slab;
 
 use super::conn::{Conn, Kind, Phase, Then, DIRTY, WRITABLE};
 use super::Ctx;
+use crate::chat::line::Line;
 use crate::chat::{ConnId, Sink};
 use crate::ws::frame::{encode_close, encode_frame, OpCode};
+
+impl super::Server {
+    /// One server line (`ERR`, `SYS`) to one connection, written by the
+    /// protocol's own writer: the server's own answers follow the same rules
+    /// as the hub's (fields, the text rule).
+    pub(super) fn reply_line(&mut self, id: ConnId, line: Line<'_>) {
+        let mut text = String::new();
+        line.write_str(&mut text, None);
+        self.reply(id, &text);
+    }
+}
 
 /// The chat's output path: encode once, append to each recipient's outbox.
 pub(super) struct Out<'a> {
@@ -23,6 +35,8 @@ impl Sink for Out<'_> {
         ctx.line_buf.clear();
         let threshold = ctx.cfg.compression_threshold;
         let mut behind_mark = over_budget_mark(ctx);
+        // Counted here and added once: a broadcast reaches thousands.
+        let (mut delivered, mut dropped) = (0u64, 0u64);
         for &id in to {
             let Some(c) = self.conns.get_mut(id) else {
                 continue;
@@ -57,7 +71,7 @@ impl Sink for Out<'_> {
             // is never held to the budget's lower marks.
             let behind = !c.has(WRITABLE);
             if pending >= ctx.cfg.outbox_soft || (behind && pending >= behind_mark) {
-                ctx.metrics.slow_drops += 1;
+                dropped += 1;
                 c.dropped = c.dropped.saturating_add(bytes.len() as u32);
                 if c.over_since == u32::MAX {
                     c.over_since = ctx.tick;
@@ -74,10 +88,12 @@ impl Sink for Out<'_> {
             if ctx.outbox_bytes >= ctx.cfg.outbox_total {
                 behind_mark = over_budget_mark(ctx);
             }
-            ctx.metrics.deliveries += 1;
-            ctx.metrics.messages_out += 1;
+            delivered += 1;
             mark_dirty(&mut ctx.dirty, id, c);
         }
+        ctx.metrics.deliveries += delivered;
+        ctx.metrics.messages_out += delivered;
+        ctx.metrics.slow_drops += dropped;
     }
 
     fn close(&mut self, id: ConnId, code: u16, reason: &str) {

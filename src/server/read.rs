@@ -8,6 +8,8 @@ use log::debug;
 use super::conn::{Conn, Kind, Phase, Then, LINE_OVERFLOW, PAUSED};
 use super::out::{finish_with, kill, mark_dirty};
 use super::{Ctx, Server, KEEP_OUTBOX};
+use crate::chat::line::Line;
+use crate::chat::ErrorCode;
 use crate::ws::endpoint::{CloseState, Endpoint, SendPolicy};
 use crate::ws::frame::{encode_frame, OpCode, Role};
 use crate::ws::message::Message;
@@ -33,6 +35,16 @@ impl Server {
             if total >= self.ctx.cfg.read_budget {
                 self.ctx.read_again.push(id);
                 return;
+            }
+            if c.is_ws() && !c.inbuf.is_empty() {
+                // Frames an echo client sent past the message that filled its
+                // outbox (see `on_frames`): theirs is the next turn, before the socket.
+                let kept = std::mem::take(&mut c.inbuf);
+                let n = kept.len().min(self.scratch.len());
+                self.scratch[..n].copy_from_slice(&kept[..n]);
+                total += n;
+                self.on_bytes(id, n);
+                continue;
             }
             match c.sock.read(&mut self.scratch) {
                 Ok(0) => {
@@ -84,14 +96,17 @@ impl Server {
             _ => {}
         }
         if let Some(c) = self.conns.get_mut(id) {
-            let over_budget = self.ctx.outbox_bytes >= self.ctx.cfg.outbox_total;
-            let backed_up =
-                c.pending() > self.ctx.cfg.outbox_soft || (over_budget && c.pending() > 0);
-            if backed_up && !c.has(PAUSED) {
+            if backed_up(&self.ctx, c) {
                 // Its own output is backing up (an echo client that never reads),
                 // or all outboxes together are over the budget and this one has
                 // output left: stop reading until it drains, so it cannot grow us.
                 c.set(PAUSED);
+                if c.kind == Kind::Echo && c.over_since == u32::MAX {
+                    // And it has `--outbox-grace` to drain it all once
+                    // (`Due::Slow`), as a chat reader that falls behind has.
+                    c.over_since = self.ctx.tick;
+                    self.schedule(id);
+                }
             }
         }
     }
@@ -148,6 +163,19 @@ impl Server {
                     };
                     if !go_on {
                         break;
+                    }
+                    if let Some(c) = self.conns.get_mut(id) {
+                        if !chat && off < data.len() && backed_up(&self.ctx, c) {
+                            // An echo's outbox is over its cap: keep the rest of
+                            // this read for when it drains instead of echoing it
+                            // now. One read of compressed frames may inflate to
+                            // many messages of `--max-message`; stopping here
+                            // holds the outbox to its cap plus one message.
+                            c.inbuf.clear();
+                            c.inbuf.extend_from_slice(&data[off..]);
+                            c.set(PAUSED);
+                            break;
+                        }
                     }
                 }
                 Err(e) => {
@@ -227,9 +255,13 @@ impl Server {
                     // tsung sends chat lines as binary frames by default.
                     match std::str::from_utf8(b) {
                         Ok(t) => self.chat_line(id, t),
-                        Err(_) => {
-                            self.reply(id, "ERR bad-command binary messages must hold UTF-8 text")
-                        }
+                        Err(_) => self.reply_line(
+                            id,
+                            Line::Err {
+                                code: ErrorCode::BadCommand,
+                                text: "binary messages must hold UTF-8 text",
+                            },
+                        ),
                     }
                 }
             }
@@ -255,7 +287,7 @@ impl Server {
         let max = self.ctx.cfg.chat.max_line;
         let data = std::mem::take(&mut self.scratch);
         let mut rest = &data[..n];
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
             let part = &rest[..pos];
             rest = &rest[pos + 1..];
             let c = &mut self.conns[id];
@@ -303,17 +335,29 @@ impl Server {
         }
         match std::str::from_utf8(raw) {
             Ok(t) => self.chat_line(id, t),
-            Err(_) => self.reply(id, "ERR bad-command lines must be UTF-8 text"),
+            Err(_) => self.reply_line(
+                id,
+                Line::Err {
+                    code: ErrorCode::BadCommand,
+                    text: "lines must be UTF-8 text",
+                },
+            ),
         }
     }
 
     pub(super) fn too_long(&mut self, id: usize) {
-        let text = format!(
-            "ERR too-long lines are limited to {} bytes",
-            self.ctx.cfg.chat.max_line
-        );
-        self.reply(id, &text);
+        let text = format!("lines are limited to {} bytes", self.ctx.cfg.chat.max_line);
+        let code = ErrorCode::TooLong;
+        self.reply_line(id, Line::Err { code, text: &text });
     }
+}
+
+/// Output is backing up on `c`: over its soft cap, or holding any while all
+/// outboxes together are over the budget. Such a connection is not read from
+/// until it drains (its own requests and echoes would grow it further).
+fn backed_up(ctx: &Ctx, c: &Conn) -> bool {
+    let over_budget = ctx.outbox_bytes >= ctx.cfg.outbox_total;
+    c.pending() > ctx.cfg.outbox_soft || (over_budget && c.pending() > 0)
 }
 
 /// Send an echo reply, compressed when the connection negotiated it and the

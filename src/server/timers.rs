@@ -12,6 +12,7 @@ use super::conn::{Due, Kind};
 use super::out::{begin_close, kill, mark_dirty};
 use super::timer::{Entry, TICK_MS};
 use super::Server;
+use crate::chat::line::Line;
 use crate::ws::frame::{encode_frame, OpCode};
 
 impl Server {
@@ -70,7 +71,7 @@ impl Server {
     fn on_timer(&mut self, id: usize, now: u32) {
         // Bounded: every action moves its own deadline past `now` or ends the
         // phase, and a connection has at most four kinds of deadline in `Open`
-        // (idle, ping or idle warning, release).
+        // (idle, ping or idle warning, a slow echo, release).
         for _ in 0..4 {
             let Some(c) = self.conns.get_mut(id) else {
                 return;
@@ -96,7 +97,7 @@ impl Server {
                     debug!(conn = id, peer:% = c.ip; "idle timeout");
                     self.ctx.metrics.timeout("idle");
                     if c.kind == Kind::Line {
-                        self.reply(id, "SYS idle timeout");
+                        self.reply_line(id, Line::Sys("idle timeout"));
                     }
                     let c = &mut self.conns[id];
                     begin_close(&mut self.ctx, id, c, 1000, "idle timeout");
@@ -107,13 +108,11 @@ impl Server {
                     let left = c.last_rx.saturating_add(idle).saturating_sub(now);
                     let secs = (u64::from(left) * TICK_MS).div_ceil(1000);
                     let total = (u64::from(idle) * TICK_MS).div_ceil(1000);
-                    self.reply(
-                        id,
-                        &format!(
-                            "SYS idle: this connection closes in {secs} s (after {total} s without \
-                             input); send /ping or any line to stay"
-                        ),
+                    let text = format!(
+                        "idle: this connection closes in {secs} s (after {total} s without \
+                         input); send /ping or any line to stay"
                     );
+                    self.reply_line(id, Line::Sys(&text));
                 }
                 Due::Ping => {
                     c.last_ping = now;
@@ -127,6 +126,11 @@ impl Server {
                     }
                 }
                 Due::Release => c.release_outbox(&mut self.ctx.outbox_bytes),
+                Due::Slow => {
+                    debug!(conn = id, peer:% = c.ip, queued = c.pending(); "slow echo client closed");
+                    self.ctx.metrics.slow_disconnects += 1;
+                    kill(&mut self.ctx, id, c);
+                }
             }
         }
     }

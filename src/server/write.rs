@@ -117,6 +117,7 @@ impl Server {
                 }
             }
         }
+        let mut refile = false;
         if c.pending() == 0 {
             if c.has(RELEASE) {
                 c.clear(RELEASE);
@@ -138,7 +139,7 @@ impl Server {
                     }
                     c.draining(self.ctx.tick);
                 }
-                _ => c.outbox_emptied(self.ctx.tick),
+                _ => refile = c.outbox_emptied(self.ctx.tick, &self.ctx.timeouts),
             }
         } else if c.out_pos as usize > c.outbox.len() / 2 {
             // Compact so the written prefix does not pin memory; a buffer far
@@ -162,7 +163,7 @@ impl Server {
             c.clear(PAUSED);
             self.ctx.read_again.push(id);
         }
-        if c.phase() != Phase::Open {
+        if refile || c.phase() != Phase::Open {
             self.schedule(id);
         }
     }

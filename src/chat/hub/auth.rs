@@ -40,12 +40,13 @@ use std::collections::HashMap;
 use log::info;
 
 use super::super::access::{room_allowed, Access, Grant, Role};
+use super::super::line::Line;
 use super::super::names::Folded;
 use super::super::remote::{Claim, Request};
 use super::super::session::Taken;
 use super::super::{ConnId, ErrorCode, Sink};
 use super::resume::DETACHED;
-use super::{push_text, send, Connect, Hub};
+use super::{send, Connect, Hub};
 
 /// Who a new connection is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -327,7 +328,7 @@ impl Hub {
         user.access.set_closing();
         info!("auth: {} token expired", user.nick);
         self.out.clear();
-        self.out.push_str("SYS token expired");
+        Line::Sys("token expired").write_str(&mut self.out, None);
         send(sink, &mut self.deliveries, &[id], &self.out);
         sink.close(id, 4001, "token expired");
         true
@@ -337,11 +338,13 @@ impl Hub {
         let Some(user) = self.users.get(id).and_then(Option::as_ref) else {
             return;
         };
+        self.fields.clear();
+        self.fields.push_str("signed in as ");
+        self.fields.push_str(&user.nick);
+        self.fields.push_str(", role ");
+        self.fields.push_str(user.access.role().as_str());
         self.out.clear();
-        self.out.push_str("SYS signed in as ");
-        self.out.push_str(&user.nick);
-        self.out.push_str(", role ");
-        self.out.push_str(user.access.role().as_str());
+        Line::Sys(&self.fields).write_str(&mut self.out, None);
         send(sink, &mut self.deliveries, &[id], &self.out);
     }
 
@@ -378,10 +381,12 @@ impl Hub {
             info!("auth: guest using {nick} renamed for its token holder");
             let guest = self.guest_nick();
             self.apply_nick(holder, &guest, sink);
+            self.fields.clear();
+            self.fields.push_str("nick ");
+            self.fields.push_str(nick);
+            self.fields.push_str(" belongs to a signed user");
             self.out.clear();
-            self.out.push_str("SYS nick ");
-            push_text(&mut self.out, nick);
-            self.out.push_str(" belongs to a signed user");
+            Line::Sys(&self.fields).write_str(&mut self.out, None);
             send(sink, &mut self.deliveries, &[holder], &self.out);
         }
     }
@@ -498,16 +503,13 @@ impl Hub {
                 (self.is_clustered(), by, room_name, Folded::new(room))
             {
                 self.out.clear();
-                self.out.push_str("KICKED ");
-                self.out.push_str(&room_name);
-                self.out.push(' ');
-                self.out.push_str(nick);
-                self.out.push(' ');
-                self.out.push_str(&by);
-                if let Some(text) = text {
-                    self.out.push(' ');
-                    push_text(&mut self.out, text);
+                Line::Kicked {
+                    room: &room_name,
+                    nick,
+                    by: &by,
+                    text: text.unwrap_or(""),
                 }
+                .write_str(&mut self.out, None);
                 let line: Box<str> = self.out.as_str().into();
                 self.request(|| Request::Kick {
                     id,
@@ -538,16 +540,13 @@ impl Hub {
             return;
         };
         self.out.clear();
-        self.out.push_str("KICKED ");
-        self.out.push_str(&r.name);
-        self.out.push(' ');
-        self.out.push_str(&victim.nick);
-        self.out.push(' ');
-        self.out.push_str(&by.nick);
-        if let Some(text) = text {
-            self.out.push(' ');
-            push_text(&mut self.out, text);
+        Line::Kicked {
+            room: &r.name,
+            nick: &victim.nick,
+            by: &by.nick,
+            text: text.unwrap_or(""),
         }
+        .write_str(&mut self.out, None);
         info!("auth: {} kicked {} from {}", by.nick, victim.nick, r.name);
         let key = (Folded::new(&r.name), Folded::new(&victim.nick));
         send(sink, &mut self.deliveries, &r.members, &self.out);
@@ -657,7 +656,7 @@ impl Hub {
         );
         user.access.set_closing();
         self.out.clear();
-        self.out.push_str("SYS signed in elsewhere");
+        Line::Sys("signed in elsewhere").write_str(&mut self.out, None);
         send(sink, &mut self.deliveries, &[id], &self.out);
         sink.close(id, 4001, "signed in elsewhere");
         // Gone from the chat now, so the nick is free at once; the server's

@@ -540,7 +540,8 @@ impl Hub {
         text: &str,
         sink: &mut impl Sink,
     ) -> String {
-        let plain = format!("PRIV {from} {to} {text}");
+        let mut plain = String::new();
+        Line::Priv { from, to, text }.write_str(&mut plain, None);
         // An id and time from this node, as for a private message on one
         // node: the line travels tagged, and each end strips the tags for a
         // v1 client.
@@ -698,6 +699,9 @@ impl Hub {
         else {
             return;
         };
+        if let Some(rid) = self.room_id(room) {
+            self.note_counter(rid, counter);
+        }
         let ttl = self.config.history.ttl_ms;
         let kept = entries.iter().filter_map(|e| {
             let e = std::str::from_utf8(e).ok()?;
@@ -747,6 +751,22 @@ impl Hub {
                 line
             };
             send(sink, &mut self.deliveries, &[id], out);
+        }
+    }
+
+    /// The room's counter as just read from Redis: where a session that
+    /// drops before any line is delivered here stood (`Room::base`).
+    pub(super) fn note_counter(&mut self, rid: RoomId, counter: Option<(u64, u64)>) {
+        if let Some(room) = self.rooms.get_mut(rid as usize).and_then(Option::as_mut) {
+            if room.last_id.epoch == 0 {
+                room.base =
+                    Some(
+                        counter.map_or(MsgId { epoch: 0, seq: 0 }, |(epoch, seq)| MsgId {
+                            epoch,
+                            seq,
+                        }),
+                    );
+            }
         }
     }
 

@@ -2,13 +2,17 @@
 //!
 //! A node that keeps a dropped session also writes its [`Record`] to Redis
 //! ([`Request::StoreSession`], keyed by the token's hash) and keeps holding
-//! the nick (its registration is refreshed with the live ones). A `/resume`
-//! on any node asks Redis for the record ([`Request::TakeSession`]): one
-//! atomic script turns it into a tombstone (single use) and moves the nick's
-//! registration to the resuming node, so the nick never looks free and no
-//! `LEFT`/`JOINED` is sent. The dropping node learns of it when its session
-//! times out: its expiry script finds the tombstone and it forgets the
-//! session silently; otherwise it ends it with `LEFT` as on one node.
+//! the nick, registered `away` ([`Request::Renew`]; refreshed with the live
+//! ones, so nobody can take it and `/msg` finds nobody). A `/resume` on any
+//! node asks Redis for the record ([`Request::TakeSession`]): one atomic
+//! script turns it into a tombstone (single use) and moves the nick's
+//! registration, with its time, to the resuming node, so the nick never
+//! looks free and no `LEFT`/`JOINED` is sent. The resuming node tells the
+//! dropping one (the wire's `S` notice), which forgets its copy
+//! ([`Hub::session_moved`]). Should that notice be lost, the copy ends at its
+//! expiry or at the first refused refresh of its nick the same way: Redis is
+//! asked ([`Request::EndSession`]), finds the tombstone, and the copy is
+//! forgotten silently; a session nobody took ends with `LEFT` as on one node.
 //!
 //! Catching up, per room ([`Request::Catchup`]): the resuming node subscribes
 //! (if it was not), waits for Redis to confirm, then reads the room's history
@@ -19,7 +23,11 @@
 //! live lines above `X`. The connection becomes a member once this node has
 //! delivered `X` itself, so that no line reaches it twice; while live lines
 //! up to `X` are still in flight toward this node it waits for them (at most
-//! [`CATCHUP_WAIT_MS`]). Its input is held until every room has caught up.
+//! [`CATCHUP_WAIT_MS`]: then it joins, and a late line may reach it twice,
+//! with the same id). The room's own order (`last_id`) is moved past lines
+//! still in flight only when nobody else here is owed them. Its input is held
+//! until every room has caught up. Bounded: [`CATCHUP_ASK_MS`] for the
+//! snapshot, and buffers per room and for all catch-ups together.
 //!
 //! Redis restarted between the drop and the resume: the record is gone, so
 //! only the dropping node can resume the session (from its own memory); the
@@ -170,7 +178,11 @@ impl Hub {
         };
         // This node's own copy of the session, if it dropped here.
         // (A connection still open here with it, half-open, is taken over.)
-        let local = self.take_session(id, &args.token, now_ms, sink).ok();
+        let local = self
+            .take_session(id, &args.token, now_ms, sink)
+            .ok()
+            // (Or its time ran out while Redis was asked: still here.)
+            .or_else(|| self.remote.as_deref_mut()?.ending.remove(&*args.key));
         let outcome = match fetched {
             Fetched::Found { record, nick_ours } => match Record::parse(record) {
                 Some(rec) => Ok((rec, nick_ours)),
@@ -281,7 +293,18 @@ impl Hub {
         // elsewhere since (the registry moved the nick away and back): stale.
         let stale = match Folded::new(&rec.nick) {
             Some(k) if nick_ours && self.nick_holder(k.as_str()) == Some(DETACHED) => {
-                let d = self.sessions.remove_detached(|d| d.nick_is(k.as_str()));
+                let d = self
+                    .sessions
+                    .remove_detached(|d| d.nick_is(k.as_str()))
+                    .or_else(|| {
+                        let r = self.remote.as_deref_mut()?;
+                        let key = r
+                            .ending
+                            .iter()
+                            .find(|(_, d)| d.nick_is(k.as_str()))
+                            .map(|(key, _)| key.clone())?;
+                        r.ending.remove(&key)
+                    });
                 if d.is_some() {
                     self.nicks.remove(k.as_str(), DETACHED);
                 }
@@ -337,7 +360,12 @@ impl Hub {
         } else {
             // Registered here now, no longer away.
             let nick = nick.clone();
-            self.request(|| Request::Renew { nick });
+            let signed = rec.access.is_signed();
+            self.request(|| Request::Renew {
+                nick,
+                id: Some(id),
+                signed,
+            });
         }
         let (sep, kv) = if args.command { (' ', '=') } else { (',', ':') };
         let mut waiting = 0;
@@ -467,20 +495,23 @@ impl Hub {
         let Some(i) = self.catchup_index(id, rid) else {
             return;
         };
+        self.note_counter(rid, counter);
         let ttl = self.config.history.ttl_ms;
         let Some(r) = self.remote.as_deref_mut() else {
             return;
         };
         let c = &mut r.catchups[i];
+        // `after`: `None` where the client stood is not known; `0-0` the room
+        // had no message then.
         let snapshot: Option<Vec<(MsgId, u64, Box<str>)>> = match (counter, c.after) {
             (_, Err(Lost)) => None,
             (None, Ok(None)) => Some(Vec::new()),
-            (None, Ok(Some(_))) => None,
+            (None, Ok(Some(a))) => (a.epoch == 0).then(Vec::new),
             (Some((epoch, last)), Ok(a)) => {
                 let from = match a {
-                    None => Some(0),
+                    Some(a) if a.epoch == 0 => Some(0),
                     Some(a) if a.epoch == epoch && a.seq <= last => Some(a.seq),
-                    Some(_) => None,
+                    _ => None,
                 };
                 from.and_then(|from| {
                     let kept: Vec<(MsgId, u64, Box<str>)> = entries
@@ -511,10 +542,13 @@ impl Hub {
             Some(mut lines) if !c.overflow => {
                 // Live lines that came while asking, above the snapshot.
                 let live = std::mem::take(&mut c.lines);
+                let before = lines.len();
                 lines.extend(live.into_iter().filter(|(m, _, _)| {
                     !top.is_some_and(|t| m.epoch == t.epoch && m.seq <= t.seq)
                 }));
-                c.bytes = lines.iter().map(|l| l.2.len()).sum();
+                // Only live lines count toward the budgets: the snapshot is
+                // bounded by `--history` already.
+                c.bytes = lines[before..].iter().map(|l| l.2.len()).sum();
                 c.lines = lines;
             }
             _ => {
@@ -704,6 +738,7 @@ impl Hub {
         };
         room.held = room.held.saturating_sub(1);
         let count = match c.after {
+            _ if c.overflow => Count::Lost,
             Err(Lost) => Count::Lost,
             Ok(_) => Count::Lines(c.lines.len() as u32),
         };
@@ -844,6 +879,23 @@ impl Hub {
         }
     }
 
+    /// The registry refused this node's refresh of `nick`, held for a dropped
+    /// session: the session ends as Redis says (silently if another node
+    /// resumed it, else with `LEFT`: its nick went to someone else).
+    pub fn held_nick_refused(&mut self, nick: &str, sink: &mut impl Sink) {
+        let Some(k) = Folded::new(nick) else {
+            return;
+        };
+        if self.nick_holder(k.as_str()) != Some(DETACHED) {
+            return;
+        }
+        if let Some(d) = self.sessions.remove_detached(|d| d.nick_is(k.as_str())) {
+            if let Some(d) = self.end_clustered(d) {
+                self.end_detached(d, sink);
+            }
+        }
+    }
+
     /// Nicks this node holds for dropped sessions (kept registered while they
     /// wait), with whether a token vouches for them.
     pub fn held_nicks(&self) -> impl Iterator<Item = (&str, bool)> {
@@ -907,16 +959,7 @@ mod tests {
     }
 
     fn take(sink: &mut Lines, id: ConnId) -> Vec<String> {
-        let mut out = Vec::new();
-        sink.0.retain(|(to, l)| {
-            if *to == id {
-                out.push(l.clone());
-                false
-            } else {
-                true
-            }
-        });
-        out
+        sink.take(id)
     }
 
     fn entries(seqs: &[u64]) -> Vec<String> {
@@ -962,7 +1005,9 @@ mod tests {
             requests(hub),
             [
                 Request::Renew {
-                    nick: "alice".into()
+                    nick: "alice".into(),
+                    id: Some(1),
+                    signed: false,
                 },
                 Request::Catchup {
                     id: 1,
@@ -1186,7 +1231,7 @@ mod tests {
     }
 
     #[test]
-    fn review_a_reserve_answer_during_the_catch_up_does_not_reconnect_the_user() {
+    fn a_reserve_answer_during_the_catch_up_does_not_reconnect_the_user() {
         let (mut hub, mut sink) = node();
         resume_nick_not_ours(&mut hub, &mut sink);
         let reqs = requests(&mut hub);
@@ -1221,7 +1266,7 @@ mod tests {
     }
 
     #[test]
-    fn review_a_drop_during_the_catch_up_keeps_the_rooms_of_the_session() {
+    fn a_drop_during_the_catch_up_keeps_the_rooms_of_the_session() {
         let (mut hub, mut sink) = node();
         resume(&mut hub, &mut sink);
         // The network goes again before r's history is in.
@@ -1239,7 +1284,7 @@ mod tests {
     }
 
     #[test]
-    fn review_a_timed_out_catch_up_costs_other_members_no_line() {
+    fn a_timed_out_catch_up_costs_other_members_no_line() {
         let (mut hub, mut sink) = node();
         resume(&mut hub, &mut sink);
         // Redis has m6, m7; they are late on their way here (> 2 s).
@@ -1257,7 +1302,7 @@ mod tests {
     }
 
     #[test]
-    fn review_a_catch_up_costs_a_member_who_has_had_no_line_yet_nothing() {
+    fn a_catch_up_costs_a_member_who_has_had_no_line_yet_nothing() {
         // Carol joined r here recently: nothing delivered in r yet.
         let mut hub = Hub::new(ChatConfig {
             rate_limit: 0,
@@ -1310,7 +1355,7 @@ mod tests {
     }
 
     #[test]
-    fn review_a_lost_catch_up_costs_other_members_no_line() {
+    fn a_lost_catch_up_costs_other_members_no_line() {
         let (mut hub, mut sink) = node();
         resume(&mut hub, &mut sink);
         // m4 was trimmed: r resumes lost. m6, m7 are on their way here.
@@ -1326,7 +1371,7 @@ mod tests {
     }
 
     #[test]
-    fn review_one_waiting_catch_up_done_does_not_end_anothers_wait() {
+    fn one_waiting_catch_up_done_does_not_end_anothers_wait() {
         let (mut hub, mut sink) = node();
         resume(&mut hub, &mut sink);
         // Bob (connection 2) resumes in r too.
@@ -1406,5 +1451,179 @@ mod tests {
         answer(&mut hub, last, &seqs, &mut sink);
         assert_eq!(take(&mut sink, 1), ["RESUMED r lost"]);
         assert_eq!(hub.remote.as_deref().map(|r| r.catchup_bytes), Some(0));
+    }
+
+    // ---- second review ----
+
+    /// Alice (connection 1, nick alice, caps resume) in `r`, dropped: her
+    /// token, Redis key and stored record.
+    fn drop_alice(hub: &mut Hub, sink: &mut Lines) -> (String, Box<str>, Box<str>) {
+        let args = Connect {
+            nick: Some("alice"),
+            room: Some("r"),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &args, 10, sink);
+        requests(hub);
+        hub.nick_reserved(1, "alice", Claim::Granted, sink);
+        let got = take(sink, 1);
+        let token = got
+            .iter()
+            .find_map(|l| l.strip_prefix("SESSION "))
+            .and_then(|t| t.split(' ').next())
+            .unwrap_or_else(|| panic!("a session: {got:?}"))
+            .to_string();
+        take(sink, 0);
+        requests(hub);
+        hub.disconnect(1, sink);
+        let (key, record) = requests(hub)
+            .into_iter()
+            .find_map(|r| match r {
+                Request::StoreSession { key, record, .. } => Some((key, record)),
+                _ => None,
+            })
+            .expect("stored");
+        (token, key, record)
+    }
+
+    #[test]
+    fn a_resume_here_answered_while_the_copy_is_ending_keeps_the_nick() {
+        let (mut hub, mut sink) = node();
+        let (token, key, record) = drop_alice(&mut hub, &mut sink);
+        // Alice resumes on this same node just before her time runs out:
+        // the take goes to Redis first (its record is still there)...
+        let args = Connect {
+            resume: Some(&token),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(2, &args, 60_000, &mut sink);
+        requests(&mut hub);
+        // ...then the copy expires here (the end script queued behind the
+        // take, which wins: Redis says the session was taken).
+        hub.handle_timeout(60_010, &mut sink);
+        assert_eq!(
+            requests(&mut hub),
+            [Request::EndSession { key: key.clone() }]
+        );
+        let found = Fetched::Found {
+            record: &record,
+            nick_ours: true,
+        };
+        hub.session_taken(2, found, &mut sink);
+        hub.session_ended(&key, false, &mut sink);
+        let got = take(&mut sink, 2);
+        assert_eq!(
+            got.first().map(String::as_str),
+            Some("WELCOME alice"),
+            "her own resumed session lost its nick: {got:?}"
+        );
+    }
+
+    #[test]
+    fn a_waiting_catch_up_that_overflows_says_lost_not_zero() {
+        let (mut hub, mut sink) = node();
+        resume(&mut hub, &mut sink);
+        // Snapshot up to m7; m6, m7 still on their way: waiting.
+        answer(&mut hub, 7, &[4, 5, 6, 7], &mut sink);
+        assert!(take(&mut sink, 1).is_empty());
+        // Other catch-ups (a resume storm) hold the whole budget.
+        if let Some(r) = hub.remote.as_deref_mut() {
+            r.catchup_bytes = MAX_ALL_CATCHUP_BYTES - 4;
+        }
+        // m6 and m7 never come here (this node's subscriber link blinked);
+        // m9 does.
+        assert!(live(&mut hub, 9, &mut sink));
+        let got = take(&mut sink, 1);
+        assert_eq!(
+            got.first().map(String::as_str),
+            Some("RESUMED r lost"),
+            "m4..m7 (and m9) silently missing: {got:?}"
+        );
+    }
+
+    #[test]
+    fn a_quiet_room_does_not_replay_its_old_history_as_missed() {
+        // Room q has 3 old lines in Redis (said yesterday); alice is the
+        // first member of q on this node and nothing is said while she is in.
+        let (mut hub, mut sink) = node();
+        let args = Connect {
+            nick: Some("alice"),
+            room: Some("q"),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &args, 10, &mut sink);
+        requests(&mut hub);
+        hub.nick_reserved(1, "alice", Claim::Granted, &mut sink);
+        take(&mut sink, 1);
+        requests(&mut hub);
+        hub.disconnect(1, &mut sink);
+        let record = requests(&mut hub)
+            .into_iter()
+            .find_map(|r| match r {
+                Request::StoreSession { record, .. } => Some(record),
+                _ => None,
+            })
+            .expect("stored");
+        // She resumes on another node, which reads q's history.
+        let mut other = Hub::new(ChatConfig {
+            rate_limit: 0,
+            session_ttl_ms: 60_000,
+            ..ChatConfig::default()
+        });
+        other.enable_cluster("n3");
+        let args = Connect {
+            resume: Some(TOKEN),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        other.connect_with(1, &args, 10, &mut sink);
+        requests(&mut other);
+        let found = Fetched::Found {
+            record: &record,
+            nick_ours: true,
+        };
+        other.session_taken(1, found, &mut sink);
+        take(&mut sink, 1);
+        let old: Vec<String> = (1..=3u64)
+            .map(|s| format!("{E}-{s} 7 MSG q dave old{s}"))
+            .collect();
+        let refs: Vec<&[u8]> = old.iter().map(|s| s.as_bytes()).collect();
+        other.answer_catchup(1, "q", Some((E, 3)), &refs, 8, &mut sink);
+        let got = take(&mut sink, 1);
+        assert_ne!(
+            got.first().map(String::as_str),
+            Some("RESUMED q 3"),
+            "record {record:?}: lines from before she joined replayed as missed: {got:?}"
+        );
+    }
+
+    #[test]
+    fn a_line_the_node_could_not_keep_does_not_hold_the_next_quit() {
+        let (mut hub, mut sink) = node();
+        hub.set_ordered(true);
+        hub.handle(0, "hello", 20, &mut sink);
+        assert!(
+            requests(&mut hub)
+                .iter()
+                .any(|r| matches!(r, Request::Say { .. })),
+            "said through Redis"
+        );
+        // The link went down with a full buffer: the node delivers the line
+        // here unnumbered and tells carol (what `Cluster::turn` does for a
+        // lost `Say`); no answer from Redis will ever come for it.
+        hub.deliver_room("r", "MSG r carol hello", &mut sink);
+        hub.said(0, "r", None, &mut sink);
+        hub.not_relayed(0, &mut sink);
+        take(&mut sink, 0);
+        // Later (the link is back), carol quits: nothing of hers is in flight.
+        hub.handle(0, "/quit bye", 5_000, &mut sink);
+        assert_eq!(
+            hub.room_len("r"),
+            0,
+            "carol's quit waits for a reply that never comes"
+        );
     }
 }

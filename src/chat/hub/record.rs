@@ -13,7 +13,8 @@
 //!   session is a token holder's and ends with its token;
 //! - `CLAIM`: `-`, or the token's `rooms` patterns joined by `,`;
 //! - one `ROOM:LAST` per room in join order, `LAST` the id of the last message
-//!   the dropped connection was handed there, or `-` when it had none.
+//!   the dropped connection was handed there, `0-0` when the room had none
+//!   then, or `-` when that is not known.
 //!
 //! The node that stores it puts `NODE NICKKEY ` in front (see
 //! `cluster::node`); [`Record::parse`] reads what follows. Parsing is total:
@@ -77,8 +78,8 @@ impl Record {
             out.push_str(room);
             out.push(':');
             match last {
-                Some(id) if id.epoch > 0 => out.push_str(id.write(&mut buf)),
-                _ => out.push('-'),
+                Some(id) => out.push_str(id.write(&mut buf)),
+                None => out.push('-'),
             }
         }
     }

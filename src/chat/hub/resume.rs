@@ -701,7 +701,14 @@ impl Hub {
                         .filter_map(|m| {
                             let room = self.room(m.room)?;
                             let last = room.last_id;
-                            Some((room.name.clone(), (last.epoch > 0).then_some(last)))
+                            // Nothing delivered here yet: where the room stood
+                            // when last read, if it was.
+                            let at = if last.epoch > 0 {
+                                Some(last)
+                            } else {
+                                room.base
+                            };
+                            Some((room.name.clone(), at))
                         })
                         .chain(caught)
                         .collect(),
@@ -760,7 +767,12 @@ impl Hub {
                 ttl_ms,
             });
             let nick = user.nick.clone();
-            self.request(|| Request::Renew { nick });
+            let signed = access.is_signed();
+            self.request(|| Request::Renew {
+                nick,
+                id: None,
+                signed,
+            });
         }
         let data = Detached {
             nick: user.nick,
@@ -867,16 +879,7 @@ mod tests {
     }
 
     fn take(sink: &mut Lines, id: ConnId) -> Vec<String> {
-        let mut out = Vec::new();
-        sink.0.retain(|(to, l)| {
-            if *to == id {
-                out.push(l.clone());
-                false
-            } else {
-                true
-            }
-        });
-        out
+        sink.take(id)
     }
 
     fn connect(hub: &mut Hub, sink: &mut Lines, id: ConnId, nick: &str, caps: Option<&str>) {
