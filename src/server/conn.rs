@@ -524,7 +524,7 @@ mod tests {
     fn an_echo_client_behind_is_due_for_closing_after_the_grace() {
         let t = limits();
         let mut c = conn(Kind::Http);
-        c.upgraded(Kind::Echo, 0);
+        c.upgraded(Kind::Echo, 0, 0);
         assert_eq!(c.deadline(&t), Some((300, Due::Ping)));
         c.over_since = 50;
         assert_eq!(c.deadline(&t), Some((150, Due::Slow)));
@@ -536,7 +536,7 @@ mod tests {
         );
         // A chat reader behind is judged when lines are dropped for it.
         let mut chat = conn(Kind::Http);
-        chat.upgraded(Kind::Chat, 0);
+        chat.upgraded(Kind::Chat, 0, 0);
         chat.over_since = 50;
         assert_eq!(chat.deadline(&t), Some((300, Due::Ping)));
     }
