@@ -209,7 +209,8 @@ struct ServeArgs {
           value_parser = loopchat::cli::parse_bytes, help_heading = "History and sessions")]
     history_bytes: usize,
 
-    /// How long a dropped `resume` session keeps its nick and rooms (0 = no resume).
+    /// How long a dropped `resume` session keeps its nick and rooms (0 = no resume); with
+    /// `--redis` it can be resumed on any node.
     #[arg(long, value_name = "DURATION", default_value = "2m", env = "LOOPCHAT_SESSION_TTL",
           value_parser = loopchat::cli::parse_duration, help_heading = "History and sessions")]
     session_ttl: Duration,
