@@ -2313,3 +2313,208 @@ fn a_fresh_sign_in_elsewhere_is_not_taken_back_by_a_dropped_session() {
         "alice, live on b, is registered as {reply:?}"
     );
 }
+
+/// Three nodes: carol on `c` in room r, alice dropped on `a` and resumed on
+/// `b` (she says nothing there). Returns (a, b, c, carol, alice on b).
+fn three_nodes_alice_moved(redis: &Redis) -> (Node, Node, Node, Client, Client) {
+    let opts = ["--session-ttl", "60s", "--redis-nick-ttl", "2s"];
+    let a = Node::start(redis, &opts);
+    let b = Node::start(redis, &opts);
+    let c = Node::start(redis, &opts);
+    for n in [&a, &b, &c] {
+        n.wait_subscriptions(2);
+    }
+    let mut carol = Client::connect(c.addr, "?nick=carol&room=r");
+    c.wait_subscriptions(3);
+    let token = drop_alice_on(&a, &mut carol, "alice");
+    let (alice, lines) = resume_on(b.addr, &format!("?resume={token}&caps=ids,resume"), 1);
+    assert_eq!(alice.nick, "alice", "{lines:?}");
+    // a has forgotten its copy (S notice).
+    let deadline = Instant::now() + WAIT;
+    while a.metric("loopchat_sessions_detached") != 0.0 {
+        assert!(Instant::now() < deadline, "a kept its copy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    carol.sync("moved");
+    (a, b, c, carol, alice)
+}
+
+#[test]
+fn a_third_node_does_not_say_left_for_a_session_resumed_elsewhere_when_its_old_node_dies() {
+    let Some(()) = need_redis(
+        "a_third_node_does_not_say_left_for_a_session_resumed_elsewhere_when_its_old_node_dies",
+    ) else {
+        return;
+    };
+    let redis = Redis::start();
+    let (mut a, _b, _c, mut carol, mut alice) = three_nodes_alice_moved(&redis);
+    // The node alice dropped from crashes; she lives on b.
+    a.kill();
+    // Past the nick TTL (2 s) plus a liveness period: a is declared dead.
+    std::thread::sleep(Duration::from_millis(3_500));
+    let seen = carol.sync("after");
+    assert!(
+        !seen.iter().any(|l| l == "LEFT r alice"),
+        "carol (on c) was told alice left, but alice is live on b: {seen:?}"
+    );
+    // alice is in fact still there and reachable.
+    alice.send("still here");
+    carol.until(|l| l == "MSG r alice still here");
+}
+
+#[test]
+fn a_session_resumed_elsewhere_leaves_when_its_new_node_dies() {
+    let Some(()) = need_redis("a_session_resumed_elsewhere_leaves_when_its_new_node_dies") else {
+        return;
+    };
+    let redis = Redis::start();
+    let (_a, mut b, _c, mut carol, _alice) = three_nodes_alice_moved(&redis);
+    // The node alice now lives on crashes (her connection still open): the
+    // others must say she left, as for any member of a dead node.
+    b.kill();
+    let lines = carol.try_until_within(|l| l == "LEFT r alice", Duration::from_secs(5));
+    assert!(
+        lines.iter().any(|l| l == "LEFT r alice"),
+        "b (alice's node since her resume) died, carol never saw her leave: {lines:?}"
+    );
+}
+
+impl Client {
+    /// Lines up to the first matching `pred`, or all lines seen within `wait`.
+    fn try_until_within(&mut self, pred: impl Fn(&str) -> bool, wait: Duration) -> Vec<String> {
+        let deadline = Instant::now() + wait;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Some(l) = self.try_recv(Duration::from_millis(200)) {
+                let done = pred(&l);
+                seen.push(l);
+                if done {
+                    break;
+                }
+            }
+        }
+        seen
+    }
+}
+
+#[test]
+fn a_session_moved_back_and_forth_leaves_one_registration_and_no_copy() {
+    let Some(()) = need_redis("a_session_moved_back_and_forth_leaves_one_registration_and_no_copy")
+    else {
+        return;
+    };
+    let redis = Redis::start();
+    let opts = ["--session-ttl", "60s", "--redis-nick-ttl", "1s"];
+    let a = Node::start(&redis, &opts);
+    let b = Node::start(&redis, &opts);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r&caps=ids,resume");
+    let mut token = session_token(&alice.until(|l| l.starts_with("SESSION ")));
+    carol.until(|l| l == "JOINED r alice");
+    // (A position in r first: a room quiet since she joined resumes as lost,
+    // see a_session_in_a_quiet_room_resumes_elsewhere_with_the_lines_said_since.)
+    carol.send("hop");
+    alice.until(|l| l.ends_with("MSG r carol hop"));
+    let nodes = [&a, &b];
+    for hop in 0..6 {
+        let (from, to) = (nodes[hop % 2], nodes[(hop + 1) % 2]);
+        drop_abruptly(alice);
+        from.wait_metric("loopchat_sessions_detached", 1.0);
+        carol.send(&format!("hop{hop}"));
+        let (c, lines) = resume_on(to.addr, &format!("?resume={token}&caps=ids,resume"), 1);
+        assert_eq!(c.nick, "alice", "hop {hop}: {lines:?}");
+        assert_eq!(lines.last().unwrap(), "RESUMED r 1", "hop {hop}: {lines:?}");
+        token = session_token(&lines);
+        alice = c;
+        alice.until(|l| l.ends_with(&format!("MSG r carol hop{hop}")));
+    }
+    // Several refresh rounds.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let end = alice.sync("end");
+    assert!(end.iter().all(|l| !l.starts_with("ERR")), "{end:?}");
+    for n in nodes {
+        assert_eq!(n.metric("loopchat_sessions_detached"), 0.0);
+    }
+    let reg = redis_cmd(redis.port, &[&["GET", "lc:nick:alice"]]);
+    let a_id = a.id();
+    assert!(
+        reg.contains(&format!("{a_id} ")),
+        "alice lives on a: {reg:?}"
+    );
+    assert!(!reg.contains("away"), "{reg:?}");
+    let seen = carol.sync("end");
+    assert!(
+        seen.iter()
+            .all(|l| !l.contains("alice") || l.starts_with("MSG")),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn a_session_in_a_quiet_room_resumes_elsewhere_with_the_lines_said_since() {
+    let Some(()) =
+        need_redis("a_session_in_a_quiet_room_resumes_elsewhere_with_the_lines_said_since")
+    else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(&redis, &["--session-ttl", "60s"]);
+    let b = Node::start(&redis, &["--session-ttl", "60s"]);
+    a.wait_subscriptions(2);
+    b.wait_subscriptions(2);
+    let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
+    b.wait_subscriptions(3);
+    // alice joins r; nothing is said while she is there; her network drops.
+    let token = drop_alice_on(&a, &mut carol, "alice");
+    carol.send("said after the drop");
+    carol.until(|l| l == "MSG r carol said after the drop");
+    // (One process, without Redis, replays it from its memory.)
+    let (_alice, lines) = resume_on(b.addr, &format!("?resume={token}&caps=ids,resume"), 1);
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("RESUMED r 1"),
+        "the one line said since the drop, which Redis has: {lines:?}"
+    );
+}
+
+#[test]
+fn a_dropped_sessions_nick_change_does_not_rename_the_next_connection() {
+    let Some(()) = need_redis("a_dropped_sessions_nick_change_does_not_rename_the_next_connection")
+    else {
+        return;
+    };
+    let redis = Redis::start();
+    let a = Node::start(
+        &redis,
+        &["--session-ttl", "60s", "--redis-query-timeout", "5s"],
+    );
+    a.wait_subscriptions(2);
+    let mut alice = Client::connect(a.addr, "?nick=alice&room=r&caps=resume");
+    alice.until(|l| l.starts_with("SESSION "));
+    a.wait_subscriptions(3);
+    // Redis holds writes for a moment (a slow Redis, a failover...): alice's
+    // /nick waits for its SET.
+    let paused = redis_cmd(redis.port, &[&["CLIENT", "PAUSE", "1500", "WRITE"]]);
+    assert!(paused.starts_with("+OK"), "{paused}");
+    alice.send("/nick alice2");
+    std::thread::sleep(Duration::from_millis(100));
+    drop_abruptly(alice);
+    // (No /metrics request here: its connection would take the freed slot.)
+    std::thread::sleep(Duration::from_millis(300));
+    // The next connection (a guest: no registry write needed) gets the
+    // freed connection slot.
+    let mut guest = Client::connect(a.addr, "?room=r");
+    let nick = guest.nick.clone();
+    assert_ne!(nick, "alice2");
+    // Redis answers alice's SET once the pause ends.
+    std::thread::sleep(Duration::from_millis(1_600));
+    let seen = guest.sync("after");
+    assert!(
+        seen.iter()
+            .all(|l| !l.starts_with(&format!("NICK {nick} ")) && !l.starts_with("ERR")),
+        "alice's /nick answered to the guest who took her connection slot: {seen:?}"
+    );
+}

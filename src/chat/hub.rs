@@ -589,7 +589,15 @@ impl Hub {
     /// rules), and the hub forgets it so the id can be reused.
     pub fn disconnect(&mut self, id: ConnId, sink: &mut impl Sink) {
         self.forget_saying(id);
-        if self.drop_held(id) || self.detach(id, sink) {
+        if self.drop_held(id) {
+            return;
+        }
+        if self.detach(id, sink) {
+            // The session lives on, but this connection id is reused at once:
+            // nothing still pending for it may answer the next connection.
+            self.request(|| Request::Gone(id));
+            self.forget_pending(id);
+            self.forget_grant(id);
             return;
         }
         self.drop_catchups(id);

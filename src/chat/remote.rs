@@ -156,6 +156,21 @@ pub enum Request {
         /// `lc:sess:HASH` of the token.
         key: Box<str>,
     },
+    /// The session of token selector `selector` under `key`, dropped on node
+    /// `from`, was resumed here: tell every node (`from` forgets its copy,
+    /// the others file `nick`'s memberships in `rooms` under this node).
+    Moved {
+        /// The node it dropped from.
+        from: Box<str>,
+        /// The token's selector.
+        selector: u64,
+        /// `lc:sess:HASH` of the token.
+        key: Box<str>,
+        /// The nick (display).
+        nick: Box<str>,
+        /// Its rooms (display names).
+        rooms: Vec<Box<str>>,
+    },
     /// The session under `key` was resumed from this node's own memory
     /// (Redis had lost it): mark it used so no node takes it again.
     UseSession {
@@ -192,6 +207,8 @@ pub enum Fetched<'a> {
         record: &'a str,
         /// The registry gave the nick to this node.
         nick_ours: bool,
+        /// The node that stored it, when another one.
+        from: Option<&'a str>,
     },
     /// No record: never stored, expired, or lost with a Redis restart.
     Missing,

@@ -83,6 +83,11 @@ impl Token {
         key
     }
 
+    /// The lookup half (the session table's key).
+    pub fn selector(&self) -> u64 {
+        self.selector
+    }
+
     /// The 32-character URL-safe form.
     pub fn encode(&self) -> String {
         let mut b = [0u8; TOKEN_BYTES];
@@ -308,6 +313,34 @@ impl<T> Sessions<T> {
                 _ => None,
             })?;
         match self.by_selector.remove(&sel) {
+            Some(Entry {
+                state: State::Detached { data, .. },
+                ..
+            }) => {
+                self.detached -= 1;
+                self.prune();
+                Some(data)
+            }
+            _ => None,
+        }
+    }
+
+    /// Remove the detached session under `selector` if its data satisfies
+    /// `pred` (O(1): a session moved to another node, named by its token's
+    /// selector).
+    pub fn remove_detached_at(
+        &mut self,
+        selector: u64,
+        pred: impl FnOnce(&T) -> bool,
+    ) -> Option<T> {
+        match self.by_selector.get(&selector) {
+            Some(Entry {
+                state: State::Detached { data, .. },
+                ..
+            }) if pred(data) => {}
+            _ => return None,
+        }
+        match self.by_selector.remove(&selector) {
             Some(Entry {
                 state: State::Detached { data, .. },
                 ..

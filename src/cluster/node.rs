@@ -435,6 +435,8 @@ enum Pending {
     EndSession { key: Box<str> },
     /// The history script for a resumed connection's catch-up in `room`.
     Catchup { id: ConnId, room: Box<str> },
+    /// `HMGET` of a newly subscribed room's counter.
+    Counter { room: Box<str> },
 }
 
 /// Marks a pending entry whose connection left.
@@ -504,18 +506,21 @@ impl Peer {
                     nick,
                 },
             )) => self.add(room, display, nick),
-            Ok((_, Line::Left { nick, .. })) => {
-                if let Some(e) = self.members.get_mut(room) {
-                    if let Some(i) = e.1.iter().position(|n| **n == *nick) {
-                        e.1.swap_remove(i);
-                        self.count -= 1;
-                    }
-                    if e.1.is_empty() {
-                        self.members.remove(room);
-                    }
-                }
-            }
+            Ok((_, Line::Left { nick, .. })) => self.remove(room, nick),
             _ => {}
+        }
+    }
+
+    /// `nick` left `room` (folded) there.
+    fn remove(&mut self, room: &str, nick: &str) {
+        if let Some(e) = self.members.get_mut(room) {
+            if let Some(i) = e.1.iter().position(|n| **n == *nick) {
+                e.1.swap_remove(i);
+                self.count -= 1;
+            }
+            if e.1.is_empty() {
+                self.members.remove(room);
+            }
         }
     }
 
@@ -1291,24 +1296,29 @@ impl Cluster {
                         .and_then(|b| std::str::from_utf8(b).ok())
                         .map(str::to_string)
                 };
-                let (fetched, old, at) = match &v {
-                    Value::Bulk(None) | Value::Array(None) => (Fetched::Missing, None, None),
+                let (old, at) = match &v {
+                    Value::Array(Some(items)) => (
+                        text(2, items),
+                        text(3, items).and_then(|t| t.parse::<u64>().ok()),
+                    ),
+                    _ => (None, None),
+                };
+                let from = old.as_deref().filter(|o| valid_node(o) && *o != self.node);
+                let fetched = match &v {
+                    Value::Bulk(None) | Value::Array(None) => Fetched::Missing,
                     Value::Array(Some(items)) => match (items.first(), items.get(1)) {
-                        (Some(rec), Some(ours)) => (
-                            Fetched::Found {
-                                record: rec
-                                    .as_bytes()
-                                    .and_then(|b| std::str::from_utf8(b).ok())
-                                    .unwrap_or(""),
-                                nick_ours: ours.as_int() == Some(1),
-                            },
-                            text(2, items),
-                            text(3, items).and_then(|t| t.parse::<u64>().ok()),
-                        ),
-                        _ => (Fetched::Missing, None, None),
+                        (Some(rec), Some(ours)) => Fetched::Found {
+                            record: rec
+                                .as_bytes()
+                                .and_then(|b| std::str::from_utf8(b).ok())
+                                .unwrap_or(""),
+                            nick_ours: ours.as_int() == Some(1),
+                            from,
+                        },
+                        _ => Fetched::Missing,
                     },
-                    Value::Error(_) => (Fetched::Unreachable, None, None),
-                    _ => (Fetched::Used, None, None),
+                    Value::Error(_) => Fetched::Unreachable,
+                    _ => Fetched::Used,
                 };
                 if let (Fetched::Found { record, .. }, Some(old), true) =
                     (fetched, &old, id == CANCELLED)
@@ -1318,28 +1328,28 @@ impl Cluster {
                     self.restore_session(&key, record, old);
                     return Ok(());
                 }
-                if let Fetched::Found { record, nick_ours } = fetched {
-                    if nick_ours {
-                        // The registration keeps its time: the storing node's
-                        // copy, refreshing it with the same time, never wins
-                        // it back.
-                        if let Some(k) = record.split(' ').next().and_then(Folded::new) {
-                            self.registered
-                                .insert(k.as_str().into(), at.unwrap_or_else(unix_ms));
-                        }
-                    }
-                    // The storing node forgets its copy now, not at its expiry.
-                    if let Some(old) = old.filter(|o| valid_node(o) && *o != self.node) {
-                        self.send(
-                            format!("lc:node:{old}").as_bytes(),
-                            Body::Resumed { key: &key },
-                            None,
-                            CANCELLED,
-                        );
+                if let Fetched::Found {
+                    record,
+                    nick_ours: true,
+                    ..
+                } = fetched
+                {
+                    // The registration keeps its time: the storing node's
+                    // copy, refreshing it with the same time, never wins it
+                    // back.
+                    if let Some(k) = record.split(' ').next().and_then(Folded::new) {
+                        self.registered
+                            .insert(k.as_str().into(), at.unwrap_or_else(unix_ms));
                     }
                 }
                 if id != CANCELLED {
                     hub.session_taken(id, fetched, sink);
+                }
+            }
+            Pending::Counter { room } => {
+                if let Value::Array(Some(items)) = &v {
+                    let (counter, _) = history_snapshot(items);
+                    hub.room_counter(&room, counter);
                 }
             }
             Pending::EndSession { key } => {
@@ -1600,6 +1610,33 @@ impl Cluster {
             }
         }
         self.stats.received += 1;
+        if let Body::Resumed {
+            from,
+            selector,
+            key,
+            nick,
+            rooms,
+        } = env.body
+        {
+            if from == self.node {
+                hub.session_moved(selector, key);
+            }
+            // Its memberships now live on the sender: a death of either node
+            // then says `LEFT` for it exactly when it should.
+            let rooms = rooms.split(',').filter(|r| *r != "-");
+            for display in rooms {
+                let Some(room) = Folded::new(display) else {
+                    continue;
+                };
+                if let Some(old) = self.peers.get_mut(from) {
+                    old.remove(room.as_str(), nick);
+                }
+                if let Some(new) = self.peers.get_mut(node) {
+                    new.add(room.as_str(), display, nick);
+                }
+            }
+            return;
+        }
         if let Some(peer) = self.peers.get_mut(node) {
             match env.body {
                 Body::Room { line } => {
@@ -1651,7 +1688,7 @@ impl Cluster {
             Body::Private { to, line } => {
                 hub.deliver_private(to, line, sink);
             }
-            Body::Resumed { key } => hub.session_moved(key),
+            Body::Resumed { .. } => {}
             Body::WhoAsk { qid, room } => {
                 let (nicks, total) = hub.local_who(room);
                 let nicks = nicks.join(" ");
@@ -2255,6 +2292,15 @@ impl Cluster {
             Request::Subscribe(room) => {
                 // Sent by `subscribe_some` with any resubscription in progress.
                 let ch = format!("lc:room:{room}");
+                // Where the room stands now, for sessions that drop before
+                // any line comes (read before the subscription takes: what
+                // is said between the two is then replayed, not lost).
+                let seq = format!("lc:seq:{room}");
+                if self.cmd.state == LinkState::Ready
+                    && self.cmd.queue(&[b"HMGET", seq.as_bytes(), b"e", b"s"])
+                {
+                    self.expect(Pending::Counter { room: room.clone() });
+                }
                 if self.rooms.insert(room) && self.sub.is_open() {
                     self.resub.push(ch.into_bytes());
                 }
@@ -2475,6 +2521,31 @@ impl Cluster {
                 } else {
                     hub.session_taken(id, Fetched::Unreachable, sink);
                 }
+            }
+            Request::Moved {
+                from,
+                selector,
+                key,
+                nick,
+                rooms,
+            } => {
+                let rooms = if rooms.is_empty() {
+                    "-".to_string()
+                } else {
+                    rooms.join(",")
+                };
+                self.send(
+                    b"lc:all",
+                    Body::Resumed {
+                        from: &from,
+                        selector,
+                        key: &key,
+                        nick: &nick,
+                        rooms: &rooms,
+                    },
+                    None,
+                    CANCELLED,
+                );
             }
             Request::UseSession { key } => {
                 if self.cmd.state == LinkState::Ready {
@@ -3183,6 +3254,43 @@ mod tests {
             Some(0),
             "alice, live, ends up registered away: {:?}",
             h.node.refresh_queue
+        );
+    }
+
+    #[test]
+    fn a_session_resumed_on_another_node_leaves_no_registration_time_here() {
+        let mut h = Harness::new(Duration::from_secs(30));
+        h.up();
+        let mut keys = Vec::new();
+        for i in 0..50 {
+            let nick = format!("alice{i}");
+            h.hub.connect(i, Some(&nick), Some("r"), 0, &mut h.sink);
+            h.turn();
+            h.hub.handle(i, "/caps resume", 0, &mut h.sink);
+            let token = h
+                .sink
+                .take(i)
+                .iter()
+                .find_map(|l| l.strip_prefix("SESSION ").map(str::to_string))
+                .expect("SESSION");
+            let token = crate::chat::session::Token::parse(&token).unwrap();
+            keys.push((token.selector(), token.redis_key(), nick));
+            h.hub.disconnect(i, &mut h.sink);
+            h.turn();
+        }
+        assert_eq!(h.node.registered.len(), 50);
+        // Every session is resumed on node n2, which tells every node (S).
+        let me = h.node.node_id().to_string();
+        for (seq, (selector, key, nick)) in keys.iter().enumerate() {
+            let s = format!("S n2 {} {me} {selector} {key} {nick} r", seq + 1);
+            h.feed("lc:all", &s);
+            h.turn();
+        }
+        assert_eq!(h.hub.detached_sessions(), 0, "copies forgotten");
+        assert!(
+            h.node.registered.is_empty(),
+            "{} registration times kept for nicks now held by another node",
+            h.node.registered.len()
         );
     }
 }

@@ -111,11 +111,22 @@ pub enum Body<'a> {
         /// Local chat connections.
         members: u64,
     },
-    /// `S KEY`: the session stored under `KEY` (`lc:sess:HASH`), dropped on
-    /// the channel's node, was resumed on the sender's node: forget it.
+    /// `S FROM SELECTOR KEY NICK ROOMS` on `lc:all`: the session stored
+    /// under `KEY` (`lc:sess:HASH`; its token's lookup half `SELECTOR`),
+    /// dropped on node `FROM`, was resumed on the sender's node with `NICK`
+    /// in `ROOMS` (display names, comma-separated, or `-`). `FROM` forgets
+    /// its copy; every node files the nick's memberships under the sender.
     Resumed {
+        /// The node the session dropped from.
+        from: &'a str,
+        /// The token's selector (the session table's key there).
+        selector: u64,
         /// The session's Redis key.
         key: &'a str,
+        /// The nick.
+        nick: &'a str,
+        /// Its rooms, comma-separated display names, or `-`.
+        rooms: &'a str,
     },
 }
 
@@ -259,8 +270,14 @@ impl Signer {
             Body::RoomsAsk { qid } => {
                 let _ = write!(s, " {qid}");
             }
-            Body::Resumed { key } => {
-                let _ = write!(s, " {key}");
+            Body::Resumed {
+                from,
+                selector,
+                key,
+                nick,
+                rooms,
+            } => {
+                let _ = write!(s, " {from} {selector} {key} {nick} {rooms}");
             }
             Body::RoomsAnswer { qid, rooms } => {
                 let _ = write!(s, " {qid}");
@@ -388,7 +405,22 @@ fn parse(text: &str) -> Option<Envelope<'_>> {
             Body::WhoAnswer { qid, total, nicks }
         }
         ("R", Some(qid)) => Body::RoomsAsk { qid: number(qid)? },
-        ("S", Some(key)) if !key.is_empty() && !key.contains(' ') => Body::Resumed { key },
+        ("S", Some(rest)) => {
+            let mut p = rest.split(' ');
+            let from = p.next().filter(|n| valid_node(n))?;
+            let selector = number(p.next()?)?;
+            let (key, nick, rooms) = (p.next()?, p.next()?, p.next()?);
+            if key.is_empty() || nick.is_empty() || rooms.is_empty() || p.next().is_some() {
+                return None;
+            }
+            Body::Resumed {
+                from,
+                selector,
+                key,
+                nick,
+                rooms,
+            }
+        }
         ("r", Some(rest)) => {
             let (qid, rooms) = rest.split_once(' ').unwrap_or((rest, ""));
             if rest.ends_with(' ') {
@@ -522,7 +554,7 @@ mod tests {
                 4 => Body::WhoAnswer { qid: n, total: m, nicks: list },
                 5 => Body::RoomsAsk { qid: n },
                 6 => Body::RoomsAnswer { qid: n, rooms: list },
-                7 => Body::Resumed { key: &w },
+                7 => Body::Resumed { from: &node, selector: n, key: &w, nick: &w, rooms: &w },
                 _ => Body::Alive { members: m },
             };
             let e = Envelope { node: &node, seq, body };

@@ -183,9 +183,17 @@ impl Hub {
             .ok()
             // (Or its time ran out while Redis was asked: still here.)
             .or_else(|| self.remote.as_deref_mut()?.ending.remove(&*args.key));
+        let mut moved_from = None;
         let outcome = match fetched {
-            Fetched::Found { record, nick_ours } => match Record::parse(record) {
-                Some(rec) => Ok((rec, nick_ours)),
+            Fetched::Found {
+                record,
+                nick_ours,
+                from,
+            } => match Record::parse(record) {
+                Some(rec) => {
+                    moved_from = from.map(Box::<str>::from);
+                    Ok((rec, nick_ours))
+                }
                 None => Err("unknown, used or expired session"),
             },
             Fetched::Missing | Fetched::Unreachable => {
@@ -218,6 +226,21 @@ impl Hub {
         }
         match outcome {
             Ok((rec, nick_ours)) => {
+                if let (Some(from), Some(selector)) =
+                    (moved_from, Token::parse(&args.token).map(|t| t.selector()))
+                {
+                    // Every node learns where the session went (its old node
+                    // forgets its copy, the others move its memberships).
+                    let (key, nick) = (args.key.clone(), rec.nick.clone());
+                    let rooms = rec.rooms.iter().map(|(r, _)| r.clone()).collect();
+                    self.request(|| Request::Moved {
+                        from,
+                        selector,
+                        key,
+                        nick,
+                        rooms,
+                    });
+                }
                 self.attach_record(id, held, &args, rec, nick_ours, now_ms, sink)
             }
             Err(text) => self.refuse_resume(id, held, &args, text, sink),
@@ -381,6 +404,14 @@ impl Hub {
                 None => Ok(*last),
             };
             let Some(rid) = self.room_for_catchup(name) else {
+                // Not a room here, and no room left to make it one: the
+                // session goes on without it.
+                self.fields.clear();
+                self.fields.push_str("the server has too many rooms, left ");
+                self.fields.push_str(name);
+                let text = std::mem::take(&mut self.fields);
+                self.err(id, ErrorCode::BadRoom, &text, sink);
+                self.fields = text;
                 continue;
             };
             let Some(key) = Folded::new(name) else {
@@ -428,6 +459,7 @@ impl Hub {
         let key = Folded::new(name)?;
         let rid = match self.room_index.get(key.as_str()).copied() {
             Some(rid) => rid,
+            None if self.room_index.len() >= self.config.max_rooms_total => return None,
             None => self.create_room(name)?,
         };
         let room = self.rooms.get_mut(rid as usize).and_then(Option::as_mut)?;
@@ -861,22 +893,32 @@ impl Hub {
         if ended {
             self.end_detached(d, sink);
         } else {
-            self.forget_detached(d);
+            self.forget_moved(d);
         }
     }
 
     /// Another node resumed the session this node kept under `key` (its
     /// Redis key): forget it now, without `LEFT` (the nick's registration
     /// went with it).
-    pub fn session_moved(&mut self, key: &str) {
+    pub fn session_moved(&mut self, selector: u64, key: &str) {
         let d = self
             .sessions
-            .remove_detached(|d| d.redis_key() == Some(key))
+            .remove_detached_at(selector, |d| d.redis_key() == Some(key))
             .or_else(|| self.remote.as_deref_mut()?.ending.remove(key));
         if let Some(d) = d {
             log::debug!("resume: {} was resumed on another node", d.nick());
-            self.forget_detached(d);
+            self.forget_moved(d);
         }
+    }
+
+    /// A copy of a session another node took: forgotten, and its nick's
+    /// registration here too (it is the other node's now).
+    fn forget_moved(&mut self, d: Detached) {
+        if let Some(k) = Folded::new(d.nick()) {
+            let nick = k.as_str().into();
+            self.request(|| Request::Release { nick });
+        }
+        self.forget_detached(d);
     }
 
     /// The registry refused this node's refresh of `nick`, held for a dropped
@@ -893,6 +935,14 @@ impl Hub {
             if let Some(d) = self.end_clustered(d) {
                 self.end_detached(d, sink);
             }
+        }
+    }
+
+    /// `room`'s (folded) counter as Redis had it when this node subscribed:
+    /// where a session that drops before any line is delivered here stood.
+    pub fn room_counter(&mut self, room: &str, counter: Option<(u64, u64)>) {
+        if let Some(rid) = self.room_id(room) {
+            self.note_counter(rid, counter);
         }
     }
 
@@ -995,6 +1045,7 @@ mod tests {
         let found = Fetched::Found {
             record: &record,
             nick_ours: true,
+            from: None,
         };
         hub.session_taken(1, found, sink);
         let head = take(sink, 1);
@@ -1176,7 +1227,15 @@ mod tests {
         );
         hub.session_ended(key, false, &mut sink);
         assert!(take(&mut sink, 0).is_empty());
-        assert!(requests(&mut hub).is_empty(), "no LEFT, no release");
+        // No LEFT; the nick's registration here is forgotten (the release
+        // only deletes a registration that is still this node's).
+        let folded = nick.to_ascii_lowercase();
+        assert_eq!(
+            requests(&mut hub),
+            [Request::Release {
+                nick: folded.into()
+            }]
+        );
         assert!(!hub.holds_detached_nick(&nick));
     }
 
@@ -1226,6 +1285,7 @@ mod tests {
         let found = Fetched::Found {
             record: &record,
             nick_ours: false,
+            from: None,
         };
         hub.session_taken(1, found, sink);
     }
@@ -1343,6 +1403,7 @@ mod tests {
         let found = Fetched::Found {
             record: &record,
             nick_ours: true,
+            from: None,
         };
         hub.session_taken(1, found, &mut sink);
         // Nodes never write such a record: it is refused whole.
@@ -1387,6 +1448,7 @@ mod tests {
             Fetched::Found {
                 record: &record,
                 nick_ours: true,
+                from: None,
             },
             &mut sink,
         );
@@ -1510,6 +1572,7 @@ mod tests {
         let found = Fetched::Found {
             record: &record,
             nick_ours: true,
+            from: None,
         };
         hub.session_taken(2, found, &mut sink);
         hub.session_ended(&key, false, &mut sink);
@@ -1584,6 +1647,7 @@ mod tests {
         let found = Fetched::Found {
             record: &record,
             nick_ours: true,
+            from: None,
         };
         other.session_taken(1, found, &mut sink);
         take(&mut sink, 1);
@@ -1625,5 +1689,103 @@ mod tests {
             0,
             "carol's quit waits for a reply that never comes"
         );
+    }
+
+    #[test]
+    fn a_resume_does_not_create_rooms_past_max_rooms_total() {
+        let mut hub = Hub::new(ChatConfig {
+            rate_limit: 0,
+            session_ttl_ms: 60_000,
+            max_rooms_total: 1,
+            ..ChatConfig::default()
+        });
+        hub.enable_cluster("n2");
+        let mut sink = Lines::default();
+        let carol = Connect {
+            room: Some("r"),
+            ..Connect::default()
+        };
+        hub.connect_with(0, &carol, 0, &mut sink);
+        requests(&mut hub);
+        // A plain /join of a new room is refused at the cap...
+        hub.handle(0, "/join t", 1, &mut sink);
+        assert!(
+            take(&mut sink, 0).iter().any(|l| l.starts_with("ERR ")),
+            "the cap holds for /join"
+        );
+        assert_eq!(hub.room_index.len(), 1);
+        // ...but a session dropped on another node, in rooms s1..s3, resumes
+        // here and brings them all.
+        let args = Connect {
+            resume: Some(TOKEN),
+            caps: Some(Caps::parse("ids,resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &args, 10, &mut sink);
+        let record = format!("alice 3 member - - s1:{E}-3 s2:{E}-3 s3:{E}-3");
+        hub.session_taken(
+            1,
+            Fetched::Found {
+                record: &record,
+                nick_ours: true,
+                from: None,
+            },
+            &mut sink,
+        );
+        assert!(
+            hub.room_index.len() <= 1,
+            "--max-rooms-total 1, {} rooms after a resume",
+            hub.room_index.len()
+        );
+    }
+
+    #[test]
+    fn a_dropped_sessions_pending_answers_do_not_reach_the_next_user_of_its_id() {
+        let (mut hub, mut sink) = node();
+        let alice = Connect {
+            nick: Some("alice"),
+            room: Some("r"),
+            caps: Some(Caps::parse("resume")),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &alice, 10, &mut sink);
+        hub.nick_reserved(1, "alice", Claim::Granted, &mut sink);
+        hub.handle(1, "/nick alice2", 11, &mut sink);
+        hub.handle(1, "/msg bob my secret", 11, &mut sink);
+        let asked = requests(&mut hub);
+        assert!(
+            asked.contains(&Request::Reserve {
+                id: 1,
+                nick: "alice2".into()
+            }),
+            "{asked:?}"
+        );
+        // alice's network drops before Redis answers: her session is kept.
+        hub.disconnect(1, &mut sink);
+        assert_eq!(hub.detached_sessions(), 1);
+        let after_drop = requests(&mut hub);
+        // The server's slab hands id 1 to the next connection: mallory.
+        let mallory = Connect {
+            nick: Some("mallory"),
+            room: Some("r"),
+            ..Connect::default()
+        };
+        hub.connect_with(1, &mallory, 20, &mut sink);
+        hub.nick_reserved(1, "mallory", Claim::Granted, &mut sink);
+        take(&mut sink, 1);
+        // Now Redis answers alice's questions, for connection 1, unless the
+        // node was told connection 1 was gone (`Request::Gone`).
+        let cancelled = after_drop.contains(&Request::Gone(1));
+        if !cancelled {
+            hub.nick_reserved(1, "alice2", Claim::Granted, &mut sink);
+            hub.private_found(1, "alice", "bob", "my secret", &mut sink);
+        }
+        let got = take(&mut sink, 1);
+        assert_eq!(hub.nick(1), Some("mallory"), "mallory renamed: {got:?}");
+        assert!(
+            got.iter().all(|l| !l.contains("my secret")),
+            "alice's private message echoed to mallory: {got:?}"
+        );
+        assert!(cancelled, "no Gone(1) after the drop: {after_drop:?}");
     }
 }
