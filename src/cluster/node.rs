@@ -13,10 +13,10 @@
 //! Channels and keys (all names folded to lowercase):
 //! - `lc:room:ROOM`: the lines of a room (`MSG`, `JOINED`, `LEFT`); a node is
 //!   subscribed while it has local members in ROOM;
-//! - `lc:all`: `NICK` notices, `/who`/`/rooms` questions and liveness notices,
-//!   every node subscribed;
-//! - `lc:node:NODE`: private messages, answers to questions and "your
-//!   dropped session was resumed here" notices for one node;
+//! - `lc:all`: `NICK` notices, `/who`/`/rooms` questions, liveness notices
+//!   and "this dropped session was resumed here" notices, every node
+//!   subscribed;
+//! - `lc:node:NODE`: private messages and answers to questions for one node;
 //! - `lc:nick:NICK`: `"NODE REGISTERED_MS DISPLAY[ signed][ away]"` while
 //!   NODE holds the nick (set with `SET NX PX ttl`, refreshed every ttl/3, so
 //!   a dead node's nicks expire; on conflict the earlier registration wins;

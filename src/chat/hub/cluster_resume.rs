@@ -7,9 +7,10 @@
 //! node asks Redis for the record ([`Request::TakeSession`]): one atomic
 //! script turns it into a tombstone (single use) and moves the nick's
 //! registration, with its time, to the resuming node, so the nick never
-//! looks free and no `LEFT`/`JOINED` is sent. The resuming node tells the
-//! dropping one (the wire's `S` notice), which forgets its copy
-//! ([`Hub::session_moved`]). Should that notice be lost, the copy ends at its
+//! looks free and no `LEFT`/`JOINED` is sent. The resuming node tells every
+//! node ([`Request::Moved`], the wire's `S` notice): the dropping one
+//! forgets its copy ([`Hub::session_moved`]), the others file the nick's
+//! memberships under the resuming node. Should that notice be lost, the copy ends at its
 //! expiry or at the first refused refresh of its nick the same way: Redis is
 //! asked ([`Request::EndSession`]), finds the tombstone, and the copy is
 //! forgotten silently; a session nobody took ends with `LEFT` as on one node.
