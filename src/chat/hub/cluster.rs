@@ -114,6 +114,8 @@ pub struct RemoteState {
     pub(super) catchups: Vec<super::cluster_resume::Catchup>,
     /// Bytes the catch-ups hold, all together.
     pub(super) catchup_bytes: usize,
+    /// Resumes that ask Redis once more, and when.
+    pub(super) retries: Vec<(ConnId, u64)>,
     /// Dropped sessions whose time ran out, until Redis says whether another
     /// node resumed them (by Redis key).
     pub(super) ending: HashMap<Box<str>, super::resume::Detached>,
@@ -325,6 +327,7 @@ impl Hub {
         if r.held.remove(&id).is_none() {
             return false;
         }
+        r.retries.retain(|&(i, _)| i != id);
         r.push(Request::Gone(id));
         self.user(id).is_none()
     }

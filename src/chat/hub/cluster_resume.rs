@@ -52,6 +52,8 @@ use crate::chat::rate::RateLimiter;
 /// Longest a caught-up connection waits for live lines this node has not yet
 /// delivered (in flight from Redis) before joining without them.
 pub(super) const CATCHUP_WAIT_MS: u64 = 2_000;
+/// How long after "no such session" Redis is asked once more.
+const RETAKE_MS: u64 = 300;
 /// Live lines buffered for one catching-up room, at most.
 const MAX_CATCHUP_LINES: usize = 4_096;
 /// Bytes of live lines buffered for one catching-up room, at most.
@@ -72,6 +74,8 @@ pub(super) struct ResumeArgs {
     since: Option<Box<str>>,
     /// `/resume` on a live connection (not `?resume=` at connect).
     command: bool,
+    /// Redis was asked a second time (the first answer was "no such session").
+    retried: bool,
 }
 
 #[derive(Debug)]
@@ -150,6 +154,7 @@ impl Hub {
             key: key.as_str().into(),
             since: args.since.map(Into::into),
             command,
+            retried: false,
         }));
         r.held.insert(id, held);
         r.push(Request::TakeSession {
@@ -174,9 +179,24 @@ impl Hub {
         }) else {
             return;
         };
-        let Some(args) = held.resume.take() else {
+        let Some(mut args) = held.resume.take() else {
             return;
         };
+        if fetched == Fetched::Missing
+            && !args.retried
+            && self.sessions.peek(&args.token, now_ms).is_none()
+        {
+            // Not in Redis and not here: the node it dropped from may not have
+            // stored it yet (the drop and this resume crossed). Asked once
+            // more, a moment later, before the answer is no.
+            args.retried = true;
+            held.resume = Some(args);
+            if let Some(r) = self.remote.as_deref_mut() {
+                r.held.insert(id, held);
+                r.retries.push((id, now_ms.saturating_add(RETAKE_MS)));
+            }
+            return;
+        }
         // This node's own copy of the session, if it dropped here.
         // (A connection still open here with it, half-open, is taken over.)
         let local = self
@@ -739,15 +759,40 @@ impl Hub {
         }
     }
 
-    /// When the next waiting catch-up times out.
+    /// Resumes due to ask Redis once more (from `handle_timeout`).
+    pub(super) fn retake_due(&mut self, now_ms: u64) {
+        let Some(r) = self.remote.as_deref_mut() else {
+            return;
+        };
+        if r.retries.is_empty() {
+            return;
+        }
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut r.retries)
+            .into_iter()
+            .partition(|&(_, at)| at <= now_ms);
+        r.retries = wait;
+        for (id, _) in due {
+            let key = r
+                .held
+                .get(&id)
+                .and_then(|h| h.resume.as_ref())
+                .map(|a| a.key.clone());
+            if let Some(key) = key {
+                r.push(Request::TakeSession { id, key });
+            }
+        }
+    }
+
+    /// When the next waiting catch-up times out, or a resume asks again.
     pub(super) fn catchup_deadline(&self) -> Option<u64> {
-        self.remote
-            .as_deref()?
-            .catchups
+        let r = self.remote.as_deref()?;
+        let retry = r.retries.iter().map(|&(_, at)| at).min();
+        r.catchups
             .iter()
             .map(|c| match c.phase {
                 Phase::Waiting { until_ms, .. } | Phase::Asking { until_ms } => until_ms,
             })
+            .chain(retry)
             .min()
     }
 
@@ -1182,6 +1227,19 @@ mod tests {
             hub.connect_with(1, &args, 10, &mut sink);
             requests(&mut hub);
             hub.session_taken(1, fetched, &mut sink);
+            if fetched == Fetched::Missing {
+                // Not stored yet, perhaps (the drop and the resume crossed):
+                // Redis is asked once more before the answer is no.
+                assert!(take(&mut sink, 1).is_empty());
+                let at = hub.poll_timeout().expect("a retry");
+                assert_eq!(at, 10 + RETAKE_MS);
+                hub.handle_timeout(at, &mut sink);
+                assert!(matches!(
+                    requests(&mut hub)[..],
+                    [Request::TakeSession { id: 1, .. }]
+                ));
+                hub.session_taken(1, fetched, &mut sink);
+            }
             let got = take(&mut sink, 1);
             assert!(got[0].starts_with("WELCOME guest-"), "{got:?}");
             assert!(

@@ -815,6 +815,7 @@ impl Hub {
         }
         self.catchup_timeouts(now_ms, sink);
         self.quit_timeouts(now_ms, sink);
+        self.retake_due(now_ms);
     }
 
     /// A dropped session ends without being resumed: `LEFT` to its rooms
