@@ -312,17 +312,7 @@ impl<T> Sessions<T> {
                 State::Detached { data, .. } if pred(data) => Some(*sel),
                 _ => None,
             })?;
-        match self.by_selector.remove(&sel) {
-            Some(Entry {
-                state: State::Detached { data, .. },
-                ..
-            }) => {
-                self.detached -= 1;
-                self.prune();
-                Some(data)
-            }
-            _ => None,
-        }
+        self.remove_detached_at(sel, |_| true)
     }
 
     /// Remove the detached session under `selector` if its data satisfies
