@@ -2216,30 +2216,6 @@ fn a_retry_of_a_resume_whose_connection_closed_gets_the_session() {
     );
 }
 
-/// Two nodes that take signed tokens (guests allowed), with a short nick TTL,
-/// subscribed and ready.
-fn signed_nodes(redis: &Redis) -> (Node, Node) {
-    let key = signed::key_file();
-    let key = key.to_str().unwrap();
-    let args = [
-        "--redis-nick-ttl",
-        "3s",
-        "--auth-key",
-        key,
-        "--guests",
-        "allow",
-        "--auth-leeway",
-        "0s",
-        "--session-ttl",
-        "60s",
-    ];
-    let a = Node::start(redis, &args);
-    let b = Node::start(redis, &args);
-    a.wait_subscriptions(2);
-    b.wait_subscriptions(2);
-    (a, b)
-}
-
 #[test]
 fn a_signed_session_resumed_elsewhere_is_not_taken_back_by_its_old_copy() {
     let Some(()) =
@@ -2249,7 +2225,8 @@ fn a_signed_session_resumed_elsewhere_is_not_taken_back_by_its_old_copy() {
     };
     use loopchat::chat::access::Role;
     let redis = Redis::start();
-    let (a, b) = signed_nodes(&redis);
+    let key = signed::key_file();
+    let (a, b) = auth_nodes(&redis, &key);
     let mut carol = Client::connect(b.addr, "?nick=carol&room=r");
     b.wait_subscriptions(3);
     let t = signed::token("alice", Role::Member);
@@ -2285,7 +2262,8 @@ fn a_fresh_sign_in_elsewhere_is_not_taken_back_by_a_dropped_session() {
     };
     use loopchat::chat::access::Role;
     let redis = Redis::start();
-    let (a, b) = signed_nodes(&redis);
+    let key = signed::key_file();
+    let (a, b) = auth_nodes(&redis, &key);
     let t = signed::token("alice", Role::Member);
     let alice = {
         let mut c = Client::connect(a.addr, &format!("?token={t}&room=r&caps=ids,resume"));

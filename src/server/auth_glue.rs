@@ -349,26 +349,14 @@ impl Server {
         match (waiting, result) {
             (true, None) => {
                 info!("auth: {ip} refused: a line before /auth");
-                let mut line = String::new();
-                Line::Err {
-                    code: ErrorCode::Forbidden,
-                    text: "sign in first: /auth TOKEN",
-                }
-                .write_str(&mut line, None);
-                out.deliver(&[id], &line);
-                close_now(&mut out, id, "sign in first");
+                let text = "sign in first: /auth TOKEN";
+                refuse(&mut out, id, ErrorCode::Forbidden, text, "sign in first");
             }
             (_, Some(Err(e))) => {
                 info!("auth: {ip} token refused: {e}");
                 if waiting {
-                    let (mut line, text) = (String::new(), e.to_string());
-                    Line::Err {
-                        code: ErrorCode::BadToken,
-                        text: &text,
-                    }
-                    .write_str(&mut line, None);
-                    out.deliver(&[id], &line);
-                    close_now(&mut out, id, "bad token");
+                    let text = e.to_string();
+                    refuse(&mut out, id, ErrorCode::BadToken, &text, "bad token");
                 } else {
                     self.hub.refuse_token(id, &e.to_string(), &mut out);
                 }
@@ -461,6 +449,15 @@ impl Server {
         let (hub, mut out) = self.chat();
         hub.expire_if_due(id, now, &mut out);
     }
+}
+
+/// `ERR CODE TEXT` to a connection that never got into the chat, then its
+/// close.
+fn refuse(out: &mut Out<'_>, id: usize, code: ErrorCode, text: &str, reason: &str) {
+    let mut line = String::new();
+    Line::Err { code, text }.write_str(&mut line, None);
+    out.deliver(&[id], &line);
+    close_now(out, id, reason);
 }
 
 fn close_now(out: &mut Out<'_>, id: usize, reason: &str) {

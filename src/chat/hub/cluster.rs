@@ -794,11 +794,7 @@ impl Hub {
         numbered: Option<(MsgId, u64)>,
         sink: &mut impl Sink,
     ) {
-        let rid = self.room_id(room);
-        let delivered = match (rid.and_then(|rid| self.room(rid)), numbered) {
-            (Some(r), Some((m, _))) => r.last_id.epoch == m.epoch && r.last_id.seq >= m.seq,
-            _ => true,
-        };
+        // Once per message: only the count unless the sender has quit.
         let Some(r) = self.remote.as_deref_mut() else {
             return;
         };
@@ -812,12 +808,24 @@ impl Hub {
         if left == 0 {
             r.saying.remove(&sender);
         }
-        let Some(q) = r.quitting.get_mut(&sender) else {
+        if !r.quitting.contains_key(&sender) {
+            return;
+        }
+        let rid = self.room_id(room);
+        let pending = match (rid.and_then(|rid| self.room(rid)), numbered) {
+            (Some(r), Some((m, _))) if r.last_id.epoch != m.epoch || r.last_id.seq < m.seq => {
+                rid.map(|rid| (rid, m))
+            }
+            _ => None,
+        };
+        let Some(q) = self
+            .remote
+            .as_deref_mut()
+            .and_then(|r| r.quitting.get_mut(&sender))
+        else {
             return;
         };
-        if let (false, Some(rid), Some((m, _))) = (delivered, rid, numbered) {
-            q.awaiting.push((rid, m));
-        }
+        q.awaiting.extend(pending);
         if left == 0 && q.awaiting.is_empty() {
             self.quit_now(sender, sink);
         }
